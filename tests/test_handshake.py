@@ -1,0 +1,935 @@
+from __future__ import annotations
+
+import base64
+
+import h11
+import pytest
+from wsproto import ConnectionType
+from wsproto.events import AcceptConnection, Request as WsRequest
+from wsproto.extensions import PerMessageDeflate
+from wsproto.handshake import H11Handshake
+
+from wsproxy.config import Security
+from wsproxy.handshake import (
+    BackendAccept,
+    Headers,
+    Reject,
+    UpgradeRequest,
+    accept_value,
+    backend_request,
+    client_accept_response,
+    judge_backend_response,
+    judge_request,
+    new_key,
+    origin_allowed,
+    passthrough_headers,
+    reject_from_h11_error,
+    reject_response,
+)
+
+RFC_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3
+RFC_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+BACKEND_KEY = new_key(bytes(range(16)))
+APP = "https://app.example.com"
+SECURITY = Security(allowed_origins=(APP,))
+OPEN = Security(allowed_origins=(APP,), require_origin=False)
+NOT_16 = "Sec-WebSocket-Key must be 16 bytes in base64"
+BAD_BACKEND = "the backend's handshake answer was not valid WebSocket: "
+
+BASE: Headers = (
+    (b"host", b"proxy.example.com"),
+    (b"upgrade", b"websocket"),
+    (b"connection", b"Upgrade"),
+    (b"sec-websocket-key", RFC_KEY),
+    (b"sec-websocket-version", b"13"),
+    (b"origin", APP.encode()),
+)
+
+
+def _headers(drop: tuple[bytes, ...] = (), add: Headers = ()) -> Headers:
+    """BASE without the `drop` names and their values replaced by `add` (appended)."""
+    return (*((n, v) for n, v in BASE if n not in drop), *add)
+
+
+def _request(
+    drop: tuple[bytes, ...] = (),
+    add: Headers = (),
+    *,
+    method: bytes = b"GET",
+    http_version: bytes = b"1.1",
+) -> h11.Request:
+    return h11.Request(
+        method=method,
+        target=b"/chat?room=1",
+        headers=list(_headers(drop, add)),
+        http_version=http_version,
+    )
+
+
+def _upgrade(drop: tuple[bytes, ...] = (), add: Headers = ()) -> UpgradeRequest:
+    judged = judge_request(_request(drop, add), SECURITY)
+    assert isinstance(judged, UpgradeRequest)
+    return judged
+
+
+def _response(headers: Headers) -> h11.InformationalResponse:
+    return h11.InformationalResponse(status_code=101, headers=list(headers))
+
+
+def _backend_101(*extra: tuple[bytes, bytes]) -> h11.InformationalResponse:
+    return _response(
+        (
+            (b"upgrade", b"websocket"),
+            (b"connection", b"Upgrade"),
+            (b"sec-websocket-accept", accept_value(BACKEND_KEY)),
+            *extra,
+        )
+    )
+
+
+def _send_request(client: h11.Connection, request: h11.Request) -> bytes:
+    """A whole bodiless request from an h11 client, as bytes."""
+    head, end = client.send(request), client.send(h11.EndOfMessage())
+    assert head is not None
+    assert end is not None
+    return head + end
+
+
+def _receive_request(server: h11.Connection, data: bytes) -> h11.Request:
+    """Feed a request head to an h11 server; it must parse as one bodiless request."""
+    server.receive_data(data)
+    request, end = _events(server)
+    assert isinstance(request, h11.Request)
+    assert isinstance(end, h11.EndOfMessage)
+    return request
+
+
+def _events(conn: h11.Connection) -> list[h11.Event]:
+    events: list[h11.Event] = []
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA or event is h11.PAUSED:
+            return events
+        assert isinstance(event, h11.Event)
+        events.append(event)
+        if isinstance(event, h11.ConnectionClosed):
+            return events
+
+
+# --- judge_request -----------------------------------------------------------------------------
+
+
+def test_handshake_valid_request_is_accepted() -> None:
+    request = _request(add=((b"cookie", b"a=1"),))
+    assert judge_request(request, SECURITY) == UpgradeRequest(
+        target=b"/chat?room=1",
+        host="proxy.example.com",
+        origin=APP,
+        key=RFC_KEY,
+        headers=(*BASE, (b"cookie", b"a=1")),
+    )
+
+
+def test_handshake_request_parsed_by_h11_is_accepted() -> None:
+    """A request as a client writes it on the wire: mixed-case names, h11 lower-cases them."""
+    server = h11.Connection(h11.SERVER)
+    request = _receive_request(
+        server,
+        b"GET /chat HTTP/1.1\r\nHost: proxy.example.com:8080\r\nUpgrade: WebSocket\r\n"
+        b"Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: " + RFC_KEY + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\nOrigin: HTTPS://App.Example.com\r\n\r\n",
+    )
+    judged = judge_request(request, SECURITY)
+    assert isinstance(judged, UpgradeRequest)
+    assert (judged.target, judged.host, judged.origin) == (
+        b"/chat",
+        "proxy.example.com:8080",
+        "HTTPS://App.Example.com",
+    )
+
+
+@pytest.mark.parametrize(
+    ("upgrade", "connection"),
+    [
+        ([b"WebSocket"], [b"Upgrade"]),
+        ([b"h2c, websocket"], [b"upgrade"]),
+        ([b"h2c", b"websocket"], [b"keep-alive, UPGRADE"]),
+        ([b"websocket"], [b"keep-alive", b"Upgrade"]),
+    ],
+)
+def test_handshake_upgrade_and_connection_tokens_are_case_insensitive_lists(
+    upgrade: list[bytes], connection: list[bytes]
+) -> None:
+    request = _request(
+        (b"upgrade", b"connection"),
+        (*((b"upgrade", v) for v in upgrade), *((b"connection", v) for v in connection)),
+    )
+    assert isinstance(judge_request(request, SECURITY), UpgradeRequest)
+
+
+@pytest.mark.parametrize(
+    "upgrade",
+    [(), ((b"upgrade", b"h2c"),), ((b"upgrade", b""),), ((b"upgrade", b"websockets"),)],
+)
+def test_handshake_without_upgrade_websocket_is_426(upgrade: Headers) -> None:
+    request = _request((b"upgrade",), upgrade)
+    assert judge_request(request, SECURITY) == Reject(
+        426,
+        "this port serves WebSocket only; send Upgrade: websocket",
+        ((b"upgrade", b"websocket"),),
+    )
+
+
+def test_handshake_plain_http_request_is_426_before_any_other_check() -> None:
+    request = h11.Request(method=b"POST", target=b"/", headers=[(b"host", b"x")])
+    judged = judge_request(request, SECURITY)
+    assert isinstance(judged, Reject)
+    assert (judged.status, judged.headers) == (426, ((b"upgrade", b"websocket"),))
+
+
+@pytest.mark.parametrize("method", [b"POST", b"HEAD", b"get", b"CONNECT"])
+def test_handshake_method_other_than_get_is_400(method: bytes) -> None:
+    assert judge_request(_request(method=method), SECURITY) == Reject(
+        400, f"a WebSocket handshake must use GET, not {method.decode()}"
+    )
+
+
+def test_handshake_http_1_0_is_400() -> None:
+    assert judge_request(_request(http_version=b"1.0"), SECURITY) == Reject(
+        400, "a WebSocket handshake needs HTTP/1.1, not HTTP/1.0"
+    )
+
+
+@pytest.mark.parametrize(
+    "connection",
+    [(), ((b"connection", b"keep-alive"),), ((b"connection", b"upgraded, close"),)],
+)
+def test_handshake_connection_without_upgrade_is_400(connection: Headers) -> None:
+    assert judge_request(_request((b"connection",), connection), SECURITY) == Reject(
+        400, "the Connection header must include upgrade"
+    )
+
+
+@pytest.mark.parametrize(
+    "version",
+    [
+        (),
+        ((b"sec-websocket-version", b"8"),),
+        ((b"sec-websocket-version", b"13, 8"),),
+        ((b"sec-websocket-version", b"13"), (b"sec-websocket-version", b"13")),
+        ((b"sec-websocket-version", b"013"),),
+    ],
+)
+def test_handshake_version_other_than_13_is_426(version: Headers) -> None:
+    assert judge_request(_request((b"sec-websocket-version",), version), SECURITY) == Reject(
+        426,
+        "only WebSocket version 13 is supported; send Sec-WebSocket-Version: 13",
+        ((b"sec-websocket-version", b"13"),),
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ((), "Sec-WebSocket-Key is missing"),
+        (
+            ((b"sec-websocket-key", RFC_KEY), (b"sec-websocket-key", RFC_KEY)),
+            "Sec-WebSocket-Key is repeated",
+        ),
+        (((b"sec-websocket-key", b"not base64!!!!!!!!!!!!!!"),), NOT_16),
+        (((b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ"),), NOT_16),  # no padding
+        (((b"sec-websocket-key", base64.b64encode(bytes(15))),), NOT_16),
+        (((b"sec-websocket-key", base64.b64encode(bytes(17))),), NOT_16),
+        (((b"sec-websocket-key", b""),), NOT_16),
+    ],
+)
+def test_handshake_bad_key_is_400(key: Headers, reason: str) -> None:
+    assert judge_request(_request((b"sec-websocket-key",), key), SECURITY) == Reject(400, reason)
+
+
+def test_handshake_missing_origin_is_403() -> None:
+    assert judge_request(_request((b"origin",)), SECURITY) == Reject(
+        403, "an Origin header is required"
+    )
+
+
+def test_handshake_missing_origin_is_accepted_when_not_required() -> None:
+    judged = judge_request(_request((b"origin",)), OPEN)
+    assert isinstance(judged, UpgradeRequest)
+    assert judged.origin is None
+
+
+@pytest.mark.parametrize("security", [SECURITY, OPEN], ids=["required", "optional"])
+def test_handshake_disallowed_origin_is_403(security: Security) -> None:
+    request = _request((b"origin",), ((b"origin", b"https://evil.test"),))
+    assert judge_request(request, security) == Reject(
+        403, "Origin https://evil.test is not allowed"
+    )
+
+
+def test_handshake_long_disallowed_origin_is_clipped_in_the_reason() -> None:
+    origin = "https://" + "a" * 200 + ".test"
+    request = _request((b"origin",), ((b"origin", origin.encode()),))
+    assert judge_request(request, SECURITY) == Reject(403, f"Origin {origin[:100]}… is not allowed")
+
+
+def test_handshake_repeated_origin_is_403() -> None:
+    request = _request(add=((b"origin", APP.encode()),))
+    assert judge_request(request, OPEN) == Reject(403, "more than one Origin header")
+
+
+@pytest.mark.parametrize(
+    ("request_", "status"),
+    [
+        (_request((b"upgrade", b"sec-websocket-key"), method=b"POST"), 426),
+        (_request((b"sec-websocket-version",), method=b"POST"), 400),
+        (_request((b"sec-websocket-version", b"sec-websocket-key")), 426),
+        (_request((b"sec-websocket-key", b"origin")), 400),
+    ],
+    ids=["upgrade-before-method", "method-before-version", "version-before-key", "key-first"],
+)
+def test_handshake_checks_run_in_order(request_: h11.Request, status: int) -> None:
+    judged = judge_request(request_, SECURITY)
+    assert isinstance(judged, Reject)
+    assert judged.status == status
+
+
+# --- origin_allowed ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "expected"),
+    [
+        ("https://app.example.com", ("https://app.example.com",), True),
+        ("HTTPS://APP.example.COM", ("https://app.example.com",), True),
+        ("https://app.example.com", ("HTTPS://App.Example.Com",), True),
+        ("https://app.example.com:443", ("https://app.example.com",), True),
+        ("https://app.example.com", ("https://app.example.com:443",), True),
+        ("http://app.example.com:80", ("http://app.example.com",), True),
+        ("https://app.example.com:8443", ("https://app.example.com",), False),
+        ("http://app.example.com", ("https://app.example.com",), False),
+        ("https://app.example.com.evil.test", ("https://app.example.com",), False),
+        ("https://other.example.com", ("https://app.example.com",), False),
+        ("https://evil.test", (), False),
+        ("https://evil.test", ("*",), True),
+        ("anything at all", ("https://app.example.com", "*"), True),
+        # wildcards
+        ("https://a.example.com", ("https://*.example.com",), True),
+        ("https://a.b.example.com", ("https://*.example.com",), True),
+        ("https://A.Example.com:443", ("https://*.example.com",), True),
+        ("https://a.example.com", ("https://*.example.com:443",), True),
+        ("https://example.com", ("https://*.example.com",), False),
+        ("https://.example.com", ("https://*.example.com",), False),
+        ("http://a.example.com", ("https://*.example.com",), False),
+        ("https://a.example.com:8443", ("https://*.example.com",), False),
+        ("https://a.example.com:8443", ("https://*.example.com:8443",), True),
+        ("https://a.example.com", ("https://*.example.com:8443",), False),
+        ("https://aexample.com", ("https://*.example.com",), False),
+        ("https://a.example.com.evil.test", ("https://*.example.com",), False),
+        ("https://*.example.com", ("https://app.example.com",), False),
+        # null
+        ("null", ("null",), True),
+        ("null", ("NULL",), True),
+        ("null", ("*",), False),
+        ("null", ("https://*.example.com", "https://app.example.com"), False),
+        ("https://app.example.com", ("null",), False),
+        # other shapes
+        ("http://[::1]:8080", ("http://[::1]:8080",), True),
+        ("http://[::1]", ("http://[::1]:80",), True),
+        ("http://[::1]:8081", ("http://[::1]:8080",), False),
+        ("http://[::1", ("http://[::1]",), False),
+        ("http://[::1]x", ("http://[::1]",), False),
+        ("chrome-extension://abcdef", ("chrome-extension://abcdef",), True),
+        ("chrome-extension://abcdef", ("chrome-extension://*.abcdef",), False),
+        ("https://app.example.com:abc", ("https://app.example.com",), False),
+        ("https://app.example.com:", ("https://app.example.com",), False),
+        ("https://app.example.com:४४३", ("https://app.example.com",), False),
+        ("https://app.example.com/", ("https://app.example.com",), False),
+        ("https://", ("https://*.example.com",), False),
+        ("app.example.com", ("https://app.example.com",), False),
+        ("://app.example.com", ("https://app.example.com",), False),
+        ("https://a.example.com", ("not an origin",), False),
+    ],
+)
+def test_origin_allowed_matches_entries(
+    origin: str, allowed: tuple[str, ...], expected: bool
+) -> None:
+    assert origin_allowed(origin, allowed) is expected
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def test_accept_value_matches_the_rfc_6455_example() -> None:
+    assert accept_value(RFC_KEY) == RFC_ACCEPT
+
+
+def test_new_key_is_base64_of_the_random_bytes() -> None:
+    assert new_key(bytes(16)) == b"AAAAAAAAAAAAAAAAAAAAAA=="
+    assert base64.b64decode(BACKEND_KEY) == bytes(range(16))
+
+
+def test_new_key_is_a_key_judge_request_accepts() -> None:
+    key = new_key(b"\xff" * 16)
+    judged = judge_request(
+        _request((b"sec-websocket-key",), ((b"sec-websocket-key", key),)), SECURITY
+    )
+    assert isinstance(judged, UpgradeRequest)
+    assert judged.key == key
+
+
+@pytest.mark.parametrize("size", [0, 15, 17])
+def test_new_key_with_wrong_size_is_a_bug(size: int) -> None:
+    with pytest.raises(ValueError, match=f"16 random bytes, got {size}"):
+        new_key(bytes(size))
+
+
+# --- backend_request ---------------------------------------------------------------------------
+
+
+def test_backend_request_regenerates_per_leg_headers_and_keeps_end_to_end_ones() -> None:
+    upgrade = _upgrade(
+        (b"connection",),
+        (
+            (b"connection", b"Upgrade, keep-alive, X-Hop"),
+            (b"sec-websocket-protocol", b"chat.v2, chat.v1"),
+            (b"sec-websocket-protocol", b"json"),
+            (b"sec-websocket-extensions", b"x-webkit-deflate-frame"),
+            (
+                b"sec-websocket-extensions",
+                b"permessage-deflate; client_max_window_bits, permessage-deflate",
+            ),
+            (b"cookie", b"session=abc"),
+            (b"authorization", b"Bearer t0k3n"),
+            (b"user-agent", b"test/1.0"),
+            (b"x-request-id", b"42"),
+            (b"keep-alive", b"timeout=5"),
+            (b"x-hop", b"dropped because Connection names it"),
+            (b"te", b"trailers"),
+            (b"trailer", b"x-sum"),
+            (b"proxy-connection", b"keep-alive"),
+            (b"proxy-authorization", b"Basic c2VjcmV0"),
+            (b"proxy-authenticate", b"Basic"),
+            (b"sec-websocket-accept", b"bogus"),
+            (b"x-forwarded-for", b"203.0.113.7"),
+            (b"x-forwarded-proto", b"gopher"),
+            (b"x-forwarded-host", b"spoofed.test"),
+            (b"x-real-ip", b"127.0.0.1"),
+        ),
+    )
+    request = backend_request(upgrade, key=BACKEND_KEY, client_ip="198.51.100.2", scheme="https")
+    assert (request.method, request.target, request.http_version) == (
+        b"GET",
+        b"/chat?room=1",
+        b"1.1",
+    )
+    assert list(request.headers) == [
+        (b"host", b"proxy.example.com"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", BACKEND_KEY),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-protocol", b"chat.v2, chat.v1"),
+        (b"sec-websocket-protocol", b"json"),
+        (
+            b"sec-websocket-extensions",
+            b"permessage-deflate; client_max_window_bits, permessage-deflate",
+        ),
+        (b"origin", APP.encode()),
+        (b"cookie", b"session=abc"),
+        (b"authorization", b"Bearer t0k3n"),
+        (b"user-agent", b"test/1.0"),
+        (b"x-request-id", b"42"),
+        (b"x-forwarded-for", b"203.0.113.7, 198.51.100.2"),
+        (b"x-forwarded-proto", b"https"),
+        (b"x-forwarded-host", b"proxy.example.com"),
+        (b"x-real-ip", b"198.51.100.2"),
+    ]
+
+
+def test_backend_request_bytes_are_an_upgrade_an_h11_server_understands() -> None:
+    upgrade = _upgrade(add=((b"cookie", b"a=1"), (b"sec-websocket-protocol", b"chat")))
+    client = h11.Connection(h11.CLIENT)
+    request = backend_request(upgrade, key=BACKEND_KEY, client_ip="::1", scheme="http")
+    wire = _send_request(client, request)
+    assert wire.startswith(b"GET /chat?room=1 HTTP/1.1\r\nHost: proxy.example.com\r\n")
+    server = h11.Connection(h11.SERVER)
+    seen = _receive_request(server, wire)
+    assert server.next_event() is h11.PAUSED  # h11 saw a protocol-switch proposal
+    assert list(seen.headers) == [
+        (b"host", b"proxy.example.com"),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-key", BACKEND_KEY),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-protocol", b"chat"),
+        (b"origin", APP.encode()),
+        (b"cookie", b"a=1"),
+        (b"x-forwarded-for", b"::1"),
+        (b"x-forwarded-proto", b"http"),
+        (b"x-forwarded-host", b"proxy.example.com"),
+        (b"x-real-ip", b"::1"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [
+        ((), b"192.0.2.9"),
+        (((b"x-forwarded-for", b"203.0.113.7"),), b"203.0.113.7, 192.0.2.9"),
+        (((b"x-forwarded-for", b"203.0.113.7 ,10.0.0.1"),), b"203.0.113.7, 10.0.0.1, 192.0.2.9"),
+        (
+            ((b"x-forwarded-for", b"203.0.113.7"), (b"x-forwarded-for", b"10.0.0.1")),
+            b"203.0.113.7, 10.0.0.1, 192.0.2.9",
+        ),
+        (((b"x-forwarded-for", b""),), b"192.0.2.9"),
+        (
+            ((b"connection", b"upgrade, X-Forwarded-For"), (b"x-forwarded-for", b"203.0.113.7")),
+            b"192.0.2.9",
+        ),
+    ],
+    ids=["none", "one", "list", "repeated", "empty", "hop-by-hop"],
+)
+def test_backend_request_appends_client_ip_to_x_forwarded_for(
+    client: Headers, expected: bytes
+) -> None:
+    drop = (b"connection",) if any(name == b"connection" for name, _ in client) else ()
+    upgrade = _upgrade(drop, client)
+    request = backend_request(upgrade, key=BACKEND_KEY, client_ip="192.0.2.9", scheme="http")
+    assert [v for n, v in request.headers if n == b"x-forwarded-for"] == [expected]
+
+
+@pytest.mark.parametrize(
+    ("offers", "forwarded"),
+    [
+        ((), None),
+        ((b"x-webkit-deflate-frame",), None),
+        ((b"",), None),
+        ((b"permessage-deflate",), b"permessage-deflate"),
+        (
+            (b"x-webkit-deflate-frame, Permessage-Deflate ; server_no_context_takeover",),
+            b"Permessage-Deflate ; server_no_context_takeover",
+        ),
+        (
+            (b"permessage-deflate; client_max_window_bits=10", b"foo, permessage-deflate"),
+            b"permessage-deflate; client_max_window_bits=10, permessage-deflate",
+        ),
+        (
+            (b'permessage-deflate; x="a,b\\"c", foo; y="permessage-deflate, z"',),
+            b'permessage-deflate; x="a,b\\"c"',
+        ),
+    ],
+)
+def test_backend_request_forwards_only_permessage_deflate_offers(
+    offers: tuple[bytes, ...], forwarded: bytes | None
+) -> None:
+    upgrade = _upgrade(add=tuple((b"sec-websocket-extensions", offer) for offer in offers))
+    request = backend_request(upgrade, key=BACKEND_KEY, client_ip="192.0.2.9", scheme="http")
+    values = [v for n, v in request.headers if n == b"sec-websocket-extensions"]
+    assert values == ([] if forwarded is None else [forwarded])
+
+
+def test_backend_request_connection_cannot_remove_headers_the_handshake_needs() -> None:
+    upgrade = _upgrade(
+        (b"connection",),
+        (
+            (b"connection", b"Upgrade, Host, Sec-WebSocket-Protocol, Sec-WebSocket-Extensions"),
+            (b"sec-websocket-protocol", b"chat"),
+            (b"sec-websocket-extensions", b"permessage-deflate"),
+        ),
+    )
+    request = backend_request(upgrade, key=BACKEND_KEY, client_ip="192.0.2.9", scheme="http")
+    names = [name for name, _ in request.headers]
+    assert names.count(b"host") == names.count(b"sec-websocket-protocol") == 1
+    assert names.count(b"sec-websocket-extensions") == 1
+
+
+# --- judge_backend_response --------------------------------------------------------------------
+
+
+def test_backend_response_minimal_101_is_accepted() -> None:
+    assert judge_backend_response(
+        _backend_101(), key=BACKEND_KEY, upgrade=_upgrade()
+    ) == BackendAccept(subprotocol=None, extensions=None, deflate=False, headers=())
+
+
+def test_backend_response_choices_and_end_to_end_headers_are_kept() -> None:
+    upgrade = _upgrade(
+        add=(
+            (b"sec-websocket-protocol", b"chat.v2, chat.v1"),
+            (b"sec-websocket-extensions", b"permessage-deflate; client_max_window_bits"),
+        )
+    )
+    response = _backend_101(
+        (b"sec-websocket-protocol", b"chat.v1"),
+        (b"sec-websocket-extensions", b"permessage-deflate; server_no_context_takeover"),
+        (b"set-cookie", b"sticky=s1; Path=/"),
+        (b"server", b"backend/1"),
+        (b"sec-websocket-version", b"13"),
+        (b"sec-websocket-whatever", b"x"),
+        (b"keep-alive", b"timeout=5"),
+        (b"content-length", b"0"),
+        (b"connection", b"X-Internal"),
+        (b"x-internal", b"dropped"),
+        (b"set-cookie", b"other=2"),
+    )
+    assert judge_backend_response(response, key=BACKEND_KEY, upgrade=upgrade) == BackendAccept(
+        subprotocol="chat.v1",
+        extensions="permessage-deflate; server_no_context_takeover",
+        deflate=True,
+        headers=(
+            (b"set-cookie", b"sticky=s1; Path=/"),
+            (b"server", b"backend/1"),
+            (b"set-cookie", b"other=2"),
+        ),
+    )
+
+
+def test_backend_response_empty_choice_headers_mean_none() -> None:
+    response = _backend_101((b"sec-websocket-protocol", b""), (b"sec-websocket-extensions", b""))
+    accepted = judge_backend_response(response, key=BACKEND_KEY, upgrade=_upgrade())
+    assert accepted == BackendAccept(None, None, False, ())
+
+
+_GOOD = (
+    (b"upgrade", b"websocket"),
+    (b"connection", b"Upgrade"),
+    (b"sec-websocket-accept", accept_value(BACKEND_KEY)),
+)
+
+
+def _but(*changes: tuple[bytes, bytes | None]) -> Headers:
+    """_GOOD with each named header replaced (or removed when the value is None)."""
+    names = {name for name, _ in changes}
+    kept = tuple((n, v) for n, v in _GOOD if n not in names)
+    return (*kept, *((n, v) for n, v in changes if v is not None))
+
+
+@pytest.mark.parametrize(
+    ("headers", "why"),
+    [
+        (_but((b"upgrade", None)), "no Upgrade: websocket"),
+        (_but((b"upgrade", b"h2c")), "no Upgrade: websocket"),
+        (_but((b"connection", None)), "the Connection header does not include upgrade"),
+        (_but((b"connection", b"close")), "the Connection header does not include upgrade"),
+        (_but((b"sec-websocket-accept", None)), "Sec-WebSocket-Accept is missing"),
+        (
+            _but((b"sec-websocket-accept", RFC_ACCEPT)),
+            "Sec-WebSocket-Accept does not match the key",
+        ),
+        (
+            _but((b"sec-websocket-accept", accept_value(BACKEND_KEY).lower())),
+            "Sec-WebSocket-Accept does not match the key",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-accept", accept_value(BACKEND_KEY))),
+            "Sec-WebSocket-Accept does not match the key",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-protocol", b"chat, json")),
+            "it chose more than one subprotocol",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-protocol", b"chat"), (b"sec-websocket-protocol", b"json")),
+            "it chose more than one subprotocol",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-protocol", b"xml")),
+            "it chose subprotocol xml, which the client did not offer",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-protocol", b"CHAT")),
+            "it chose subprotocol CHAT, which the client did not offer",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-protocol", b"p" * 150)),
+            f"it chose subprotocol {'p' * 100}…, which the client did not offer",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-extensions", b"x-webkit-deflate-frame")),
+            "it accepted extension x-webkit-deflate-frame, which was not offered",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-extensions", b"permessage-deflate, foo; bar=1")),
+            "it accepted extension foo, which was not offered",
+        ),
+        (
+            (*_GOOD, (b"sec-websocket-extensions", b"permessage-deflate, permessage-deflate")),
+            "it accepted permessage-deflate more than once",
+        ),
+    ],
+)
+def test_backend_response_invalid_101_is_502(headers: Headers, why: str) -> None:
+    upgrade = _upgrade(
+        add=(
+            (b"sec-websocket-protocol", b"chat, json"),
+            (b"sec-websocket-extensions", b"permessage-deflate"),
+        )
+    )
+    verdict = judge_backend_response(_response(headers), key=BACKEND_KEY, upgrade=upgrade)
+    assert verdict == Reject(502, BAD_BACKEND + why)
+
+
+@pytest.mark.parametrize(
+    ("client", "why"),
+    [
+        ((), "it accepted permessage-deflate, which the client did not offer"),
+        (
+            ((b"sec-websocket-extensions", b"x-webkit-deflate-frame"),),
+            "it accepted permessage-deflate, which the client did not offer",
+        ),
+    ],
+)
+def test_backend_response_unoffered_deflate_is_502(client: Headers, why: str) -> None:
+    response = _backend_101((b"sec-websocket-extensions", b"permessage-deflate"))
+    verdict = judge_backend_response(response, key=BACKEND_KEY, upgrade=_upgrade(add=client))
+    assert verdict == Reject(502, BAD_BACKEND + why)
+
+
+def test_backend_response_subprotocol_without_client_offer_is_502() -> None:
+    response = _backend_101((b"sec-websocket-protocol", b"chat"))
+    verdict = judge_backend_response(response, key=BACKEND_KEY, upgrade=_upgrade())
+    assert verdict == Reject(
+        502, BAD_BACKEND + "it chose subprotocol chat, which the client did not offer"
+    )
+
+
+# --- client_accept_response --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("accept", "extra"),
+    [
+        (BackendAccept(None, None, False, ()), []),
+        (
+            BackendAccept(
+                "chat",
+                "permessage-deflate; server_no_context_takeover",
+                True,
+                ((b"set-cookie", b"sticky=s1"),),
+            ),
+            [
+                (b"sec-websocket-protocol", b"chat"),
+                (b"sec-websocket-extensions", b"permessage-deflate; server_no_context_takeover"),
+                (b"set-cookie", b"sticky=s1"),
+            ],
+        ),
+    ],
+    ids=["plain", "with-choices"],
+)
+def test_client_accept_response_answers_the_clients_key(
+    accept: BackendAccept, extra: list[tuple[bytes, bytes]]
+) -> None:
+    response = client_accept_response(_upgrade(), accept)
+    assert (response.status_code, response.reason) == (101, b"Switching Protocols")
+    assert list(response.headers) == [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", RFC_ACCEPT),
+        *extra,
+    ]
+
+
+def test_client_accept_response_switches_protocol_in_h11_on_both_sides() -> None:
+    client = h11.Connection(h11.CLIENT)
+    server = h11.Connection(h11.SERVER)
+    request = _receive_request(server, _send_request(client, _request()))
+    upgrade = judge_request(request, SECURITY)
+    assert isinstance(upgrade, UpgradeRequest)
+    answer = server.send(client_accept_response(upgrade, BackendAccept(None, None, False, ())))
+    assert answer is not None
+    client.receive_data(answer + b"\x81\x00")
+    (response,) = _events(client)
+    assert isinstance(response, h11.InformationalResponse)
+    assert response.status_code == 101
+    assert client.states == {h11.CLIENT: h11.SWITCHED_PROTOCOL, h11.SERVER: h11.SWITCHED_PROTOCOL}
+    assert server.states == client.states
+    assert client.trailing_data == (b"\x81\x00", False)
+
+
+def test_handshake_whole_story_between_wsproto_client_and_backend() -> None:
+    """A wsproto client and a wsproto backend negotiate a subprotocol and deflate through us."""
+    client = H11Handshake(ConnectionType.CLIENT)
+    hello = client.send(
+        WsRequest(
+            host="proxy.example.com",
+            target="/chat",
+            subprotocols=["v2.chat", "v1.chat"],
+            extensions=[PerMessageDeflate()],
+            extra_headers=[(b"Origin", APP.encode()), (b"Cookie", b"a=1")],
+        )
+    )
+    proxy_server = h11.Connection(h11.SERVER)
+    request = _receive_request(proxy_server, hello)
+    upgrade = judge_request(request, SECURITY)
+    assert isinstance(upgrade, UpgradeRequest)
+
+    proxy_client = h11.Connection(h11.CLIENT)
+    to_backend = _send_request(
+        proxy_client,
+        backend_request(upgrade, key=BACKEND_KEY, client_ip="192.0.2.9", scheme="http"),
+    )
+    backend = H11Handshake(ConnectionType.SERVER)
+    backend.receive_data(to_backend)
+    (seen,) = backend.events()
+    assert isinstance(seen, WsRequest)
+    assert seen.subprotocols == ["v2.chat", "v1.chat"]
+    assert (b"cookie", b"a=1") in seen.extra_headers
+    from_backend = backend.send(
+        AcceptConnection(
+            subprotocol="v1.chat",
+            extensions=[PerMessageDeflate()],
+            extra_headers=[(b"Set-Cookie", b"sticky=s1")],
+        )
+    )
+
+    proxy_client.receive_data(from_backend)
+    (response,) = _events(proxy_client)
+    assert isinstance(response, h11.InformationalResponse)
+    accepted = judge_backend_response(response, key=BACKEND_KEY, upgrade=upgrade)
+    assert isinstance(accepted, BackendAccept)
+    assert (accepted.subprotocol, accepted.deflate, accepted.headers) == (
+        "v1.chat",
+        True,
+        ((b"set-cookie", b"sticky=s1"),),
+    )
+
+    answer = proxy_server.send(client_accept_response(upgrade, accepted))
+    assert answer is not None
+    client.receive_data(answer)
+    (done,) = client.events()
+    assert isinstance(done, AcceptConnection)
+    assert done.subprotocol == "v1.chat"
+    assert [extension.name for extension in done.extensions] == ["permessage-deflate"]
+    assert (b"set-cookie", b"sticky=s1") in done.extra_headers
+
+
+# --- passthrough_headers -----------------------------------------------------------------------
+
+
+def test_passthrough_headers_drop_hop_by_hop_and_framing() -> None:
+    headers: Headers = (
+        (b"content-type", b"application/json"),
+        (b"content-length", b"17"),
+        (b"transfer-encoding", b"chunked"),
+        (b"connection", b"keep-alive, X-Conn-Only"),
+        (b"keep-alive", b"timeout=5"),
+        (b"x-conn-only", b"1"),
+        (b"www-authenticate", b'Bearer realm="chat"'),
+        (b"upgrade", b"h2c"),
+        (b"trailer", b"x-sum"),
+        (b"te", b"trailers"),
+        (b"proxy-authenticate", b"Basic"),
+        (b"proxy-connection", b"close"),
+        (b"sec-websocket-version", b"13"),
+        (b"set-cookie", b"a=1"),
+    )
+    assert passthrough_headers(headers) == (
+        (b"content-type", b"application/json"),
+        (b"www-authenticate", b'Bearer realm="chat"'),
+        (b"sec-websocket-version", b"13"),
+        (b"set-cookie", b"a=1"),
+    )
+
+
+def test_passthrough_headers_of_nothing_is_nothing() -> None:
+    assert passthrough_headers(()) == ()
+
+
+# --- reject_response and reject_from_h11_error -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reject", "phrase", "extra"),
+    [
+        (Reject(403, "Origin https://evil.test is not allowed"), b"Forbidden", []),
+        (
+            Reject(426, "only WebSocket version 13", ((b"sec-websocket-version", b"13"),)),
+            b"Upgrade Required",
+            [(b"sec-websocket-version", b"13")],
+        ),
+        (
+            Reject(503, "at the limit", ((b"retry-after", b"1"),)),
+            b"Service Unavailable",
+            [(b"retry-after", b"1")],
+        ),
+        (Reject(599, "café closed"), b"", []),
+    ],
+)
+def test_reject_response_is_plain_text_and_closes(
+    reject: Reject, phrase: bytes, extra: list[tuple[bytes, bytes]]
+) -> None:
+    response, body = reject_response(reject)
+    assert body == (reject.reason + "\n").encode()
+    assert (response.status_code, response.reason) == (reject.status, phrase)
+    assert list(response.headers) == [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+        *extra,
+    ]
+
+
+def test_reject_response_goes_through_h11_to_a_client() -> None:
+    client = h11.Connection(h11.CLIENT)
+    server = h11.Connection(h11.SERVER)
+    request = _receive_request(server, _send_request(client, _request((b"sec-websocket-version",))))
+    reject = judge_request(request, SECURITY)
+    assert isinstance(reject, Reject)
+    response, body = reject_response(reject)
+    wire = b"".join(
+        data
+        for data in (
+            server.send(response),
+            server.send(h11.Data(data=body)),
+            server.send(h11.EndOfMessage()),
+        )
+        if data is not None
+    )
+    client.receive_data(wire)
+    answer, data, end = _events(client)
+    assert isinstance(answer, h11.Response)
+    assert answer.status_code == 426
+    assert (b"sec-websocket-version", b"13") in list(answer.headers)
+    assert isinstance(data, h11.Data)
+    assert data.data == reject.reason.encode() + b"\n"
+    assert isinstance(end, h11.EndOfMessage)
+    assert client.their_state is h11.MUST_CLOSE
+
+
+def _h11_error(head: bytes, limit: int = 16 * 1024) -> h11.RemoteProtocolError:
+    server = h11.Connection(h11.SERVER, max_incomplete_event_size=limit)
+    server.receive_data(head)
+    with pytest.raises(h11.RemoteProtocolError) as caught:
+        server.next_event()
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("head", "limit", "expected"),
+    [
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * 200,
+            100,
+            Reject(431, "request head too large"),
+        ),
+        (b"GARBAGE\r\n\r\n", 16384, Reject(400, "malformed HTTP request")),
+        (
+            b"GET / HTTP/1.1\r\n\r\n",
+            16384,
+            Reject(400, "malformed HTTP request"),
+        ),
+    ],
+    ids=["too-large", "garbage", "no-host"],
+)
+def test_reject_from_h11_error_maps_the_status_hint(
+    head: bytes, limit: int, expected: Reject
+) -> None:
+    assert reject_from_h11_error(_h11_error(head, limit)) == expected
+
+
+def test_reject_from_h11_error_unsupported_transfer_encoding_is_400() -> None:
+    """h11 hints 501 for a transfer coding it doesn't know; to a WebSocket port it's malformed."""
+    error = _h11_error(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
+    assert error.error_status_hint == 501
+    assert reject_from_h11_error(error) == Reject(400, "malformed HTTP request")

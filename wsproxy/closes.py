@@ -1,0 +1,50 @@
+"""The close codes each side gets, for every way a session ends (SPEC's session table as code).
+
+Invariants:
+- Codes that RFC 6455 keeps off the wire (1005, 1006, 1015) are never chosen here.
+- A side that broke a rule hears why (1002, 1009); the innocent side hears 1001 "going away",
+  except that a client whose backend failed hears 1011, the code browsers report as a server error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from wsproxy.frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_PROTOCOL_ERROR,
+    Violation,
+)
+
+
+class Side(Enum):
+    CLIENT = "client"
+    BACKEND = "backend"
+    PROXY = "proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+def for_survivor_of(lost: Side) -> Close:
+    """What the other side hears when `lost`'s connection dropped or failed its keepalive."""
+    if lost is Side.BACKEND:
+        return Close(CLOSE_INTERNAL_ERROR, "backend went away")
+    return Close(CLOSE_GOING_AWAY, "client went away")
+
+
+def for_violation(sender: Side, violation: Violation) -> tuple[Close, Close]:
+    """(to the sender, to the other side) after `sender` broke the protocol or a limit."""
+    to_sender = Close(violation.code, violation.reason)
+    if sender is Side.BACKEND and violation.code == CLOSE_PROTOCOL_ERROR:
+        return to_sender, Close(CLOSE_INTERNAL_ERROR, "backend broke the WebSocket protocol")
+    return to_sender, Close(CLOSE_GOING_AWAY, "peer closed: " + violation.reason)
+
+
+IDLE = Close(CLOSE_GOING_AWAY, "idle timeout")
+SHUTDOWN = Close(CLOSE_GOING_AWAY, "proxy shutting down")

@@ -1,0 +1,339 @@
+"""A session: the client leg, the backend leg, and the frames relayed between them.
+
+Invariants:
+- One task reads each leg (its pump); `Leg.lock` serialises every write to a leg. A pump holds
+  the destination's lock from the first byte of a frame to its last, so the proxy's own pings
+  and closes, which take the lock, always land on a frame boundary.
+- Frames are forwarded as they arrived (payload bytes untouched, so compression negotiated end to
+  end keeps working); only our own keepalive pongs are dropped.
+- A pump forwards a chunk before it reads the next one: a peer that stops reading stops its
+  sender, and a session holds at most one chunk per direction in memory.
+- After a close frame has been written to a leg, nothing else is. The session ends when both
+  legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
+  server), the backend's when the backend closes it (we are its client), and every wait for a
+  close is bounded by `CLOSE_TIMEOUT`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from typing import Final
+
+import trio
+
+from wsproxy import closes
+from wsproxy.closes import Close, Side
+from wsproxy.config import Config
+from wsproxy.frames import (
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    Buffer,
+    FrameReader,
+    close_payload,
+    control_frame,
+)
+
+CHUNK: Final = 65536
+# How long we wait for a peer to answer a close frame, or to take one, before dropping it.
+CLOSE_TIMEOUT: Final = 5.0
+
+_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
+
+
+class Leg:
+    """One connection of a session: its stream, the frames it sends us, and its close state."""
+
+    __slots__ = (
+        "bytes_in",
+        "got_close",
+        "last_rx",
+        "lock",
+        "lost",
+        "masks",
+        "ping_payload",
+        "pinged_at",
+        "reader",
+        "sent_close",
+        "side",
+        "stream",
+    )
+
+    def __init__(self, side: Side, stream: trio.abc.Stream, reader: FrameReader) -> None:
+        self.side = side
+        self.stream = stream
+        self.reader = reader
+        self.masks = side is Side.BACKEND  # frames we write to a server are masked
+        self.lock = trio.StrictFIFOLock()
+        self.last_rx = trio.current_time()
+        self.bytes_in = 0
+        self.ping_payload = b""  # our latest keepalive ping's payload; its pong is not relayed
+        self.pinged_at = -math.inf
+        self.sent_close = False
+        self.got_close = False
+        self.lost = False
+
+    def frame(self, opcode: int, payload: bytes) -> bytes:
+        return control_frame(opcode, payload, os.urandom(4) if self.masks else None)
+
+
+class Session:
+    """Relays one client's frames to and from its backend until both legs are gone."""
+
+    def __init__(
+        self,
+        config: Config,
+        client: trio.abc.Stream,
+        backend: trio.abc.Stream,
+        *,
+        compressed: bool,
+        client_prefix: bytes = b"",
+        backend_prefix: bytes = b"",
+    ) -> None:
+        size = config.security.max_message_size
+        self.client = Leg(
+            Side.CLIENT,
+            client,
+            FrameReader(masked=True, compressed=compressed, max_message_size=size),
+        )
+        self.backend = Leg(
+            Side.BACKEND,
+            backend,
+            FrameReader(masked=False, compressed=compressed, max_message_size=size),
+        )
+        self._prefixes = {Side.CLIENT: client_prefix, Side.BACKEND: backend_prefix}
+        self._idle = config.timeouts.idle
+        self._ping_interval = config.keepalive.interval
+        self._ping_timeout = config.keepalive.timeout
+        self.last_relay = trio.current_time()
+        self.close: Close | None = None  # the first close of the session, and who began it
+        self.closed_by: Side | None = None
+        self._scope = trio.CancelScope()
+        self._pings = 0
+
+    # ---------------------------------------------------------------- running
+
+    async def run(self) -> None:
+        """Relay until both legs are gone (or `CLOSE_TIMEOUT` after the first close)."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, self.backend, self.client)
+                    nursery.start_soon(self._watch)
+                    await self._pump(self.client, self.backend)
+        finally:
+            for leg in (self.client, self.backend):
+                leg.lost = True
+                await trio.aclose_forcefully(leg.stream)
+
+    async def shutdown(self, close: Close = closes.SHUTDOWN) -> None:
+        """Ask both peers to close, as the proxy; the session ends when they have."""
+        self._begin_close(close, Side.PROXY)
+        async with trio.open_nursery() as nursery:
+            for leg in (self.client, self.backend):
+                nursery.start_soon(functools.partial(self._send_close, leg, close, holding=False))
+
+    @property
+    def messages(self) -> tuple[int, int]:
+        """Messages (client to backend, backend to client)."""
+        return self.client.reader.messages, self.backend.reader.messages
+
+    # ---------------------------------------------------------------- the pump
+
+    async def _pump(self, src: Leg, dst: Leg) -> None:
+        reader = src.reader
+        lock = dst.lock
+        holding = False
+        data: Buffer = self._prefixes[src.side]
+        try:
+            while True:
+                if data:
+                    now = trio.current_time()
+                else:
+                    try:
+                        data = await src.stream.receive_some(CHUNK)
+                    except _GONE:
+                        break
+                    if not data:
+                        break
+                    now = src.last_rx = trio.current_time()
+                src.bytes_in += len(data)
+                out = reader.feed(data)
+                data = b""
+                if reader.controls or reader.violation is not None:
+                    holding = await self._forward_special(src, dst, out, holding)
+                    if reader.violation is not None:
+                        return  # the leg has been told why and dropped
+                    continue
+                if not out or dst.sent_close or dst.lost:
+                    continue
+                if not holding:
+                    try:
+                        lock.acquire_nowait()
+                    except trio.WouldBlock:
+                        await lock.acquire()
+                    holding = True
+                try:
+                    await dst.stream.send_all(out)
+                except _GONE:
+                    await self._lose(dst)
+                    continue
+                self.last_relay = now
+                if not reader.payload_left:
+                    lock.release()
+                    holding = False
+        finally:
+            if holding:
+                lock.release()
+        await self._lose(src)
+
+    async def _forward_special(self, src: Leg, dst: Leg, out: Buffer, holding: bool) -> bool:
+        """Forward `out`, which holds control frames or stops at a violation; return `holding`."""
+        reader = src.reader
+        violation = reader.violation
+        pieces: list[Buffer] = []
+        start = 0
+        for control in reader.controls:
+            if control.opcode == OP_PONG and control.payload == src.ping_payload:
+                pieces.append(out[start : control.start])
+                start = control.end
+            elif control.opcode == OP_CLOSE:
+                src.got_close = True
+                self._begin_close(Close(control.close_code(), control.close_reason()), src.side)
+        pieces.append(out[start:])
+        payload = b"".join(pieces)
+        if not holding:
+            await dst.lock.acquire()
+        try:
+            if payload and not dst.sent_close and not dst.lost:
+                try:
+                    await dst.stream.send_all(payload)
+                except _GONE:
+                    await self._lose(dst)
+                else:
+                    self.last_relay = trio.current_time()
+                    dst.sent_close = src.got_close
+            if violation is not None:
+                to_src, to_dst = closes.for_violation(src.side, violation)
+                self._begin_close(to_src, Side.PROXY)
+                await self._send_close(dst, to_dst, holding=True)
+        finally:
+            holding = reader.payload_left != 0
+            if not holding:
+                dst.lock.release()
+        if violation is not None:
+            await self._send_close(src, Close(violation.code, violation.reason), holding=False)
+            await self._lose(src)
+        else:
+            await self._settle(src)
+            await self._settle(dst)
+        return holding
+
+    # ---------------------------------------------------------------- closing
+
+    def _begin_close(self, close: Close, by: Side) -> None:
+        if self.close is None:
+            self.close = close
+            self.closed_by = by
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
+
+    async def _send_close(self, leg: Leg, close: Close, *, holding: bool) -> None:
+        """Write our own close frame to `leg` at a frame boundary, or drop the leg."""
+        if leg.sent_close or leg.lost:
+            return
+        leg.sent_close = True
+        frame = leg.frame(OP_CLOSE, close_payload(close.code, close.reason))
+        other = self.backend if leg is self.client else self.client
+        sent = False
+        if not (holding and other.reader.payload_left):  # mid-frame, a close can't be framed
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                try:
+                    if holding:
+                        await leg.stream.send_all(frame)
+                    else:
+                        async with leg.lock:
+                            await leg.stream.send_all(frame)
+                    sent = True
+                except _GONE:
+                    pass
+        if sent:
+            await self._settle(leg)
+        else:
+            await self._lose(leg)
+
+    async def _settle(self, leg: Leg) -> None:
+        """Close the client's TCP once its close handshake is complete (we are its server)."""
+        if leg is self.client and leg.sent_close and leg.got_close and not leg.lost:
+            await self._drop(leg)
+
+    async def _lose(self, leg: Leg) -> None:
+        """`leg` is gone or given up on: drop it, and tell the other side if it must be told."""
+        if leg.lost:
+            return
+        await self._drop(leg)
+        if leg.got_close:
+            return  # it closed properly; its close frame went to the other side
+        survivor = closes.for_survivor_of(leg.side)
+        self._begin_close(survivor, leg.side)
+        other = self.backend if leg is self.client else self.client
+        await self._send_close(other, survivor, holding=False)
+
+    async def _drop(self, leg: Leg) -> None:
+        leg.lost = True
+        await trio.aclose_forcefully(leg.stream)
+        if self.client.lost and self.backend.lost:
+            self._scope.cancel()
+
+    # ---------------------------------------------------------------- keepalive and idle
+
+    async def _watch(self) -> None:
+        """Ping silent legs, drop legs that stay silent, and close the session when idle."""
+        interval, timeout, idle = self._ping_interval, self._ping_timeout, self._idle
+        legs = (self.client, self.backend)
+        while True:
+            now = trio.current_time()
+            wake = math.inf
+            if idle:
+                idle_at = self.last_relay + idle
+                if now >= idle_at:
+                    await self.shutdown(closes.IDLE)
+                    return
+                wake = idle_at
+            if interval:
+                for leg in legs:
+                    if leg.lost or leg.sent_close:
+                        continue
+                    ping_at = leg.last_rx + interval
+                    dead_at = ping_at + timeout
+                    if now >= dead_at:
+                        await self._lose(leg)
+                    elif now >= ping_at:
+                        if leg.pinged_at < leg.last_rx:
+                            await self._ping(leg)
+                        wake = min(wake, dead_at)
+                    else:
+                        wake = min(wake, ping_at)
+            await trio.sleep_until(wake)
+
+    async def _ping(self, leg: Leg) -> None:
+        self._pings += 1
+        payload = b"wsproxy keepalive %d" % self._pings
+        frame = leg.frame(OP_PING, payload)
+        leg.pinged_at = trio.current_time()
+        state = "waiting"
+        with trio.move_on_after(self._ping_timeout):
+            async with leg.lock:
+                if leg.sent_close or leg.lost:
+                    return
+                leg.ping_payload = payload
+                state = "sending"
+                try:
+                    await leg.stream.send_all(frame)
+                except _GONE:
+                    state = "failed"
+                else:
+                    state = "sent"
+        if state in ("sending", "failed"):  # gone, or cancelled part-way through a frame
+            await self._lose(leg)

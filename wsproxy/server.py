@@ -1,0 +1,350 @@
+"""The proxy's lifecycle: listeners, the accept loop, limits, handshakes, sessions and the drain.
+
+Invariants:
+- Connection limits (whole proxy, per client IP) are counted from accept to close; a client over
+  a limit still gets an HTTP answer (503 or 429), after its request head has been read.
+- A request head is read whole, up to `max_header_size` bytes and within `handshake_timeout`,
+  before anything is judged; bytes behind it belong to the WebSocket stream.
+- Every refusal is an HTTP answer with a short plain-text body, then a polite close.
+- Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
+  close with 1001, and cancel what is left `CLOSE_TIMEOUT` later.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections import Counter
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+from typing import Final
+
+import h11
+import trio
+
+from wsproxy.balancer import PoolBalancer, find_route
+from wsproxy.config import Config
+from wsproxy.handshake import (
+    Headers,
+    Reject,
+    UpgradeRequest,
+    client_accept_response,
+    judge_request,
+    reject_from_h11_error,
+    reject_response,
+)
+from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
+from wsproxy.relay import CLOSE_TIMEOUT, Session
+from wsproxy.upstream import Backend, Dial, Passthrough, dial_tcp, open_backend
+
+log = logging.getLogger(__name__)
+
+_CHUNK: Final = 16384
+_LINGER: Final = 1.0  # seconds spent reading what a refused client still sends, before closing
+_RETRY_AFTER: Final = ((b"retry-after", b"5"),)
+
+
+class ListenError(Exception):
+    """A configured address could not be bound (in use, not local, no permission)."""
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class Proxy:
+    """Serves one configuration on its listeners until `stop()`."""
+
+    def __init__(self, config: Config, *, dial: Dial = dial_tcp) -> None:
+        self.config = config
+        self._dial = dial
+        self.balancers = {name: PoolBalancer(pool) for name, pool in config.pools.items()}
+        self.sessions: set[Session] = set()
+        self.connections = 0
+        self._per_ip: Counter[str] = Counter()
+        self._stopping = trio.Event()
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    def stop(self) -> None:
+        """Begin the drain: no new connections; sessions get `drain_timeout` to finish."""
+        self._stopping.set()
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept and relay until `stop()`, then drain; `started` gets the bound addresses."""
+        if listeners is None:
+            listeners = await self.open_listeners()
+        addresses = [_address(listener) for listener in listeners]
+        log.info("wsproxy listening on %s", ", ".join(addresses))
+        task_status.started(addresses)
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(self._accept_loop, listener, handlers)
+                await self._stopping.wait()
+                accepting.cancel_scope.cancel()
+            for listener in listeners:
+                await listener.aclose()
+            await self._drain(handlers)
+
+    async def open_listeners(self) -> list[trio.SocketListener]:
+        """Bind every configured address; a failure is a `ListenError` naming the address."""
+        listeners: list[trio.SocketListener] = []
+        for listen in self.config.listen:
+            try:
+                listeners += await trio.open_tcp_listeners(listen.port, host=listen.host)
+            except OSError as exc:
+                for listener in listeners:
+                    await listener.aclose()
+                raise ListenError(f"cannot listen on {listen.address}: {exc.strerror or exc}") from None
+        return listeners
+
+    async def serve_until_signalled(self) -> None:
+        """`serve` until SIGTERM or SIGINT, which start the drain; a second one stops at once."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            listeners = await self.open_listeners()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._obey, signals, nursery.cancel_scope)
+                await self.serve(listeners)
+                nursery.cancel_scope.cancel()
+
+    async def _obey(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if self._stopping.is_set():
+                log.warning("%s while draining: stopping now", name)
+                scope.cancel()
+                return
+            drain = self.config.shutdown.drain_timeout
+            log.info("%s: draining (sessions get up to %gs)", name, drain)
+            self.stop()
+
+    async def _drain(self, handlers: trio.Nursery) -> None:
+        drain_timeout = self.config.shutdown.drain_timeout
+        with trio.move_on_after(drain_timeout):
+            await self._all_closed.wait()
+        if self.sessions:
+            log.info("drain time is over: closing %d sessions", len(self.sessions))
+            async with trio.open_nursery() as closing:
+                for session in list(self.sessions):
+                    closing.start_soon(session.shutdown)
+        handlers.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+
+    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: wait for descriptors to be freed
+                log.error("accept failed on %s: %s", _address(listener), exc)
+                await trio.sleep(0.1)
+                continue
+            handlers.start_soon(self._handle, stream)
+
+    # ---------------------------------------------------------------- one connection
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            await trio.aclose_forcefully(stream)
+            return
+        ip = str(peer[0])
+        self.connections += 1
+        self._per_ip[ip] += 1
+        self._all_closed = trio.Event() if self._all_closed.is_set() else self._all_closed
+        try:
+            await self._serve_client(stream, ip, f"{ip}:{peer[1]}")
+        except Exception:
+            log.exception("session of %s:%s failed", ip, peer[1])
+        finally:
+            self.connections -= 1
+            self._per_ip[ip] -= 1
+            if not self._per_ip[ip]:
+                del self._per_ip[ip]
+            if not self.connections:
+                self._all_closed.set()
+            await trio.aclose_forcefully(stream)
+
+    def _over_limit(self, ip: str) -> Reject | None:
+        security = self.config.security
+        if self.connections > security.max_connections:
+            return Reject(503, "the proxy is at its connection limit", _RETRY_AFTER)
+        if self._per_ip[ip] > security.max_connections_per_ip:
+            return Reject(429, "too many connections from your address", _RETRY_AFTER)
+        return None
+
+    async def _serve_client(self, stream: trio.SocketStream, ip: str, client: str) -> None:
+        config = self.config
+        security = config.security
+        over_limit = self._over_limit(ip)
+        with trio.move_on_after(security.handshake_timeout) as reading:
+            try:
+                head, trailing = await _read_head(stream, security.max_header_size)
+            except _HeadTooLarge:
+                await _refuse(stream, Reject(431, "request head too large"))
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+        if reading.cancelled_caught:
+            await _refuse(stream, Reject(408, "request head not received in time"))
+            return
+        if head is None:
+            return  # the client left before finishing its request
+        parsed = _parse_request(head)
+        if isinstance(parsed, Reject):
+            await _refuse(stream, parsed)
+            return
+        if over_limit is not None:
+            await _refuse(stream, over_limit)
+            return
+        upgrade = judge_request(parsed, security)
+        if isinstance(upgrade, Reject):
+            await _refuse(stream, upgrade)
+            return
+        route = find_route(config.routes, upgrade.host, upgrade.target.decode("latin-1"))
+        if route is None:
+            await _refuse(stream, Reject(404, "no route for this host and path"))
+            return
+        balancer = self.balancers[route.pool]
+        result = await open_backend(
+            balancer,
+            upgrade,
+            client_ip=ip,
+            scheme="http",
+            connect_timeout=config.timeouts.connect,
+            dial=self._dial,
+        )
+        if isinstance(result, Reject):
+            await _refuse(stream, result)
+            return
+        if isinstance(result, Passthrough):
+            await _pass_through(stream, result)
+            return
+        await self._relay(stream, result, upgrade, trailing, client, route.path, balancer.name)
+
+    async def _relay(
+        self,
+        stream: trio.SocketStream,
+        backend: Backend,
+        upgrade: UpgradeRequest,
+        trailing: bytes,
+        client: str,
+        route: str,
+        pool: str,
+    ) -> None:
+        answer = client_accept_response(upgrade, backend.accept)
+        session = Session(
+            self.config,
+            stream,
+            backend.stream,
+            compressed=backend.accept.deflate,
+            client_prefix=trailing,
+            backend_prefix=backend.trailing,
+        )
+        started = trio.current_time()
+        backend.server.sessions += 1
+        self.sessions.add(session)
+        try:
+            try:
+                await stream.send_all(_head(101, b"Switching Protocols", tuple(answer.headers)))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await trio.aclose_forcefully(backend.stream)
+                return
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            backend.server.sessions -= 1
+        close = session.close
+        messages_in, messages_out = session.messages
+        write_access(
+            AccessRecord(
+                time=iso_time(wall_time()),
+                client=client,
+                route=route,
+                pool=pool,
+                server=backend.server.url,
+                subprotocol=backend.accept.subprotocol or "",
+                duration=trio.current_time() - started,
+                messages_in=messages_in,
+                messages_out=messages_out,
+                bytes_in=session.client.bytes_in,
+                bytes_out=session.backend.bytes_in,
+                close_code=close.code if close else 1006,
+                closed_by=session.closed_by.value if session.closed_by else "unknown",
+            )
+        )
+
+
+async def _read_head(stream: trio.abc.Stream, limit: int) -> tuple[bytes | None, bytes]:
+    """Read up to the blank line that ends a request head: (head, the bytes behind it)."""
+    buffer = bytearray()
+    while True:
+        data = await stream.receive_some(_CHUNK)
+        if not data:
+            return None, b""
+        searched_from = max(len(buffer) - 3, 0)
+        buffer += data
+        end = buffer.find(b"\r\n\r\n", searched_from)
+        if end >= 0:
+            if end + 4 > limit:
+                raise _HeadTooLarge
+            return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+        if len(buffer) > limit:
+            raise _HeadTooLarge
+
+
+def _parse_request(head: bytes) -> h11.Request | Reject:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
+    try:
+        conn.receive_data(head)
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        return reject_from_h11_error(exc)
+    if not isinstance(event, h11.Request):
+        return Reject(400, "malformed request")
+    return event
+
+
+def _head(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+async def _refuse(stream: trio.SocketStream, reject: Reject) -> None:
+    response, body = reject_response(reject)
+    phrase = HTTPStatus(reject.status).phrase.encode()
+    await _answer_and_close(stream, _head(reject.status, phrase, tuple(response.headers)) + body)
+
+
+async def _pass_through(stream: trio.SocketStream, answer: Passthrough) -> None:
+    headers = (
+        *answer.headers,
+        (b"content-length", b"%d" % len(answer.body)),
+        (b"connection", b"close"),
+    )
+    await _answer_and_close(stream, _head(answer.status, answer.reason, headers) + answer.body)
+
+
+async def _answer_and_close(stream: trio.SocketStream, data: bytes) -> None:
+    """Send a final HTTP answer, then close politely so the client gets to read it."""
+    with trio.move_on_after(_LINGER):
+        try:
+            await stream.send_all(data)
+            await stream.send_eof()
+            while await stream.receive_some(_CHUNK):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
+
+
+def _address(listener: trio.SocketListener) -> str:
+    host, port = listener.socket.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

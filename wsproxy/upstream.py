@@ -1,0 +1,180 @@
+"""Reaching a backend: dial a server of the pool, run the client side of its handshake, retry.
+
+Invariants:
+- The whole attempt, every retry included, runs under one `timeouts.connect` deadline; running
+  out of it is a 504, every other failure a 502, and a pool with no healthy server a 503.
+- A server is tried at most once per attempt; each failure ejects it (see `balancer`), and a
+  completed HTTP answer, 101 or not, counts as the server being alive.
+- A backend's non-101 answer is returned whole (status, end-to-end headers, a body of at most
+  `MAX_PASSTHROUGH_BODY` bytes) for the client; the stream is closed here in that case.
+- On success the caller owns the returned stream and must close it; bytes that came right behind
+  the 101 are returned with it, as they are the first WebSocket bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import h11
+import trio
+
+from wsproxy.balancer import PoolBalancer, ServerState
+from wsproxy.handshake import (
+    BackendAccept,
+    Reject,
+    UpgradeRequest,
+    backend_request,
+    judge_backend_response,
+    new_key,
+    passthrough_headers,
+)
+
+log = logging.getLogger(__name__)
+
+Dial = Callable[[str, int], Awaitable[trio.abc.Stream]]
+
+MAX_PASSTHROUGH_BODY: Final = 64 * 1024
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+_CHUNK: Final = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A backend that accepted the upgrade: its stream, its 101, and the bytes behind it."""
+
+    server: ServerState
+    stream: trio.abc.Stream
+    accept: BackendAccept
+    trailing: bytes
+    connect_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Passthrough:
+    """A backend's answer other than 101, to be given to the client as it is."""
+
+    server: ServerState
+    status: int
+    reason: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+class _HandshakeFailed(Exception):
+    """This server could not be used: connect refused, reset, or a broken answer."""
+
+
+async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
+    stream = await trio.open_tcp_stream(host, port)
+    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
+    return stream
+
+
+async def open_backend(
+    balancer: PoolBalancer,
+    upgrade: UpgradeRequest,
+    *,
+    client_ip: str,
+    scheme: str,
+    connect_timeout: float,
+    dial: Dial = dial_tcp,
+) -> Backend | Passthrough | Reject:
+    """Find a server of `balancer`'s pool that takes the upgrade, within `connect_timeout`."""
+    start = trio.current_time()
+    tried: list[ServerState] = []
+    last_problem = ""
+    with trio.move_on_after(connect_timeout) as scope:
+        while len(tried) <= balancer.retries:
+            server = balancer.choose(trio.current_time(), exclude=tried)
+            if server is None:
+                break
+            tried.append(server)
+            try:
+                result = await _try_server(server, upgrade, client_ip, scheme, dial)
+            except _HandshakeFailed as exc:
+                last_problem = str(exc)
+                log.warning("backend %s failed: %s", server.url, exc)
+                balancer.failed(server, trio.current_time())
+                continue
+            balancer.succeeded(server)
+            if isinstance(result, Backend):
+                return Backend(server, result.stream, result.accept, result.trailing,
+                               trio.current_time() - start)
+            return result
+    if scope.cancelled_caught:
+        if tried:
+            balancer.failed(tried[-1], trio.current_time())
+        return Reject(504, f"the backend did not answer within {connect_timeout:g}s")
+    if not tried:
+        return Reject(503, f"no healthy server in pool {balancer.name}")
+    return Reject(502, f"could not reach a backend: {last_problem}")
+
+
+async def _try_server(
+    server: ServerState, upgrade: UpgradeRequest, client_ip: str, scheme: str, dial: Dial
+) -> Backend | Passthrough:
+    try:
+        stream = await dial(server.host, server.port)
+    except OSError as exc:
+        raise _HandshakeFailed(f"connect to {server.host}:{server.port}: {exc.strerror or exc}") from None
+    ok = False
+    try:
+        result = await _handshake(server, stream, upgrade, client_ip, scheme)
+        ok = isinstance(result, Backend)
+        return result
+    finally:
+        if not ok:
+            await trio.aclose_forcefully(stream)
+
+
+async def _handshake(
+    server: ServerState,
+    stream: trio.abc.Stream,
+    upgrade: UpgradeRequest,
+    client_ip: str,
+    scheme: str,
+) -> Backend | Passthrough:
+    key = new_key(os.urandom(16))
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+    request = backend_request(upgrade, key=key, client_ip=client_ip, scheme=scheme)
+    try:
+        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+        head = await _next_event(stream, conn)
+        while isinstance(head, h11.InformationalResponse) and head.status_code != 101:
+            head = await _next_event(stream, conn)
+        if isinstance(head, h11.InformationalResponse):
+            verdict = judge_backend_response(head, key=key, upgrade=upgrade)
+            if isinstance(verdict, Reject):
+                raise _HandshakeFailed(verdict.reason)
+            trailing = bytes(conn.trailing_data[0])
+            return Backend(server, stream, verdict, trailing, 0.0)
+        if not isinstance(head, h11.Response):
+            raise _HandshakeFailed("the backend closed the connection without answering")
+        body = bytearray()
+        while True:
+            event = await _next_event(stream, conn)
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_PASSTHROUGH_BODY:
+                    raise _HandshakeFailed("the backend's refusal had an oversized body")
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                break
+        return Passthrough(server, head.status_code, head.reason,
+                           passthrough_headers(tuple(head.headers)), bytes(body))
+    except h11.ProtocolError as exc:
+        raise _HandshakeFailed(f"invalid HTTP from the backend: {exc}") from None
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        raise _HandshakeFailed("the backend reset the connection") from None
+
+
+async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Event | type[h11.PAUSED]:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event  # type: ignore[return-value]
+        data = await stream.receive_some(_CHUNK)
+        conn.receive_data(bytes(data))
