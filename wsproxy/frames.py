@@ -2,7 +2,7 @@
 
 Invariants:
 - `FrameReader.feed` returns the bytes that may be forwarded now, in arrival order and unchanged.
-  It withholds only an incomplete frame header or an incomplete control frame (at most 131 bytes),
+  It withholds only an incomplete frame header or an incomplete control frame (at most 14 + 125 bytes),
   so every forwarded chunk ends either at a frame boundary or inside a data frame's payload.
 - Data payload bytes are counted and skipped, never copied or unmasked; control frames (at most
   125 payload bytes) are read whole, so closes and pongs can be understood.
@@ -241,8 +241,5 @@ def control_frame(opcode: int, payload: bytes, mask_key: bytes | None) -> bytes:
 
 def close_payload(code: int, reason: str) -> bytes:
     """A close frame's payload, with the reason cut on a character boundary to fit 123 bytes."""
-    encoded = reason.encode("utf-8")
-    while len(encoded) > _MAX_CONTROL_PAYLOAD - 2:
-        reason = reason[:-1]
-        encoded = reason.encode("utf-8")
-    return code.to_bytes(2, "big") + encoded
+    encoded = reason.encode("utf-8")[: _MAX_CONTROL_PAYLOAD - 2]
+    return code.to_bytes(2, "big") + encoded.decode("utf-8", "ignore").encode("utf-8")
