@@ -26,6 +26,7 @@ import trio
 from wsproxy import closes
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config
+from wsproxy.wire import wire_for
 from wsproxy.frames import (
     OP_CLOSE,
     OP_PING,
@@ -59,11 +60,13 @@ class Leg:
         "sent_close",
         "side",
         "stream",
+        "wire",
     )
 
     def __init__(self, side: Side, stream: trio.abc.Stream, reader: FrameReader) -> None:
         self.side = side
         self.stream = stream
+        self.wire = wire_for(stream)
         self.reader = reader
         self.masks = side is Side.BACKEND  # frames we write to a server are masked
         self.lock = trio.StrictFIFOLock()
@@ -145,6 +148,8 @@ class Session:
     async def _pump(self, src: Leg, dst: Leg) -> None:
         reader = src.reader
         lock = dst.lock
+        receive = src.wire.receive
+        send_all = dst.wire.send_all
         holding = False
         data: Buffer = self._prefixes[src.side]
         try:
@@ -153,7 +158,7 @@ class Session:
                     now = trio.current_time()
                 else:
                     try:
-                        data = await src.stream.receive_some(CHUNK)
+                        data = await receive()
                     except _GONE:
                         break
                     if not data:
@@ -176,7 +181,7 @@ class Session:
                         await lock.acquire()
                     holding = True
                 try:
-                    await dst.stream.send_all(out)
+                    await send_all(out)
                 except _GONE:
                     await self._lose(dst)
                     continue
@@ -209,7 +214,7 @@ class Session:
         try:
             if payload and not dst.sent_close and not dst.lost:
                 try:
-                    await dst.stream.send_all(payload)
+                    await dst.wire.send_all(payload)
                 except _GONE:
                     await self._lose(dst)
                 else:
@@ -251,10 +256,10 @@ class Session:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 try:
                     if holding:
-                        await leg.stream.send_all(frame)
+                        await leg.wire.send_all(frame)
                     else:
                         async with leg.lock:
-                            await leg.stream.send_all(frame)
+                            await leg.wire.send_all(frame)
                     sent = True
                 except _GONE:
                     pass
@@ -330,7 +335,7 @@ class Session:
                 leg.ping_payload = payload
                 state = "sending"
                 try:
-                    await leg.stream.send_all(frame)
+                    await leg.wire.send_all(frame)
                 except _GONE:
                     state = "failed"
                 else:

@@ -1,0 +1,89 @@
+"""Moving a leg's bytes: straight on the socket when it is one, through the trio stream otherwise.
+
+Invariants:
+- `receive` always waits for readiness first, so it is a checkpoint on every call: a pump that
+  finds data every time still lets other tasks run.
+- `send_all` returns without a checkpoint when the kernel takes the whole chunk at once, which is
+  the common case; it waits for writability only when the socket buffer is full.
+- Every failure surfaces as `trio.BrokenResourceError` (peer gone) or
+  `trio.ClosedResourceError` (we closed it), as with trio's own streams.
+- The descriptor is read from the socket after every wait, never kept: a closed socket can
+  never read or write a descriptor number that a newer connection has reused.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Final
+
+import trio
+
+CHUNK: Final = 65536
+
+
+class SocketWire:
+    """A plain TCP leg, read and written with `os.read`/`os.write` on its descriptor.
+
+    The descriptor is looked up again after every wait: a closed socket's is -1, so a
+    descriptor number that a newer connection has reused is never touched.
+    """
+
+    __slots__ = ("_fileno",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._fileno = stream.socket.fileno
+
+    def _fd(self) -> int:
+        fd = self._fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError
+        return fd
+
+    async def receive(self) -> bytes:
+        while True:
+            await trio.lowlevel.wait_readable(self._fd())
+            try:
+                return os.read(self._fd(), CHUNK)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            sent = os.write(self._fd(), data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
+        size = len(data)
+        if sent == size:
+            return
+        view = memoryview(data)
+        while sent < size:
+            await trio.lowlevel.wait_writable(self._fd())
+            try:
+                sent += os.write(self._fd(), view[sent:])
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise trio.BrokenResourceError(str(exc)) from None
+
+
+class StreamWire:
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+
+    async def receive(self) -> bytes | bytearray:
+        return await self._stream.receive_some(CHUNK)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+
+def wire_for(stream: trio.abc.Stream) -> SocketWire | StreamWire:
+    if isinstance(stream, trio.SocketStream):
+        return SocketWire(stream)
+    return StreamWire(stream)
