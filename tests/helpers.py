@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import trio
-from wsproto.frame_protocol import CloseReason, Frame, FrameProtocol, Opcode
+from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 
 class Peer:
@@ -14,7 +14,7 @@ class Peer:
         self.protocol = FrameProtocol(client=client, extensions=[])
         self._frames: list[Frame] = []
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes | bytearray) -> None:
         await self.stream.send_all(data)
 
     async def send_text(self, text: str, *, fin: bool = True) -> None:
@@ -58,8 +58,3 @@ class Peer:
     async def expect_eof(self) -> None:
         frame = await self.receive()
         assert frame is None, f"expected EOF, got {frame}"
-
-
-def close_reason(frame: Frame) -> CloseReason:
-    assert frame.opcode is Opcode.CLOSE
-    return CloseReason(frame.payload[0])  # type: ignore[index]

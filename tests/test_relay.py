@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 import pytest
 import trio
 import trio.testing
-from wsproto.frame_protocol import Opcode
+from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from tests.helpers import Peer
 from wsproxy.closes import Side
@@ -41,12 +40,16 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(nursery: trio.Nursery) -> AsyncIterator[Rig]:
-    yield await start_rig(nursery, make_config())
+async def rig(nursery: trio.Nursery) -> Rig:
+    return await start_rig(nursery, make_config())
 
 
 async def start_rig(
-    nursery: trio.Nursery, config: Config, *, client_prefix: bytes = b"", backend_prefix: bytes = b""
+    nursery: trio.Nursery,
+    config: Config,
+    *,
+    client_prefix: bytes = b"",
+    backend_prefix: bytes = b"",
 ) -> Rig:
     client_end, proxy_client_end = trio.testing.memory_stream_pair()
     backend_end, proxy_backend_end = trio.testing.memory_stream_pair()
@@ -97,8 +100,8 @@ async def test_relay_fragments_and_interleaved_ping_keep_their_order(rig: Rig) -
 
 
 async def test_relay_bytes_behind_the_handshake_go_first(nursery: trio.Nursery) -> None:
-    early = Peer(trio.testing.memory_stream_pair()[0], client=True).protocol.send_data("early", True)
-    rig = await start_rig(nursery, make_config(), client_prefix=early)
+    early = FrameProtocol(client=True, extensions=[]).send_data("early", True)
+    rig = await start_rig(nursery, make_config(), client_prefix=bytes(early))
     frame = await rig.backend.receive()
     assert frame is not None
     assert frame.payload == "early"
@@ -175,7 +178,7 @@ async def test_relay_keepalive_drops_a_leg_silent_past_the_timeout(
             if frame.opcode is Opcode.PING:
                 await rig.backend.pong(bytes(frame.payload))  # type: ignore[arg-type]
             if frame.opcode is Opcode.CLOSE:
-                assert frame.payload[0] == 1001  # type: ignore[index]
+                assert frame.payload[0] == 1001
                 assert trio.current_time() - start == INTERVAL + TIMEOUT
                 await rig.backend.close(1001)
                 return

@@ -54,7 +54,16 @@ def find_route(routes: Iterable[Route], host: str, target: str) -> Route | None:
 class ServerState:
     """What the proxy knows about one backend server, across sessions."""
 
-    __slots__ = ("current", "ejected_until", "failures", "host", "port", "sessions", "url", "weight")
+    __slots__ = (
+        "current",
+        "ejected_until",
+        "failures",
+        "host",
+        "port",
+        "sessions",
+        "url",
+        "weight",
+    )
 
     def __init__(self, server: Server) -> None:
         self.url = server.url

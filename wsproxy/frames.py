@@ -2,8 +2,8 @@
 
 Invariants:
 - `FrameReader.feed` returns the bytes that may be forwarded now, in arrival order and unchanged.
-  It withholds only an incomplete frame header or an incomplete control frame (at most 14 + 125 bytes),
-  so every forwarded chunk ends either at a frame boundary or inside a data frame's payload.
+  It withholds only an incomplete frame header or an incomplete control frame (at most 14 + 125
+  bytes), so every forwarded chunk ends either at a frame boundary or inside a data frame's payload.
 - Data payload bytes are counted and skipped, never copied or unmasked; control frames (at most
   125 payload bytes) are read whole, so closes and pongs can be understood.
 - After a violation or a close frame the reader stops: nothing behind it is returned.

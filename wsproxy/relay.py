@@ -26,7 +26,6 @@ import trio
 from wsproxy import closes
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config
-from wsproxy.wire import wire_for
 from wsproxy.frames import (
     OP_CLOSE,
     OP_PING,
@@ -36,6 +35,7 @@ from wsproxy.frames import (
     close_payload,
     control_frame,
 )
+from wsproxy.wire import wire_for
 
 CHUNK: Final = 65536
 # How long we wait for a peer to answer a close frame, or to take one, before dropping it.

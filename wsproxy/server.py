@@ -16,18 +16,18 @@ import logging
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
 
 import h11
 import trio
 
-from wsproxy.balancer import PoolBalancer, find_route
+from wsproxy.balancer import PoolBalancer, ServerState, find_route
 from wsproxy.config import Config
 from wsproxy.handshake import (
     Headers,
     Reject,
-    UpgradeRequest,
     client_accept_response,
     judge_request,
     reject_from_h11_error,
@@ -35,7 +35,7 @@ from wsproxy.handshake import (
 )
 from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
 from wsproxy.relay import CLOSE_TIMEOUT, Session
-from wsproxy.upstream import Backend, Dial, Passthrough, dial_tcp, open_backend
+from wsproxy.upstream import Dial, Passthrough, dial_tcp, open_backend
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,15 @@ class Proxy:
         log.info("wsproxy listening on %s", ", ".join(addresses))
         task_status.started(addresses)
         async with trio.open_nursery() as handlers:
-            async with trio.open_nursery() as accepting:
+            try:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept_loop, listener, handlers)
+                    await self._stopping.wait()
+                    accepting.cancel_scope.cancel()
+            finally:
                 for listener in listeners:
-                    accepting.start_soon(self._accept_loop, listener, handlers)
-                await self._stopping.wait()
-                accepting.cancel_scope.cancel()
-            for listener in listeners:
-                await listener.aclose()
+                    await trio.aclose_forcefully(listener)
             await self._drain(handlers)
 
     async def open_listeners(self) -> list[trio.SocketListener]:
@@ -101,7 +103,9 @@ class Proxy:
             except OSError as exc:
                 for listener in listeners:
                     await listener.aclose()
-                raise ListenError(f"cannot listen on {listen.address}: {exc.strerror or exc}") from None
+                raise ListenError(
+                    f"cannot listen on {listen.address}: {exc.strerror or exc}"
+                ) from None
         return listeners
 
     async def serve_until_signalled(self) -> None:
@@ -158,7 +162,9 @@ class Proxy:
         self._per_ip[ip] += 1
         self._all_closed = trio.Event() if self._all_closed.is_set() else self._all_closed
         try:
-            await self._serve_client(stream, ip, f"{ip}:{peer[1]}")
+            ready = await self._handshake(stream, ip)
+            if ready is not None:
+                await self._relay(stream, ready, f"{ip}:{peer[1]}")
         except Exception:
             log.exception("session of %s:%s failed", ip, peer[1])
         finally:
@@ -178,7 +184,8 @@ class Proxy:
             return Reject(429, "too many connections from your address", _RETRY_AFTER)
         return None
 
-    async def _serve_client(self, stream: trio.SocketStream, ip: str, client: str) -> None:
+    async def _handshake(self, stream: trio.SocketStream, ip: str) -> _Ready | None:
+        """Judge the request and reach a backend; refuse the client, or return the session."""
         config = self.config
         security = config.security
         over_limit = self._over_limit(ip)
@@ -187,29 +194,25 @@ class Proxy:
                 head, trailing = await _read_head(stream, security.max_header_size)
             except _HeadTooLarge:
                 await _refuse(stream, Reject(431, "request head too large"))
-                return
+                return None
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+                return None
         if reading.cancelled_caught:
             await _refuse(stream, Reject(408, "request head not received in time"))
-            return
+            return None
         if head is None:
-            return  # the client left before finishing its request
-        parsed = _parse_request(head)
-        if isinstance(parsed, Reject):
-            await _refuse(stream, parsed)
-            return
-        if over_limit is not None:
-            await _refuse(stream, over_limit)
-            return
-        upgrade = judge_request(parsed, security)
-        if isinstance(upgrade, Reject):
-            await _refuse(stream, upgrade)
-            return
+            return None  # the client left before finishing its request
+        request = _parse_request(head)
+        upgrade = request if isinstance(request, Reject) else judge_request(request, security)
+        refusal = upgrade if isinstance(upgrade, Reject) else over_limit
+        if refusal is not None:
+            await _refuse(stream, refusal)
+            return None
+        assert not isinstance(upgrade, Reject)
         route = find_route(config.routes, upgrade.host, upgrade.target.decode("latin-1"))
         if route is None:
             await _refuse(stream, Reject(404, "no route for this host and path"))
-            return
+            return None
         balancer = self.balancers[route.pool]
         result = await open_backend(
             balancer,
@@ -221,54 +224,49 @@ class Proxy:
         )
         if isinstance(result, Reject):
             await _refuse(stream, result)
-            return
+            return None
         if isinstance(result, Passthrough):
             await _pass_through(stream, result)
-            return
-        await self._relay(stream, result, upgrade, trailing, client, route.path, balancer.name)
-
-    async def _relay(
-        self,
-        stream: trio.SocketStream,
-        backend: Backend,
-        upgrade: UpgradeRequest,
-        trailing: bytes,
-        client: str,
-        route: str,
-        pool: str,
-    ) -> None:
-        answer = client_accept_response(upgrade, backend.accept)
+            return None
+        accept = result.accept
         session = Session(
-            self.config,
+            config,
             stream,
-            backend.stream,
-            compressed=backend.accept.deflate,
+            result.stream,
+            compressed=accept.deflate,
             client_prefix=trailing,
-            backend_prefix=backend.trailing,
+            backend_prefix=result.trailing,
         )
+        answer = client_accept_response(upgrade, accept)
+        switching = _head(101, b"Switching Protocols", tuple(answer.headers))
+        return _Ready(
+            session, switching, result.server, route.path, balancer.name, accept.subprotocol or ""
+        )
+
+    async def _relay(self, stream: trio.SocketStream, ready: _Ready, client: str) -> None:
+        session = ready.session
         started = trio.current_time()
-        backend.server.sessions += 1
+        ready.server.sessions += 1
         self.sessions.add(session)
         try:
-            try:
-                await stream.send_all(_head(101, b"Switching Protocols", tuple(answer.headers)))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await trio.aclose_forcefully(backend.stream)
-                return
+            await stream.send_all(ready.switching)
             await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client left before its 101 was sent
         finally:
             self.sessions.discard(session)
-            backend.server.sessions -= 1
+            ready.server.sessions -= 1
+            await trio.aclose_forcefully(session.backend.stream)
         close = session.close
         messages_in, messages_out = session.messages
         write_access(
             AccessRecord(
                 time=iso_time(wall_time()),
                 client=client,
-                route=route,
-                pool=pool,
-                server=backend.server.url,
-                subprotocol=backend.accept.subprotocol or "",
+                route=ready.route,
+                pool=ready.pool,
+                server=ready.server.url,
+                subprotocol=ready.subprotocol,
                 duration=trio.current_time() - started,
                 messages_in=messages_in,
                 messages_out=messages_out,
@@ -278,6 +276,18 @@ class Proxy:
                 closed_by=session.closed_by.value if session.closed_by else "unknown",
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A session whose backend said yes: all the relay and the access line need."""
+
+    session: Session
+    switching: bytes  # our 101 to the client
+    server: ServerState
+    route: str
+    pool: str
+    subprotocol: str
 
 
 async def _read_head(stream: trio.abc.Stream, limit: int) -> tuple[bytes | None, bytes]:

@@ -102,8 +102,13 @@ async def open_backend(
                 continue
             balancer.succeeded(server)
             if isinstance(result, Backend):
-                return Backend(server, result.stream, result.accept, result.trailing,
-                               trio.current_time() - start)
+                return Backend(
+                    server,
+                    result.stream,
+                    result.accept,
+                    result.trailing,
+                    trio.current_time() - start,
+                )
             return result
     if scope.cancelled_caught:
         if tried:
@@ -120,7 +125,9 @@ async def _try_server(
     try:
         stream = await dial(server.host, server.port)
     except OSError as exc:
-        raise _HandshakeFailed(f"connect to {server.host}:{server.port}: {exc.strerror or exc}") from None
+        raise _HandshakeFailed(
+            f"connect to {server.host}:{server.port}: {exc.strerror or exc}"
+        ) from None
     ok = False
     try:
         result = await _handshake(server, stream, upgrade, client_ip, scheme)
@@ -163,15 +170,22 @@ async def _handshake(
                     raise _HandshakeFailed("the backend's refusal had an oversized body")
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
-        return Passthrough(server, head.status_code, head.reason,
-                           passthrough_headers(tuple(head.headers)), bytes(body))
+        return Passthrough(
+            server,
+            head.status_code,
+            head.reason,
+            passthrough_headers(tuple(head.headers)),
+            bytes(body),
+        )
     except h11.ProtocolError as exc:
         raise _HandshakeFailed(f"invalid HTTP from the backend: {exc}") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _HandshakeFailed("the backend reset the connection") from None
 
 
-async def _next_event(stream: trio.abc.Stream, conn: h11.Connection) -> h11.Event | type[h11.PAUSED]:
+async def _next_event(
+    stream: trio.abc.Stream, conn: h11.Connection
+) -> h11.Event | type[h11.PAUSED]:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:

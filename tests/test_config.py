@@ -1,0 +1,905 @@
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+import pytest
+import yaml
+
+from wsproxy.config import (
+    Config,
+    ConfigError,
+    Keepalive,
+    Listener,
+    Log,
+    Pool,
+    Route,
+    Security,
+    Server,
+    Shutdown,
+    Timeouts,
+    load_config,
+    parse_config,
+    summary,
+)
+
+EXAMPLE = Path(__file__).parents[1] / "config.example.yaml"
+
+# Security comes last so a test can add keys to it by appending "  key: value" lines.
+MINIMAL = """\
+listen:
+  - address: 127.0.0.1:0
+routes:
+  - {path: /, pool: main}
+pools:
+  main:
+    servers: [ws://127.0.0.1:9001]
+security:
+  allowed_origins: ["*"]
+"""
+
+
+def config_yaml(**sections: object) -> str:
+    """A valid configuration with top-level `sections` replaced or added, as YAML."""
+    data: dict[str, object] = {
+        "listen": [{"address": "127.0.0.1:0"}],
+        "security": {"allowed_origins": ["*"]},
+        "routes": [{"path": "/", "pool": "main"}],
+        "pools": {"main": {"servers": ["ws://127.0.0.1:9001"]}},
+    }
+    data.update(sections)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def problems_of(text: str, env: Mapping[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, env or {})
+    assert str(caught.value) == "\n".join(caught.value.problems)
+    return caught.value.problems
+
+
+def pool_yaml(**keys: object) -> str:
+    return config_yaml(pools={"main": {"servers": ["ws://127.0.0.1:9001"], **keys}})
+
+
+# ---------------------------------------------------------------------------- the example
+
+
+def test_config_example_parses_with_its_summary() -> None:
+    config = load_config(str(EXAMPLE), {})
+    assert summary(config) == "config OK: listening on 0.0.0.0:8080; 2 routes, 2 pools, 3 servers"
+    assert config.listen == (Listener(address="0.0.0.0:8080", host="0.0.0.0", port=8080),)
+    assert config.security.allowed_origins == (
+        "http://localhost:8080",
+        "http://127.0.0.1:8080",
+        "https://*.example.com",
+    )
+    assert config.routes == (
+        Route(host="chat.example.com", path="/chat", pool="chat"),
+        Route(path="/", pool="default"),
+    )
+    assert list(config.pools) == ["default", "chat"]
+    assert config.pools["default"].servers == (
+        Server(url="ws://127.0.0.1:9001", host="127.0.0.1", port=9001),
+        Server(url="ws://127.0.0.1:9002", host="127.0.0.1", port=9002, weight=2),
+    )
+    assert config.pools["chat"] == Pool(
+        name="chat",
+        servers=(Server(url="ws://127.0.0.1:9002", host="127.0.0.1", port=9002),),
+        retries=1,
+    )
+    assert config.log.format == "text"
+
+
+def test_config_example_states_the_defaults() -> None:
+    """The example's values are the dataclass defaults, apart from the keys it is there to show."""
+    config = load_config(str(EXAMPLE), {})
+    assert dataclasses.replace(config.security, allowed_origins=()) == Security(allowed_origins=())
+    assert (config.timeouts, config.keepalive) == (Timeouts(), Keepalive())
+    assert (config.shutdown, config.log) == (Shutdown(), Log())
+    assert config.pools["default"].retries == Pool(name="", servers=()).retries
+
+
+def test_config_example_documents_every_key() -> None:
+    text = EXAMPLE.read_text()
+    keys = {
+        f.name
+        for cls in (Config, Security, Timeouts, Keepalive, Route, Pool, Shutdown, Log)
+        for f in dataclasses.fields(cls)
+    } - {"name"}
+    keys |= {"address", "url", "weight"}
+    for key in sorted(keys):
+        assert re.search(rf"\b{key}:", text), key
+    assert "${NAME}" in text
+    assert "${NAME:-default}" in text
+    for later in ("admin", "workers", "tls", "proxy_protocol", "health check", "balance modes"):
+        assert later in text.split("# Not in this version")[1]
+
+
+# ---------------------------------------------------------------------------- whole files
+
+
+def test_config_minimal_takes_the_defaults() -> None:
+    config = parse_config(MINIMAL, {})
+    assert config == Config(
+        listen=(Listener(address="127.0.0.1:0", host="127.0.0.1", port=0),),
+        security=Security(allowed_origins=("*",)),
+        routes=(Route(pool="main"),),
+        pools=MappingProxyType(
+            {
+                "main": Pool(
+                    name="main",
+                    servers=(Server(url="ws://127.0.0.1:9001", host="127.0.0.1", port=9001),),
+                )
+            }
+        ),
+    )
+    assert isinstance(config.pools, MappingProxyType)
+    assert summary(config) == "config OK: listening on 127.0.0.1:0; 1 route, 1 pool, 1 server"
+
+
+def test_config_is_frozen_all_the_way_down() -> None:
+    config = parse_config(MINIMAL, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.log = Log()  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        config.pools["other"] = config.pools["main"]  # type: ignore[index]
+    assert isinstance(config.listen, tuple)
+    assert isinstance(config.security.allowed_origins, tuple)
+    assert isinstance(config.pools["main"].servers, tuple)
+
+
+def test_config_every_section_parses() -> None:
+    text = """\
+listen:
+  - address: 0.0.0.0:8080
+  - address: "[::1]:8081"
+security:
+  allowed_origins: ["HTTPS://App.Example.com", "https://*.example.com:8443", "null"]
+  require_origin: false
+  max_connections: 100
+  max_connections_per_ip: "10"
+  max_message_size: 64KiB
+  max_header_size: 8192
+  handshake_timeout: 2.5
+timeouts: {connect: 250ms, idle: 0}
+keepalive: {interval: 0, timeout: 1m}
+routes:
+  - {host: "*.Example.com", path: /chat, pool: chat}
+  - {pool: main}
+pools:
+  main:
+    balance: ROUND_ROBIN
+    servers: ["ws://[::1]:9001", {url: ws://backend.internal, weight: "3"}]
+    retries: 0
+  chat:
+    servers: [{url: ws://10.0.0.5:9002/}]
+shutdown: {drain_timeout: 1h}
+log: {level: WARNING, format: json}
+"""
+    config = parse_config(text, {})
+    assert config.listen[1] == Listener(address="[::1]:8081", host="::1", port=8081)
+    assert config.security == Security(
+        allowed_origins=("https://app.example.com", "https://*.example.com:8443", "null"),
+        require_origin=False,
+        max_connections=100,
+        max_connections_per_ip=10,
+        max_message_size=65536,
+        max_header_size=8192,
+        handshake_timeout=2.5,
+    )
+    assert config.timeouts == Timeouts(connect=0.25, idle=0.0)
+    assert config.keepalive == Keepalive(interval=0.0, timeout=60.0)
+    assert config.routes == (
+        Route(host="*.example.com", path="/chat", pool="chat"),
+        Route(pool="main"),
+    )
+    assert config.pools["main"] == Pool(
+        name="main",
+        servers=(
+            Server(url="ws://[::1]:9001", host="::1", port=9001),
+            Server(url="ws://backend.internal", host="backend.internal", port=80, weight=3),
+        ),
+        retries=0,
+    )
+    assert config.pools["chat"].servers[0].port == 9002
+    assert config.shutdown == Shutdown(drain_timeout=3600.0)
+    assert config.log == Log(level="warning", format="json")
+    assert summary(config).startswith("config OK: listening on 0.0.0.0:8080, [::1]:8081; 2 routes")
+
+
+def test_config_reports_every_problem_at_once() -> None:
+    text = """\
+listen:
+  - address: localhost
+security:
+  allowed_origins: ["https://app.example.com/"]
+  max_conections: 10
+routes:
+  - {path: chat, pool: chta}
+pools:
+  chat:
+    servers: [ws://127.0.0.1:9001, {url: "ws://10.0.0.1/x", weight: 0}]
+"""
+    assert problems_of(text) == [
+        "listen[0].address: expected HOST:PORT like 0.0.0.0:8080 or [::1]:8080, got 'localhost'",
+        "security.max_conections: unknown key (did you mean 'max_connections'?)",
+        "security.allowed_origins[0]: an origin has no path "
+        "(did you mean 'https://app.example.com'?)",
+        "routes[0].path: expected a path like / or /chat (no query), got 'chat'",
+        "pools.chat.servers[1].url: a server URL takes no path (each client's path is passed on)",
+        "pools.chat.servers[1].weight: must be at least 1, got 0",
+        "routes[0].pool: no pool named 'chta' (did you mean 'chat'?)",
+    ]
+
+
+def test_config_required_sections_are_reported() -> None:
+    assert problems_of("log: {level: info}\n") == [
+        "listen: missing (required)",
+        "security: missing (required)",
+        "routes: missing (required)",
+        "pools: missing (required)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            "- listen",
+            "the top level must be a mapping (listen:, security:, routes:, pools:), got a list",
+        ),
+        ("42", "the top level must be a mapping (listen:, security:, routes:, pools:), got 42"),
+        ("", "the file is empty"),
+        ("# nothing but a comment\n", "the file is empty"),
+        ("---\n", "the file is empty"),
+        ("~", "the file is empty"),
+    ],
+)
+def test_config_top_level_must_be_a_mapping(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]
+
+
+# ---------------------------------------------------------------------------- YAML itself
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: b: c", "line 1, column 5: mapping values are not allowed here"),
+        (
+            "listen: [",
+            "line 1, column 10: while parsing a flow node, expected the node content, "
+            "but found '<stream end>'",
+        ),
+        (
+            "--- {}\n--- {}",
+            "line 2, column 1: expected a single document in the stream, "
+            "but found another document",
+        ),
+        ("a: *nope", "line 1, column 4: found undefined alias 'nope'"),
+        (
+            "listen: []\n\x07",
+            "line 2, column 1: character #x0007: special characters are not allowed",
+        ),
+        (
+            "\tlisten: []",
+            "line 1, column 1: while scanning for the next token, "
+            "found character '\\t' that cannot start any token",
+        ),
+    ],
+)
+def test_config_yaml_syntax_error_is_one_problem_with_its_place(text: str, problem: str) -> None:
+    assert problems_of(text) == [problem]
+
+
+def test_config_duplicate_keys_are_problems() -> None:
+    text = MINIMAL + "  max_connections: 10\n  max_connections: 20\nsecurity: {}\n"
+    assert problems_of(text) == [
+        "security.max_connections: duplicate key (first on line 10)",
+        "security: duplicate key (first on line 8)",
+    ]
+
+
+def test_config_duplicate_keys_inside_a_list_have_its_index() -> None:
+    text = config_yaml().replace(
+        "- address: 127.0.0.1:0", "- address: 127.0.0.1:0\n  address: 127.0.0.1:1"
+    )
+    assert problems_of(text) == ["listen[0].address: duplicate key (first on line 2)"]
+
+
+@pytest.mark.parametrize("word", ["yes", "no", "on", "off", "y", "n", "Yes", "OFF"])
+def test_config_yes_and_no_are_not_booleans(word: str) -> None:
+    assert problems_of(MINIMAL + f"  require_origin: {word}\n") == [
+        f"security.require_origin: expected true or false, got {word!r}"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("word", "expected"), [("true", True), ("True", True), ("FALSE", False), ("'false'", False)]
+)
+def test_config_booleans_are_yaml_1_2(word: str, expected: bool) -> None:
+    assert parse_config(MINIMAL + f"  require_origin: {word}\n", {}).security.require_origin is (
+        expected
+    )
+
+
+def test_config_sexagesimal_is_a_string() -> None:
+    assert problems_of(MINIMAL + "timeouts: {idle: 1:30}\n") == [
+        "timeouts.idle: expected a duration like 250ms, 5s, 2m or 1h, got '1:30'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("scalar", "expected"),
+    [("0x10", 16), ("0o17", 15), ("+12", 12), ("012", 12), ("!!int '7'", 7), ("!!str 9", 9)],
+)
+def test_config_integers_are_yaml_1_2(scalar: str, expected: int) -> None:
+    config = parse_config(MINIMAL + f"  max_connections: {scalar}\n", {})
+    assert config.security.max_connections == expected
+
+
+@pytest.mark.parametrize(
+    ("scalar", "expected"),
+    [("1.5", 1.5), (".5", 0.5), ("1e1", 10.0), ("!!float 2", 2.0), ("3.", 3.0)],
+)
+def test_config_floats_are_yaml_1_2(scalar: str, expected: float) -> None:
+    assert parse_config(MINIMAL + f"timeouts: {{idle: {scalar}}}\n", {}).timeouts.idle == expected
+
+
+@pytest.mark.parametrize(
+    ("scalar", "problem"),
+    [
+        (".inf", "expected a duration like 250ms, 5s, 2m or 1h, got inf"),
+        ("-.Inf", "expected a duration like 250ms, 5s, 2m or 1h, got -inf"),
+        (".NaN", "expected a duration like 250ms, 5s, 2m or 1h, got nan"),
+        ("~", "expected a duration like 250ms, 5s, 2m or 1h, got nothing"),
+        ("2001-12-14", "expected a duration like 250ms, 5s, 2m or 1h, got '2001-12-14'"),
+        ("!!int 1.5", "'1.5' is not a valid !!int"),
+        ("!!bool yes", "'yes' is not a valid !!bool"),
+        ("!!float x", "'x' is not a valid !!float"),
+        ("!!binary aGk=", "the YAML tag !!binary is not supported here"),
+        ("!!timestamp 2001-12-14", "the YAML tag !!timestamp is not supported here"),
+        (
+            "!!python/object/apply:os.getcwd []",
+            "the YAML tag !!python/object/apply:os.getcwd is not supported here",
+        ),
+        ("!env HOME", "the YAML tag !env is not supported here"),
+        ("!!set {a, b}", "the YAML tag !!set is not supported here"),
+        ("!!omap [a: 1]", "the YAML tag !!omap is not supported here"),
+    ],
+)
+def test_config_scalars_and_tags_that_are_refused(scalar: str, problem: str) -> None:
+    assert problems_of(MINIMAL + f"timeouts:\n  idle: {scalar}\n") == [f"timeouts.idle: {problem}"]
+
+
+def test_config_never_builds_python_objects() -> None:
+    text = MINIMAL + "log: !!python/object/new:os.system [echo hacked]\n"
+    assert problems_of(text) == [
+        "log: the YAML tag !!python/object/new:os.system is not supported here"
+    ]
+
+
+def test_config_aliases_are_read_as_copies() -> None:
+    text = """\
+listen: [{address: 127.0.0.1:0}]
+security: {allowed_origins: ["*"]}
+routes: [{path: /a, pool: a}, {path: /, pool: b}]
+pools:
+  a: {servers: &backends [ws://127.0.0.1:9001, ws://127.0.0.1:9002]}
+  b: {servers: *backends, retries: 0}
+"""
+    config = parse_config(text, {})
+    assert config.pools["a"].servers == config.pools["b"].servers
+
+
+def test_config_alias_that_contains_itself_is_a_problem() -> None:
+    assert problems_of(MINIMAL + "log: &log {level: *log}\n") == [
+        "log.level: an alias refers to the value that contains it"
+    ]
+
+
+def test_config_aliases_may_not_expand_without_bound() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
+    problems = problems_of("\n".join(lines))
+    assert problems[0].endswith(": the file holds more than 100000 values")
+    assert problems[1].startswith("a0: unknown key")
+
+
+def test_config_keys_must_be_plain_names() -> None:
+    assert problems_of(MINIMAL + "? [a, b]\n: 1\n") == ["the key on line 10 is not a plain name"]
+
+
+# ---------------------------------------------------------------------------- ${ENV}
+
+
+@pytest.mark.parametrize(
+    ("value", "env", "address"),
+    [
+        ("${ADDR}", {"ADDR": "127.0.0.1:7000"}, "127.0.0.1:7000"),
+        ("'${ADDR}'", {"ADDR": "127.0.0.1:7000"}, "127.0.0.1:7000"),
+        ("${ADDR:-127.0.0.1:0}", {}, "127.0.0.1:0"),
+        ("${ADDR:-127.0.0.1:0}", {"ADDR": ""}, "127.0.0.1:0"),
+        ("${ADDR:-127.0.0.1:0}", {"ADDR": "[::1]:1"}, "[::1]:1"),
+        ("${HOST}:${PORT}", {"HOST": "localhost", "PORT": "99"}, "localhost:99"),
+        ("${HOST}${EMPTY}:80", {"HOST": "localhost", "EMPTY": ""}, "localhost:80"),
+    ],
+)
+def test_config_env_substitution(value: str, env: dict[str, str], address: str) -> None:
+    text = MINIMAL.replace("127.0.0.1:0", value)
+    assert parse_config(text, env).listen[0].address == address
+
+
+def test_config_env_unset_is_a_problem_at_its_path() -> None:
+    text = MINIMAL.replace("127.0.0.1:0", "${HOST}:${PORT}")
+    assert problems_of(text) == [
+        "listen[0].address: environment variable HOST is not set",
+        "listen[0].address: environment variable PORT is not set",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("timeouts", "${TIMEOUTS}", "timeouts: environment variable TIMEOUTS is not set"),
+        ("timeouts", "{idle: '${IDLE}'}", "timeouts.idle: environment variable IDLE is not set"),
+        ("routes", "['${ROUTE}']", "routes[0]: environment variable ROUTE is not set"),
+        ("pools", "{main: '${POOL}'}", "pools.main: environment variable POOL is not set"),
+    ],
+)
+def test_config_env_unset_is_the_only_problem(key: str, value: str, problem: str) -> None:
+    """A value whose variable is missing is not checked again, so it is reported once."""
+    text = config_yaml(**{key: None}).replace(f"{key}: null", f"{key}: {value}")
+    assert problems_of(text) == [problem]
+
+
+def test_config_env_top_level_unset() -> None:
+    assert problems_of("${CONFIG}") == ["environment variable CONFIG is not set"]
+
+
+def test_config_env_malformed_reference() -> None:
+    assert problems_of(MINIMAL.replace("127.0.0.1:0", "${1HOST}:80")) == [
+        "listen[0].address: a '${' that is neither ${NAME} nor ${NAME:-default}"
+    ]
+
+
+def test_config_env_value_that_looks_like_yaml_stays_a_string() -> None:
+    env = {"ORIGINS": '["*"]', "POOL": "{servers: [ws://evil:1]}", "PATH_": "/[a,b]: {x: 1}"}
+    text = (
+        MINIMAL.replace('allowed_origins: ["*"]', "allowed_origins: ${ORIGINS}")
+        .replace("servers: [ws://127.0.0.1:9001]", "servers: ['${POOL}']")
+        .replace("{path: /, pool: main}", "{path: '${PATH_}', pool: main}")
+    )
+    assert problems_of(text, env) == [
+        """security.allowed_origins: expected a list, got '["*"]'""",
+        "routes[0].path: expected a path like / or /chat (no query), got '/[a,b]: {x: 1}'",
+        "pools.main.servers[0]: expected a URL like ws://10.0.0.5:9001, "
+        "got '{servers: [ws://evil:1]}'",
+    ]
+
+
+def test_config_env_value_is_not_substituted_again() -> None:
+    text = MINIMAL.replace("{path: /, pool: main}", "{path: '/${P}', pool: main}")
+    config = parse_config(text, {"P": "${OTHER}"})
+    assert config.routes[0].path == "/${OTHER}"
+
+
+def test_config_env_keys_and_plain_dollars_are_left_alone() -> None:
+    text = MINIMAL.replace("{path: /, pool: main}", "{path: /$x/$, pool: main}")
+    assert parse_config(text, {}).routes[0].path == "/$x/$"
+    assert problems_of(MINIMAL + "${KEY}: 1\n", {"KEY": "log"})[0].startswith("${KEY}: unknown key")
+
+
+@pytest.mark.parametrize(
+    ("line", "env", "field", "expected"),
+    [
+        ("  max_connections: ${MAX}", {"MAX": "50"}, "max_connections", 50),
+        ("  require_origin: ${REQ:-false}", {}, "require_origin", False),
+        ("  max_message_size: ${SIZE}", {"SIZE": "2MiB"}, "max_message_size", 2 * 1024 * 1024),
+        ("  handshake_timeout: ${T}", {"T": "1.5"}, "handshake_timeout", 1.5),
+    ],
+)
+def test_config_env_strings_fill_typed_fields(
+    line: str, env: dict[str, str], field: str, expected: object
+) -> None:
+    assert getattr(parse_config(MINIMAL + line + "\n", env).security, field) == expected
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            MINIMAL + "  max_conections: 1\n",
+            "security.max_conections: unknown key (did you mean 'max_connections'?)",
+        ),
+        (MINIMAL + "route: []\n", "route: unknown key (did you mean 'routes'?)"),
+        (
+            MINIMAL + "timeouts: {conect: 1}\n",
+            "timeouts.conect: unknown key (did you mean 'connect'?)",
+        ),
+        (
+            MINIMAL.replace("- address", "- adress"),
+            "listen[0].adress: unknown key (did you mean 'address'?)",
+        ),
+        (
+            pool_yaml(helth_check={}),
+            "pools.main.helth_check: unknown key (did you mean 'health_check'?)",
+        ),
+        (
+            MINIMAL + "timeouts: {banana: 1}\n",
+            "timeouts.banana: unknown key (known keys: connect, idle)",
+        ),
+    ],
+)
+def test_config_unknown_key_has_did_you_mean(text: str, problem: str) -> None:
+    assert problem in problems_of(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (config_yaml(admin={"address": "127.0.0.1:9090"}), "admin"),
+        (config_yaml(workers=1), "workers"),
+        (config_yaml(listen=[{"address": "0.0.0.0:443", "tls": {}}]), "listen[0].tls"),
+        (
+            config_yaml(listen=[{"address": ":1", "proxy_protocol": True}]),
+            "listen[0].proxy_protocol",
+        ),
+        (pool_yaml(hash_on="ip"), "pools.main.hash_on"),
+        (pool_yaml(resolve_interval="30s"), "pools.main.resolve_interval"),
+        (pool_yaml(tls={"verify": True}), "pools.main.tls"),
+        (pool_yaml(health_check={"type": "websocket"}), "pools.main.health_check"),
+        (pool_yaml(max_connections_per_server=5), "pools.main.max_connections_per_server"),
+    ],
+)
+def test_config_documented_but_unimplemented_keys_are_not_supported_yet(
+    text: str, path: str
+) -> None:
+    assert f"{path}: not supported by this version" in problems_of(text)
+
+
+@pytest.mark.parametrize("balance", ["least_connections", "random", "hash", "cookie"])
+def test_config_balance_modes_of_later_versions_are_refused(balance: str) -> None:
+    assert problems_of(pool_yaml(balance=balance)) == [
+        f"pools.main.balance: {balance!r} is not supported by this version (use round_robin)"
+    ]
+
+
+def test_config_unknown_balance() -> None:
+    assert problems_of(pool_yaml(balance="fastest")) == [
+        "pools.main.balance: expected round_robin, got 'fastest'"
+    ]
+
+
+def test_config_wss_servers_are_refused() -> None:
+    assert problems_of(pool_yaml(servers=[{"url": "wss://chat.internal:9443"}])) == [
+        "pools.main.servers[0].url: wss:// is not supported by this version (use ws://)"
+    ]
+
+
+# ---------------------------------------------------------------------------- types
+
+
+@pytest.mark.parametrize(
+    ("sections", "problem"),
+    [
+        ({"listen": {"address": "0.0.0.0:1"}}, "listen: expected a list, got a mapping"),
+        ({"listen": []}, "listen: must not be empty"),
+        ({"listen": ["0.0.0.0:1"]}, "listen[0]: expected a mapping, got '0.0.0.0:1'"),
+        ({"listen": [{}]}, "listen[0].address: missing (required)"),
+        ({"listen": [{"address": 8080}]}, "listen[0].address: expected a string, got 8080"),
+        ({"security": None}, "security: expected a mapping, got nothing"),
+        ({"security": {}}, "security.allowed_origins: missing (required)"),
+        (
+            {"security": {"allowed_origins": "*"}},
+            "security.allowed_origins: expected a list, got '*'",
+        ),
+        ({"timeouts": ["5s"]}, "timeouts: expected a mapping, got a list"),
+        ({"routes": {"path": "/"}}, "routes: expected a list, got a mapping"),
+        ({"routes": []}, "routes: must not be empty"),
+        ({"routes": [{"path": "/"}]}, "routes[0].pool: missing (required)"),
+        ({"routes": [{"pool": 5}]}, "routes[0].pool: expected a pool name, got 5"),
+        ({"pools": ["main"]}, "pools: expected a mapping of pool names to pools, got a list"),
+        ({"pools": {}}, "pools: expected a mapping of pool names to pools"),
+        ({"pools": {"main": None}}, "pools.main: expected a mapping, got nothing"),
+        ({"pools": {"main": {}}}, "pools.main.servers: missing (required)"),
+        ({"pools": {"main": {"servers": []}}}, "pools.main.servers: must not be empty"),
+        (
+            {"pools": {"main": {"servers": "ws://a"}}},
+            "pools.main.servers: expected a list, got 'ws://a'",
+        ),
+        (
+            {"pools": {"main": {"servers": [5]}}},
+            "pools.main.servers[0]: expected a ws:// URL or a mapping {url, weight}, got 5",
+        ),
+        (
+            {"pools": {"main": {"servers": [{"weight": 1}]}}},
+            "pools.main.servers[0].url: missing (required)",
+        ),
+        (
+            {"pools": {"main": {"servers": [{"url": "ws://a", "wieght": 2}]}}},
+            "pools.main.servers[0].wieght: unknown key (did you mean 'weight'?)",
+        ),
+        (
+            {"pools": {"main": {"servers": [{"url": "ws://a", "weight": 1.5}]}}},
+            "pools.main.servers[0].weight: expected a whole number, got 1.5",
+        ),
+        (
+            {"pools": {"main": {"servers": ["ws://a"], "retries": -1}}},
+            "pools.main.retries: must be at least 0, got -1",
+        ),
+        (
+            {"pools": {"main": {"servers": ["ws://a"], "retries": True}}},
+            "pools.main.retries: expected a whole number, got true",
+        ),
+        (
+            {"log": {"level": "verbose"}},
+            "log.level: expected debug, info, warning or error, got 'verbose'",
+        ),
+        ({"log": {"format": "xml"}}, "log.format: expected text or json, got 'xml'"),
+        ({"log": {"format": 1}}, "log.format: expected text or json, got 1"),
+        (
+            {"shutdown": {"drain_timeout": "-1s"}},
+            "shutdown.drain_timeout: must not be negative, got '-1s'",
+        ),
+        ({"keepalive": {"timeout": 0}}, "keepalive.timeout: must be greater than 0, got 0"),
+        ({"timeouts": {"connect": "0s"}}, "timeouts.connect: must be greater than 0, got '0s'"),
+    ],
+)
+def test_config_wrong_shapes_and_values(sections: dict[str, object], problem: str) -> None:
+    assert problems_of(config_yaml(**sections)) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("security", "problem"),
+    [
+        ({"max_connections": 0}, "security.max_connections: must be at least 1, got 0"),
+        (
+            {"max_connections_per_ip": "lots"},
+            "security.max_connections_per_ip: expected a whole number, got 'lots'",
+        ),
+        ({"max_message_size": 0}, "security.max_message_size: must be at least 1 byte, got 0"),
+        (
+            {"max_header_size": "512"},
+            "security.max_header_size: must be at least 1024 bytes, got '512'",
+        ),
+        (
+            {"max_message_size": "64KB"},
+            "security.max_message_size: expected a size like 512, 64KiB, 1MiB or 1GiB, got '64KB' "
+            "(sizes are binary: use KiB/MiB/GiB, e.g. '64KiB')",
+        ),
+        (
+            {"max_message_size": "1.5MiB"},
+            "security.max_message_size: expected a size like 512, 64KiB, 1MiB or 1GiB, "
+            "got '1.5MiB'",
+        ),
+        (
+            {"handshake_timeout": "5 parsecs"},
+            "security.handshake_timeout: expected a duration like 250ms, 5s, 2m or 1h, "
+            "got '5 parsecs'",
+        ),
+        (
+            {"handshake_timeout": True},
+            "security.handshake_timeout: expected a duration like 250ms, 5s, 2m or 1h, got true",
+        ),
+        (
+            {"require_origin": "maybe"},
+            "security.require_origin: expected true or false, got 'maybe'",
+        ),
+        (
+            {"allowed_origins": ["*", "ftp://x"]},
+            "security.allowed_origins[1]: expected '*' or an origin like https://app.example.com "
+            "or https://*.example.com, got 'ftp://x'",
+        ),
+    ],
+)
+def test_config_security_values(security: dict[str, object], problem: str) -> None:
+    assert problems_of(config_yaml(security={"allowed_origins": ["*"], **security})) == [problem]
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (5, 5.0),
+        (1.5, 1.5),
+        ("250ms", 0.25),
+        ("5s", 5.0),
+        ("2m", 120.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        ("30", 30.0),
+        (0, 0.0),
+    ],
+)
+def test_config_durations(value: object, seconds: float) -> None:
+    assert parse_config(config_yaml(timeouts={"idle": value}), {}).timeouts.idle == seconds
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [(512, 512), ("512", 512), ("64KiB", 65536), ("1MiB", 1 << 20), ("1GiB", 1 << 30)],
+)
+def test_config_sizes(value: object, size: int) -> None:
+    config = parse_config(
+        config_yaml(security={"allowed_origins": ["*"], "max_message_size": value}), {}
+    )
+    assert config.security.max_message_size == size
+
+
+# ---------------------------------------------------------------------------- listen, routes, pools
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [
+        ("0.0.0.0:8080", "0.0.0.0", 8080),
+        ("[::1]:8080", "::1", 8080),
+        ("[::]:0", "::", 0),
+        ("localhost:65535", "localhost", 65535),
+    ],
+)
+def test_config_listen_addresses(address: str, host: str, port: int) -> None:
+    config = parse_config(config_yaml(listen=[{"address": address}]), {})
+    assert config.listen == (Listener(address=address, host=host, port=port),)
+
+
+def test_config_listen_ipv6_needs_brackets() -> None:
+    assert problems_of(config_yaml(listen=[{"address": "::1:8080"}])) == [
+        "listen[0].address: put an IPv6 address in brackets, like [::1]:8080, got '::1:8080'"
+    ]
+
+
+def test_config_listen_duplicates_are_refused() -> None:
+    listen = [
+        {"address": "127.0.0.1:8080"},
+        {"address": "[::1]:8080"},
+        {"address": "127.0.0.1:8080"},
+    ]
+    assert problems_of(config_yaml(listen=listen)) == ["listen[2]: duplicate of listen[0]"]
+
+
+def test_config_allowed_origins_empty_needs_require_origin_false() -> None:
+    assert problems_of(config_yaml(security={"allowed_origins": []})) == [
+        "security.allowed_origins: empty, so every session would be refused (list origins or "
+        "'*', or set require_origin: false to let only clients that send no Origin through)"
+    ]
+    config = parse_config(
+        config_yaml(security={"allowed_origins": [], "require_origin": False}), {}
+    )
+    assert config.security.allowed_origins == ()
+
+
+@pytest.mark.parametrize(
+    ("route", "problem"),
+    [
+        (
+            {"host": "chat.example.com:8080", "pool": "main"},
+            "routes[0].host: expected a host like chat.example.com or *.example.com (no port), "
+            "got 'chat.example.com:8080'",
+        ),
+        (
+            {"path": "/chat?room=1", "pool": "main"},
+            "routes[0].path: expected a path like / or /chat (no query), got '/chat?room=1'",
+        ),
+        ({"path": "/", "pool": "zzz"}, "routes[0].pool: no pool named 'zzz'"),
+        (
+            {"path": "/", "pool": "mian"},
+            "routes[0].pool: no pool named 'mian' (did you mean 'main'?)",
+        ),
+    ],
+)
+def test_config_routes(route: dict[str, object], problem: str) -> None:
+    assert problems_of(config_yaml(routes=[{"path": "/", "pool": "main"}, route])) == [
+        problem.replace("routes[0]", "routes[1]")
+    ]
+
+
+def test_config_route_to_an_unknown_pool_is_not_checked_when_pools_are_broken() -> None:
+    assert problems_of(config_yaml(pools=["main"])) == [
+        "pools: expected a mapping of pool names to pools, got a list"
+    ]
+
+
+def test_config_pools_keep_their_order() -> None:
+    names = ["zeta", "alpha", "mid-1", "under_score"]
+    pools = {name: {"servers": [f"ws://127.0.0.1:{9000 + i}"]} for i, name in enumerate(names)}
+    config = parse_config(config_yaml(pools=pools, routes=[{"pool": "zeta"}]), {})
+    assert list(config.pools) == names
+    assert [pool.name for pool in config.pools.values()] == names
+
+
+def test_config_pool_names_are_plain() -> None:
+    pools = {"main": {"servers": ["ws://a"]}, "my pool": {"servers": ["ws://b"]}}
+    assert problems_of(config_yaml(pools=pools)) == [
+        "pools.my pool: a pool name takes only letters, digits, '_' and '-'"
+    ]
+
+
+def test_config_pool_servers_duplicates_are_refused() -> None:
+    servers = ["ws://Backend:80", {"url": "ws://backend/", "weight": 2}]
+    assert problems_of(pool_yaml(servers=servers)) == [
+        "pools.main.servers[1]: duplicate of pools.main.servers[0]"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://a:80", "expected a URL like ws://10.0.0.5:9001, got 'http://a:80'"),
+        ("ws://a:1/?x=1", "a server URL takes no query or fragment"),
+        ("ws://user:pw@a:1", "a server URL takes no user or password"),
+        ("ws://a:0", "port must be a number from 1 to 65535, got 0"),
+        ("ws://a:70000", "'ws://a:70000' is not a valid URL (check its host and port)"),
+    ],
+)
+def test_config_server_urls(url: str, problem: str) -> None:
+    assert problems_of(pool_yaml(servers=[url])) == [f"pools.main.servers[0]: {problem}"]
+
+
+# ---------------------------------------------------------------------------- load_config
+
+
+def test_config_load_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.problems == [f"{path}: no such file"]
+
+
+def test_config_load_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(tmp_path), {})
+    assert caught.value.problems == [f"{tmp_path}: is a directory, not a file"]
+
+
+def test_config_load_other_os_errors(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    path = tmp_path / "file" / "config.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.problems == [f"{path}: cannot read it (Not a directory)"]
+
+
+def test_config_load_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(b"listen: \xff\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.problems == [f"{path}: not UTF-8 text"]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("", "the file is empty"),
+        ("a: b: c\n", "line 1, column 5: mapping values are not allowed here"),
+        (
+            "[1]\n",
+            "the top level must be a mapping (listen:, security:, routes:, pools:), got a list",
+        ),
+    ],
+)
+def test_config_load_file_problems_name_the_file(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.problems == [f"{path}: {problem}"]
+
+
+def test_config_load_problems_inside_the_file_have_dotted_paths(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(MINIMAL + "log: {level: '${LEVEL}'}\n")
+    assert load_config(str(path), {"LEVEL": "debug"}).log.level == "debug"
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {"LEVEL": "loud"})
+    assert caught.value.problems == [
+        "log.level: expected debug, info, warning or error, got 'loud'"
+    ]

@@ -1,0 +1,416 @@
+"""The proxy end to end on loopback: every answer of SPEC's handshake table, and what reaches
+the backend. Real sockets, the real clock, the `websockets` library as client and backend."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+import trio
+import websockets
+from websockets.trio.client import connect
+from websockets.trio.server import ServerConnection
+from websockets.typing import Origin, Subprotocol
+
+from tests.conftest import (
+    ORIGIN,
+    Backend,
+    RunningProxy,
+    proxy_config,
+    start_backend,
+    start_proxy,
+)
+from wsproxy.config import parse_config
+from wsproxy.handshake import accept_value
+
+KEY = base64.b64encode(b"0123456789abcdef").decode()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def upgrade_request(
+    *,
+    path: str = "/",
+    origin: str | None = ORIGIN,
+    version: str = "13",
+    key: str | None = KEY,
+    method: str = "GET",
+    http: str = "HTTP/1.1",
+    host: str = "proxy.test",
+    extra: str = "",
+) -> bytes:
+    lines = [
+        f"{method} {path} {http}",
+        f"Host: {host}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Version: {version}",
+    ]
+    if key is not None:
+        lines.append(f"Sec-WebSocket-Key: {key}")
+    if origin is not None:
+        lines.append(f"Origin: {origin}")
+    return ("\r\n".join(lines) + "\r\n" + extra + "\r\n").encode()
+
+
+async def exchange(port: int, data: bytes, *, read_all: bool = True) -> Answer:
+    """Send raw bytes; read the answer until the proxy closes (or the head, for a 101)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        received = b""
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            received += chunk
+            if not read_all and b"\r\n\r\n" in received:
+                break
+    return parse_answer(received)
+
+
+def parse_answer(data: bytes) -> Answer:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Answer(int(status_line.split()[1]), headers, body)
+
+
+async def raw_server(
+    nursery: trio.Nursery, handle: Callable[[trio.SocketStream], Awaitable[None]]
+) -> int:
+    """A hand-written backend on loopback; every stream and the listener are closed after."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+
+    async def serve() -> None:
+        async with listener, trio.open_nursery() as handlers:
+            while True:
+                stream = await listener.accept()
+                handlers.start_soon(_run_closing, handle, stream)
+
+    nursery.start_soon(serve)
+    return int(listener.socket.getsockname()[1])
+
+
+async def _run_closing(
+    handle: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+) -> None:
+    async with stream:
+        await handle(stream)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+async def test_server_plain_http_is_426(proxy: RunningProxy) -> None:
+    with trio.fail_after(5):
+        answer = await exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.status == 426
+    assert answer.headers["upgrade"] == "websocket"
+    assert answer.body  # a short plain-text reason
+
+
+async def test_server_wrong_version_is_426_naming_13(proxy: RunningProxy) -> None:
+    with trio.fail_after(5):
+        answer = await exchange(proxy.port, upgrade_request(version="8"))
+    assert answer.status == 426
+    assert answer.headers["sec-websocket-version"] == "13"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        upgrade_request(method="POST"),
+        upgrade_request(http="HTTP/1.0"),
+        upgrade_request(key=None),
+        upgrade_request(key="dG9vIHNob3J0"),
+        b"NONSENSE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header Line\r\n\r\n",
+    ],
+    ids=["post", "http10", "no-key", "short-key", "garbage", "bad-header"],
+)
+async def test_server_malformed_upgrade_is_400(proxy: RunningProxy, request_bytes: bytes) -> None:
+    with trio.fail_after(5):
+        answer = await exchange(proxy.port, request_bytes)
+    assert answer.status == 400
+
+
+@pytest.mark.parametrize("origin", [None, "https://evil.test", "https://example.org"])
+async def test_server_missing_or_foreign_origin_is_403(
+    proxy: RunningProxy, origin: str | None
+) -> None:
+    with trio.fail_after(5):
+        answer = await exchange(proxy.port, upgrade_request(origin=origin))
+    assert answer.status == 403
+    assert answer.headers["content-type"].startswith("text/plain")
+
+
+async def test_server_wildcard_origin_is_accepted(proxy: RunningProxy) -> None:
+    with trio.fail_after(5):
+        async with connect(proxy.url, origin=Origin("https://chat.example.org"), proxy=None) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+
+
+async def test_server_no_origin_passes_when_not_required(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    config = proxy_config(backend.url, security="  require_origin: false")
+    running = await start_proxy(nursery, config)
+    with trio.fail_after(5):
+        async with connect(running.url, proxy=None) as ws:
+            await ws.send("hi")
+            assert await ws.recv() == "hi"
+
+
+async def test_server_oversized_head_is_431(nursery: trio.Nursery, backend: Backend) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, security="  max_header_size: 2KiB")
+    )
+    big = "X-Filler: " + "a" * 3000 + "\r\n"
+    with trio.fail_after(5):
+        answer = await exchange(running.port, upgrade_request(extra=big))
+    assert answer.status == 431
+
+
+async def test_server_slow_head_is_408_then_closed(nursery: trio.Nursery, backend: Backend) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, security="  handshake_timeout: 200ms")
+    )
+    with trio.fail_after(5):
+        answer = await exchange(running.port, upgrade_request()[:20])  # never finished
+    assert answer.status == 408
+
+
+async def test_server_no_route_is_404(nursery: trio.Nursery, backend: Backend) -> None:
+    text = f"""
+listen: [{{address: "127.0.0.1:0"}}]
+security: {{allowed_origins: ["*"]}}
+routes:
+  - {{host: "*.example.com", path: /chat, pool: main}}
+pools:
+  main: {{servers: ["{backend.url}"]}}
+"""
+    running = await start_proxy(nursery, parse_config(text, {}))
+    with trio.fail_after(5):
+        assert (await exchange(running.port, upgrade_request(path="/chat"))).status == 404
+        assert (await exchange(running.port, upgrade_request(host="a.example.com"))).status == 404
+        ok = await exchange(
+            running.port,
+            upgrade_request(path="/chat/room?x=1", host="a.example.com:8080"),
+            read_all=False,
+        )
+    assert ok.status == 101
+
+
+async def test_server_max_connections_is_503_with_retry_after(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(nursery, proxy_config(backend.url, security="  max_connections: 1"))
+    with trio.fail_after(5):
+        async with connect(running.url, origin=ORIGIN, proxy=None):
+            answer = await exchange(running.port, upgrade_request())
+    assert answer.status == 503
+    assert answer.headers["retry-after"]
+
+
+async def test_server_max_connections_per_ip_is_429_with_retry_after(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, security="  max_connections_per_ip: 2")
+    )
+    with trio.fail_after(5):
+        async with connect(running.url, origin=ORIGIN, proxy=None):
+            async with connect(running.url, origin=ORIGIN, proxy=None):
+                answer = await exchange(running.port, upgrade_request())
+            while running.proxy.connections > 1:  # the closed session's backend leg ends
+                await trio.sleep(0.01)
+            async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+                await ws.send("room again")
+                assert await ws.recv() == "room again"
+    assert answer.status == 429
+    assert answer.headers["retry-after"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_server_unreachable_backend_is_502_then_503_while_ejected(
+    nursery: trio.Nursery,
+) -> None:
+    running = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{_closed_port()}"))
+    with trio.fail_after(5):
+        first = await exchange(running.port, upgrade_request())
+        second = await exchange(running.port, upgrade_request())
+    assert first.status == 502
+    assert second.status == 503
+    assert b"no healthy server" in second.body
+
+
+async def test_server_retries_another_server_when_one_is_down(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    dead = f"ws://127.0.0.1:{_closed_port()}"
+    running = await start_proxy(nursery, proxy_config(dead, backend.url))
+    with trio.fail_after(5):
+        for _ in range(4):
+            async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+                await ws.send("x")
+                assert await ws.recv() == "x"
+
+
+async def _say_nothing(stream: trio.SocketStream) -> None:
+    await trio.sleep_forever()
+
+
+async def test_server_silent_backend_is_504(nursery: trio.Nursery) -> None:
+    port = await raw_server(nursery, _say_nothing)
+    running = await start_proxy(
+        nursery,
+        proxy_config(f"ws://127.0.0.1:{port}", extra="timeouts: {connect: 300ms}"),
+    )
+    with trio.fail_after(5):
+        answer = await exchange(running.port, upgrade_request())
+    assert answer.status == 504
+
+
+async def test_server_backend_refusal_is_passed_to_the_client(nursery: trio.Nursery) -> None:
+    def refuse(connection: ServerConnection, request: websockets.Request) -> websockets.Response:
+        response = connection.respond(401, "who are you?\n")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="chat"'
+        return response
+
+    backend = await start_backend(nursery, process_request=refuse)
+    running = await start_proxy(nursery, proxy_config(backend.url))
+    with trio.fail_after(5):
+        answer = await exchange(running.port, upgrade_request())
+    assert answer.status == 401
+    assert answer.headers["www-authenticate"] == 'Bearer realm="chat"'
+    assert answer.body == b"who are you?\n"
+
+
+async def test_server_broken_backend_answer_is_502(nursery: trio.Nursery) -> None:
+    async def answer_garbage(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: wrong\r\n\r\n"
+        )
+
+    port = await raw_server(nursery, answer_garbage)
+    running = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{port}"))
+    with trio.fail_after(5):
+        answer = await exchange(running.port, upgrade_request())
+    assert answer.status == 502
+
+
+# ---------------------------------------------------------------- what the backend gets
+
+
+async def test_server_forwards_end_to_end_headers_and_adds_forwarding_headers(
+    nursery: trio.Nursery,
+) -> None:
+    backend = await start_backend(nursery, subprotocols=["chat.v2"])
+    running = await start_proxy(nursery, proxy_config(backend.url))
+    headers = {
+        "Cookie": "session=abc",
+        "Authorization": "Bearer t0ken",
+        "X-Custom": "kept",
+        "Keep-Alive": "timeout=5",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    with trio.fail_after(5):
+        async with connect(
+            f"{running.url}/room/7?user=ann",
+            origin=ORIGIN,
+            subprotocols=[Subprotocol("chat.v1"), Subprotocol("chat.v2")],
+            additional_headers=headers,
+            proxy=None,
+        ) as ws:
+            assert ws.subprotocol == "chat.v2"
+    seen = backend.requests[0]
+    assert seen.path == "/room/7?user=ann"
+    assert seen.headers["Cookie"] == "session=abc"
+    assert seen.headers["Authorization"] == "Bearer t0ken"
+    assert seen.headers["X-Custom"] == "kept"
+    assert seen.headers["Origin"] == ORIGIN
+    assert seen.headers["X-Forwarded-For"] == "203.0.113.9, 127.0.0.1"
+    assert seen.headers["X-Real-IP"] == "127.0.0.1"
+    assert seen.headers["X-Forwarded-Proto"] == "http"
+    assert seen.headers["X-Forwarded-Host"] == f"127.0.0.1:{running.port}"
+    assert "Keep-Alive" not in seen.headers
+    assert seen.headers["Sec-WebSocket-Protocol"] == "chat.v1, chat.v2"
+
+
+async def test_server_permessage_deflate_works_end_to_end(proxy: RunningProxy) -> None:
+    text = "compressible " * 5000
+    with trio.fail_after(5):
+        async with connect(proxy.url, origin=ORIGIN, proxy=None) as ws:
+            assert ws.response is not None
+            assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
+            for _ in range(3):
+                await ws.send(text)
+                assert await ws.recv() == text
+                await ws.send(os.urandom(70000))
+                await ws.recv()
+
+
+async def test_server_bytes_right_behind_the_request_are_relayed(proxy: RunningProxy) -> None:
+    frame = b"\x81\x85" + b"\x00\x00\x00\x00" + b"early"  # masked (zero key) text "early"
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    with trio.fail_after(5):
+        async with stream:
+            await stream.send_all(upgrade_request() + frame)
+            received = b""
+            while b"early" not in received:
+                chunk = await stream.receive_some(65536)
+                assert chunk
+                received += chunk
+    assert received.startswith(b"HTTP/1.1 101")
+    expected_accept = accept_value(KEY.encode()).decode()
+    assert parse_answer(received).headers["sec-websocket-accept"] == expected_accept
+    assert received.endswith(b"\x81\x05early")
+
+
+async def test_server_bytes_right_behind_the_backend_101_are_relayed(
+    nursery: trio.Nursery,
+) -> None:
+    """A backend that speaks first, in the same packet as its 101."""
+
+    async def eager_backend(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(65536)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n" + b"\x81\x07welcome"
+        )
+        await stream.receive_some(65536)  # the client's close
+        await stream.send_all(b"\x88\x02\x03\xe8")  # close 1000, then TCP close
+
+    port = await raw_server(nursery, eager_backend)
+    running = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{port}"))
+    with trio.fail_after(5):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            assert await ws.recv() == "welcome"

@@ -1,0 +1,166 @@
+"""The `wsproxy` command: serve, check, echo, demo and --version, with their exit codes.
+
+Invariants:
+- This is the only module that turns exceptions into exit codes: 0 clean stop, 2 bad
+  configuration or arguments, 1 anything else.
+- A user's mistake (bad YAML, missing file, port in use) is one sentence on stderr, never a
+  traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import trio
+
+from wsproxy import __version__
+from wsproxy.config import Config, ConfigError, load_config, summary
+from wsproxy.echo import parse_address, serve_echo
+from wsproxy.logs import setup_logging
+from wsproxy.server import ListenError, Proxy
+
+log = logging.getLogger("wsproxy")
+
+
+class UsageError(Exception):
+    """Bad arguments: exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"wsproxy: {problem}", file=sys.stderr)
+        return 2
+    except UsageError as exc:
+        print(f"wsproxy: {exc}", file=sys.stderr)
+        return 2
+    except ListenError as exc:
+        print(f"wsproxy: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsproxy", description="A WebSocket-aware reverse proxy and load balancer."
+    )
+    parser.add_argument("--version", action="version", version=f"wsproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument(
+        "-c", "--config", help="configuration file ($WSPROXY_CONFIG, ./wsproxy.yaml)"
+    )
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check", help="validate a configuration file and exit")
+    check.add_argument(
+        "-c", "--config", help="configuration file ($WSPROXY_CONFIG, ./wsproxy.yaml)"
+    )
+    check.set_defaults(run=_check)
+
+    echo = commands.add_parser("echo", help="run the built-in echo backend")
+    echo.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
+    echo.set_defaults(run=_echo)
+
+    demo = commands.add_parser(
+        "demo", help="echo backends for every pool server, behind the proxy, until Ctrl-C"
+    )
+    demo.add_argument("-c", "--config", default="config.example.yaml")
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _config_path(given: str | None) -> str:
+    return given or os.environ.get("WSPROXY_CONFIG") or "wsproxy.yaml"
+
+
+def _load(given: str | None) -> Config:
+    return load_config(_config_path(given), os.environ)
+
+
+def _check(args: argparse.Namespace) -> int:
+    print(summary(_load(args.config)))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    setup_logging(config.log.level, config.log.format)
+    trio.run(Proxy(config).serve_until_signalled)
+    return 0
+
+
+def _echo(args: argparse.Namespace) -> int:
+    host, port = _address(args.listen)
+    setup_logging("info", "text")
+    trio.run(_until_signalled, lambda: serve_echo(host, port))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    path = Path(args.config)
+    if not path.is_file():
+        raise UsageError(f"{path} not found: run the demo from the repository root, or pass -c")
+    config = load_config(str(path), os.environ)
+    setup_logging(config.log.level, config.log.format)
+    trio.run(_run_demo, config)
+    return 0
+
+
+async def _run_demo(config: Config) -> None:
+    backends = sorted({(s.host, s.port) for pool in config.pools.values() for s in pool.servers})
+    async with trio.open_nursery() as nursery:
+        for host, port in backends:
+            await nursery.start(serve_echo, host, port)
+        proxy = Proxy(config)
+        listeners = await proxy.open_listeners()
+        async with trio.open_nursery() as proxying:
+            await proxying.start(proxy.serve, listeners)
+            _announce_demo(config, backends, listeners[0].socket.getsockname()[1])
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for _ in signals:
+                    break
+            proxy.stop()
+        nursery.cancel_scope.cancel()
+
+
+def _announce_demo(config: Config, backends: list[tuple[str, int]], port: int) -> None:
+    origin = config.security.allowed_origins[0]
+    print(
+        f"\nwsproxy demo: echo backends on {', '.join(f'{h}:{p}' for h, p in backends)}; "
+        f"the proxy on {', '.join(listen.address for listen in config.listen)}. "
+        "Try it (pip install websockets):\n"
+        '  python -c "from websockets.sync.client import connect; '
+        f"ws = connect('ws://127.0.0.1:{port}/', origin='{origin}'); "
+        "ws.send('hello'); print(ws.recv())\"\n"
+        "Ctrl-C stops.\n",
+        flush=True,
+    )
+
+
+async def _until_signalled(serve: Callable[[], Awaitable[object]]) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
+
+
+def _address(text: str) -> tuple[str, int]:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None

@@ -1,0 +1,596 @@
+"""The configuration: YAML text in, one immutable, validated `Config` snapshot out.
+
+Invariants:
+- A `Config` is frozen all the way down (tuples, not lists; a read-only mapping of pools), so a
+  snapshot can be shared by every task and swapped whole on reload.
+- Field names are the YAML keys, so a problem's dotted path reads like the file
+  (`pools.chat.servers[1].url`).
+- Durations are float seconds and sizes int bytes. A duration of 0 where documented means "off".
+- `${NAME}` / `${NAME:-default}` are substituted into string scalars after parsing, so the
+  environment can never inject YAML structure.
+- YAML is read as plain data with YAML 1.2 scalars (`yes`/`on` and `1:30` stay strings);
+  a duplicate key is a problem, and no tag ever builds a Python object.
+- Validation collects every problem before failing: `ConfigError.problems` lists them all.
+  The syntax of single values (durations, sizes, addresses, URLs, origins) lives in `units`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Final, TypeVar
+
+import yaml
+
+from wsproxy.units import (
+    KIB,
+    MIB,
+    boolean,
+    choice,
+    describe,
+    duration,
+    listen_address,
+    origin,
+    route_host,
+    route_path,
+    size,
+    whole,
+    ws_url,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T")
+D = TypeVar("D", bound="DataclassInstance")
+Parse = Callable[[object, str], object]  # (value, its path) → the parsed value, or None
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `problems` holds one line per problem, each with its path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listener:
+    address: str  # as written, "HOST:PORT"
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Security:
+    # Required: there is no safe default for which pages may open sessions.
+    allowed_origins: tuple[str, ...]
+    require_origin: bool = True
+    # nginx's default worker_connections is 512; 10,000 fits the 20,000-descriptor limit
+    # of these machines with two descriptors per session.
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 256
+    max_message_size: int = 1 * MIB
+    # h11 defaults to 16 KiB too, which is also nginx's large_client_header_buffers scale.
+    max_header_size: int = 16 * KIB
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    connect: float = 5.0
+    idle: float = 600.0  # 0 = never close a quiet session
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Keepalive:
+    # 20 s sits under the 30-60 s idle cut-offs of common NATs and cloud load balancers.
+    interval: float = 20.0  # 0 = no keepalive pings
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Route:
+    host: str | None = None  # exact, or "*.suffix"; None matches any host
+    path: str = "/"  # prefix
+    pool: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Server:
+    url: str  # as written, "ws://HOST:PORT"
+    host: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pool:
+    name: str
+    balance: str = "round_robin"
+    servers: tuple[Server, ...]
+    retries: int = 2  # other servers tried after a failed connect
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shutdown:
+    drain_timeout: float = 30.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Log:
+    level: str = "info"  # debug | info | warning | error
+    format: str = "text"  # text | json
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    listen: tuple[Listener, ...]
+    security: Security
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    keepalive: Keepalive = field(default_factory=Keepalive)
+    routes: tuple[Route, ...]
+    pools: Mapping[str, Pool] = field(default_factory=lambda: MappingProxyType({}))
+    shutdown: Shutdown = field(default_factory=Shutdown)
+    log: Log = field(default_factory=Log)
+
+
+def parse_config(text: str, env: Mapping[str, str]) -> Config:
+    """Parse YAML `text` into a `Config`, substituting from `env`; raise `ConfigError`."""
+    return _parse(text, env, "")
+
+
+def load_config(path: str, env: Mapping[str, str]) -> Config:
+    """Read and parse the file at `path`; an unreadable file is a `ConfigError` too."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{path}: is a directory, not a file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read it ({exc.strerror or exc})"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    return _parse(text, env, f"{path}: ")
+
+
+def summary(config: Config) -> str:
+    """One line for `wsproxy check`: listeners, routes, pools and servers counted."""
+    addresses = ", ".join(listener.address for listener in config.listen)
+    servers = sum(len(pool.servers) for pool in config.pools.values())
+    counts = [(len(config.routes), "route"), (len(config.pools), "pool"), (servers, "server")]
+    return f"config OK: listening on {addresses}; " + ", ".join(
+        f"{n} {noun}{'' if n == 1 else 's'}" for n, noun in counts
+    )
+
+
+# ------------------------------------------------------------------------------- YAML to data
+
+_TAG: Final = "tag:yaml.org,2002:"
+# YAML 1.2's core schema; PyYAML's own resolvers are YAML 1.1 (yes/on/off, 1:30 = 90, dates).
+_SCALARS: Final = {
+    "null": re.compile(r"~|null|Null|NULL|"),
+    "bool": re.compile(r"true|True|TRUE|false|False|FALSE"),
+    "int": re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"),
+    "float": re.compile(
+        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
+        r"|\.(?:nan|NaN|NAN)"
+    ),
+}
+_MAX_VALUES: Final = 100_000  # aliases of aliases could otherwise expand without bound
+_REFERENCE: Final = re.compile(r"\$\{(?:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})?")
+
+
+class _Loader(yaml.SafeLoader):
+    """Composes nodes only (`_Reader` turns them into plain data), resolving YAML 1.2 scalars."""
+
+    # Replaces the inherited YAML 1.1 table; the key None means "whatever the first character".
+    yaml_implicit_resolvers = {  # noqa: RUF012
+        None: [(_TAG + kind, re.compile(rf"(?:{p.pattern})\Z")) for kind, p in _SCALARS.items()]
+    }
+
+
+class _Unresolved:
+    """A value whose problem is already reported (an unset variable, a bad tag): skip it."""
+
+
+_UNRESOLVED: Final = _Unresolved()
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _compose(text: str, where: str) -> yaml.Node:
+    """The document's node tree; a syntax error or an empty file is a one-problem ConfigError."""
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        message = f"{exc.context}, {exc.problem}" if exc.context else str(exc.problem)
+        mark = exc.problem_mark or exc.context_mark or yaml.Mark("", 0, 0, 0, None, 0)
+        at = f"line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError([f"{where}{at}: {message}"]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        problem = f"line {line}, column {column}: character #x{exc.character:04x}: {exc.reason}"
+        raise ConfigError([where + problem]) from None
+    if node is None:
+        raise ConfigError([f"{where}the file is empty"])
+    return node
+
+
+class _Problems:
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}" if path else message)
+
+
+class _Reader(_Problems):
+    """Nodes → dicts, lists, str, int, float, bool and None; substitutes `${ENV}` into strings."""
+
+    def __init__(self, env: Mapping[str, str], problems: list[str]) -> None:
+        super().__init__(problems)
+        self.env = env
+        self.active: set[int] = set()  # ids of the nodes being read: an alias may not loop
+        self.count = 0
+
+    def value(self, node: yaml.Node, path: str) -> object:
+        self.count += 1
+        if self.count > _MAX_VALUES:
+            if self.count == _MAX_VALUES + 1:
+                self.problem(path, f"the file holds more than {_MAX_VALUES} values")
+            return _UNRESOLVED
+        if id(node) in self.active:
+            self.problem(path, "an alias refers to the value that contains it")
+            return _UNRESOLVED
+        self.active.add(id(node))
+        try:
+            return self._value(node, path)
+        finally:
+            self.active.discard(id(node))
+
+    def _value(self, node: yaml.Node, path: str) -> object:
+        kind = node.tag.removeprefix(_TAG)
+        if isinstance(node, yaml.MappingNode) and kind == "map":
+            return self.mapping(node, path)
+        if isinstance(node, yaml.SequenceNode) and kind == "seq":
+            return [self.value(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        if isinstance(node, yaml.ScalarNode):
+            text: str = node.value
+            if kind == "str":
+                return self.substitute(text, path)
+            if kind == "null":
+                return None
+            pattern = _SCALARS.get(kind)
+            if pattern is not None and pattern.fullmatch(text):
+                if kind == "bool":
+                    return text.lower() == "true"
+                if kind == "int":
+                    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
+                    return int(text[2:] if base != 10 else text, base)
+                return float(text.replace(".", "") if text[-1].isalpha() else text)
+            if pattern is not None:
+                self.problem(path, f"{text!r} is not a valid !!{kind}")
+                return _UNRESOLVED
+        shown = "!!" + kind if node.tag.startswith(_TAG) else node.tag
+        self.problem(path, f"the YAML tag {shown} is not supported here")
+        return _UNRESOLVED
+
+    def mapping(self, node: yaml.MappingNode, path: str) -> dict[str, object]:
+        result: dict[str, object] = {}
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                line = key_node.start_mark.line + 1
+                self.problem(path, f"the key on line {line} is not a plain name")
+                continue
+            key: str = key_node.value
+            if key in lines:
+                self.problem(_join(path, key), f"duplicate key (first on line {lines[key]})")
+                continue
+            lines[key] = key_node.start_mark.line + 1
+            result[key] = self.value(value_node, _join(path, key))
+        return result
+
+    def substitute(self, text: str, path: str) -> object:
+        failed = False
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal failed
+            name, default = match[1], match[2]
+            if name is None:
+                self.problem(path, "a '${' that is neither ${NAME} nor ${NAME:-default}")
+            elif self.env.get(name) or (name in self.env and default is None):
+                return self.env[name]
+            elif default is not None:
+                return default
+            else:
+                self.problem(path, f"environment variable {name} is not set")
+            failed = True
+            return ""
+
+        result = _REFERENCE.sub(replace, text)
+        return _UNRESOLVED if failed else result
+
+
+# ------------------------------------------------------------------------------- data to Config
+
+_POOL_LATER: Final = (
+    "hash_on",
+    "resolve_interval",
+    "tls",
+    "health_check",
+    "max_connections_per_server",
+)
+_BALANCE_LATER: Final = ("least_connections", "random", "hash", "cookie")
+_POOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _Checker(_Problems):
+    """Plain data → dataclasses. Every problem is recorded and the walk goes on; a value with a
+    problem comes back as None, and so does each section around it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems)
+        self.pool_names: list[str] | None = None  # None: the pools section itself is unusable
+        self.pool_refs: list[tuple[str, str]] = []  # (path, name) of each route's pool
+
+    def parse(self, parse: Callable[[object, str], T | None], raw: object, path: str) -> T | None:
+        return None if raw is _UNRESOLVED else parse(raw, path)
+
+    def scalar(self, convert: Callable[[object], T]) -> Callable[[object, str], T | None]:
+        """A parser from a `units` function, whose `ValueError` says what is wrong."""
+
+        def parse(raw: object, path: str) -> T | None:
+            try:
+                return convert(raw)
+            except ValueError as exc:
+                self.problem(path, str(exc))
+                return None
+
+        return parse
+
+    def section(
+        self,
+        raw: object,
+        path: str,
+        known: tuple[str, ...],
+        later: tuple[str, ...] = (),
+        expected: str = "a mapping",
+    ) -> Mapping[str, object] | None:
+        """A mapping whose keys are all `known`; each other key is a problem."""
+        if not isinstance(raw, dict):
+            self.problem(path, f"expected {expected}, got {describe(raw)}")
+            return None
+        for key in raw:
+            if key in later:
+                self.problem(_join(path, key), "not supported by this version")
+            elif key not in known:
+                close = difflib.get_close_matches(key, known + later, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
+                self.problem(_join(path, key), f"unknown key ({hint})")
+        return raw
+
+    def build(
+        self,
+        cls: type[D],
+        raw: object,
+        path: str,
+        parsers: Mapping[str, Parse],
+        later: tuple[str, ...] = (),
+        required: tuple[str, ...] = (),
+        **given: object,
+    ) -> D | None:
+        """A dataclass whose fields are the mapping's keys. An absent key takes the field's
+        default; a field with none, or one named in `required`, is a problem when absent."""
+        mapping = self.section(raw, path, tuple(parsers), later)
+        if mapping is None:
+            return None
+        values = dict(given)
+        complete = True
+        for spec in fields(cls):
+            child = _join(path, spec.name)
+            if spec.name in mapping:
+                value = self.parse(parsers[spec.name], mapping[spec.name], child)
+                values[spec.name] = value
+                complete = complete and value is not None
+            elif spec.name in required or (
+                spec.name not in given and spec.default is spec.default_factory is MISSING
+            ):
+                self.problem(child, "missing (required)")
+                complete = False
+        return cls(**values) if complete else None
+
+    def items(
+        self,
+        raw: object,
+        path: str,
+        parse: Callable[[object, str], T | None],
+        *,
+        nonempty: bool = True,
+        same: Callable[[T], object] | None = None,
+    ) -> tuple[T, ...] | None:
+        """A list all of whose items parse; two items with equal `same` keys are a problem."""
+        if not isinstance(raw, list):
+            self.problem(path, f"expected a list, got {describe(raw)}")
+            return None
+        if nonempty and not raw:
+            self.problem(path, "must not be empty")
+            return None
+        values: list[T] = []
+        first: dict[object, str] = {}
+        for i, item in enumerate(raw):
+            child = f"{path}[{i}]"
+            value = self.parse(parse, item, child)
+            if value is None:
+                continue
+            if same is None or (seen := first.setdefault(same(value), child)) == child:
+                values.append(value)
+            else:
+                self.problem(child, f"duplicate of {seen}")
+        return tuple(values) if len(values) == len(raw) else None
+
+    # ---- the sections
+
+    def config(self, raw: object) -> Config | None:
+        scalar = self.scalar
+        parsers: dict[str, Parse] = {
+            "listen": lambda v, p: self.items(v, p, self.listener, same=_host_port),
+            "security": self.security,
+            "timeouts": lambda v, p: self.build(
+                Timeouts, v, p, {"connect": scalar(_positive), "idle": scalar(duration)}
+            ),
+            "keepalive": lambda v, p: self.build(
+                Keepalive, v, p, {"interval": scalar(duration), "timeout": scalar(_positive)}
+            ),
+            "routes": lambda v, p: self.items(v, p, self.route),
+            "pools": self.pools,
+            "shutdown": lambda v, p: self.build(
+                Shutdown, v, p, {"drain_timeout": scalar(duration)}
+            ),
+            "log": lambda v, p: self.build(
+                Log, v, p, {"level": scalar(_level), "format": scalar(_format)}
+            ),
+        }
+        config = self.build(Config, raw, "", parsers, ("admin", "workers"), ("pools",))
+        for path, name in self.pool_refs:
+            if self.pool_names is not None and name not in self.pool_names:
+                close = difflib.get_close_matches(name, self.pool_names, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.problem(path, f"no pool named {name!r}{hint}")
+        return config
+
+    def listener(self, raw: object, path: str) -> Listener | None:
+        mapping = self.section(raw, path, ("address",), ("tls", "proxy_protocol"))
+        if mapping is not None and "address" not in mapping:
+            self.problem(f"{path}.address", "missing (required)")
+        elif mapping is not None:
+            parsed = self.parse(self.scalar(listen_address), mapping["address"], f"{path}.address")
+            if parsed is not None:
+                return Listener(address=parsed[0], host=parsed[1], port=parsed[2])
+        return None
+
+    def security(self, raw: object, path: str) -> Security | None:
+        at_least_1 = self.scalar(_at_least_1)
+        parsers: dict[str, Parse] = {
+            "allowed_origins": lambda v, p: self.items(v, p, self.scalar(origin), nonempty=False),
+            "require_origin": self.scalar(boolean),
+            "max_connections": at_least_1,
+            "max_connections_per_ip": at_least_1,
+            "max_message_size": self.scalar(lambda v: size(v, minimum=1)),
+            "max_header_size": self.scalar(lambda v: size(v, minimum=KIB)),
+            "handshake_timeout": self.scalar(_positive),
+        }
+        security = self.build(Security, raw, path, parsers)
+        if security and security.require_origin and not security.allowed_origins:
+            self.problem(
+                f"{path}.allowed_origins",
+                "empty, so every session would be refused (list origins or '*', or set "
+                "require_origin: false to let only clients that send no Origin through)",
+            )
+        return security
+
+    def route(self, raw: object, path: str) -> Route | None:
+        parsers: dict[str, Parse] = {
+            "host": self.scalar(route_host),
+            "path": self.scalar(route_path),
+            "pool": self.pool_ref,
+        }
+        return self.build(Route, raw, path, parsers)
+
+    def pool_ref(self, raw: object, path: str) -> str | None:
+        if not isinstance(raw, str):
+            self.problem(path, f"expected a pool name, got {describe(raw)}")
+            return None
+        self.pool_refs.append((path, raw))
+        return raw
+
+    def pools(self, raw: object, path: str) -> Mapping[str, Pool] | None:
+        if not isinstance(raw, dict) or not raw:
+            got = f", got {describe(raw)}" if raw else ""
+            self.problem(path, f"expected a mapping of pool names to pools{got}")
+            return None
+        self.pool_names = list(raw)
+        parsers: dict[str, Parse] = {
+            "balance": self.scalar(lambda v: choice(v, ("round_robin",), _BALANCE_LATER)),
+            "servers": lambda v, p: self.items(v, p, self.server, same=_host_port),
+            "retries": self.scalar(whole),
+        }
+        pools: dict[str, Pool] = {}
+        for name, value in raw.items():
+            child = _join(path, name)
+            if not _POOL_NAME.fullmatch(name):
+                self.problem(child, "a pool name takes only letters, digits, '_' and '-'")
+            elif value is not _UNRESOLVED and (
+                pool := self.build(Pool, value, child, parsers, _POOL_LATER, name=name)
+            ):
+                pools[name] = pool
+        return MappingProxyType(pools) if len(pools) == len(raw) else None
+
+    def server(self, raw: object, path: str) -> Server | None:
+        """A bare `ws://` URL, or a mapping {url, weight}."""
+        mapping = {"url": raw} if isinstance(raw, str) else raw
+        expected = "a ws:// URL or a mapping {url, weight}"
+        mapping = self.section(mapping, path, ("url", "weight"), expected=expected)
+        url_path = path if isinstance(raw, str) else f"{path}.url"
+        if mapping is not None and "url" not in mapping:
+            self.problem(url_path, "missing (required)")
+        elif mapping is not None:
+            parsed = self.parse(self.scalar(ws_url), mapping["url"], url_path)
+            weight = self.parse(
+                self.scalar(_at_least_1), mapping.get("weight", 1), f"{path}.weight"
+            )
+            if parsed is not None and weight is not None:
+                return Server(url=parsed[0], host=parsed[1], port=parsed[2], weight=weight)
+        return None
+
+
+def _positive(value: object) -> float:
+    return duration(value, positive=True)
+
+
+def _at_least_1(value: object) -> int:
+    return whole(value, minimum=1)
+
+
+def _level(value: object) -> str:
+    return choice(value, ("debug", "info", "warning", "error"))
+
+
+def _format(value: object) -> str:
+    return choice(value, ("text", "json"))
+
+
+def _host_port(item: Listener | Server) -> tuple[str, int]:
+    return item.host.lower(), item.port
+
+
+def _parse(text: str, env: Mapping[str, str], where: str) -> Config:
+    node = _compose(text, where)
+    problems: list[str] = []
+    data = _Reader(env, problems).value(node, "")
+    if data is None:  # only `---`, or `~`
+        problems.append(f"{where}the file is empty")
+    elif not isinstance(data, dict) and data is not _UNRESOLVED:
+        problems.append(
+            f"{where}the top level must be a mapping (listen:, security:, routes:, pools:), "
+            f"got {describe(data)}"
+        )
+    if not isinstance(data, dict):
+        raise ConfigError(problems)
+    config = _Checker(problems).config(data)
+    if config is None or problems:
+        raise ConfigError(problems)
+    return config

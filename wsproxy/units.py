@@ -1,0 +1,220 @@
+"""The syntax of one configuration value: durations, sizes, numbers, addresses, URLs, origins.
+
+Invariants:
+- Pure: one YAML scalar in (after `${ENV}` substitution), a typed value out, or a `ValueError`
+  whose message can follow a dotted path (`path: message`). Nothing here resolves a name.
+- A string that spells a number or a boolean is accepted where one is expected, because
+  `${ENV}` substitution only ever produces strings. A YAML boolean is never a number.
+- Nothing is negative, infinite or NaN. Durations are float seconds. Sizes are int bytes and
+  binary (KiB, MiB, GiB are powers of 1024); `64KB` is refused with a hint rather than guessed,
+  since KB means 1000 to some readers and 1024 to others.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from typing import Final
+from urllib.parse import urlsplit
+
+KIB: Final = 1024
+MIB: Final = 1024 * KIB
+GIB: Final = 1024 * MIB
+NOT_YET: Final = "not supported by this version"
+
+_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION: Final = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))\s*(ms|s|m|h)?")
+_BYTES: Final = {"": 1, "kib": KIB, "mib": MIB, "gib": GIB}
+_SIZE: Final = re.compile(r"([+-]?[0-9]+)\s*(kib|mib|gib)?", re.IGNORECASE)
+_DECIMAL_SIZE: Final = re.compile(r"([0-9]+)\s*([kmg])b?", re.IGNORECASE)
+_WHOLE: Final = re.compile(r"[+-]?[0-9]+")
+_LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_ORIGIN: Final = re.compile(r"https?://(\*\.)?([^:/?#\[\]]+|\[[^\]]*\])(?::([0-9]+))?")
+
+
+def describe(value: object) -> str:
+    """A YAML value as a problem shows it: strings quoted, collections by kind."""
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return repr(value)
+
+
+def boolean(value: object) -> bool:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {describe(value)}")
+    return value
+
+
+def whole(value: object, *, minimum: int = 0) -> int:
+    """An int, or a string of digits."""
+    number = int(value) if isinstance(value, str) and _WHOLE.fullmatch(value.strip()) else value
+    if not isinstance(number, int) or isinstance(number, bool):
+        raise ValueError(f"expected a whole number, got {describe(value)}")
+    if number < minimum:
+        raise ValueError(f"must be at least {minimum}, got {number}")
+    return number
+
+
+def choice(value: object, options: tuple[str, ...], later: tuple[str, ...] = ()) -> str:
+    """One of `options`, case-insensitively; one of `later` is refused as not supported yet."""
+    name = value.strip().lower() if isinstance(value, str) else value
+    if isinstance(name, str) and name in options:
+        return name
+    either = " or ".join(filter(None, [", ".join(options[:-1]), options[-1]]))
+    if name in later:
+        raise ValueError(f"{name!r} is {NOT_YET} (use {either})")
+    raise ValueError(f"expected {either}, got {describe(value)}")
+
+
+def duration(value: object, *, positive: bool = False) -> float:
+    """`250ms`, `1.5s`, `2m`, `1h`, `"30"` or a YAML number (seconds) → float seconds."""
+    seconds: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = None
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        seconds = float(match[1]) * _SECONDS[match[2] or "s"]
+    if seconds is None or not math.isfinite(seconds):
+        raise ValueError(f"expected a duration like 250ms, 5s, 2m or 1h, got {describe(value)}")
+    if seconds < 0:
+        raise ValueError(f"must not be negative, got {describe(value)}")
+    if positive and not seconds:
+        raise ValueError(f"must be greater than 0, got {describe(value)}")
+    return seconds
+
+
+def size(value: object, *, minimum: int = 0) -> int:
+    """`512`, `64KiB`, `1MiB`, `1GiB`, `"512"` or a YAML integer (bytes) → int bytes."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if match := _SIZE.fullmatch(text):
+            number = int(match[1]) * _BYTES[(match[2] or "").lower()]
+        elif match := _DECIMAL_SIZE.fullmatch(text):
+            hint = f"{match[1]}{match[2].upper()}iB"
+            raise ValueError(
+                f"expected a size like 512, 64KiB, 1MiB or 1GiB, got {value!r} "
+                f"(sizes are binary: use KiB/MiB/GiB, e.g. {hint!r})"
+            )
+    if number is None:
+        raise ValueError(f"expected a size like 512, 64KiB, 1MiB or 1GiB, got {describe(value)}")
+    if number < minimum:
+        unit = "byte" if minimum == 1 else "bytes"
+        raise ValueError(f"must be at least {minimum} {unit}, got {describe(value)}")
+    return number
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {describe(value)}")
+    return value.strip()
+
+
+def valid_host(host: str) -> bool:
+    """A host name (letters, digits, '-', '_'), an IPv4 address, or an IPv6 one in brackets."""
+    try:
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:].removesuffix("]"))
+            return host.endswith("]")
+        if re.fullmatch(r"[0-9.]+", host):
+            ipaddress.IPv4Address(host)
+            return True
+    except ValueError:
+        return False
+    return _HOST_NAME.fullmatch(host.lower()) is not None
+
+
+def listen_address(value: object) -> tuple[str, str, int]:
+    """`HOST:PORT` or `[IPv6]:PORT` → (as written, host without brackets, port); 0 = any port."""
+    address = _text(value)
+    host, colon, port = address.rpartition(":")
+    if not colon or (host.startswith("[") and not host.endswith("]")):
+        raise ValueError(f"expected HOST:PORT like 0.0.0.0:8080 or [::1]:8080, got {address!r}")
+    if ":" in host and not host.startswith("["):
+        raise ValueError(f"put an IPv6 address in brackets, like [::1]:8080, got {address!r}")
+    if not host:
+        raise ValueError(f"missing host in {address!r} (0.0.0.0 means every IPv4 address)")
+    if not valid_host(host):
+        raise ValueError(f"{host!r} is not a valid host name or address")
+    if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        raise ValueError(f"port must be a number from 0 to 65535, got {port!r}")
+    return address, host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def ws_url(value: object) -> tuple[str, str, int]:
+    """`ws://HOST[:PORT]` → (as written, host, port), port 80 by default; no path or query."""
+    text = _text(value)
+    try:
+        url = urlsplit(text)
+        port = url.port
+    except ValueError:
+        raise ValueError(f"{text!r} is not a valid URL (check its host and port)") from None
+    if url.scheme == "wss":
+        raise ValueError(f"wss:// is {NOT_YET} (use ws://)")
+    if url.scheme != "ws" or not url.netloc:
+        raise ValueError(f"expected a URL like ws://10.0.0.5:9001, got {text!r}")
+    if "@" in url.netloc:
+        raise ValueError("a server URL takes no user or password")
+    if url.path not in ("", "/"):
+        raise ValueError("a server URL takes no path (each client's path is passed on)")
+    if url.query or url.fragment:
+        raise ValueError("a server URL takes no query or fragment")
+    host = url.hostname or ""
+    if not valid_host(f"[{host}]" if ":" in host else host):
+        raise ValueError(f"{host!r} is not a valid host name or address")
+    if port == 0:
+        raise ValueError("port must be a number from 1 to 65535, got 0")
+    return text, host, port or 80
+
+
+def origin(value: object) -> str:
+    """`*`, `null` (sandboxed frames, file: pages), `scheme://host[:port]` or
+    `scheme://*.suffix[:port]`, scheme http or https → lower-cased."""
+    text = _text(value).lower()
+    match = _ORIGIN.fullmatch(text)
+    if text in ("*", "null"):
+        return text
+    if match is None:
+        if re.match(r"https?://[^/]+/", text):
+            bare = "/".join(text.split("/", 3)[:3])
+            raise ValueError(f"an origin has no path (did you mean {bare!r}?)")
+        raise ValueError(
+            "expected '*' or an origin like https://app.example.com or https://*.example.com, "
+            f"got {value!r}"
+        )
+    wildcard, host, port = match.groups()
+    if not valid_host(host) or (wildcard and host.startswith("[")):
+        raise ValueError(f"{host!r} is not a valid host name or address")
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535, got {port!r}")
+    return text
+
+
+def route_host(value: object) -> str:
+    """`chat.example.com` or `*.example.com` (no port) → lower-cased."""
+    host = _text(value).lower()
+    if not valid_host(host.removeprefix("*.")) or host.startswith("*.["):
+        raise ValueError(
+            f"expected a host like chat.example.com or *.example.com (no port), got {value!r}"
+        )
+    return host
+
+
+def route_path(value: object) -> str:
+    """A path prefix: starts with `/`, no query, fragment or spaces."""
+    path = _text(value)
+    if not path.startswith("/") or re.search(r"[\s?#]", path):
+        raise ValueError(f"expected a path like / or /chat (no query), got {value!r}")
+    return path
