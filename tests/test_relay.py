@@ -234,3 +234,15 @@ async def test_relay_slow_reader_holds_back_the_sender(nursery: trio.Nursery) ->
         assert frame is not None
         assert frame.payload == expected
     await sent.wait()
+
+
+async def test_relay_peer_pings_and_empty_pongs_pass_end_to_end(rig: Rig) -> None:
+    """Regression (Autobahn 2.1): an empty pong was taken for the answer to our own ping."""
+    await rig.client.ping(b"")
+    frame = await rig.backend.receive()
+    assert frame is not None
+    assert (frame.opcode, frame.payload) == (Opcode.PING, b"")
+    await rig.backend.pong(b"")
+    frame = await rig.client.receive()
+    assert frame is not None
+    assert (frame.opcode, frame.payload) == (Opcode.PONG, b"")

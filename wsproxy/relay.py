@@ -201,7 +201,11 @@ class Session:
         pieces: list[Buffer] = []
         start = 0
         for control in reader.controls:
-            if control.opcode == OP_PONG and control.payload == src.ping_payload:
+            if (
+                control.opcode == OP_PONG
+                and src.ping_payload
+                and control.payload == src.ping_payload
+            ):
                 pieces.append(out[start : control.start])
                 start = control.end
             elif control.opcode == OP_CLOSE:
