@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -20,11 +21,17 @@ ORIGIN = Origin("https://app.example.com")
 
 @dataclass
 class Backend:
-    """A `websockets` echo server; it keeps the handshake requests it saw."""
+    """A `websockets` echo server; it keeps the requests it saw and how each session ended.
+
+    Two messages are commands rather than echoed: "close please" makes it close with 4001,
+    and "drop please" makes it drop its TCP connection without a close frame.
+    """
 
     port: int
     requests: list[websockets.Request] = field(default_factory=list)
     connections: list[ServerConnection] = field(default_factory=list)
+    closes: list[tuple[int | None, str | None]] = field(default_factory=list)
+    ended: trio.Event = field(default_factory=trio.Event)
 
     @property
     def url(self) -> str:
@@ -41,9 +48,17 @@ async def start_backend(nursery: trio.Nursery, **options: object) -> Backend:
         backend.connections.append(ws)
         try:
             async for message in ws:
-                await ws.send(message)
+                if message == "close please":
+                    await ws.aclose(4001, "server bye")
+                elif message == "drop please":
+                    await trio.aclose_forcefully(ws.stream)
+                else:
+                    await ws.send(message)
         except websockets.ConnectionClosed:
             pass
+        finally:
+            backend.closes.append((ws.close_code, ws.close_reason))
+            backend.ended.set()
 
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     backend = Backend(listeners[0].socket.getsockname()[1])
@@ -89,6 +104,29 @@ async def start_proxy(nursery: trio.Nursery, config: Config) -> RunningProxy:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     await nursery.start(proxy.serve, listeners)
     return RunningProxy(proxy, listeners[0].socket.getsockname()[1])
+
+
+async def raw_server(
+    nursery: trio.Nursery, handle: Callable[[trio.SocketStream], Awaitable[None]]
+) -> int:
+    """A hand-written backend on loopback; every stream and the listener are closed after."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+
+    async def serve() -> None:
+        async with listener, trio.open_nursery() as handlers:
+            while True:
+                stream = await listener.accept()
+                handlers.start_soon(_run_closing, handle, stream)
+
+    nursery.start_soon(serve)
+    return int(listener.socket.getsockname()[1])
+
+
+async def _run_closing(
+    handle: Callable[[trio.SocketStream], Awaitable[None]], stream: trio.SocketStream
+) -> None:
+    async with stream:
+        await handle(stream)
 
 
 @pytest.fixture

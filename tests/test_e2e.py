@@ -1,0 +1,259 @@
+"""SPEC's session table end to end: real sockets, the real clock, `websockets` on both sides
+(and raw sockets where a client must misbehave). Waits are short and every test is capped."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+import trio
+import websockets
+from websockets.frames import Close
+from websockets.trio.client import ClientConnection, connect
+
+from tests.conftest import (
+    ORIGIN,
+    Backend,
+    RunningProxy,
+    proxy_config,
+    raw_server,
+    start_proxy,
+)
+from tests.helpers import Peer
+from wsproxy.handshake import accept_value
+
+pytestmark = pytest.mark.e2e
+
+CAP = 10  # seconds: no test here should come near it
+
+
+async def closed_by_peer(ws: ClientConnection) -> Close:
+    """Wait until the proxy closes `ws`; return the close frame it sent."""
+    try:
+        while True:
+            await ws.recv()
+    except websockets.ConnectionClosed as closed:
+        rcvd = closed.rcvd
+    assert rcvd is not None, "the connection dropped without a close frame"
+    return rcvd
+
+
+async def raw_client(port: int) -> Peer:
+    """A hand-driven client that has completed its opening handshake."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    key = base64.b64encode(os.urandom(16))
+    await stream.send_all(
+        b"GET / HTTP/1.1\r\nHost: proxy.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Origin: " + ORIGIN.encode() + b"\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = await stream.receive_some(1)
+        assert chunk, "the proxy closed during the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return Peer(stream, client=True)
+
+
+async def test_e2e_messages_arrive_in_order_and_unchanged(proxy: RunningProxy) -> None:
+    messages: list[str | bytes] = []
+    for size in (0, 1, 125, 126, 65535, 65536, 300_000):
+        messages.append(os.urandom(size))
+        messages.append("é" * (size // 2))
+    with trio.fail_after(CAP):
+        async with connect(proxy.url, origin=ORIGIN, proxy=None, max_size=None) as ws:
+            for message in messages:
+                await ws.send(message)
+            for message in messages:
+                assert await ws.recv() == message
+            await ws.send(["frag", "mented ", "text"])  # one message in three frames
+            assert await ws.recv() == "fragmented text"
+
+
+async def test_e2e_client_close_code_and_reason_reach_the_backend(
+    proxy: RunningProxy, backend: Backend
+) -> None:
+    with trio.fail_after(CAP):
+        async with connect(proxy.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("hi")
+            await ws.recv()
+            await ws.aclose(4000, "client bye")
+            assert (ws.close_code, ws.close_reason) == (4000, "client bye")
+        await backend.ended.wait()
+    assert backend.closes == [(4000, "client bye")]
+
+
+async def test_e2e_backend_close_code_and_reason_reach_the_client(
+    proxy: RunningProxy, backend: Backend
+) -> None:
+    with trio.fail_after(CAP):
+        async with connect(proxy.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("close please")
+            close = await closed_by_peer(ws)
+        await backend.ended.wait()
+    assert (close.code, close.reason) == (4001, "server bye")
+    assert backend.closes == [(4001, "server bye")]
+
+
+async def test_e2e_backend_lost_is_1011_to_the_client(proxy: RunningProxy) -> None:
+    with trio.fail_after(CAP):
+        async with connect(proxy.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("drop please")
+            close = await closed_by_peer(ws)
+    assert close.code == 1011
+    assert "backend" in close.reason
+
+
+async def test_e2e_client_lost_is_1001_to_the_backend(
+    proxy: RunningProxy, backend: Backend
+) -> None:
+    with trio.fail_after(CAP):
+        client = await raw_client(proxy.port)
+        await client.send_text("hello")
+        assert (await client.receive()) is not None
+        await client.stream.aclose()  # gone, without a close frame
+        await backend.ended.wait()
+    assert backend.closes[0][0] == 1001
+
+
+async def test_e2e_oversized_message_is_1009_to_sender_1001_to_backend(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, security="  max_message_size: 1KiB")
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None, compression=None) as ws:
+            await ws.send(b"x" * 1024)  # exactly the limit: fine
+            assert len(await ws.recv()) == 1024
+            await ws.send(b"x" * 1025)
+            close = await closed_by_peer(ws)
+        await backend.ended.wait()
+    assert close.code == 1009
+    assert backend.closes[0][0] == 1001
+
+
+@pytest.mark.parametrize(
+    ("frame", "why"),
+    [
+        (b"\x81\x02hi", "unmasked frame"),
+        (b"\x89\xfe\x00\x7e" + b"\x00" * 4 + b"p" * 126, "control frame over 125 bytes"),
+        (b"\x83\x80" + b"\x00" * 4, "reserved opcode"),
+        (b"\x09\x80" + b"\x00" * 4, "fragmented control frame"),
+    ],
+    ids=["unmasked", "long-control", "reserved-opcode", "fragmented-control"],
+)
+async def test_e2e_client_protocol_violation_is_1002_and_1001_to_backend(
+    proxy: RunningProxy, backend: Backend, frame: bytes, why: str
+) -> None:
+    with trio.fail_after(CAP):
+        client = await raw_client(proxy.port)
+        async with client.stream:
+            await client.send(frame)
+            code, reason = await client.expect_close()
+            await backend.ended.wait()
+    assert code == 1002
+    assert why in reason
+    assert backend.closes[0][0] == 1001
+
+
+async def test_e2e_keepalive_drops_a_client_that_never_answers(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="keepalive: {interval: 200ms, timeout: 200ms}")
+    )
+    with trio.fail_after(CAP):
+        client = await raw_client(running.port)  # reads nothing, so it answers no ping
+        await backend.ended.wait()
+        await client.stream.aclose()
+    assert backend.closes[0][0] == 1001
+
+
+async def test_e2e_keepalive_keeps_a_quiet_client_that_answers(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="keepalive: {interval: 100ms, timeout: 200ms}")
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None, ping_interval=None) as ws:
+            await trio.sleep(1.0)  # ten keepalive intervals of silence, each ping answered
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+
+
+async def test_e2e_idle_session_is_closed_1001_both_ways(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(
+        nursery,
+        proxy_config(backend.url, extra="timeouts: {idle: 300ms}\nkeepalive: {interval: 0}"),
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            close = await closed_by_peer(ws)
+        await backend.ended.wait()
+    assert (close.code, close.reason) == (1001, "idle timeout")
+    assert backend.closes[0][0] == 1001
+
+
+async def test_e2e_drain_lets_sessions_finish_then_closes_them_1001(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="shutdown: {drain_timeout: 500ms}")
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            running.proxy.stop()
+            await ws.send("during the drain")
+            assert await ws.recv() == "during the drain"
+            with pytest.raises(OSError, match="all attempts to connect"):
+                await trio.open_tcp_stream("127.0.0.1", running.port)
+            close = await closed_by_peer(ws)
+        await backend.ended.wait()
+    assert close.code == 1001
+    assert backend.closes[0][0] == 1001
+
+
+async def test_e2e_slow_backend_pushes_back_on_the_client(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """A backend that stops reading stalls the client's send: nothing piles up in between."""
+    stalled = trio.Event()
+
+    async def handshake_then_stall(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(65536)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        await stream.send_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n"
+        )
+        await stalled.wait()
+
+    port = await raw_server(nursery, handshake_then_stall)
+    running = await start_proxy(
+        nursery, proxy_config(f"ws://127.0.0.1:{port}", security="  max_message_size: 1GiB")
+    )
+    client = await raw_client(running.port)
+    size = 256 * 1024 * 1024
+    header = b"\x82\xff" + size.to_bytes(8, "big") + b"\x00" * 4
+    sent = 0
+    with trio.move_on_after(2):
+        await client.send(header)
+        chunk = b"\x00" * 65536
+        while sent < size:
+            await client.send(chunk)
+            sent += len(chunk)
+    stalled.set()
+    assert sent < size // 4  # kernel buffers on two sockets, a chunk in the proxy: far less
+    await client.stream.aclose()
