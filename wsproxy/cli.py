@@ -21,7 +21,7 @@ import trio
 
 from wsproxy import __version__
 from wsproxy.config import Config, ConfigError, load_config, summary
-from wsproxy.echo import parse_address, serve_echo
+from wsproxy.echo import parse_address, run_echo, serve_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
 
@@ -36,7 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args))
+        try:
+            return int(args.run(args))
+        except BaseExceptionGroup as group:
+            raise _single(group) from None
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"wsproxy: {problem}", file=sys.stderr)
@@ -49,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a group of nested nurseries carries, or the group itself."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,9 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _echo(args: argparse.Namespace) -> int:
-    host, port = _address(args.listen)
+    _address(args.listen)  # a bad address is a usage error, before anything starts
     setup_logging("info", "text")
-    trio.run(_until_signalled, lambda: serve_echo(host, port))
+    trio.run(_until_signalled, lambda: run_echo(args.listen))
     return 0
 
 
@@ -121,19 +132,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 async def _run_demo(config: Config) -> None:
     backends = sorted({(s.host, s.port) for pool in config.pools.values() for s in pool.servers})
-    async with trio.open_nursery() as nursery:
-        for host, port in backends:
-            await nursery.start(serve_echo, host, port)
-        proxy = Proxy(config)
+    proxy = Proxy(config)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         listeners = await proxy.open_listeners()
-        async with trio.open_nursery() as proxying:
-            await proxying.start(proxy.serve, listeners)
+        async with trio.open_nursery() as nursery:
+            for host, port in backends:
+                await nursery.start(serve_echo, host, port)
             _announce_demo(config, backends, listeners[0].socket.getsockname()[1])
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    break
-            proxy.stop()
-        nursery.cancel_scope.cancel()
+            nursery.start_soon(proxy.obey, signals, nursery.cancel_scope)
+            await proxy.serve(listeners)
+            nursery.cancel_scope.cancel()
 
 
 def _announce_demo(config: Config, backends: list[tuple[str, int]], port: int) -> None:

@@ -44,6 +44,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
+from wsproxy.server import ListenError
+
 LOGGER = logging.getLogger(__name__)
 
 CHUNK: Final = 65536
@@ -105,7 +107,11 @@ async def serve_echo(
 
     Reports the (host, port) pairs actually bound through `task_status`.
     """
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        where = _host_port(host, port)
+        raise ListenError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     try:
         bound = []
         for listener in listeners:

@@ -113,11 +113,12 @@ class Proxy:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             listeners = await self.open_listeners()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._obey, signals, nursery.cancel_scope)
+                nursery.start_soon(self.obey, signals, nursery.cancel_scope)
                 await self.serve(listeners)
                 nursery.cancel_scope.cancel()
 
-    async def _obey(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+    async def obey(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        """The first signal starts the drain; a second one cancels `scope` at once."""
         async for signum in signals:
             name = signal.Signals(signum).name
             if self._stopping.is_set():
@@ -267,7 +268,7 @@ class Proxy:
                 pool=ready.pool,
                 server=ready.server.url,
                 subprotocol=ready.subprotocol,
-                duration=trio.current_time() - started,
+                duration=round(trio.current_time() - started, 3),
                 messages_in=messages_in,
                 messages_out=messages_out,
                 bytes_in=session.client.bytes_in,

@@ -1,0 +1,686 @@
+"""The `wsproxy` command as an operator runs it: real processes, real sockets, the real clock.
+
+Every test starts `python -m wsproxy ...` (or the installed `wsproxy` script) with a configuration
+written to `tmp_path`, and talks to it with the `websockets` client (an independent
+implementation) or with raw sockets. Rules:
+- Ports are 0 where the process reports what it bound (`serve` logs it); elsewhere a free port is
+  found by binding port 0 and closing it.
+- Every wait is bounded: `CAP` seconds for a process to answer, start or stop.
+- Every process is killed in a `finally` by its own handle, so a failing test leaks nothing.
+- When the test run measures coverage, the child processes are measured too (see `_child_env`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import coverage
+import pytest
+import trio
+from coverage.config import CoverageConfig
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.client import connect
+from websockets.typing import Origin
+
+from tests.conftest import ORIGIN, Backend
+from wsproxy import __version__
+from wsproxy.cli import main
+from wsproxy.logs import ACCESS_FIELDS
+
+CAP: Final = 10.0  # seconds: the longest any single wait in this module may take
+REPO: Final = Path(__file__).parents[1]
+EXAMPLE: Final = REPO / "config.example.yaml"
+PYTHON_M: Final = (sys.executable, "-m", "wsproxy")
+ISO_TIME: Final = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child: ours without $WSPROXY_CONFIG, plus `extra`.
+
+    Under `pytest --cov` the child is measured too, into parallel data files that pytest-cov
+    combines at the end: what coverage's `patch = subprocess` setting would do.
+    """
+    env = {name: value for name, value in os.environ.items() if name != "WSPROXY_CONFIG"}
+    measuring = coverage.Coverage.current()
+    if measuring is not None:
+        config = CoverageConfig.deserialize(measuring.config.serialize())
+        config.parallel = True
+        env["COVERAGE_PROCESS_CONFIG"] = config.serialize()
+    env.update(extra or {})
+    return env
+
+
+def run_wsproxy(
+    *args: str,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    command: tuple[str, ...] = PYTHON_M,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command that ends by itself (check, --version, a refusal) and capture its output."""
+    return subprocess.run(
+        [*command, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=_child_env(env),
+        timeout=CAP,
+        check=False,
+    )
+
+
+@dataclass
+class Lines:
+    """The text lines of a child's pipe, read as they come."""
+
+    stream: trio.abc.ReceiveStream
+    lines: list[str] = field(default_factory=list)
+    eof: bool = False
+    _partial: bytes = b""
+    _cursor: int = 0  # lines before it have been matched by `until`
+
+    async def _read(self) -> None:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.eof = True
+            if self._partial:
+                self.lines.append(self._partial.decode())
+            return
+        *complete, self._partial = (self._partial + data).split(b"\n")
+        self.lines += [line.decode() for line in complete]
+
+    async def until(self, needle: str, seconds: float = CAP) -> str:
+        """The next line containing `needle`, waiting at most `seconds` for it."""
+        with trio.move_on_after(seconds):
+            while True:
+                for index in range(self._cursor, len(self.lines)):
+                    if needle in self.lines[index]:
+                        self._cursor = index + 1
+                        return self.lines[index]
+                if self.eof:
+                    break
+                await self._read()
+        raise AssertionError(f"no line with {needle!r} within {seconds}s; got {self.lines}")
+
+    async def rest(self, seconds: float = CAP) -> list[str]:
+        """Every line, once the pipe has reached its end (the process has exited)."""
+        with trio.fail_after(seconds):
+            while not self.eof:
+                await self._read()
+        return self.lines
+
+
+@dataclass
+class Child:
+    """A running wsproxy process and its output."""
+
+    process: trio.Process
+    stdout: Lines
+    stderr: Lines
+
+    def signal(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+    async def exit_code(self, seconds: float = CAP) -> int:
+        with trio.fail_after(seconds):
+            return await self.process.wait()
+
+    async def ready_ports(self) -> list[int]:
+        """Wait for the line naming the addresses the proxy listens on; return their ports."""
+        line = await self.stderr.until("listening on")
+        return [int(port) for port in re.findall(r"127\.0\.0\.1:(\d+)", line)]
+
+
+@asynccontextmanager
+async def started(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Child]:
+    """Start `python -m wsproxy *args`; kill it on the way out if it is still running."""
+    process = await trio.lowlevel.open_process(
+        [*PYTHON_M, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=cwd,
+        env=_child_env(env),
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        yield Child(process, Lines(process.stdout), Lines(process.stderr))
+    finally:
+        process.kill()  # does nothing if it has exited
+        with trio.CancelScope(shield=True), trio.move_on_after(CAP):
+            await process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                await trio.aclose_forcefully(pipe)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (bound to 0, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def occupied_port() -> Iterator[int]:
+    """A port that another socket is listening on for the duration."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield int(holder.getsockname()[1])
+
+
+def write_config(
+    path: Path,
+    *servers: str,
+    listen: tuple[str, ...] = ("127.0.0.1:0",),
+    extra: str = "",
+) -> Path:
+    addresses = "\n".join(f"  - address: {address}" for address in listen)
+    urls = "\n".join(f"      - {url}" for url in servers or ("ws://127.0.0.1:9",))
+    path.write_text(
+        f"""\
+listen:
+{addresses}
+security:
+  allowed_origins: ["{ORIGIN}"]
+routes:
+  - {{path: /, pool: main}}
+pools:
+  main:
+    servers:
+{urls}
+{extra}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+def assert_one_sentence(stderr: str) -> str:
+    """A user's mistake is one line on stderr, and never a traceback."""
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("wsproxy: ")
+    return lines[0]
+
+
+async def echo_once(url: str, text: str, origin: Origin = ORIGIN) -> None:
+    async with connect(url, origin=origin, proxy=None) as ws:
+        await ws.send(text)
+        assert await ws.recv() == text
+
+
+async def accepting(port: int) -> None:
+    """Wait until something accepts connections on `port`."""
+    while True:
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            await trio.sleep(0.05)
+        else:
+            await stream.aclose()
+            return
+
+
+async def refusing(port: int) -> None:
+    """Wait until nothing accepts connections on `port` any more."""
+    while True:
+        try:
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+        except OSError:
+            return
+        await stream.aclose()
+        await trio.sleep(0.01)
+
+
+# ------------------------------------------------------------------- --version and usage
+
+
+@pytest.mark.parametrize("how", ["script", "python -m"])
+def test_cli_version_prints_name_and_version_and_exits_0(how: str) -> None:
+    script = Path(sysconfig.get_path("scripts")) / "wsproxy"
+    if how == "script" and not script.exists():
+        pytest.skip("the wsproxy script is not installed (pip install -e .)")
+    result = run_wsproxy("--version", command=(str(script),) if how == "script" else PYTHON_M)
+    assert result.returncode == 0
+    assert result.stdout == f"wsproxy {__version__}\n"
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("args", [(), ("frobnicate",), ("serve", "--bogus")])
+def test_cli_bad_arguments_exit_2_with_usage(args: tuple[str, ...]) -> None:
+    result = run_wsproxy(*args)
+    assert result.returncode == 2
+    assert "usage: wsproxy" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_main_returns_the_exit_code_instead_of_exiting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `wsproxy` script is `wsproxy.cli:main`: it must return 0/1/2, not raise SystemExit."""
+    assert main(["check", "-c", str(EXAMPLE)]) == 0
+    assert main(["check", "-c", str(tmp_path / "missing.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith("config OK: ")
+    assert err == f"wsproxy: {tmp_path / 'missing.yaml'}: no such file\n"
+
+
+# ------------------------------------------------------------------------------ check
+
+
+def test_cli_check_example_config_exits_0_with_a_one_line_summary() -> None:
+    result = run_wsproxy("check", "-c", str(EXAMPLE))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "config OK: listening on 0.0.0.0:8080; 2 routes, 2 pools, 3 servers"
+    ]
+    assert result.stderr == ""
+
+
+def test_cli_check_bad_config_exits_2_naming_each_problem(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        """\
+listen:
+  - address: 127.0.0.1:notaport
+security:
+  allowed_origins: ["https://app.example.com"]
+  max_conections: 5
+routes:
+  - {path: /, pool: nope}
+pools:
+  main:
+    servers: [ws://127.0.0.1:9001]
+""",
+        encoding="utf-8",
+    )
+    result = run_wsproxy("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Traceback" not in result.stderr
+    problems = result.stderr.splitlines()
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("wsproxy: listen[0].address: ")
+    assert "notaport" in problems[0]
+    assert problems[1].startswith("wsproxy: security.max_conections: ")
+    assert "max_connections" in problems[1]  # the did-you-mean hint
+    assert problems[2].startswith("wsproxy: routes[0].pool: ")
+    assert "nope" in problems[2]
+
+
+def test_cli_check_missing_file_exits_2_in_one_sentence(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    result = run_wsproxy("check", "-c", str(missing))
+    assert result.returncode == 2
+    assert str(missing) in assert_one_sentence(result.stderr)
+
+
+def test_cli_check_bad_yaml_exits_2_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text("listen: [\n  - address: 127.0.0.1:0\n", encoding="utf-8")
+    result = run_wsproxy("check", "-c", str(config))
+    assert result.returncode == 2
+    line = assert_one_sentence(result.stderr)
+    assert "line 2" in line  # where the parser gave up
+
+
+def test_cli_check_reads_wsproxy_config_when_c_is_absent(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "from-env.yaml", listen=("127.0.0.1:7001",))
+    (tmp_path / "wsproxy.yaml").write_text("not: [valid", encoding="utf-8")  # not the one used
+    result = run_wsproxy("check", cwd=tmp_path, env={"WSPROXY_CONFIG": str(config)})
+    assert result.returncode == 0, result.stderr
+    assert "listening on 127.0.0.1:7001" in result.stdout
+
+
+def test_cli_check_c_wins_over_wsproxy_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "given.yaml", listen=("127.0.0.1:7002",))
+    env = {"WSPROXY_CONFIG": str(tmp_path / "missing.yaml")}
+    result = run_wsproxy("check", "-c", str(config), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "listening on 127.0.0.1:7002" in result.stdout
+
+
+def test_cli_check_falls_back_to_wsproxy_yaml_in_the_working_directory(tmp_path: Path) -> None:
+    write_config(tmp_path / "wsproxy.yaml", listen=("127.0.0.1:7003",))
+    result = run_wsproxy("check", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "listening on 127.0.0.1:7003" in result.stdout
+
+
+def test_cli_check_without_any_config_exits_2_naming_wsproxy_yaml(tmp_path: Path) -> None:
+    result = run_wsproxy("check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "wsproxy.yaml" in assert_one_sentence(result.stderr)
+
+
+# ------------------------------------------------------------------------------ serve
+
+
+async def test_cli_serve_logs_one_ready_line_naming_every_address(
+    tmp_path: Path, backend: Backend
+) -> None:
+    addresses = (f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    config = write_config(tmp_path / "c.yaml", backend.url, listen=addresses)
+    async with started("serve", "-c", str(config)) as child:
+        ports = await child.ready_ports()
+        assert [f"127.0.0.1:{port}" for port in ports] == list(addresses)
+        for port in ports:
+            with trio.fail_after(CAP):
+                await echo_once(f"ws://127.0.0.1:{port}/", f"hello via {port}")
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+        lines = await child.stderr.rest()
+    assert len([line for line in lines if "listening on" in line]) == 1
+
+
+async def test_cli_serve_relays_a_websocket_client_to_the_backend(
+    tmp_path: Path, backend: Backend
+) -> None:
+    config = write_config(tmp_path / "c.yaml", backend.url)
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(
+                f"ws://127.0.0.1:{port}/chat?room=1", origin=ORIGIN, proxy=None
+            ) as ws:
+                for message in ("hello", b"\x00\x01binary", "x" * 100_000):
+                    await ws.send(message)
+                    assert await ws.recv() == message
+        assert backend.requests[0].path == "/chat?room=1"
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+
+
+def test_cli_serve_port_in_use_exits_1_in_one_sentence(tmp_path: Path) -> None:
+    with occupied_port() as port:
+        config = write_config(tmp_path / "c.yaml", listen=(f"127.0.0.1:{port}",))
+        result = run_wsproxy("serve", "-c", str(config))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+def test_cli_serve_bad_config_exits_2_without_serving(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", extra="shutdown: {drain_timeout: soon}")
+    result = run_wsproxy("serve", "-c", str(config))
+    assert result.returncode == 2
+    assert "shutdown.drain_timeout" in assert_one_sentence(result.stderr)
+
+
+async def test_cli_serve_sigterm_drains_sessions_then_closes_them_with_1001(
+    tmp_path: Path, backend: Backend
+) -> None:
+    """Timeline: SIGTERM at 0; the port refuses at once; the session still echoes; 1001 at ~1 s."""
+    config = write_config(tmp_path / "c.yaml", backend.url, extra="shutdown: {drain_timeout: 1s}")
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                await ws.send("before")
+                assert await ws.recv() == "before"
+                child.signal(signal.SIGTERM)
+                signalled = trio.current_time()
+                await child.stderr.until("SIGTERM: draining")
+                with trio.fail_after(0.5):  # the listener closes at once
+                    await refusing(port)
+                await ws.send("during")
+                assert await ws.recv() == "during"
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                waited = trio.current_time() - signalled
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1001
+        assert 0.9 <= waited < 3.0
+        assert await child.exit_code() == 0
+        assert backend.connections[0].close_code == 1001  # the backend leg got 1001 too
+
+
+async def test_cli_serve_drain_ends_when_the_last_session_closes(
+    tmp_path: Path, backend: Backend
+) -> None:
+    config = write_config(tmp_path / "c.yaml", backend.url, extra="shutdown: {drain_timeout: 30s}")
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                child.signal(signal.SIGTERM)
+                await child.stderr.until("SIGTERM: draining")
+                await ws.send("last words")
+                assert await ws.recv() == "last words"
+            closed_at = trio.current_time()  # the client's close handshake is done
+        assert await child.exit_code() == 0
+        assert trio.current_time() - closed_at < 2.0
+
+
+async def test_cli_serve_sigterm_without_sessions_exits_0_promptly(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", extra="shutdown: {drain_timeout: 30s}")
+    async with started("serve", "-c", str(config)) as child:
+        await child.ready_ports()
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code(seconds=2.0) == 0
+        assert "Traceback" not in "\n".join(await child.stderr.rest())
+
+
+async def test_cli_serve_second_sigint_during_the_drain_stops_at_once(
+    tmp_path: Path, backend: Backend
+) -> None:
+    config = write_config(tmp_path / "c.yaml", backend.url, extra="shutdown: {drain_timeout: 30s}")
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                child.signal(signal.SIGINT)
+                await child.stderr.until("SIGINT: draining")
+                child.signal(signal.SIGINT)
+                assert await child.exit_code(seconds=3.0) == 0
+        lines = await child.stderr.rest()
+    assert any("SIGINT while draining: stopping now" in line for line in lines), lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- echo
+
+
+async def test_cli_echo_serves_a_websocket_echo_until_sigterm() -> None:
+    port = free_port()
+    async with started("echo", "--listen", f"127.0.0.1:{port}") as child:
+        with trio.fail_after(CAP):
+            await accepting(port)  # `wsproxy echo` announces nothing: wait for its port
+            await echo_once(f"ws://127.0.0.1:{port}/any/path", "ping?")
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+
+
+def test_cli_echo_bad_listen_address_exits_2_in_one_sentence() -> None:
+    result = run_wsproxy("echo", "--listen", "nonsense")
+    assert result.returncode == 2
+    assert "nonsense" in assert_one_sentence(result.stderr)
+
+
+def test_cli_echo_port_in_use_exits_1_in_one_sentence() -> None:
+    with occupied_port() as port:
+        result = run_wsproxy("echo", "--listen", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+# ------------------------------------------------------------------------------- demo
+
+
+def write_demo_config(path: Path, proxy: int, first: int, second: int) -> Path:
+    """config.example.yaml's shape on free loopback ports."""
+    path.write_text(
+        f"""\
+listen:
+  - address: 127.0.0.1:{proxy}
+security:
+  allowed_origins: ["http://127.0.0.1:{proxy}", "https://*.example.com"]
+routes:
+  - {{host: chat.example.com, path: /chat, pool: chat}}
+  - {{path: /, pool: default}}
+pools:
+  default:
+    servers:
+      - ws://127.0.0.1:{first}
+      - {{url: ws://127.0.0.1:{second}, weight: 2}}
+  chat:
+    servers: [ws://127.0.0.1:{second}]
+shutdown:
+  drain_timeout: 1s
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_cli_demo_prints_how_to_connect_and_relays_until_sigint(tmp_path: Path) -> None:
+    proxy, first, second = free_port(), free_port(), free_port()
+    config = write_demo_config(tmp_path / "demo.yaml", proxy, first, second)
+    async with started("demo", "-c", str(config)) as child:
+        summary = await child.stdout.until("wsproxy demo:")
+        assert f"127.0.0.1:{first}" in summary
+        assert f"127.0.0.1:{second}" in summary
+        try_it = await child.stdout.until("python -c")
+        found = re.search(r"connect\('([^']+)', origin='([^']+)'\)", try_it)
+        assert found is not None, try_it
+        url, origin = found.groups()
+        assert url == f"ws://127.0.0.1:{proxy}/"
+        assert origin == f"http://127.0.0.1:{proxy}"  # the config's first allowed origin
+        with trio.fail_after(CAP):
+            for n in range(3):  # round robin over both echo backends
+                await echo_once(url, f"hello {n}", Origin(origin))
+        child.signal(signal.SIGINT)
+        assert await child.exit_code() == 0
+
+
+async def test_cli_demo_second_sigint_during_the_drain_stops_at_once(tmp_path: Path) -> None:
+    proxy = free_port()
+    config = write_demo_config(tmp_path / "demo.yaml", proxy, free_port(), free_port())
+    config.write_text(config.read_text().replace("drain_timeout: 1s", "drain_timeout: 30s"))
+    async with started("demo", "-c", str(config)) as child:
+        await child.stdout.until("Ctrl-C stops.")
+        with trio.fail_after(CAP):
+            origin = Origin(f"http://127.0.0.1:{proxy}")
+            async with connect(f"ws://127.0.0.1:{proxy}/", origin=origin, proxy=None) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                child.signal(signal.SIGINT)
+                await refusing(proxy)  # draining
+                child.signal(signal.SIGINT)
+                assert await child.exit_code(seconds=3.0) == 0
+        assert "Traceback" not in "\n".join(await child.stderr.rest())
+
+
+def test_cli_demo_missing_config_exits_2_in_one_sentence(tmp_path: Path) -> None:
+    result = run_wsproxy("demo", cwd=tmp_path)  # no config.example.yaml here
+    assert result.returncode == 2
+    assert "config.example.yaml" in assert_one_sentence(result.stderr)
+
+
+@pytest.mark.parametrize("taken", ["proxy", "backend"])
+def test_cli_demo_port_in_use_exits_1_in_one_sentence(tmp_path: Path, taken: str) -> None:
+    with occupied_port() as port:
+        proxy, first = (port, free_port()) if taken == "proxy" else (free_port(), port)
+        config = write_demo_config(tmp_path / "demo.yaml", proxy, first, free_port())
+        result = run_wsproxy("demo", "-c", str(config))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+# ------------------------------------------------------------------------- access log
+
+
+async def one_logged_session(tmp_path: Path, backend: Backend, form: str) -> tuple[list[str], int]:
+    """Serve with `log.format: form`; one session: 2 messages, closed by the client with 4000.
+
+    Returns every stderr line and the client's port. Compression is off so that the wire sizes
+    are known: client to backend 11 + 13 + 8 bytes (masked), backend to client 7 + 9 + 4.
+    """
+    config = write_config(tmp_path / "c.yaml", backend.url, extra=f"log: {{format: {form}}}")
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(
+                f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None, compression=None
+            ) as ws:
+                client_port = int(ws.local_address[1])
+                for message in ("hello", "world!!"):
+                    await ws.send(message)
+                    assert await ws.recv() == message
+                await ws.aclose(4000)
+        await child.stderr.until("access")
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+        return await child.stderr.rest(), client_port
+
+
+async def test_cli_serve_json_access_log_is_one_object_per_session(
+    tmp_path: Path, backend: Backend
+) -> None:
+    lines, client_port = await one_logged_session(tmp_path, backend, "json")
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    access = [entry for entry in entries if entry.get("type") == "access"]
+    assert len(access) == 1, lines
+    [entry] = access
+    assert list(entry) == ["type", *ACCESS_FIELDS]
+    assert ISO_TIME.fullmatch(entry["time"])
+    assert isinstance(entry["duration"], float)
+    assert 0 <= entry["duration"] < CAP
+    assert {k: v for k, v in entry.items() if k not in ("time", "duration")} == {
+        "type": "access",
+        "client": f"127.0.0.1:{client_port}",
+        "route": "/",
+        "pool": "main",
+        "server": backend.url,
+        "subprotocol": "",
+        "messages_in": 2,
+        "messages_out": 2,
+        "bytes_in": 11 + 13 + 8,
+        "bytes_out": 7 + 9 + 4,
+        "close_code": 4000,
+        "closed_by": "client",
+    }
+
+
+async def test_cli_serve_text_access_log_is_key_value_pairs(
+    tmp_path: Path, backend: Backend
+) -> None:
+    lines, client_port = await one_logged_session(tmp_path, backend, "text")
+    access = [line for line in lines if " access " in line]
+    assert len(access) == 1, lines
+    stamp, rest = access[0].split(" access ", 1)
+    assert ISO_TIME.fullmatch(stamp)
+    pairs = re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)(?: |$)', rest)
+    assert " ".join(f"{k}={v}" for k, v in pairs) == rest  # nothing else on the line
+    fields = dict(pairs)
+    assert tuple(fields) == ACCESS_FIELDS
+    assert fields["time"] == stamp
+    assert re.fullmatch(r"\d+\.\d{3}", fields["duration"])
+    assert fields["client"] == f"127.0.0.1:{client_port}"
+    assert fields["server"] == backend.url
+    assert fields["subprotocol"] == '""'
+    assert fields["close_code"] == "4000"
+    assert fields["closed_by"] == "client"
+    assert (fields["messages_in"], fields["messages_out"]) == ("2", "2")
