@@ -159,8 +159,7 @@ async def _handshake(
                 raise _HandshakeFailed(verdict.reason)
             trailing = bytes(conn.trailing_data[0])
             return Backend(server, stream, verdict, trailing, 0.0)
-        if not isinstance(head, h11.Response):
-            raise _HandshakeFailed("the backend closed the connection without answering")
+        assert isinstance(head, h11.Response)  # h11 raises on EOF before a response head
         body = bytearray()
         while True:
             event = await _next_event(stream, conn)
@@ -177,8 +176,12 @@ async def _handshake(
             passthrough_headers(tuple(head.headers)),
             bytes(body),
         )
-    except h11.ProtocolError as exc:
-        raise _HandshakeFailed(f"invalid HTTP from the backend: {exc}") from None
+    except h11.ProtocolError:
+        # h11's message may quote the backend's bytes, which are not for the client's eyes.
+        received, closed = conn.trailing_data
+        if closed and not received:
+            raise _HandshakeFailed("the backend closed the connection without answering") from None
+        raise _HandshakeFailed("the backend's answer was not valid HTTP") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _HandshakeFailed("the backend reset the connection") from None
 

@@ -1,0 +1,776 @@
+"""Reaching a backend on in-memory streams and virtual time: success, retries, 502/503/504.
+
+Each test gives `open_backend` a fake `dial` (`FakeNet`): every call hands the proxy one end of a
+`memory_stream_pair` and runs a scripted backend on the other end, or refuses the connection.
+The scripted backends read the proxy's request with an h11 server and answer with a 101, a
+refusal, garbage or nothing. After the script, each backend reads until the proxy closes its end,
+so a test can tell whether a failed attempt's stream was closed.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import h11
+import pytest
+import trio
+import trio.testing
+
+from wsproxy.balancer import FIRST_EJECTION, PoolBalancer
+from wsproxy.config import Pool, Security, Server
+from wsproxy.handshake import Reject, UpgradeRequest, accept_value, judge_request
+from wsproxy.upstream import (
+    MAX_PASSTHROUGH_BODY,
+    MAX_RESPONSE_HEAD,
+    Backend,
+    Passthrough,
+    dial_tcp,
+    open_backend,
+)
+
+CAP = 60.0  # virtual seconds: no test may take longer
+CONNECT_TIMEOUT = 5.0
+CLIENT_IP = "203.0.113.7"
+CLIENT_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+PORT = 9000
+
+ProxyEnd = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
+
+
+@dataclass
+class Attempt:
+    """One call of the fake `dial`: what the backend saw, and whether the proxy closed its end."""
+
+    host: str
+    port: int
+    at: float  # virtual time of the dial
+    proxy_end: ProxyEnd | None = None  # None when the connection was refused
+    request: h11.Request | None = None
+    closed: trio.Event = field(default_factory=trio.Event)  # the backend saw EOF
+
+
+Script = Callable[[trio.abc.Stream, Attempt], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Fake:
+    """How one backend host behaves: refuse, or run `script`; after `dial_delay` either way."""
+
+    script: Script | None = None  # None: connection refused
+    dial_delay: float = 0.0
+    closed_at_dial: bool = False  # the backend's end is already closed when the dial returns
+
+
+REFUSE = Fake()
+
+
+class FakeNet:
+    """A `dial` for `open_backend` whose backends are scripted per host."""
+
+    def __init__(self, nursery: trio.Nursery, fakes: dict[str, Fake]) -> None:
+        self.nursery = nursery
+        self.fakes = fakes
+        self.attempts: list[Attempt] = []
+
+    @property
+    def hosts(self) -> list[str]:
+        return [attempt.host for attempt in self.attempts]
+
+    async def dial(self, host: str, port: int) -> trio.abc.Stream:
+        attempt = Attempt(host, port, trio.current_time())
+        self.attempts.append(attempt)
+        fake = self.fakes[host]
+        await trio.sleep(fake.dial_delay)
+        if fake.script is None:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+        proxy_end, backend_end = trio.testing.memory_stream_pair()
+        attempt.proxy_end = proxy_end
+        if fake.closed_at_dial:
+            await backend_end.aclose()
+        else:
+            self.nursery.start_soon(self._run, fake.script, backend_end, attempt)
+        return proxy_end
+
+    @staticmethod
+    async def _run(script: Script, stream: trio.abc.Stream, attempt: Attempt) -> None:
+        try:
+            await script(stream, attempt)
+            while await stream.receive_some(65536):
+                pass  # whatever else the proxy sends is ignored
+            attempt.closed.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the script closed the stream itself
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+# --- backend scripts ---------------------------------------------------------------------------
+
+
+async def read_request(stream: trio.abc.Stream, attempt: Attempt) -> h11.Connection:
+    """Read the proxy's whole request into `attempt.request`; the h11 server is returned."""
+    conn = h11.Connection(h11.SERVER)
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(bytes(await stream.receive_some(65536)))
+        elif isinstance(event, h11.Request):
+            attempt.request = event
+        elif isinstance(event, h11.EndOfMessage):
+            return conn
+
+
+def header(request: h11.Request | None, name: bytes) -> bytes:
+    assert request is not None
+    values = [value for field_name, value in request.headers if field_name == name]
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+def accepting(
+    *, trailing: bytes = b"", informational: int | None = None, wrong_accept: bool = False
+) -> Script:
+    """A backend that answers a valid 101 (after a 1xx when asked), then `trailing` bytes."""
+
+    async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
+        conn = await read_request(stream, attempt)
+        if informational is not None:
+            await stream.send_all(
+                conn.send(h11.InformationalResponse(status_code=informational, headers=[]))
+            )
+        key = header(attempt.request, b"sec-websocket-key")
+        accept = accept_value(b"x" + key if wrong_accept else key)
+        response = h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                (b"Upgrade", b"websocket"),
+                (b"Connection", b"Upgrade"),
+                (b"Sec-WebSocket-Accept", accept),
+                (b"Set-Cookie", b"backend=" + attempt.host.encode()),
+            ],
+        )
+        await stream.send_all(conn.send(response) + trailing)
+
+    return script
+
+
+def refusing(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Script:
+    """A backend that answers `status` with `headers` and a Content-Length `body`."""
+
+    async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
+        conn = await read_request(stream, attempt)
+        length = (b"Content-Length", str(len(body)).encode())
+        head = conn.send(h11.Response(status_code=status, headers=[*headers, length]))
+        await stream.send_all(head + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+
+    return script
+
+
+def sending(raw: bytes, *, then_close: bool = False) -> Script:
+    """A backend that answers with `raw` bytes, then maybe closes its end."""
+
+    async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
+        await read_request(stream, attempt)
+        if raw:
+            await stream.send_all(raw)
+        if then_close:
+            await stream.aclose()
+
+    return script
+
+
+SILENT = sending(b"")  # reads the request, never answers
+CLOSING = sending(b"", then_close=True)  # reads the request, closes without a word
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def make_balancer(*hosts: str, retries: int = 2) -> PoolBalancer:
+    servers = tuple(Server(url=f"ws://{host}:{PORT}", host=host, port=PORT) for host in hosts)
+    return PoolBalancer(Pool(name="main", servers=servers, retries=retries))
+
+
+def make_upgrade(*extra: tuple[bytes, bytes]) -> UpgradeRequest:
+    request = h11.Request(
+        method=b"GET",
+        target=b"/chat?room=1",
+        headers=[
+            (b"Host", b"proxy.example.com"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", CLIENT_KEY),
+            (b"Sec-WebSocket-Version", b"13"),
+            (b"Origin", b"https://app.example.com"),
+            *extra,
+        ],
+    )
+    upgrade = judge_request(request, Security(allowed_origins=("*",)))
+    assert isinstance(upgrade, UpgradeRequest)
+    return upgrade
+
+
+async def attempt_open(
+    balancer: PoolBalancer,
+    net: FakeNet,
+    *,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    upgrade: UpgradeRequest | None = None,
+) -> Backend | Passthrough | Reject:
+    return await open_backend(
+        balancer,
+        upgrade or make_upgrade(),
+        client_ip=CLIENT_IP,
+        scheme="https",
+        connect_timeout=connect_timeout,
+        dial=net.dial,
+    )
+
+
+async def expect_closed(attempt: Attempt) -> None:
+    """The backend of `attempt` sees EOF: the proxy closed its end of the stream."""
+    with trio.move_on_after(1.0):
+        await attempt.closed.wait()
+    assert attempt.closed.is_set(), f"the stream to {attempt.host} was left open"
+
+
+def state(balancer: PoolBalancer, host: str) -> tuple[int, float]:
+    """(failures, ejected_until) of `host`."""
+    (server,) = [s for s in balancer.servers if s.host == host]
+    return server.failures, server.ejected_until
+
+
+# --- success -----------------------------------------------------------------------------------
+
+
+async def test_open_backend_success_returns_the_stream_accept_and_trailing_bytes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": Fake(accepting(trailing=b"\x81\x02hi"), dial_delay=0.25)})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Backend)
+        assert result.server is balancer.servers[0]
+        assert result.stream is net.attempts[0].proxy_end
+        assert result.trailing == b"\x81\x02hi"
+        assert result.connect_seconds == 0.25
+        assert trio.current_time() == start + 0.25
+        assert result.accept.subprotocol is None
+        assert result.accept.extensions is None
+        assert not result.accept.deflate
+        assert result.accept.headers == ((b"set-cookie", b"backend=a"),)
+        assert net.hosts == ["a"]
+        assert net.attempts[0].port == PORT
+        assert not net.attempts[0].closed.is_set()  # the caller owns the stream now
+        await result.stream.aclose()
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_without_trailing_bytes_has_empty_trailing(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting())})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Backend)
+        assert result.trailing == b""
+        assert result.connect_seconds == 0.0
+        await result.stream.aclose()
+
+
+async def test_open_backend_subprotocol_and_deflate_are_judged_against_the_client_offer(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
+        conn = await read_request(stream, attempt)
+        key = header(attempt.request, b"sec-websocket-key")
+        response = h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                (b"Upgrade", b"websocket"),
+                (b"Connection", b"Upgrade"),
+                (b"Sec-WebSocket-Accept", accept_value(key)),
+                (b"Sec-WebSocket-Protocol", b"chat.v2"),
+                (b"Sec-WebSocket-Extensions", b"permessage-deflate"),
+            ],
+        )
+        await stream.send_all(conn.send(response))
+
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(script)})
+        upgrade = make_upgrade(
+            (b"Sec-WebSocket-Protocol", b"chat.v1, chat.v2"),
+            (b"Sec-WebSocket-Extensions", b"permessage-deflate; client_max_window_bits"),
+        )
+        result = await attempt_open(make_balancer("a"), net, upgrade=upgrade)
+        assert isinstance(result, Backend)
+        assert result.accept.subprotocol == "chat.v2"
+        assert result.accept.extensions == "permessage-deflate"
+        assert result.accept.deflate
+        request = net.attempts[0].request
+        assert header(request, b"sec-websocket-protocol") == b"chat.v1, chat.v2"
+        assert header(request, b"sec-websocket-extensions") == (
+            b"permessage-deflate; client_max_window_bits"
+        )
+        await result.stream.aclose()
+
+
+@pytest.mark.parametrize("status", [100, 103])
+async def test_open_backend_informational_answers_before_the_101_are_skipped(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, status: int
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting(informational=status, trailing=b"ws"))})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Backend)
+        assert result.trailing == b"ws"
+        await result.stream.aclose()
+
+
+async def test_open_backend_request_carries_forwarding_headers_and_a_fresh_key(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting())})
+        upgrade = make_upgrade((b"X-Forwarded-For", b"10.0.0.1"), (b"Cookie", b"sid=42"))
+        result = await attempt_open(make_balancer("a"), net, upgrade=upgrade)
+        assert isinstance(result, Backend)
+        await result.stream.aclose()
+        request = net.attempts[0].request
+        assert request is not None
+        assert (request.method, request.target, request.http_version) == (
+            b"GET",
+            b"/chat?room=1",
+            b"1.1",
+        )
+        assert header(request, b"host") == b"proxy.example.com"
+        assert header(request, b"x-forwarded-for") == b"10.0.0.1, " + CLIENT_IP.encode()
+        assert header(request, b"x-forwarded-proto") == b"https"
+        assert header(request, b"x-forwarded-host") == b"proxy.example.com"
+        assert header(request, b"x-real-ip") == CLIENT_IP.encode()
+        assert header(request, b"origin") == b"https://app.example.com"
+        assert header(request, b"cookie") == b"sid=42"
+        assert header(request, b"upgrade") == b"websocket"
+        assert header(request, b"sec-websocket-version") == b"13"
+        key = header(request, b"sec-websocket-key")
+        assert key != CLIENT_KEY  # the backend leg gets its own key
+        assert len(key) == 24
+
+
+async def test_open_backend_success_resets_the_failure_count(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting())})
+        balancer = make_balancer("a")
+        server = balancer.servers[0]
+        for _ in range(3):
+            balancer.failed(server, trio.current_time() - 100.0)  # ejections long over
+        assert server.failures == 3
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Backend)
+        assert state(balancer, "a") == (0, 0.0)
+        await result.stream.aclose()
+
+
+# --- retries and 502 ---------------------------------------------------------------------------
+
+
+async def test_open_backend_refused_connect_tries_the_next_server(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": REFUSE, "b": Fake(accepting())})
+        balancer = make_balancer("a", "b")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Backend)
+        assert result.server is balancer.servers[1]
+        assert net.hosts == ["a", "b"]
+        assert state(balancer, "a") == (1, start + FIRST_EJECTION)
+        assert state(balancer, "b") == (0, 0.0)
+        await result.stream.aclose()
+
+
+async def test_open_backend_gives_up_after_retries_with_502_and_the_last_reason(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {host: REFUSE for host in "abcd"})
+        balancer = make_balancer("a", "b", "c", "d", retries=2)
+        result = await attempt_open(balancer, net)
+        assert result == Reject(
+            502, "could not reach a backend: connect to c:9000: Connection refused"
+        )
+        assert net.hosts == ["a", "b", "c"]  # one try and two retries; d is never dialled
+        for host in "abc":
+            assert state(balancer, host) == (1, start + FIRST_EJECTION)
+        assert state(balancer, "d") == (0, 0.0)
+
+
+async def test_open_backend_no_retries_means_one_try(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": REFUSE, "b": Fake(accepting())})
+        result = await attempt_open(make_balancer("a", "b", retries=0), net)
+        assert isinstance(result, Reject)
+        assert result.status == 502
+        assert net.hosts == ["a"]
+
+
+async def test_open_backend_never_tries_the_same_server_twice(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": REFUSE, "b": REFUSE})
+        result = await attempt_open(make_balancer("a", "b", retries=5), net)
+        assert result == Reject(
+            502, "could not reach a backend: connect to b:9000: Connection refused"
+        )
+        assert net.hosts == ["a", "b"]
+
+
+async def test_open_backend_oserror_without_strerror_uses_its_message(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        raise OSError(f"all attempts to connect to {host}:{port} failed")
+
+    with trio.fail_after(CAP):
+        result = await open_backend(
+            make_balancer("a"),
+            make_upgrade(),
+            client_ip=CLIENT_IP,
+            scheme="http",
+            connect_timeout=CONNECT_TIMEOUT,
+            dial=dial,
+        )
+        assert result == Reject(
+            502,
+            "could not reach a backend: connect to a:9000: "
+            "all attempts to connect to a:9000 failed",
+        )
+
+
+async def test_open_backend_all_servers_ejected_is_503_without_dialling(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting()), "b": Fake(accepting())})
+        balancer = make_balancer("a", "b")
+        start = trio.current_time()
+        for server in balancer.servers:
+            balancer.failed(server, start)
+        result = await attempt_open(balancer, net)
+        assert result == Reject(503, "no healthy server in pool main")
+        assert net.hosts == []
+        assert trio.current_time() == start
+
+
+async def test_open_backend_skips_an_ejected_server(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting()), "b": Fake(accepting())})
+        balancer = make_balancer("a", "b")
+        balancer.failed(balancer.servers[0], trio.current_time())
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Backend)
+        assert net.hosts == ["b"]
+        await result.stream.aclose()
+
+
+async def test_open_backend_invalid_101_fails_ejects_and_closes_the_stream(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": Fake(accepting(wrong_accept=True))})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert result == Reject(
+            502,
+            "could not reach a backend: the backend's handshake answer was not valid WebSocket: "
+            "Sec-WebSocket-Accept does not match the key",
+        )
+        assert state(balancer, "a") == (1, start + FIRST_EJECTION)
+        assert not balancer.any_healthy(trio.current_time())
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_invalid_101_then_a_good_server(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(
+            nursery, {"a": Fake(accepting(wrong_accept=True)), "b": Fake(accepting(trailing=b"x"))}
+        )
+        balancer = make_balancer("a", "b")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Backend)
+        assert result.server.host == "b"
+        assert result.trailing == b"x"
+        assert state(balancer, "a")[0] == 1
+        await expect_closed(net.attempts[0])
+        await result.stream.aclose()
+
+
+async def test_open_backend_garbage_answer_is_502(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"))})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Reject)
+        assert result.status == 502
+        assert result.reason == "could not reach a backend: the backend's answer was not valid HTTP"
+        assert state(balancer, "a")[0] == 1
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_oversized_response_head_is_502(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    endless = b"HTTP/1.1 101 Switching Protocols\r\nX-Pad: " + b"a" * (MAX_RESPONSE_HEAD + 1)
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(endless))})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Reject)
+        assert result.status == 502
+        assert result.reason == "could not reach a backend: the backend's answer was not valid HTTP"
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_backend_closing_without_an_answer_is_502(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The reason is the one `_handshake` has for this case, not h11's state-machine message."""
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(CLOSING)})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Reject)
+        assert result.status == 502
+        assert state(balancer, "a")[0] == 1
+        proxy_end = net.attempts[0].proxy_end
+        assert proxy_end is not None
+        with pytest.raises(trio.ClosedResourceError):
+            await proxy_end.send_all(b"x")  # the proxy closed its end too
+        assert result.reason == (
+            "could not reach a backend: the backend closed the connection without answering"
+        )
+
+
+async def test_open_backend_backend_closing_mid_answer_is_502(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(b"HTTP/1.1 101 Swi", then_close=True))})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Reject)
+        assert result.status == 502
+        assert result.reason == "could not reach a backend: the backend's answer was not valid HTTP"
+
+
+async def test_open_backend_reset_before_the_request_is_502(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(accepting(), closed_at_dial=True)})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert result == Reject(502, "could not reach a backend: the backend reset the connection")
+        assert state(balancer, "a")[0] == 1
+
+
+# --- passthrough -------------------------------------------------------------------------------
+
+
+async def test_open_backend_non_101_is_passed_through_with_end_to_end_headers(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    headers = [
+        (b"Content-Type", b"text/plain"),
+        (b"WWW-Authenticate", b'Bearer realm="chat"'),
+        (b"Connection", b"close, X-Hop"),
+        (b"X-Hop", b"only for this connection"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"Set-Cookie", b"a=1"),
+    ]
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(refusing(401, headers, b"log in first\n"))})
+        balancer = make_balancer("a")
+        balancer.failed(balancer.servers[0], trio.current_time() - 100.0)
+        result = await attempt_open(balancer, net)
+        assert result == Passthrough(
+            server=balancer.servers[0],
+            status=401,
+            reason=b"",
+            headers=(
+                (b"content-type", b"text/plain"),
+                (b"www-authenticate", b'Bearer realm="chat"'),
+                (b"set-cookie", b"a=1"),
+            ),
+            body=b"log in first\n",
+        )
+        assert state(balancer, "a") == (0, 0.0)  # a complete answer means the server is alive
+        assert net.hosts == ["a"]
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_passthrough_keeps_the_reason_phrase_and_is_not_retried(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    raw = b"HTTP/1.1 403 Go Away\r\nContent-Length: 3\r\n\r\nno\n"
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(raw)), "b": Fake(accepting())})
+        result = await attempt_open(make_balancer("a", "b"), net)
+        assert isinstance(result, Passthrough)
+        assert (result.status, result.reason, result.headers, result.body) == (
+            403,
+            b"Go Away",
+            (),
+            b"no\n",
+        )
+        assert net.hosts == ["a"]
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_passthrough_body_until_close(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    raw = b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\ntry later"
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(raw, then_close=True))})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Passthrough)
+        assert (result.status, result.headers, result.body) == (503, (), b"try later")
+
+
+async def test_open_backend_passthrough_body_of_the_maximum_size_is_kept(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    body = bytes(range(256)) * (MAX_PASSTHROUGH_BODY // 256)
+    assert len(body) == MAX_PASSTHROUGH_BODY
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(refusing(400, [], body))})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Passthrough)
+        assert result.body == body
+
+
+async def test_open_backend_passthrough_body_over_the_maximum_is_a_failure(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        body = b"x" * (MAX_PASSTHROUGH_BODY + 1)
+        net = FakeNet(nursery, {"a": Fake(refusing(400, [], body))})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert result == Reject(
+            502, "could not reach a backend: the backend's refusal had an oversized body"
+        )
+        assert state(balancer, "a") == (1, start + FIRST_EJECTION)
+        await expect_closed(net.attempts[0])
+
+
+# --- the connect deadline: 504 -----------------------------------------------------------------
+
+
+async def test_open_backend_silent_backend_is_504_exactly_at_the_connect_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": Fake(SILENT)})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert result == Reject(504, "the backend did not answer within 5s")
+        assert trio.current_time() == start + CONNECT_TIMEOUT
+        assert state(balancer, "a") == (1, start + CONNECT_TIMEOUT + FIRST_EJECTION)
+        await expect_closed(net.attempts[0])
+
+
+async def test_open_backend_hanging_dial_is_504_at_the_connect_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": Fake(accepting(), dial_delay=3600.0)})
+        result = await attempt_open(make_balancer("a"), net, connect_timeout=2.5)
+        assert result == Reject(504, "the backend did not answer within 2.5s")
+        assert trio.current_time() == start + 2.5
+        assert net.attempts[0].proxy_end is None
+
+
+async def test_open_backend_retries_share_one_deadline(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(
+            nursery,
+            {"a": Fake(dial_delay=3.0), "b": Fake(SILENT, dial_delay=1.0), "c": Fake(accepting())},
+        )
+        balancer = make_balancer("a", "b", "c")
+        result = await attempt_open(balancer, net)
+        assert result == Reject(504, "the backend did not answer within 5s")
+        assert trio.current_time() == start + CONNECT_TIMEOUT  # not 3 s + a fresh 5 s
+        assert [(attempt.host, attempt.at) for attempt in net.attempts] == [
+            ("a", start),
+            ("b", start + 3.0),
+        ]
+        assert state(balancer, "a") == (1, start + 3.0 + FIRST_EJECTION)
+        assert state(balancer, "b") == (1, start + CONNECT_TIMEOUT + FIRST_EJECTION)
+        assert state(balancer, "c") == (0, 0.0)
+        await expect_closed(net.attempts[1])
+
+
+async def test_open_backend_connect_seconds_covers_the_failed_tries(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(dial_delay=1.5), "b": Fake(accepting(), dial_delay=0.5)})
+        result = await attempt_open(make_balancer("a", "b"), net)
+        assert isinstance(result, Backend)
+        assert result.connect_seconds == 2.0
+        await result.stream.aclose()
+
+
+# --- the real dial -----------------------------------------------------------------------------
+
+
+async def test_dial_tcp_connects_with_nodelay() -> None:
+    with trio.fail_after(10):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        (listener,) = listeners
+        port = listener.socket.getsockname()[1]
+        async with listener:
+            stream = await dial_tcp("127.0.0.1", port)
+            async with stream, await listener.accept():
+                assert isinstance(stream, trio.SocketStream)
+                nodelay = stream.getsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY)
+                assert nodelay != 0
+
+
+async def test_open_backend_default_dial_refused_is_502() -> None:
+    with trio.fail_after(10):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        await listeners[0].aclose()  # nothing listens there any more
+        server = Server(url=f"ws://127.0.0.1:{port}", host="127.0.0.1", port=port)
+        balancer = PoolBalancer(Pool(name="main", servers=(server,), retries=0))
+        result = await open_backend(
+            balancer, make_upgrade(), client_ip=CLIENT_IP, scheme="http", connect_timeout=5.0
+        )
+        assert isinstance(result, Reject)
+        assert result.status == 502
+        assert result.reason.startswith(f"could not reach a backend: connect to 127.0.0.1:{port}:")
