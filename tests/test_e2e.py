@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import logging
 import os
+import random
 
 import pytest
 import trio
@@ -257,3 +260,29 @@ async def test_e2e_slow_backend_pushes_back_on_the_client(
     stalled.set()
     assert sent < size // 4  # kernel buffers on two sockets, a chunk in the proxy: far less
     await client.stream.aclose()
+
+
+async def test_e2e_random_garbage_never_hurts_the_proxy(
+    proxy: RunningProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Random bytes before and after the handshake: each connection gets an answer or a close,
+    nothing is logged as an error, and the proxy goes on serving."""
+    rng = random.Random(20261122)
+    with trio.fail_after(CAP * 3):
+        for round_ in range(40):
+            blob = rng.randbytes(rng.randrange(1, 3000))
+            if round_ % 2:
+                client = await raw_client(proxy.port)
+                stream = client.stream
+            else:
+                stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+            async with stream:
+                with contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(blob)
+                    await stream.send_eof()  # so a half-sent frame or head ends too
+                    while await stream.receive_some(65536):
+                        pass
+        async with connect(proxy.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("still serving")
+            assert await ws.recv() == "still serving"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
