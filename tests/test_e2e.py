@@ -271,8 +271,10 @@ async def test_e2e_random_garbage_never_hurts_the_proxy(
     with trio.fail_after(CAP * 3):
         for round_ in range(40):
             blob = rng.randbytes(rng.randrange(1, 3000))
+            stream: trio.abc.HalfCloseableStream
             if round_ % 2:
                 client = await raw_client(proxy.port)
+                assert isinstance(client.stream, trio.SocketStream)
                 stream = client.stream
             else:
                 stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
