@@ -26,6 +26,7 @@ LAYERS: Final = {
     "__init__": 0,
     "config": 1,
     "units": 1,
+    "yamldata": 1,
     "frames": 2,
     "closes": 2,
     "handshake": 2,

@@ -6,12 +6,11 @@ Invariants:
 - Field names are the YAML keys, so a problem's dotted path reads like the file
   (`pools.chat.servers[1].url`).
 - Durations are float seconds and sizes int bytes. A duration of 0 where documented means "off".
-- `${NAME}` / `${NAME:-default}` are substituted into string scalars after parsing, so the
-  environment can never inject YAML structure.
-- YAML is read as plain data with YAML 1.2 scalars (`yes`/`on` and `1:30` stay strings);
-  a duplicate key is a problem, and no tag ever builds a Python object.
-- Validation collects every problem before failing: `ConfigError.problems` lists them all.
-  The syntax of single values (durations, sizes, addresses, URLs, origins) lives in `units`.
+- Reading the YAML into plain data (YAML 1.2 scalars, `${ENV}` substitution, duplicate keys)
+  lives in `yamldata`; the syntax of single values (durations, sizes, addresses, URLs, origins)
+  lives in `units`. This module turns that data into dataclasses.
+- Validation collects every problem before failing, the reading's and its own:
+  `ConfigError.problems` lists them all. A value `yamldata` already reported is not checked again.
 """
 
 from __future__ import annotations
@@ -23,8 +22,6 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final, TypeVar
-
-import yaml
 
 from wsproxy.units import (
     KIB,
@@ -41,6 +38,7 @@ from wsproxy.units import (
     whole,
     ws_url,
 )
+from wsproxy.yamldata import UNRESOLVED, ComposeError, Problems, join, read
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -169,162 +167,6 @@ def summary(config: Config) -> str:
     )
 
 
-# ------------------------------------------------------------------------------- YAML to data
-
-_TAG: Final = "tag:yaml.org,2002:"
-# YAML 1.2's core schema; PyYAML's own resolvers are YAML 1.1 (yes/on/off, 1:30 = 90, dates).
-_SCALARS: Final = {
-    "null": re.compile(r"~|null|Null|NULL|"),
-    "bool": re.compile(r"true|True|TRUE|false|False|FALSE"),
-    "int": re.compile(r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"),
-    "float": re.compile(
-        r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)"
-        r"|\.(?:nan|NaN|NAN)"
-    ),
-}
-_MAX_VALUES: Final = 100_000  # aliases of aliases could otherwise expand without bound
-_REFERENCE: Final = re.compile(r"\$\{(?:([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})?")
-
-
-class _Loader(yaml.SafeLoader):
-    """Composes nodes only (`_Reader` turns them into plain data), resolving YAML 1.2 scalars."""
-
-    # Replaces the inherited YAML 1.1 table; the key None means "whatever the first character".
-    yaml_implicit_resolvers = {  # noqa: RUF012
-        None: [(_TAG + kind, re.compile(rf"(?:{p.pattern})\Z")) for kind, p in _SCALARS.items()]
-    }
-
-
-class _Unresolved:
-    """A value whose problem is already reported (an unset variable, a bad tag): skip it."""
-
-
-_UNRESOLVED: Final = _Unresolved()
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _compose(text: str, where: str) -> yaml.Node:
-    """The document's node tree; a syntax error or an empty file is a one-problem ConfigError."""
-    try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        message = f"{exc.context}, {exc.problem}" if exc.context else str(exc.problem)
-        mark = exc.problem_mark or exc.context_mark or yaml.Mark("", 0, 0, 0, None, 0)
-        at = f"line {mark.line + 1}, column {mark.column + 1}"
-        raise ConfigError([f"{where}{at}: {message}"]) from None
-    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - text.rfind("\n", 0, exc.position)
-        problem = f"line {line}, column {column}: character #x{exc.character:04x}: {exc.reason}"
-        raise ConfigError([where + problem]) from None
-    if node is None:
-        raise ConfigError([f"{where}the file is empty"])
-    return node
-
-
-class _Problems:
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-
-    def problem(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}" if path else message)
-
-
-class _Reader(_Problems):
-    """Nodes → dicts, lists, str, int, float, bool and None; substitutes `${ENV}` into strings."""
-
-    def __init__(self, env: Mapping[str, str], problems: list[str]) -> None:
-        super().__init__(problems)
-        self.env = env
-        self.active: set[int] = set()  # ids of the nodes being read: an alias may not loop
-        self.count = 0
-
-    def value(self, node: yaml.Node, path: str) -> object:
-        self.count += 1
-        if self.count > _MAX_VALUES:
-            if self.count == _MAX_VALUES + 1:
-                self.problem(path, f"the file holds more than {_MAX_VALUES} values")
-            return _UNRESOLVED
-        if id(node) in self.active:
-            self.problem(path, "an alias refers to the value that contains it")
-            return _UNRESOLVED
-        self.active.add(id(node))
-        try:
-            return self._value(node, path)
-        finally:
-            self.active.discard(id(node))
-
-    def _value(self, node: yaml.Node, path: str) -> object:
-        kind = node.tag.removeprefix(_TAG)
-        if isinstance(node, yaml.MappingNode) and kind == "map":
-            return self.mapping(node, path)
-        if isinstance(node, yaml.SequenceNode) and kind == "seq":
-            return [self.value(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
-        if isinstance(node, yaml.ScalarNode):
-            text: str = node.value
-            if kind == "str":
-                return self.substitute(text, path)
-            if kind == "null":
-                return None
-            pattern = _SCALARS.get(kind)
-            if pattern is not None and pattern.fullmatch(text):
-                if kind == "bool":
-                    return text.lower() == "true"
-                if kind == "int":
-                    base = {"0o": 8, "0x": 16}.get(text[:2], 10)
-                    return int(text[2:] if base != 10 else text, base)
-                return float(text.replace(".", "") if text[-1].isalpha() else text)
-            if pattern is not None:
-                self.problem(path, f"{text!r} is not a valid !!{kind}")
-                return _UNRESOLVED
-        shown = "!!" + kind if node.tag.startswith(_TAG) else node.tag
-        self.problem(path, f"the YAML tag {shown} is not supported here")
-        return _UNRESOLVED
-
-    def mapping(self, node: yaml.MappingNode, path: str) -> dict[str, object]:
-        result: dict[str, object] = {}
-        lines: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                line = key_node.start_mark.line + 1
-                self.problem(path, f"the key on line {line} is not a plain name")
-                continue
-            key: str = key_node.value
-            if key in lines:
-                self.problem(_join(path, key), f"duplicate key (first on line {lines[key]})")
-                continue
-            lines[key] = key_node.start_mark.line + 1
-            result[key] = self.value(value_node, _join(path, key))
-        return result
-
-    def substitute(self, text: str, path: str) -> object:
-        failed = False
-
-        def replace(match: re.Match[str]) -> str:
-            nonlocal failed
-            name, default = match[1], match[2]
-            if name is None:
-                self.problem(path, "a '${' that is neither ${NAME} nor ${NAME:-default}")
-            elif self.env.get(name) or (name in self.env and default is None):
-                return self.env[name]
-            elif default is not None:
-                return default
-            else:
-                self.problem(path, f"environment variable {name} is not set")
-            failed = True
-            return ""
-
-        result = _REFERENCE.sub(replace, text)
-        return _UNRESOLVED if failed else result
-
-
 # ------------------------------------------------------------------------------- data to Config
 
 _POOL_LATER: Final = (
@@ -338,7 +180,7 @@ _BALANCE_LATER: Final = ("least_connections", "random", "hash", "cookie")
 _POOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
-class _Checker(_Problems):
+class _Checker(Problems):
     """Plain data → dataclasses. Every problem is recorded and the walk goes on; a value with a
     problem comes back as None, and so does each section around it."""
 
@@ -348,7 +190,7 @@ class _Checker(_Problems):
         self.pool_refs: list[tuple[str, str]] = []  # (path, name) of each route's pool
 
     def parse(self, parse: Callable[[object, str], T | None], raw: object, path: str) -> T | None:
-        return None if raw is _UNRESOLVED else parse(raw, path)
+        return None if raw is UNRESOLVED else parse(raw, path)
 
     def scalar(self, convert: Callable[[object], T]) -> Callable[[object, str], T | None]:
         """A parser from a `units` function, whose `ValueError` says what is wrong."""
@@ -376,11 +218,11 @@ class _Checker(_Problems):
             return None
         for key in raw:
             if key in later:
-                self.problem(_join(path, key), "not supported by this version")
+                self.problem(join(path, key), "not supported by this version")
             elif key not in known:
                 close = difflib.get_close_matches(key, known + later, n=1)
                 hint = f"did you mean {close[0]!r}?" if close else "known keys: " + ", ".join(known)
-                self.problem(_join(path, key), f"unknown key ({hint})")
+                self.problem(join(path, key), f"unknown key ({hint})")
         return raw
 
     def build(
@@ -401,7 +243,7 @@ class _Checker(_Problems):
         values = dict(given)
         complete = True
         for spec in fields(cls):
-            child = _join(path, spec.name)
+            child = join(path, spec.name)
             if spec.name in mapping:
                 value = self.parse(parsers[spec.name], mapping[spec.name], child)
                 values[spec.name] = value
@@ -530,10 +372,10 @@ class _Checker(_Problems):
         }
         pools: dict[str, Pool] = {}
         for name, value in raw.items():
-            child = _join(path, name)
+            child = join(path, name)
             if not _POOL_NAME.fullmatch(name):
                 self.problem(child, "a pool name takes only letters, digits, '_' and '-'")
-            elif value is not _UNRESOLVED and (
+            elif value is not UNRESOLVED and (
                 pool := self.build(Pool, value, child, parsers, _POOL_LATER, name=name)
             ):
                 pools[name] = pool
@@ -578,12 +420,14 @@ def _host_port(item: Listener | Server) -> tuple[str, int]:
 
 
 def _parse(text: str, env: Mapping[str, str], where: str) -> Config:
-    node = _compose(text, where)
     problems: list[str] = []
-    data = _Reader(env, problems).value(node, "")
+    try:
+        data = read(text, env, problems)
+    except ComposeError as exc:
+        raise ConfigError([where + exc.problem]) from None
     if data is None:  # only `---`, or `~`
         problems.append(f"{where}the file is empty")
-    elif not isinstance(data, dict) and data is not _UNRESOLVED:
+    elif not isinstance(data, dict) and data is not UNRESOLVED:
         problems.append(
             f"{where}the top level must be a mapping (listen:, security:, routes:, pools:), "
             f"got {describe(data)}"
