@@ -1,10 +1,10 @@
 """The dependency direction of STYLE.md section 2: imports only point down the layers.
 
 Layers: (1) config, units, yamldata; (2) the pure modules; (3) the per-connection I/O
-modules; (4) the process modules; (5) cli and `__main__`. A module may import from its own layer or below, and
-nothing but `__main__` imports `cli`. The pure modules (layers 1 and 2) must not pull in trio or
-socket: that is checked statically here, and for real by importing each one in a fresh
-interpreter.
+modules; (4) the process modules; (5) cli and `__main__`. A module may import from its own
+layer or below, and nothing but `__main__` imports `cli`. The pure modules (layers 1 and 2)
+must not pull in trio or socket: that is checked statically here, and for real by importing
+each one in a fresh interpreter.
 """
 
 from __future__ import annotations
