@@ -1,22 +1,39 @@
-"""The relay on in-memory streams and virtual time: forwarding, closes, keepalive, idle, limits."""
+"""The relay on in-memory streams and virtual time: forwarding, closes, keepalive, idle, limits.
+
+Every test runs on the autojump clock under an absolute `trio.fail_after` cap (`CAP` virtual
+seconds, above every instant the test asserts), so a hang fails at once instead of stalling.
+Faults are injected by wrapping the proxy's end of a leg (`FaultyStream`) or by pairing it with
+a `lockstep_stream_pair`, whose sends block until the other end reads.
+"""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Final
 
 import pytest
 import trio
 import trio.testing
-from wsproto.frame_protocol import FrameProtocol, Opcode
+from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 from tests.helpers import Peer
-from wsproxy.closes import Side
+from wsproxy import closes
+from wsproxy.closes import Close, Side
 from wsproxy.config import Config, Keepalive, Listener, Pool, Route, Security, Server, Timeouts
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 
-INTERVAL = 20.0
-TIMEOUT = 10.0
-IDLE = 600.0
+INTERVAL: Final = 20.0
+TIMEOUT: Final = 10.0
+IDLE: Final = 600.0
+CAP: Final = 100.0  # virtual seconds; above INTERVAL + TIMEOUT + CLOSE_TIMEOUT and every window
+
+# A ping from the test's client (masked), and a data frame as a backend must never send it.
+CLIENT_PING: Final = bytes(FrameProtocol(client=True, extensions=[]).ping(b"peer"))
+MASKED_FROM_BACKEND: Final = bytes(FrameProtocol(client=True, extensions=[]).send_data("m", True))
+
+Pair = Callable[[], tuple[trio.abc.Stream, trio.abc.Stream]]
 
 
 def make_config(**changes: object) -> Config:
@@ -31,32 +48,64 @@ def make_config(**changes: object) -> Config:
     return replace(config, **changes)  # type: ignore[arg-type]
 
 
+class FaultyStream(trio.abc.Stream):
+    """The proxy's end of a leg, passed through untouched until `broken` makes sends fail.
+
+    A broken stream's `send_all` raises `BrokenResourceError`, as a reset connection does.
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.broken = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.broken:
+            await trio.lowlevel.checkpoint()
+            raise trio.BrokenResourceError("connection reset (injected)")
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 @dataclass
 class Rig:
     session: Session
     client: Peer  # the test's client, talking to the proxy's client leg
     backend: Peer  # the test's backend, talking to the proxy's backend leg
+    proxy_client: FaultyStream  # the proxy's end of the client leg
+    proxy_backend: FaultyStream  # the proxy's end of the backend leg
     done: trio.Event
 
 
 @pytest.fixture
 async def rig(nursery: trio.Nursery) -> Rig:
-    return await start_rig(nursery, make_config())
+    return await start_rig(nursery)
 
 
 async def start_rig(
     nursery: trio.Nursery,
-    config: Config,
+    config: Config | None = None,
     *,
+    client_pair: Pair = trio.testing.memory_stream_pair,
+    backend_pair: Pair = trio.testing.memory_stream_pair,
     client_prefix: bytes = b"",
     backend_prefix: bytes = b"",
 ) -> Rig:
-    client_end, proxy_client_end = trio.testing.memory_stream_pair()
-    backend_end, proxy_backend_end = trio.testing.memory_stream_pair()
+    client_end, proxy_client_end = client_pair()
+    backend_end, proxy_backend_end = backend_pair()
+    proxy_client = FaultyStream(proxy_client_end)
+    proxy_backend = FaultyStream(proxy_backend_end)
     session = Session(
-        config,
-        proxy_client_end,
-        proxy_backend_end,
+        make_config() if config is None else config,
+        proxy_client,
+        proxy_backend,
         compressed=False,
         client_prefix=client_prefix,
         backend_prefix=backend_prefix,
@@ -68,181 +117,669 @@ async def start_rig(
         done.set()
 
     nursery.start_soon(run)
-    return Rig(session, Peer(client_end, client=True), Peer(backend_end, client=False), done)
+    return Rig(
+        session,
+        Peer(client_end, client=True),
+        Peer(backend_end, client=False),
+        proxy_client,
+        proxy_backend,
+        done,
+    )
 
 
-async def test_relay_messages_pass_both_ways_unchanged(rig: Rig) -> None:
-    await rig.client.send_text("hello")
-    frame = await rig.backend.receive()
-    assert frame is not None
-    assert (frame.opcode, frame.payload) == (Opcode.TEXT, "hello")
-    await rig.backend.send_binary(b"\x00\x01\x02")
-    frame = await rig.client.receive()
-    assert frame is not None
-    assert (frame.opcode, frame.payload) == (Opcode.BINARY, b"\x00\x01\x02")
-    assert rig.session.messages == (1, 1)
+# ---------------------------------------------------------------- helpers for the test's peers
 
 
-async def test_relay_fragments_and_interleaved_ping_keep_their_order(rig: Rig) -> None:
-    await rig.client.send_text("a", fin=False)
-    await rig.client.ping(b"p")
-    await rig.client.send_text("b", fin=True)
-    kinds = []
-    for _ in range(3):
-        frame = await rig.backend.receive()
-        assert frame is not None
-        kinds.append((frame.opcode, frame.payload, frame.message_finished))
-    assert kinds == [
-        (Opcode.TEXT, "a", False),
-        (Opcode.PING, b"p", True),
-        (Opcode.TEXT, "b", True),  # wsproto reports a continuation by its message's opcode
-    ]
+def payload_of(frame: Frame) -> bytes:
+    assert isinstance(frame.payload, bytes | bytearray)
+    return bytes(frame.payload)
 
 
-async def test_relay_bytes_behind_the_handshake_go_first(nursery: trio.Nursery) -> None:
-    early = FrameProtocol(client=True, extensions=[]).send_data("early", True)
-    rig = await start_rig(nursery, make_config(), client_prefix=bytes(early))
-    frame = await rig.backend.receive()
-    assert frame is not None
-    assert frame.payload == "early"
+async def next_frame(peer: Peer) -> Frame:
+    frame = await peer.receive()
+    assert frame is not None, "EOF where a frame was expected"
+    return frame
 
 
-async def test_relay_close_handshake_passes_through(rig: Rig, autojump_clock: object) -> None:
-    await rig.client.close(4001, "bye")
-    assert await rig.backend.expect_close() == (4001, "bye")
-    await rig.backend.close(4001, "bye")
-    assert await rig.client.expect_close() == (4001, "bye")
-    await rig.client.expect_eof()  # we are the client's server: we close TCP first
-    await rig.backend.stream.aclose()  # the backend closes its side
-    await rig.done.wait()
-    assert rig.session.close is not None
-    assert (rig.session.close.code, rig.session.closed_by) == (4001, Side.CLIENT)
+async def answer_pings(peer: Peer, seen: list[float], *, delay: float = 0.0) -> None:
+    """Until EOF, note when each ping arrives and answer it `delay` seconds later."""
+    while (frame := await peer.receive()) is not None:
+        if frame.opcode is Opcode.PING:
+            seen.append(trio.current_time())
+            await trio.sleep(delay)
+            try:
+                await peer.pong(payload_of(frame))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the proxy dropped the leg meanwhile
 
 
-async def test_relay_backend_lost_is_1011_to_client(rig: Rig) -> None:
-    await rig.backend.stream.aclose()
-    code, reason = await rig.client.expect_close()
-    assert code == 1011
-    assert "backend" in reason
-    await rig.client.close(1011)
-    await rig.client.expect_eof()
-    await rig.done.wait()
-    assert rig.session.closed_by is Side.BACKEND
+async def close_answering_pings(peer: Peer) -> tuple[int, float]:
+    """Read until a close frame, answering pings on the way; return its code and arrival time."""
+    while True:
+        frame = await next_frame(peer)
+        if frame.opcode is Opcode.PING:
+            await peer.pong(payload_of(frame))
+        elif frame.opcode is Opcode.CLOSE:
+            assert isinstance(frame.payload, tuple)
+            return int(frame.payload[0]), trio.current_time()
 
 
-async def test_relay_client_lost_is_1001_to_backend(rig: Rig) -> None:
-    await rig.client.stream.aclose()
-    assert (await rig.backend.expect_close())[0] == 1001
-    await rig.backend.close(1001)
-    await rig.backend.stream.aclose()  # a server closes TCP after the close handshake
-    await rig.done.wait()
-    assert rig.session.closed_by is Side.CLIENT
+async def read_raw_until(stream: trio.abc.Stream, deadline: float) -> list[tuple[float, bytes]]:
+    """Every chunk that arrives before `deadline` (or EOF), with its arrival time."""
+    chunks: list[tuple[float, bytes]] = []
+    with trio.move_on_at(deadline):
+        while data := await stream.receive_some(65536):
+            chunks.append((trio.current_time(), bytes(data)))
+    return chunks
 
 
-async def test_relay_unmasked_client_frame_is_1002(rig: Rig) -> None:
-    await rig.client.send(b"\x81\x02hi")  # a text frame without a mask
-    assert (await rig.client.expect_close())[0] == 1002
-    assert (await rig.backend.expect_close())[0] == 1001
+async def read_raw_to_eof(stream: trio.abc.Stream) -> tuple[bytes, float]:
+    """Everything the stream delivers until EOF, and the instant of the EOF."""
+    received = bytearray()
+    try:
+        while data := await stream.receive_some(65536):
+            received += data
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    return bytes(received), trio.current_time()
 
 
-async def test_relay_oversized_message_is_1009_to_sender_1001_to_other(rig: Rig) -> None:
-    await rig.backend.send_binary(b"x" * 1001)
-    assert (await rig.backend.expect_close())[0] == 1009
-    assert (await rig.client.expect_close())[0] == 1001
+def arrival_of(chunks: list[tuple[float, bytes]], index: int) -> float:
+    """When byte `index` of the concatenated chunks arrived."""
+    for at, chunk in chunks:
+        if index < len(chunk):
+            return at
+        index -= len(chunk)
+    raise AssertionError("that byte never arrived")
 
 
-async def test_relay_keepalive_pings_a_silent_leg_at_the_interval(
+# ---------------------------------------------------------------- forwarding
+
+
+async def test_relay_messages_pass_both_ways_unchanged(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    start = trio.current_time()
-    frame = await rig.client.receive()
-    assert frame is not None
-    assert frame.opcode is Opcode.PING
-    assert trio.current_time() - start == INTERVAL
-    await rig.client.pong(bytes(frame.payload))  # type: ignore[arg-type]
-    # Our pong is ours: the backend never sees it, and the leg stays up.
-    with trio.move_on_after(INTERVAL - 1):
-        seen = await rig.backend.receive()
-        assert seen is not None
-        assert seen.opcode is Opcode.PING  # the backend's own keepalive ping, not the pong
-    assert not rig.done.is_set()
+    with trio.fail_after(CAP):
+        await rig.client.send_text("hello")
+        frame = await next_frame(rig.backend)
+        assert (frame.opcode, frame.payload) == (Opcode.TEXT, "hello")
+        await rig.backend.send_binary(b"\x00\x01\x02")
+        frame = await next_frame(rig.client)
+        assert (frame.opcode, frame.payload) == (Opcode.BINARY, b"\x00\x01\x02")
+        assert rig.session.messages == (1, 1)
 
 
-async def test_relay_keepalive_drops_a_leg_silent_past_the_timeout(
+async def test_relay_fragments_and_interleaved_ping_keep_their_order(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    start = trio.current_time()
-
-    async def backend_answers_pings() -> None:
-        while (frame := await rig.backend.receive()) is not None:
-            if frame.opcode is Opcode.PING:
-                await rig.backend.pong(bytes(frame.payload))  # type: ignore[arg-type]
-            if frame.opcode is Opcode.CLOSE:
-                assert frame.payload[0] == 1001
-                assert trio.current_time() - start == INTERVAL + TIMEOUT
-                await rig.backend.close(1001)
-                return
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(backend_answers_pings)
-    await rig.done.wait()
-    assert rig.session.closed_by is Side.CLIENT
+    with trio.fail_after(CAP):
+        await rig.client.send_text("a", fin=False)
+        await rig.client.ping(b"p")
+        await rig.client.send_text("b", fin=True)
+        kinds = []
+        for _ in range(3):
+            frame = await next_frame(rig.backend)
+            kinds.append((frame.opcode, frame.payload, frame.message_finished))
+        assert kinds == [
+            (Opcode.TEXT, "a", False),
+            (Opcode.PING, b"p", True),
+            (Opcode.TEXT, "b", True),  # wsproto reports a continuation by its message's opcode
+        ]
 
 
-async def test_relay_idle_session_is_closed_1001_both_ways(
+async def test_relay_bytes_behind_the_handshake_go_first(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig = await start_rig(nursery, make_config(keepalive=Keepalive(interval=0, timeout=1)))
-    await rig.client.send_text("x")
-    await rig.backend.receive()
-    start = trio.current_time()
-    assert (await rig.client.expect_close())[0] == 1001
-    assert trio.current_time() - start == IDLE
-    assert (await rig.backend.expect_close())[0] == 1001
+    with trio.fail_after(CAP):
+        early = FrameProtocol(client=True, extensions=[]).send_data("early", True)
+        rig = await start_rig(nursery, client_prefix=bytes(early))
+        frame = await next_frame(rig.backend)
+        assert frame.payload == "early"
+
+
+async def test_relay_peer_pings_and_empty_pongs_pass_end_to_end(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Regression (Autobahn 2.1): an empty pong was taken for the answer to our own ping."""
+    with trio.fail_after(CAP):
+        await rig.client.ping(b"")
+        frame = await next_frame(rig.backend)
+        assert (frame.opcode, frame.payload) == (Opcode.PING, b"")
+        await rig.backend.pong(b"")
+        frame = await next_frame(rig.client)
+        assert (frame.opcode, frame.payload) == (Opcode.PONG, b"")
+
+
+async def test_relay_counts_messages_and_bytes_in_on_both_legs(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A message counts once however many fragments it has; control frames count only as bytes."""
+    with trio.fail_after(CAP):
+        c, b = rig.client.protocol, rig.backend.protocol
+        from_client = [
+            c.send_data("hel", False),
+            c.ping(b"p"),
+            c.send_data("lo", True),
+            c.send_data(b"\x00" * 300, True),
+        ]
+        from_backend = [
+            b.send_data("a", True),
+            b.pong(b"p"),
+            b.send_data(b"bb", False),
+            b.send_data(b"cc", False),
+            b.send_data(b"dd", True),
+        ]
+        for data in from_client:
+            await rig.client.send(data)
+        for data in from_backend:
+            await rig.backend.send(data)
+        for _ in from_client:
+            await next_frame(rig.backend)
+        for _ in from_backend:
+            await next_frame(rig.client)
+        assert rig.session.messages == (2, 2)
+        assert rig.session.client.bytes_in == sum(map(len, from_client))
+        assert rig.session.backend.bytes_in == sum(map(len, from_backend))
+
+
+async def test_relay_slow_reader_holds_back_the_sender(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Back-pressure: with lockstep streams, nothing moves until the backend reads."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(
+            nursery,
+            client_pair=trio.testing.lockstep_stream_pair,
+            backend_pair=trio.testing.lockstep_stream_pair,
+        )
+        sent = trio.Event()
+
+        async def send() -> None:
+            await rig.client.send_text("first")
+            await rig.client.send_text("second")
+            sent.set()
+
+        nursery.start_soon(send)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not sent.is_set()
+        for expected in ("first", "second"):
+            frame = await next_frame(rig.backend)
+            assert frame.payload == expected
+        await sent.wait()
+
+
+# ---------------------------------------------------------------- closes
+
+
+async def test_relay_close_handshake_passes_through(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        await rig.client.close(4001, "bye")
+        assert await rig.backend.expect_close() == (4001, "bye")
+        await rig.backend.close(4001, "bye")
+        assert await rig.client.expect_close() == (4001, "bye")
+        await rig.client.expect_eof()  # we are the client's server: we close TCP first
+        await rig.backend.stream.aclose()  # the backend closes its side
+        await rig.done.wait()
+        assert rig.session.close is not None
+        assert (rig.session.close.code, rig.session.closed_by) == (4001, Side.CLIENT)
+
+
+async def test_relay_backend_lost_is_1011_to_client(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        await rig.backend.stream.aclose()
+        code, reason = await rig.client.expect_close()
+        assert code == 1011
+        assert "backend" in reason
+        await rig.client.close(1011)
+        await rig.client.expect_eof()
+        await rig.done.wait()
+        assert rig.session.closed_by is Side.BACKEND
+
+
+async def test_relay_client_lost_is_1001_to_backend(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        await rig.client.stream.aclose()
+        assert (await rig.backend.expect_close())[0] == 1001
+        await rig.backend.close(1001)
+        await rig.backend.stream.aclose()  # a server closes TCP after the close handshake
+        await rig.done.wait()
+        assert rig.session.closed_by is Side.CLIENT
 
 
 async def test_relay_peer_that_never_answers_close_is_dropped_after_close_timeout(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:
-    await rig.client.close(1000)
-    assert (await rig.backend.expect_close())[0] == 1000
-    start = trio.current_time()
-    await rig.done.wait()  # the backend never answers
-    assert trio.current_time() - start == CLOSE_TIMEOUT
+    with trio.fail_after(CAP):
+        await rig.client.close(1000)
+        assert (await rig.backend.expect_close())[0] == 1000
+        start = trio.current_time()
+        await rig.done.wait()  # the backend never answers
+        assert trio.current_time() - start == CLOSE_TIMEOUT
 
 
-async def test_relay_slow_reader_holds_back_the_sender(nursery: trio.Nursery) -> None:
-    """Back-pressure: with lockstep streams, nothing moves until the backend reads."""
-    client_end, proxy_client_end = trio.testing.lockstep_stream_pair()
-    backend_end, proxy_backend_end = trio.testing.lockstep_stream_pair()
-    session = Session(make_config(), proxy_client_end, proxy_backend_end, compressed=False)
-    nursery.start_soon(session.run)
-    client = Peer(client_end, client=True)
-    sent = trio.Event()
-
-    async def send() -> None:
-        await client.send_text("first")
-        await client.send_text("second")
-        sent.set()
-
-    nursery.start_soon(send)
-    await trio.testing.wait_all_tasks_blocked()
-    assert not sent.is_set()
-    backend = Peer(backend_end, client=False)
-    for expected in ("first", "second"):
-        frame = await backend.receive()
-        assert frame is not None
-        assert frame.payload == expected
-    await sent.wait()
+async def test_relay_data_sent_after_the_proxy_closed_is_not_forwarded(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Once a leg has been sent a close nothing follows it, yet both close handshakes complete."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        await rig.session.shutdown()
+        assert (await next_frame(rig.client)).opcode is Opcode.CLOSE
+        assert (await next_frame(rig.backend)).opcode is Opcode.CLOSE
+        await rig.backend.send_text("late from the backend")
+        await rig.client.send_text("late from the client")
+        await rig.client.close(1001)
+        await rig.backend.close(1001)
+        await rig.client.expect_eof()  # its handshake is complete: we close its TCP, nothing else
+        await rig.backend.expect_eof()  # it keeps its TCP open, so it is dropped at the timeout
+        assert trio.current_time() == start + CLOSE_TIMEOUT
 
 
-async def test_relay_peer_pings_and_empty_pongs_pass_end_to_end(rig: Rig) -> None:
-    """Regression (Autobahn 2.1): an empty pong was taken for the answer to our own ping."""
-    await rig.client.ping(b"")
-    frame = await rig.backend.receive()
-    assert frame is not None
-    assert (frame.opcode, frame.payload) == (Opcode.PING, b"")
-    await rig.backend.pong(b"")
-    frame = await rig.client.receive()
-    assert frame is not None
-    assert (frame.opcode, frame.payload) == (Opcode.PONG, b"")
+async def test_relay_shutdown_sends_1001_both_ways_and_ends_when_both_answer(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The server's drain: `Session.shutdown()` from outside the session's own tasks."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        await rig.session.shutdown()
+        assert await rig.client.expect_close() == (1001, "proxy shutting down")
+        assert await rig.backend.expect_close() == (1001, "proxy shutting down")
+        await rig.client.close(1001)
+        await rig.client.expect_eof()
+        await rig.backend.close(1001)
+        await rig.backend.stream.aclose()
+        await rig.done.wait()
+        assert trio.current_time() == start
+        assert (rig.session.close, rig.session.closed_by) == (closes.SHUTDOWN, Side.PROXY)
+
+
+@pytest.mark.parametrize("silent", [Side.CLIENT, Side.BACKEND], ids=["client", "backend"])
+async def test_relay_shutdown_drops_a_peer_that_never_answers_after_close_timeout(
+    rig: Rig, autojump_clock: trio.testing.MockClock, silent: Side
+) -> None:
+    with trio.fail_after(CAP):
+        quiet, answering = (
+            (rig.client, rig.backend) if silent is Side.CLIENT else (rig.backend, rig.client)
+        )
+        start = trio.current_time()
+        await rig.session.shutdown()
+        assert (await answering.expect_close())[0] == 1001
+        await answering.close(1001)
+        if answering is rig.client:
+            await rig.client.expect_eof()
+        else:
+            await rig.backend.stream.aclose()
+        assert await quiet.expect_close() == (1001, "proxy shutting down")
+        await quiet.expect_eof()
+        assert trio.current_time() == start + CLOSE_TIMEOUT
+        await rig.done.wait()
+        assert trio.current_time() == start + CLOSE_TIMEOUT
+
+
+@pytest.mark.parametrize("dying", [Side.CLIENT, Side.BACKEND], ids=["client", "backend"])
+async def test_relay_source_dying_mid_frame_drops_the_other_leg_without_a_close(
+    rig: Rig, autojump_clock: trio.testing.MockClock, dying: Side
+) -> None:
+    """A close can't be framed inside a frame: the leg the half frame went to just gets EOF."""
+    with trio.fail_after(CAP):
+        source, target = (
+            (rig.client, rig.backend) if dying is Side.CLIENT else (rig.backend, rig.client)
+        )
+        frame = bytes(source.protocol.send_data(b"x" * 900, True))
+        await source.send(frame[:300])
+        start = trio.current_time()
+        await source.stream.aclose()
+        data, eof_at = await read_raw_to_eof(target.stream)
+        assert data == frame[:300]  # not a close frame's bytes spliced into the payload
+        assert eof_at == start  # there is no close handshake to wait for
+
+
+# ---------------------------------------------------------------- failures and violations
+
+
+@pytest.mark.parametrize("kind", ["data", "ping"])
+@pytest.mark.parametrize(
+    ("broken", "code"), [(Side.BACKEND, 1011), (Side.CLIENT, 1001)], ids=["backend", "client"]
+)
+async def test_relay_failed_send_loses_that_leg_and_closes_the_other(
+    rig: Rig, autojump_clock: trio.testing.MockClock, broken: Side, code: int, kind: str
+) -> None:
+    """A frame we can't write to a leg means the leg is gone (1011 for a backend, 1001 a client)."""
+    with trio.fail_after(CAP):
+        if broken is Side.BACKEND:
+            sender, victim, rig.proxy_backend.broken = rig.client, rig.backend, True
+        else:
+            sender, victim, rig.proxy_client.broken = rig.backend, rig.client, True
+        start = trio.current_time()
+        if kind == "data":
+            await sender.send_text("hello")
+        else:
+            await sender.ping(b"hi")
+        assert await sender.expect_close() == (code, closes.for_survivor_of(broken).reason)
+        await victim.expect_eof()  # nothing reached it, and its connection is closed
+        await sender.close(code)
+        if sender is rig.client:
+            await rig.client.expect_eof()
+        else:
+            await rig.backend.stream.aclose()
+        await rig.done.wait()
+        assert trio.current_time() == start
+        assert rig.session.closed_by is broken
+
+
+async def test_relay_close_that_cannot_be_sent_ends_the_session_at_once(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The backend drops and the client's connection is broken too: nobody is left to wait for."""
+    with trio.fail_after(CAP):
+        rig.proxy_client.broken = True
+        start = trio.current_time()
+        await rig.backend.stream.aclose()
+        await rig.done.wait()
+        assert trio.current_time() == start
+        assert rig.session.closed_by is Side.BACKEND
+        await rig.client.expect_eof()
+
+
+async def test_relay_unmasked_client_frame_is_1002(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        await rig.client.send(b"\x81\x02hi")  # a text frame without a mask
+        assert (await rig.client.expect_close())[0] == 1002
+        assert (await rig.backend.expect_close())[0] == 1001
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [(MASKED_FROM_BACKEND, "masked frame from a server"), (b"\x83\x00", "reserved opcode 3")],
+    ids=["masked", "reserved-opcode"],
+)
+async def test_relay_backend_protocol_violation_is_1002_to_it_and_1011_to_client(
+    rig: Rig, autojump_clock: trio.testing.MockClock, bad: bytes, reason: str
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        await rig.backend.send(bytes(rig.backend.protocol.send_data("before", True)) + bad)
+        frame = await next_frame(rig.client)  # the frames before the bad one still go through
+        assert (frame.opcode, frame.payload) == (Opcode.TEXT, "before")
+        assert await rig.client.expect_close() == (1011, "backend broke the WebSocket protocol")
+        assert await rig.backend.expect_close() == (1002, reason)
+        await rig.backend.expect_eof()  # dropped at once: a backend that broke the rules
+        await rig.client.close(1011)
+        await rig.client.expect_eof()
+        await rig.done.wait()
+        assert trio.current_time() == start
+        assert (rig.session.close, rig.session.closed_by) == (Close(1002, reason), Side.PROXY)
+
+
+async def test_relay_oversized_message_is_1009_to_sender_1001_to_other(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        await rig.backend.send_binary(b"x" * 1001)
+        assert (await rig.backend.expect_close())[0] == 1009
+        assert (await rig.client.expect_close())[0] == 1001
+
+
+# ---------------------------------------------------------------- keepalive and idle
+
+
+async def test_relay_keepalive_pings_a_silent_leg_at_the_interval(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        frame = await next_frame(rig.client)
+        assert frame.opcode is Opcode.PING
+        assert trio.current_time() - start == INTERVAL
+        await rig.client.pong(payload_of(frame))
+        # Our pong is ours: the backend never sees it, and the leg stays up.
+        with trio.move_on_after(INTERVAL - 1):
+            seen = await next_frame(rig.backend)
+            assert seen.opcode is Opcode.PING  # the backend's own keepalive ping, not the pong
+        assert not rig.done.is_set()
+
+
+async def test_relay_keepalive_pings_each_leg_once_per_silence(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Each leg is pinged at its own last frame + interval, once, however often the watch wakes."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        client_pings: list[float] = []
+        backend_pings: list[float] = []
+        await trio.sleep(5)
+        await rig.backend.send_text("at 5")  # the backend's silence starts at 5, the client's at 0
+        with trio.move_on_at(start + 55):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(answer_pings, delay=8.0), rig.client, client_pings
+                )
+                nursery.start_soon(
+                    functools.partial(answer_pings, delay=1.0), rig.backend, backend_pings
+                )
+        # client: pinged at 20, answers at 28, pinged at 48; backend: 25, answers at 26, 46
+        assert [t - start for t in client_pings] == [20, 48]
+        assert [t - start for t in backend_pings] == [25, 46]
+        assert rig.session.close is None
+
+
+async def test_relay_keepalive_pong_in_the_same_instant_as_the_ping_counts(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Peers that answer every ping at once are pinged every interval and never dropped."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        client_pings: list[float] = []
+        backend_pings: list[float] = []
+        with trio.move_on_at(start + 4 * INTERVAL + 1):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(answer_pings, rig.client, client_pings)
+                nursery.start_soon(answer_pings, rig.backend, backend_pings)
+        every_interval = [INTERVAL, 2 * INTERVAL, 3 * INTERVAL, 4 * INTERVAL]
+        assert [t - start for t in client_pings] == every_interval
+        assert [t - start for t in backend_pings] == every_interval
+        assert rig.session.close is None
+
+
+async def test_relay_keepalive_drops_a_leg_silent_past_the_timeout(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+
+        async def backend_answers_pings() -> None:
+            while (frame := await rig.backend.receive()) is not None:
+                if frame.opcode is Opcode.PING:
+                    await rig.backend.pong(payload_of(frame))
+                if frame.opcode is Opcode.CLOSE:
+                    assert frame.payload[0] == 1001
+                    assert trio.current_time() - start == INTERVAL + TIMEOUT
+                    await rig.backend.close(1001)
+                    return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend_answers_pings)
+        await rig.done.wait()
+        assert rig.session.closed_by is Side.CLIENT
+
+
+@pytest.mark.parametrize("lead", [b"", CLIENT_PING], ids=["frame-alone", "behind-a-peer-ping"])
+async def test_relay_keepalive_ping_lands_after_the_frame_in_flight_to_that_leg(
+    rig: Rig, autojump_clock: trio.testing.MockClock, lead: bytes
+) -> None:
+    """The backend's ping falls due at 20 s, mid-frame; it goes out right after the last byte."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        frame = bytes(rig.client.protocol.send_data(b"x" * 900, True))
+
+        async def client_sends_in_three_chunks() -> None:
+            await rig.client.send(lead + frame[:308])
+            await trio.sleep(15)
+            await rig.client.send(frame[308:608])
+            await trio.sleep(10)
+            await rig.client.send(frame[608:])
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client_sends_in_three_chunks)
+            # at 30 the backend, which never answers, would be dropped
+            chunks = await read_raw_until(rig.backend.stream, start + INTERVAL + TIMEOUT - 1)
+        received = b"".join(chunk for _, chunk in chunks)
+        whole = len(lead) + len(frame)
+        assert received[:whole] == lead + frame  # whole and unchanged, with nothing inside it
+        parser = FrameProtocol(client=False, extensions=[])
+        parser.receive_bytes(received[whole:])
+        [ping] = list(parser.received_frames())
+        assert ping.opcode is Opcode.PING
+        assert payload_of(ping).startswith(b"wsproxy keepalive")
+        assert {at - start for at, _ in chunks} == {0, 15, 25}
+        assert arrival_of(chunks, whole) - start == 25  # with the frame's last byte, not at 20
+
+
+async def test_relay_keepalive_ping_queued_behind_a_frame_never_follows_a_close(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The frame the ping waited for ends in the client's close: the ping is dropped, not sent."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        frame = bytes(rig.client.protocol.send_data(b"x" * 900, True))
+        close = bytes(rig.client.protocol.close(1000, "done"))
+        await rig.client.send(frame[:308])
+        await trio.sleep(25)  # the backend's ping fell due at 20 and waits behind the frame
+        await rig.client.send(frame[308:] + close)
+        data, eof_at = await read_raw_to_eof(rig.backend.stream)
+        assert data == frame + close
+        assert eof_at - start == 25 + CLOSE_TIMEOUT  # the backend never answered the close
+
+
+async def test_relay_data_waits_behind_a_ping_the_backend_is_slow_to_take(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Our ping to a backend that isn't reading holds its lock; data relayed meanwhile follows."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, backend_pair=trio.testing.lockstep_stream_pair)
+        start = trio.current_time()
+        await trio.sleep(INTERVAL + 2)
+        await rig.client.send_text("queued")
+        await trio.sleep(3)  # the backend starts reading at 25
+        first = await next_frame(rig.backend)
+        assert trio.current_time() - start == 25
+        second = await next_frame(rig.backend)
+        assert trio.current_time() - start == 25
+        assert (first.opcode, second.opcode, second.payload) == (Opcode.PING, Opcode.TEXT, "queued")
+
+
+async def test_relay_keepalive_ping_that_fails_loses_the_leg_at_the_interval(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        rig.proxy_backend.broken = True
+        start = trio.current_time()
+        code, at = await close_answering_pings(rig.client)
+        assert (code, at - start) == (1011, INTERVAL)
+        assert rig.session.closed_by is Side.BACKEND
+
+
+async def test_relay_keepalive_ping_that_cannot_be_sent_drops_the_leg_at_interval_plus_timeout(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The client has stopped reading: our ping to it can't be written, and it counts as dead."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, client_pair=trio.testing.lockstep_stream_pair)
+        start = trio.current_time()
+        code, at = await close_answering_pings(rig.backend)
+        assert (code, at - start) == (1001, INTERVAL + TIMEOUT)
+        await rig.backend.close(1001)
+        await rig.backend.stream.aclose()
+        await rig.done.wait()
+        assert trio.current_time() - start == INTERVAL + TIMEOUT
+        assert rig.session.closed_by is Side.CLIENT
+
+
+async def test_relay_keepalive_ping_stuck_on_one_leg_does_not_delay_the_other(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The client reads nothing until 29 s; the backend is still pinged at 20 s and given the
+    whole timeout to answer (it answers each ping 2 s later)."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, client_pair=trio.testing.lockstep_stream_pair)
+        start = trio.current_time()
+        client_pings: list[float] = []
+        backend_pings: list[float] = []
+
+        async def client_reads_late() -> None:
+            await trio.sleep(29)  # a full window: our ping to it can't be written before this
+            await answer_pings(rig.client, client_pings)
+
+        with trio.move_on_at(start + 45):
+            async with trio.open_nursery() as peers:
+                peers.start_soon(client_reads_late)
+                peers.start_soon(
+                    functools.partial(answer_pings, delay=2.0), rig.backend, backend_pings
+                )
+        assert [t - start for t in backend_pings] == [INTERVAL, INTERVAL + 2 + INTERVAL]
+        assert [t - start for t in client_pings] == [29]
+        assert rig.session.close is None
+
+
+async def test_relay_idle_session_is_closed_1001_both_ways(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(IDLE + CAP):
+        rig = await start_rig(nursery, make_config(keepalive=Keepalive(interval=0, timeout=1)))
+        await rig.client.send_text("x")
+        await rig.backend.receive()
+        start = trio.current_time()
+        assert (await rig.client.expect_close())[0] == 1001
+        assert trio.current_time() - start == IDLE
+        assert (await rig.backend.expect_close())[0] == 1001
+
+
+async def test_relay_without_idle_or_keepalive_a_silent_session_stays_open(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """`timeouts.idle: 0` and `keepalive.interval: 0`: no ping and no close, ever."""
+    with trio.fail_after(10 * IDLE + CAP):
+        config = make_config(
+            timeouts=Timeouts(connect=5.0, idle=0), keepalive=Keepalive(interval=0, timeout=1)
+        )
+        rig = await start_rig(nursery, config)
+        seen: list[Frame | None] = []
+
+        async def watch(peer: Peer) -> None:
+            seen.append(await peer.receive())
+
+        with trio.move_on_after(10 * IDLE):
+            async with trio.open_nursery() as peers:
+                peers.start_soon(watch, rig.client)
+                peers.start_soon(watch, rig.backend)
+        assert seen == []
+        await rig.client.send_text("still here")
+        assert (await next_frame(rig.backend)).payload == "still here"
+
+
+# ---------------------------------------------------------------- the test's own fault injector
+
+
+async def test_relay_faulty_stream_honours_the_stream_contract_until_broken(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Unbroken, `FaultyStream` is a faithful stream: failures seen above are the relay's."""
+
+    async def memory_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        left, right = trio.testing.memory_stream_pair()
+        return FaultyStream(left), FaultyStream(right)
+
+    async def clogged_pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        left, right = trio.testing.lockstep_stream_pair()
+        return FaultyStream(left), FaultyStream(right)
+
+    with trio.fail_after(CAP):
+        await trio.testing.check_two_way_stream(memory_pair, clogged_pair)

@@ -124,7 +124,7 @@ class Session:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump, self.backend, self.client)
-                    nursery.start_soon(self._watch)
+                    nursery.start_soon(self._watch, nursery)
                     await self._pump(self.client, self.backend)
         finally:
             for leg in (self.client, self.backend):
@@ -256,17 +256,12 @@ class Session:
         frame = leg.frame(OP_CLOSE, close_payload(close.code, close.reason))
         other = self.backend if leg is self.client else self.client
         sent = False
-        if not (holding and other.reader.payload_left):  # mid-frame, a close can't be framed
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                try:
-                    if holding:
-                        await leg.wire.send_all(frame)
-                    else:
-                        async with leg.lock:
-                            await leg.wire.send_all(frame)
-                    sent = True
-                except _GONE:
-                    pass
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            if holding:
+                sent = await _write_at_boundary(leg, other, frame)
+            else:
+                async with leg.lock:
+                    sent = await _write_at_boundary(leg, other, frame)
         if sent:
             await self._settle(leg)
         else:
@@ -297,8 +292,12 @@ class Session:
 
     # ---------------------------------------------------------------- keepalive and idle
 
-    async def _watch(self) -> None:
-        """Ping silent legs, drop legs that stay silent, and close the session when idle."""
+    async def _watch(self, nursery: trio.Nursery) -> None:
+        """Ping silent legs, drop legs that stay silent, and close the session when idle.
+
+        Pings go out from tasks of their own: one leg that takes its time to accept a ping
+        must not hold up the other leg's clock.
+        """
         interval, timeout, idle = self._ping_interval, self._ping_timeout, self._idle
         legs = (self.client, self.backend)
         while True:
@@ -319,8 +318,9 @@ class Session:
                     if now >= dead_at:
                         await self._lose(leg)
                     elif now >= ping_at:
-                        if leg.pinged_at < leg.last_rx:
-                            await self._ping(leg)
+                        if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
+                            leg.pinged_at = now
+                            nursery.start_soon(self._ping, leg)
                         wake = min(wake, dead_at)
                     else:
                         wake = min(wake, ping_at)
@@ -330,12 +330,12 @@ class Session:
         self._pings += 1
         payload = b"wsproxy keepalive %d" % self._pings
         frame = leg.frame(OP_PING, payload)
-        leg.pinged_at = trio.current_time()
+        other = self.backend if leg is self.client else self.client
         state = "waiting"
         with trio.move_on_after(self._ping_timeout):
             async with leg.lock:
-                if leg.sent_close or leg.lost:
-                    return
+                if leg.sent_close or leg.lost or other.reader.payload_left:
+                    return  # closing, or its pump died mid-frame: nothing can be framed now
                 leg.ping_payload = payload
                 state = "sending"
                 try:
@@ -346,3 +346,15 @@ class Session:
                     state = "sent"
         if state in ("sending", "failed"):  # gone, or cancelled part-way through a frame
             await self._lose(leg)
+
+
+async def _write_at_boundary(leg: Leg, other: Leg, frame: bytes) -> bool:
+    """Write our own `frame` to `leg` (its lock held), unless a frame from `other` is half-way
+    there (its pump died mid-frame): then nothing can be framed on that leg any more."""
+    if other.reader.payload_left:
+        return False
+    try:
+        await leg.wire.send_all(frame)
+    except _GONE:
+        return False
+    return True
