@@ -14,6 +14,7 @@ from websockets.trio.server import ServerConnection, serve
 from websockets.typing import Origin
 
 from wsproxy.config import Config, parse_config
+from wsproxy.handshake import accept_value
 from wsproxy.server import Proxy
 
 ORIGIN = Origin("https://app.example.com")
@@ -120,6 +121,22 @@ async def raw_server(
 
     nursery.start_soon(serve)
     return int(listener.socket.getsockname()[1])
+
+
+async def accept_upgrade(stream: trio.SocketStream, first_frames: bytes = b"") -> None:
+    """Play a backend's side of the opening handshake by hand; `first_frames` ride with the 101."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        request += await stream.receive_some(65536)
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n" + first_frames
+    )
 
 
 async def _run_closing(

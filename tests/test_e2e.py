@@ -19,12 +19,12 @@ from tests.conftest import (
     ORIGIN,
     Backend,
     RunningProxy,
+    accept_upgrade,
     proxy_config,
     raw_server,
     start_proxy,
 )
 from tests.helpers import Peer
-from wsproxy.handshake import accept_value
 
 pytestmark = pytest.mark.e2e
 
@@ -229,18 +229,7 @@ async def test_e2e_slow_backend_pushes_back_on_the_client(
     stalled = trio.Event()
 
     async def handshake_then_stall(stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some(65536)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n"
-        )
+        await accept_upgrade(stream)
         await stalled.wait()
 
     port = await raw_server(nursery, handshake_then_stall)

@@ -19,6 +19,7 @@ from tests.conftest import (
     ORIGIN,
     Backend,
     RunningProxy,
+    accept_upgrade,
     proxy_config,
     raw_server,
     start_backend,
@@ -371,18 +372,7 @@ async def test_server_bytes_right_behind_the_backend_101_are_relayed(
     """A backend that speaks first, in the same packet as its 101."""
 
     async def eager_backend(stream: trio.SocketStream) -> None:
-        request = b""
-        while b"\r\n\r\n" not in request:
-            request += await stream.receive_some(65536)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        await stream.send_all(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n" + b"\x81\x07welcome"
-        )
+        await accept_upgrade(stream, b"\x81\x07welcome")
         await stream.receive_some(65536)  # the client's close
         await stream.send_all(b"\x88\x02\x03\xe8")  # close 1000, then TCP close
 
