@@ -148,16 +148,16 @@ def judge_request(request: h11.Request, security: Security) -> UpgradeRequest | 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
     """Whether `origin` matches an entry of `allowed` (see the configuration's `allowed_origins`).
 
-    `*` allows every origin except `null`; other entries are exact (case-insensitive, default
-    ports implied) or `scheme://*.suffix[:port]`, which matches subdomains of any depth but not
-    `suffix` itself. `null` (sandboxed frames, file: pages) is allowed only by an exact `null`.
+    `*` allows every origin; other entries are exact (case-insensitive, default ports implied)
+    or `scheme://*.suffix[:port]`, which matches subdomains of any depth but not `suffix`
+    itself. `null` (sandboxed frames, file: pages) is allowed only by `*` or an exact `null`.
     """
     wanted = origin.strip().lower()
     entries = [entry.strip().lower() for entry in allowed]
-    if wanted == "null":
-        return "null" in entries
     if "*" in entries:
         return True
+    if wanted == "null":
+        return "null" in entries
     parsed = _parse_origin(wanted)
     for entry in entries:
         if entry == wanted:
