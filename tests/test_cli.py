@@ -562,7 +562,7 @@ async def test_cli_demo_prints_how_to_connect_and_relays_until_sigint(tmp_path: 
         summary = await child.stdout.until("wsproxy demo:")
         assert f"127.0.0.1:{first}" in summary
         assert f"127.0.0.1:{second}" in summary
-        try_it = await child.stdout.until("python -c")
+        try_it = await child.stdout.until("with connect(")
         found = re.search(r"connect\('([^']+)', origin='([^']+)'\)", try_it)
         assert found is not None, try_it
         url, origin = found.groups()

@@ -146,13 +146,14 @@ async def _run_demo(config: Config) -> None:
 
 def _announce_demo(config: Config, backends: list[tuple[str, int]], port: int) -> None:
     origin = config.security.allowed_origins[0]
+    echoes = ", ".join(f"{host}:{echo_port}" for host, echo_port in backends)
+    listening = ", ".join(listen.address for listen in config.listen)
     print(
-        f"\nwsproxy demo: echo backends on {', '.join(f'{h}:{p}' for h, p in backends)}; "
-        f"the proxy on {', '.join(listen.address for listen in config.listen)}. "
-        "Try it (pip install websockets):\n"
-        '  python -c "from websockets.sync.client import connect; '
-        f"ws = connect('ws://127.0.0.1:{port}/', origin='{origin}'); "
-        "ws.send('hello'); print(ws.recv())\"\n"
+        f"\nwsproxy demo: echo backends on {echoes}; the proxy on {listening}.\n"
+        "Try it (pip install websockets), in python:\n"
+        "  from websockets.sync.client import connect\n"
+        f"  with connect('ws://127.0.0.1:{port}/', origin='{origin}') as ws:\n"
+        "      ws.send('hello'); print(ws.recv())\n"
         "Ctrl-C stops.\n",
         flush=True,
     )
