@@ -1,9 +1,10 @@
 """A session: the client leg, the backend leg, and the frames relayed between them.
 
 Invariants:
-- One task reads each leg (its pump); `Leg.lock` serialises every write to a leg. A pump holds
-  the destination's lock from the first byte of a frame to its last, so the proxy's own pings
-  and closes, which take the lock, always land on a frame boundary.
+- One task reads each leg (its pump); `Leg.lock` serialises every write to a leg that may wait.
+  A pump holds the destination's lock from the first byte of a frame to its last, so the
+  proxy's own pings and closes, which take the lock, always land on a frame boundary. (A chunk
+  of whole frames that the kernel takes at once, while nobody holds the lock, skips it.)
 - Frames are forwarded as they arrived (payload bytes untouched, so compression negotiated end to
   end keeps working); only our own keepalive pongs are dropped.
 - A pump forwards a chunk before it reads the next one: a peer that stops reading stops its
@@ -150,6 +151,7 @@ class Session:
         lock = dst.lock
         receive = src.wire.receive
         send_all = dst.wire.send_all
+        send_now = dst.wire.send_now
         holding = False
         data: Buffer = self._prefixes[src.side]
         try:
@@ -174,6 +176,18 @@ class Session:
                     continue
                 if not out or dst.sent_close or dst.lost:
                     continue
+                if not holding and not reader.payload_left and not lock.locked():
+                    # Whole frames, and no other writer: what the kernel takes at once needs no
+                    # lock, as no other task runs before the lock is taken for the rest.
+                    try:
+                        sent = send_now(out)
+                    except _GONE:
+                        await self._lose(dst)
+                        continue
+                    if sent == len(out):
+                        self.last_relay = now
+                        continue
+                    out = out[sent:]
                 if not holding:
                     try:
                         lock.acquire_nowait()

@@ -4,7 +4,8 @@ Invariants:
 - `receive` always waits for readiness first, so it is a checkpoint on every call: a pump that
   finds data every time still lets other tasks run.
 - `send_all` returns without a checkpoint when the kernel takes the whole chunk at once, which is
-  the common case; it waits for writability only when the socket buffer is full.
+  the common case; it waits for writability only when the socket buffer is full. `send_now`
+  never waits (and on a plain trio stream sends nothing), so no other task runs during it.
 - Every failure surfaces as `trio.BrokenResourceError` (peer gone) or
   `trio.ClosedResourceError` (we closed it), as with trio's own streams.
 - The descriptor is read from the socket after every wait, never kept: a closed socket can
@@ -49,13 +50,17 @@ class SocketWire:
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from None
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """Write what the kernel takes at once, without waiting; return how many bytes."""
         try:
-            sent = os.write(self._fd(), data)
+            return os.write(self._fd(), data)
         except BlockingIOError:
-            sent = 0
+            return 0
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sent = self.send_now(data)
         size = len(data)
         if sent == size:
             return
@@ -78,6 +83,10 @@ class StreamWire:
 
     async def receive(self) -> bytes | bytearray:
         return await self._stream.receive_some(CHUNK)
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """A trio stream can't write without waiting: nothing is sent now."""
+        return 0
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stream.send_all(data)
