@@ -540,10 +540,16 @@ async def test_relay_keepalive_pings_a_silent_leg_at_the_interval(
         assert frame.opcode is Opcode.PING
         assert trio.current_time() - start == INTERVAL
         await rig.client.pong(payload_of(frame))
-        # Our pong is ours: the backend never sees it, and the leg stays up.
+        ping = await next_frame(rig.backend)  # the backend's own keepalive ping, same instant
+        assert ping.opcode is Opcode.PING
+        await rig.backend.pong(payload_of(ping))
+        # The pongs are ours: neither peer sees the other's, and both legs stay up.
+        seen = []
         with trio.move_on_after(INTERVAL - 1):
-            seen = await next_frame(rig.backend)
-            assert seen.opcode is Opcode.PING  # the backend's own keepalive ping, not the pong
+            seen.append(await next_frame(rig.backend))
+        with trio.move_on_after(1):
+            seen.append(await next_frame(rig.client))
+        assert seen == []
         assert not rig.done.is_set()
 
 

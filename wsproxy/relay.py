@@ -107,7 +107,8 @@ class Session:
             backend,
             FrameReader(masked=False, compressed=compressed, max_message_size=size),
         )
-        self._prefixes = {Side.CLIENT: client_prefix, Side.BACKEND: backend_prefix}
+        self._client_prefix = client_prefix
+        self._backend_prefix = backend_prefix
         self._idle = config.timeouts.idle
         self._ping_interval = config.keepalive.interval
         self._ping_timeout = config.keepalive.timeout
@@ -124,9 +125,9 @@ class Session:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, self.backend, self.client)
+                    nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
                     nursery.start_soon(self._watch, nursery)
-                    await self._pump(self.client, self.backend)
+                    await self._pump(self.client, self.backend, self._client_prefix)
         finally:
             for leg in (self.client, self.backend):
                 leg.lost = True
@@ -146,14 +147,15 @@ class Session:
 
     # ---------------------------------------------------------------- the pump
 
-    async def _pump(self, src: Leg, dst: Leg) -> None:
+    async def _pump(self, src: Leg, dst: Leg, data: Buffer) -> None:
+        """Forward what `src` sends to `dst`, starting with `data` (bytes that came right
+        behind the handshake head), until `src` is gone."""
         reader = src.reader
         lock = dst.lock
         receive = src.wire.receive
         send_all = dst.wire.send_all
         send_now = dst.wire.send_now
         holding = False
-        data: Buffer = self._prefixes[src.side]
         try:
             while True:
                 if data:
@@ -243,7 +245,7 @@ class Session:
                 self._begin_close(to_src, Side.PROXY)
                 await self._send_close(dst, to_dst, holding=True)
         finally:
-            holding = reader.payload_left != 0
+            holding = not reader.at_boundary
             if not holding:
                 dst.lock.release()
         if violation is not None:
@@ -268,7 +270,7 @@ class Session:
             return
         leg.sent_close = True
         frame = leg.frame(OP_CLOSE, close_payload(close.code, close.reason))
-        other = self.backend if leg is self.client else self.client
+        other = self._other(leg)
         sent = False
         with trio.move_on_after(CLOSE_TIMEOUT):
             if holding:
@@ -286,6 +288,9 @@ class Session:
         if leg is self.client and leg.sent_close and leg.got_close and not leg.lost:
             await self._drop(leg)
 
+    def _other(self, leg: Leg) -> Leg:
+        return self.backend if leg is self.client else self.client
+
     async def _lose(self, leg: Leg) -> None:
         """`leg` is gone or given up on: drop it, and tell the other side if it must be told."""
         if leg.lost:
@@ -295,7 +300,7 @@ class Session:
             return  # it closed properly; its close frame went to the other side
         survivor = closes.for_survivor_of(leg.side)
         self._begin_close(survivor, leg.side)
-        other = self.backend if leg is self.client else self.client
+        other = self._other(leg)
         await self._send_close(other, survivor, holding=False)
 
     async def _drop(self, leg: Leg) -> None:
@@ -344,11 +349,11 @@ class Session:
         self._pings += 1
         payload = b"wsproxy keepalive %d" % self._pings
         frame = leg.frame(OP_PING, payload)
-        other = self.backend if leg is self.client else self.client
+        other = self._other(leg)
         state = "waiting"
         with trio.move_on_after(self._ping_timeout):
             async with leg.lock:
-                if leg.sent_close or leg.lost or other.reader.payload_left:
+                if leg.sent_close or leg.lost or not other.reader.at_boundary:
                     return  # closing, or its pump died mid-frame: nothing can be framed now
                 leg.ping_payload = payload
                 state = "sending"
@@ -365,7 +370,7 @@ class Session:
 async def _write_at_boundary(leg: Leg, other: Leg, frame: bytes) -> bool:
     """Write our own `frame` to `leg` (its lock held), unless a frame from `other` is half-way
     there (its pump died mid-frame): then nothing can be framed on that leg any more."""
-    if other.reader.payload_left:
+    if not other.reader.at_boundary:
         return False
     try:
         await leg.wire.send_all(frame)

@@ -25,6 +25,7 @@ import trio
 
 from wsproxy.balancer import PoolBalancer, ServerState, find_route
 from wsproxy.config import Config
+from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import (
     Headers,
     Reject,
@@ -273,7 +274,7 @@ class Proxy:
                 messages_out=messages_out,
                 bytes_in=session.client.bytes_in,
                 bytes_out=session.backend.bytes_in,
-                close_code=close.code if close else 1006,
+                close_code=close.code if close else CLOSE_ABNORMAL,
                 closed_by=session.closed_by.value if session.closed_by else "unknown",
             )
         )
