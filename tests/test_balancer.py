@@ -6,15 +6,9 @@ from collections import Counter
 
 import pytest
 
-from wsproxy.balancer import (
-    FIRST_EJECTION,
-    MAX_EJECTION,
-    PoolBalancer,
-    ServerState,
-    find_route,
-    host_without_port,
-)
+from wsproxy.balancer import PoolBalancer, find_route, host_without_port
 from wsproxy.config import Pool, Route, Server
+from wsproxy.servers import FIRST_EJECTION, MAX_EJECTION, ServerState, ServerStates
 
 ROUTES = (
     Route(host="chat.example.com", path="/chat", pool="chat"),
@@ -159,7 +153,7 @@ def test_balancer_failed_backoff_doubles_up_to_30_seconds() -> None:
     now = 100.0
     backoffs: list[float] = []
     for _ in range(9):
-        PoolBalancer.failed(a, now)
+        a.failed(now)
         backoffs.append(a.ejected_until - now)
         assert not a.healthy(now)
         assert not a.healthy(a.ejected_until - 0.001)
@@ -173,14 +167,14 @@ def test_balancer_failed_backoff_doubles_up_to_30_seconds() -> None:
 def test_balancer_backoff_stays_capped_after_many_failures() -> None:
     state = ServerState(server("a"))
     for _ in range(1000):
-        PoolBalancer.failed(state, 0.0)
+        state.failed(0.0)
     assert state.ejected_until == MAX_EJECTION
 
 
 def test_balancer_ejected_server_is_not_chosen_until_its_backoff_ends() -> None:
     balancer = PoolBalancer(pool(server("a"), server("b")))
     a, b = balancer.servers
-    PoolBalancer.failed(a, 10.0)
+    a.failed(10.0)
     assert [balancer.choose(10.5) for _ in range(4)] == [b] * 4
     assert balancer.any_healthy(10.5)
     assert a in {balancer.choose(11.0), balancer.choose(11.0)}
@@ -189,9 +183,9 @@ def test_balancer_ejected_server_is_not_chosen_until_its_backoff_ends() -> None:
 def test_balancer_all_ejected_chooses_none_until_one_returns() -> None:
     balancer = PoolBalancer(pool(server("a"), server("b")))
     a, b = balancer.servers
-    PoolBalancer.failed(a, 0.0)  # back at 1.0
-    PoolBalancer.failed(b, 0.0)
-    PoolBalancer.failed(b, 1.0)  # back at 3.0
+    a.failed(0.0)  # back at 1.0
+    b.failed(0.0)
+    b.failed(1.0)  # back at 3.0
     assert balancer.choose(0.5) is None
     assert not balancer.any_healthy(0.5)
     assert balancer.choose(1.0) is a
@@ -204,12 +198,12 @@ def test_balancer_succeeded_resets_failures_and_backoff() -> None:
     balancer = PoolBalancer(pool(server("a")))
     (a,) = balancer.servers
     for now in (0.0, 1.0, 3.0, 7.0):
-        PoolBalancer.failed(a, now)
+        a.failed(now)
     assert (a.failures, a.ejected_until) == (4, 15.0)
-    PoolBalancer.succeeded(a)
+    a.succeeded()
     assert (a.failures, a.ejected_until) == (0, 0.0)
     assert balancer.choose(7.0) is a, "one success brings it back at once"
-    PoolBalancer.failed(a, 20.0)
+    a.failed(20.0)
     assert a.ejected_until == 20.0 + FIRST_EJECTION
 
 
@@ -236,13 +230,13 @@ def test_balancer_pool_name_and_retries_come_from_config() -> None:
 
 def test_balancer_known_state_survives_a_reload() -> None:
     """State is keyed by URL: sessions and ejection carry over, weights come from the new config."""
-    old = PoolBalancer(pool(server("a"), server("b")))
+    states = ServerStates()
+    old = PoolBalancer(pool(server("a"), server("b")), states)
     a, b = old.servers
     a.sessions = 3
     b.sessions = 1
-    PoolBalancer.failed(b, 0.0)
-    known = {s.url: s for s in old.servers}
-    new = PoolBalancer(pool(server("b", 4), server("c")), known=known)
+    b.failed(0.0)
+    new = PoolBalancer(pool(server("b", 4), server("c")), states)
     b2, c = new.servers
     assert b2 is b
     assert (b2.sessions, b2.failures, b2.weight) == (1, 1, 4)
@@ -252,6 +246,6 @@ def test_balancer_known_state_survives_a_reload() -> None:
     assert a.sessions == 3, "a server dropped from the config keeps its state for its sessions"
 
 
-def test_balancer_known_empty_mapping_makes_fresh_states() -> None:
-    balancer = PoolBalancer(pool(server("a")), known={})
+def test_balancer_fresh_registry_makes_fresh_states() -> None:
+    balancer = PoolBalancer(pool(server("a")), ServerStates())
     assert balancer.servers[0].sessions == 0

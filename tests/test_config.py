@@ -12,6 +12,7 @@ import yaml
 from wsproxy.config import (
     Config,
     ConfigError,
+    HealthCheck,
     Keepalive,
     Listener,
     Log,
@@ -20,6 +21,7 @@ from wsproxy.config import (
     Security,
     Server,
     Shutdown,
+    StickyCookie,
     Timeouts,
     load_config,
     parse_config,
@@ -88,9 +90,12 @@ def test_config_example_parses_with_its_summary() -> None:
     )
     assert config.pools["chat"] == Pool(
         name="chat",
+        balance="hash",
+        hash_on="query:user",
         servers=(Server(url="ws://127.0.0.1:9002", host="127.0.0.1", port=9002),),
         retries=1,
     )
+    assert config.pools["default"].health_check == HealthCheck(type="websocket")
     assert config.log.format == "text"
 
 
@@ -100,14 +105,20 @@ def test_config_example_states_the_defaults() -> None:
     assert dataclasses.replace(config.security, allowed_origins=()) == Security(allowed_origins=())
     assert (config.timeouts, config.keepalive) == (Timeouts(), Keepalive())
     assert (config.shutdown, config.log) == (Shutdown(), Log())
-    assert config.pools["default"].retries == Pool(name="", servers=()).retries
+    default = config.pools["default"]
+    assert dataclasses.replace(default, health_check=None, servers=()) == Pool(
+        name="default", servers=()
+    )
 
 
 def test_config_example_documents_every_key() -> None:
     text = EXAMPLE.read_text()
     keys = {
         f.name
-        for cls in (Config, Security, Timeouts, Keepalive, Route, Pool, Shutdown, Log)
+        for cls in (
+            *(Config, Security, Timeouts, Keepalive, Route, Pool),
+            *(HealthCheck, StickyCookie, Shutdown, Log),
+        )
         for f in dataclasses.fields(cls)
     } - {"name"}
     keys |= {"address", "url", "weight"}
@@ -115,7 +126,7 @@ def test_config_example_documents_every_key() -> None:
         assert re.search(rf"\b{key}:", text), key
     assert "${NAME}" in text
     assert "${NAME:-default}" in text
-    for later in ("admin", "workers", "tls", "proxy_protocol", "health check", "balance modes"):
+    for later in ("admin", "workers", "tls", "proxy_protocol"):
         assert later in text.split("# Not in this version")[1]
 
 
@@ -378,11 +389,7 @@ def test_config_unknown_key_has_did_you_mean(text: str, problem: str) -> None:
             config_yaml(listen=[{"address": ":1", "proxy_protocol": True}]),
             "listen[0].proxy_protocol",
         ),
-        (pool_yaml(hash_on="ip"), "pools.main.hash_on"),
-        (pool_yaml(resolve_interval="30s"), "pools.main.resolve_interval"),
         (pool_yaml(tls={"verify": True}), "pools.main.tls"),
-        (pool_yaml(health_check={"type": "websocket"}), "pools.main.health_check"),
-        (pool_yaml(max_connections_per_server=5), "pools.main.max_connections_per_server"),
     ],
 )
 def test_config_documented_but_unimplemented_keys_are_not_supported_yet(
@@ -391,16 +398,10 @@ def test_config_documented_but_unimplemented_keys_are_not_supported_yet(
     assert f"{path}: not supported by this version" in problems_of(text)
 
 
-@pytest.mark.parametrize("balance", ["least_connections", "random", "hash", "cookie"])
-def test_config_balance_modes_of_later_versions_are_refused(balance: str) -> None:
-    assert problems_of(pool_yaml(balance=balance)) == [
-        f"pools.main.balance: {balance!r} is not supported by this version (use round_robin)"
-    ]
-
-
 def test_config_unknown_balance() -> None:
     assert problems_of(pool_yaml(balance="fastest")) == [
-        "pools.main.balance: expected round_robin, got 'fastest'"
+        "pools.main.balance: expected round_robin, least_connections, random, hash or cookie, "
+        "got 'fastest'"
     ]
 
 

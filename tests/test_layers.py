@@ -31,6 +31,8 @@ LAYERS: Final = {
     "closes": 2,
     "handshake": 2,
     "balancer": 2,
+    "affinity": 2,
+    "servers": 2,
     "logs": 2,
     "metrics": 2,  # STYLE.md names it; not written yet
     "proxyproto": 2,  # STYLE.md names it; not written yet
@@ -38,7 +40,8 @@ LAYERS: Final = {
     "relay": 3,
     "upstream": 3,
     "keepalive": 3,  # STYLE.md names it; not written yet
-    "health": 3,  # STYLE.md names it; not written yet
+    "health": 3,
+    "discovery": 3,
     "server": 4,
     "echo": 4,
     "admin": 4,  # STYLE.md names it; not written yet

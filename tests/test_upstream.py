@@ -18,9 +18,10 @@ import pytest
 import trio
 import trio.testing
 
-from wsproxy.balancer import FIRST_EJECTION, PoolBalancer
+from wsproxy.balancer import PoolBalancer
 from wsproxy.config import Pool, Security, Server
 from wsproxy.handshake import Reject, UpgradeRequest, accept_value, judge_request
+from wsproxy.servers import FIRST_EJECTION
 from wsproxy.upstream import (
     MAX_PASSTHROUGH_BODY,
     MAX_RESPONSE_HEAD,
@@ -369,7 +370,7 @@ async def test_open_backend_success_resets_the_failure_count(
         balancer = make_balancer("a")
         server = balancer.servers[0]
         for _ in range(3):
-            balancer.failed(server, trio.current_time() - 100.0)  # ejections long over
+            server.failed(trio.current_time() - 100.0)  # ejections long over
         assert server.failures == 3
         result = await attempt_open(balancer, net)
         assert isinstance(result, Backend)
@@ -466,7 +467,7 @@ async def test_open_backend_all_servers_ejected_is_503_without_dialling(
         balancer = make_balancer("a", "b")
         start = trio.current_time()
         for server in balancer.servers:
-            balancer.failed(server, start)
+            server.failed(start)
         result = await attempt_open(balancer, net)
         assert result == Reject(503, "no healthy server in pool main")
         assert net.hosts == []
@@ -479,7 +480,7 @@ async def test_open_backend_skips_an_ejected_server(
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": Fake(accepting()), "b": Fake(accepting())})
         balancer = make_balancer("a", "b")
-        balancer.failed(balancer.servers[0], trio.current_time())
+        balancer.servers[0].failed(trio.current_time())
         result = await attempt_open(balancer, net)
         assert isinstance(result, Backend)
         assert net.hosts == ["b"]
@@ -607,7 +608,7 @@ async def test_open_backend_non_101_is_passed_through_with_end_to_end_headers(
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": Fake(refusing(401, headers, b"log in first\n"))})
         balancer = make_balancer("a")
-        balancer.failed(balancer.servers[0], trio.current_time() - 100.0)
+        balancer.servers[0].failed(trio.current_time() - 100.0)
         result = await attempt_open(balancer, net)
         assert result == Passthrough(
             server=balancer.servers[0],

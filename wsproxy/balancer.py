@@ -1,25 +1,46 @@
 """Where a session goes: the route table, and each pool's choice of backend server.
 
 Invariants:
-- Pure: no I/O, no clock of its own. Callers pass `now` (trio's clock, in seconds).
+- Pure: no I/O, no clock of its own. Callers pass `now` (trio's clock, in seconds), and random
+  choices come from the `random.Random` given, so a seeded one repeats them exactly.
 - Routes are tried in order and the first match wins; `host` is exact or `*.suffix` (never the
   bare suffix), compared without the port and case-insensitively; `path` is a plain prefix.
+- A server can be chosen only while it is listed, healthy, under `max_connections_per_server`
+  and not already tried in this attempt.
 - Round robin is the smooth weighted kind (nginx's): over any run of sum(weights) choices each
-  healthy server is picked exactly `weight` times, and never in a burst.
-- A server that fails to connect or handshake is ejected for a backoff that doubles while it
-  keeps failing (up to `MAX_EJECTION`); one success brings it back at once.
-- Server state is keyed by the server's URL, not by a config object, so it can outlive a reload.
+  server is picked exactly `weight` times, and never in a burst. It also breaks the ties of
+  least_connections, and serves hash and cookie requests that carry no key.
+- Random is weighted power of two choices: two distinct servers drawn by weight, the one with
+  less load per weight wins, the first drawn on a tie.
+- Hash keys (see `affinity`) and sticky cookies name a server without per-process state; when
+  that server can't be used the key falls to the next in rendezvous order (hash) or to round
+  robin (cookie, which then gets a new cookie).
+- A configured server with a host name stands for the addresses it resolves to (`resolved`);
+  until the first answer it is dialled by name. An address that goes away is unlisted: no new
+  sessions, and its live ones keep their state until they end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import os
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
+from wsproxy.affinity import (
+    cookie_value,
+    rendezvous_score,
+    request_key,
+    set_cookie,
+    sticky_token,
+)
 from wsproxy.config import Pool, Route, Server
+from wsproxy.handshake import Reject, UpgradeRequest
+from wsproxy.servers import ServerState, ServerStates, ServerStatus
+from wsproxy.units import is_address
 
-FIRST_EJECTION: Final = 1.0  # seconds; nginx's fail_timeout is 10 s, we retry sooner
-MAX_EJECTION: Final = 30.0
+RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 
 
 def host_without_port(host: str) -> str:
@@ -51,73 +72,210 @@ def find_route(routes: Iterable[Route], host: str, target: str) -> Route | None:
     return None
 
 
-class ServerState:
-    """What the proxy knows about one backend server, across sessions."""
+@dataclass(frozen=True, slots=True)
+class Pick:
+    """What one handshake brings to the choice: its hash key, or its sticky cookie's token."""
 
-    __slots__ = (
-        "current",
-        "ejected_until",
-        "failures",
-        "host",
-        "port",
-        "sessions",
-        "url",
-        "weight",
-    )
+    key: str | None = None
+    sticky: str | None = None
 
-    def __init__(self, server: Server) -> None:
-        self.url = server.url
-        self.host = server.host
-        self.port = server.port
-        self.weight = server.weight
-        self.current = 0  # smooth weighted round robin's running score
-        self.sessions = 0  # live sessions on this server
-        self.failures = 0  # consecutive connect or handshake failures
-        self.ejected_until = 0.0
 
-    def healthy(self, now: float) -> bool:
-        return now >= self.ejected_until
+ANY: Final = Pick()
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus:
+    """A pool as `/status` shows it."""
+
+    pool: str
+    balance: str
+    healthy: int  # servers that can take a session now
+    sessions: int
+    servers: tuple[ServerStatus, ...]  # listed ones first, in configuration order
 
 
 class PoolBalancer:
-    """Chooses a server of one pool for each new session."""
+    """Chooses a server of one pool for each new session, and keeps the pool's server list."""
 
-    def __init__(self, pool: Pool, known: Mapping[str, ServerState] | None = None) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        states: ServerStates | None = None,
+        *,
+        rng: random.Random | None = None,
+        secret: bytes | None = None,
+    ) -> None:
+        self.pool = pool
         self.name = pool.name
         self.retries = pool.retries
-        known = known or {}
+        self.limit = pool.max_connections_per_server
+        self._states = ServerStates() if states is None else states
+        self._rng = rng or random.Random()
+        configured = pool.cookie.secret
+        self._secret = secret or (configured.encode() if configured else os.urandom(32))
+        self._tokens: dict[str, str] = {}
+        # each configured server → the states it stands for (one per address)
+        self._expanded: dict[str, list[ServerState]] = {
+            server.url: [self._states.get(self.name, server)] for server in pool.servers
+        }
         self.servers: list[ServerState] = []
-        for server in pool.servers:
-            state = known.get(server.url) or ServerState(server)
-            state.weight = server.weight
-            self.servers.append(state)
+        self.retired: list[ServerState] = []  # unlisted, with sessions still running
+        self._relist()
 
-    def choose(self, now: float, exclude: Iterable[ServerState] = ()) -> ServerState | None:
-        """The next healthy server not in `exclude`, or None when there is none."""
+    # ---- choosing
+
+    def pick_for(self, upgrade: UpgradeRequest, client_ip: str) -> Pick:
+        """The affinity this pool's mode reads from a request."""
+        if self.pool.balance == "hash" and self.pool.hash_on is not None:
+            return Pick(key=request_key(self.pool.hash_on, upgrade, client_ip))
+        if self.pool.balance == "cookie":
+            return Pick(sticky=cookie_value(upgrade.headers, self.pool.cookie.name))
+        return ANY
+
+    def choose(
+        self, now: float, pick: Pick = ANY, exclude: Iterable[ServerState] = ()
+    ) -> ServerState | None:
+        """The server for a new session, or None when no server can take it."""
         skip = set(map(id, exclude))
-        candidates = [s for s in self.servers if s.healthy(now) and id(s) not in skip]
+        candidates = [
+            s
+            for s in self.servers
+            if s.healthy(now) and not s.full(self.limit) and id(s) not in skip
+        ]
         if not candidates:
             return None
-        total = 0
-        best = candidates[0]
-        for server in candidates:
-            server.current += server.weight
-            total += server.weight
-            if server.current > best.current:
-                best = server
-        best.current -= total
-        return best
+        mode = self.pool.balance
+        if pick.sticky is not None:
+            for server in candidates:
+                if self.token(server) == pick.sticky:
+                    return server
+        if pick.key is not None:
+            key = pick.key.encode("utf-8", "surrogateescape")
+            return max(candidates, key=lambda s: rendezvous_score(key, s.key, s.weight))
+        if mode == "least_connections":
+            return _round_robin(_least_loaded(candidates))
+        if mode == "random":
+            return self._two_choices(candidates)
+        return _round_robin(candidates)
+
+    def refusal(self, now: float) -> Reject:
+        """Why `choose` found nothing on a first try: no healthy server, or all of them full."""
+        if any(s.healthy(now) for s in self.servers):
+            return Reject(
+                503,
+                f"every server in pool {self.name} is at max_connections_per_server",
+                RETRY_AFTER,
+            )
+        return Reject(503, f"no healthy server in pool {self.name}")
 
     def any_healthy(self, now: float) -> bool:
         return any(s.healthy(now) for s in self.servers)
 
-    @staticmethod
-    def failed(server: ServerState, now: float) -> None:
-        server.failures += 1
-        backoff = min(FIRST_EJECTION * 2 ** min(server.failures - 1, 16), MAX_EJECTION)
-        server.ejected_until = now + backoff
+    def token(self, server: ServerState) -> str:
+        token = self._tokens.get(server.key)
+        if token is None:
+            token = self._tokens[server.key] = sticky_token(self._secret, server.key)
+        return token
 
-    @staticmethod
-    def succeeded(server: ServerState) -> None:
-        server.failures = 0
-        server.ejected_until = 0.0
+    def sticky_header(
+        self, server: ServerState, pick: Pick, *, secure: bool
+    ) -> tuple[tuple[bytes, bytes], ...]:
+        """The `Set-Cookie` the client's 101 carries in cookie mode, unless it already sticks."""
+        if self.pool.balance != "cookie":
+            return ()
+        token = self.token(server)
+        if pick.sticky == token:
+            return ()
+        return (set_cookie(self.pool.cookie.name, token, secure=secure),)
+
+    def _two_choices(self, candidates: list[ServerState]) -> ServerState:
+        first = self._weighted_draw(candidates)
+        if len(candidates) == 1:
+            return first
+        second = self._weighted_draw([s for s in candidates if s is not first])
+        return second if second.load * first.weight < first.load * second.weight else first
+
+    def _weighted_draw(self, servers: Sequence[ServerState]) -> ServerState:
+        point = self._rng.random() * sum(s.weight for s in servers)
+        for server in servers:
+            point -= server.weight
+            if point < 0:
+                return server
+        return servers[-1]  # float rounding at the very end
+
+    # ---- sessions
+
+    def started(self, server: ServerState) -> None:
+        server.sessions += 1
+        server.sessions_total += 1
+
+    def ended(self, server: ServerState) -> None:
+        server.sessions -= 1
+        if not server.listed and not server.load:
+            self._prune()
+
+    # ---- the server list
+
+    def hostnames(self) -> list[Server]:
+        """The configured servers whose host is a name to resolve."""
+        return [server for server in self.pool.servers if not is_address(server.host)]
+
+    def resolved(self, server: Server, addresses: Sequence[str]) -> tuple[list[str], list[str]]:
+        """`server`'s name now resolves to `addresses`: (identities added, identities removed)."""
+        before = self._expanded[server.url]
+        after = [
+            self._states.get(self.name, server, address) for address in dict.fromkeys(addresses)
+        ]
+        self._expanded[server.url] = after
+        kept = set(map(id, after))
+        gone = [state for state in before if id(state) not in kept]
+        for state in gone:
+            state.listed = False
+            self.retired.append(state)
+        self._relist()
+        known = set(map(id, before))
+        return [s.key for s in after if id(s) not in known], [s.key for s in gone]
+
+    def status(self, now: float) -> PoolStatus:
+        self._prune()
+        servers = [s.status(now) for s in (*self.servers, *self.retired)]
+        return PoolStatus(
+            pool=self.name,
+            balance=self.pool.balance,
+            healthy=sum(1 for s in self.servers if s.healthy(now)),
+            sessions=sum(s.sessions for s in (*self.servers, *self.retired)),
+            servers=tuple(servers),
+        )
+
+    def _relist(self) -> None:
+        self.servers = [state for states in self._expanded.values() for state in states]
+        self._prune()
+
+    def _prune(self) -> None:
+        """Forget unlisted servers whose last session ended; drop re-listed ones from `retired`."""
+        for state in self.retired:
+            if not state.listed and not state.load:
+                self._states.drop(self.name, state)
+        self.retired = [s for s in self.retired if not s.listed and s.load]
+
+
+def _least_loaded(servers: list[ServerState]) -> list[ServerState]:
+    """The servers with the least load per weight (all of them on a tie)."""
+    best = servers[0]
+    for server in servers[1:]:
+        if server.load * best.weight < best.load * server.weight:
+            best = server
+    return [s for s in servers if s.load * best.weight == best.load * s.weight]
+
+
+def _round_robin(servers: list[ServerState]) -> ServerState:
+    """Smooth weighted round robin over `servers` (nginx's): the highest running score wins."""
+    total = 0
+    best = servers[0]
+    for server in servers:
+        server.current += server.weight
+        total += server.weight
+        if server.current > best.current:
+            best = server
+    best.current -= total
+    return best

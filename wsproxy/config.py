@@ -30,11 +30,14 @@ from wsproxy.units import (
     choice,
     describe,
     duration,
+    hash_source,
     listen_address,
     origin,
+    request_path,
     route_host,
     route_path,
     size,
+    token,
     whole,
     ws_url,
 )
@@ -107,11 +110,38 @@ class Server:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    type: str = "tcp"  # tcp | http | websocket
+    path: str = "/"  # requested by http and websocket checks
+    # HAProxy checks every 2 s and Envoy's examples every 5 s; 5 s finds a dead server in
+    # 15 s with the default unhealthy_after, while a dead server's sessions fail faster anyway.
+    interval: float = 5.0
+    timeout: float = 2.0
+    healthy_after: int = 2  # HAProxy's rise is 2
+    unhealthy_after: int = 3  # HAProxy's fall is 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StickyCookie:
+    name: str = "wsproxy_server"
+    # None: a secret made up at start, so cookies stick only to this process. Replicas
+    # behind one address need the same configured secret.
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pool:
     name: str
-    balance: str = "round_robin"
+    balance: str = "round_robin"  # round_robin | least_connections | random | hash | cookie
     servers: tuple[Server, ...]
     retries: int = 2  # other servers tried after a failed connect
+    hash_on: str | None = None  # see units.hash_source; required by, and only for, balance: hash
+    cookie: StickyCookie = field(default_factory=StickyCookie)
+    health_check: HealthCheck | None = None  # None: passive health only
+    max_connections_per_server: int = 0  # 0 = no limit
+    # Envoy's strict_dns refreshes every 5 s and nginx re-resolves at the record's TTL; 30 s
+    # follows the SPEC's example. 0 = resolve once, at start.
+    resolve_interval: float = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,14 +199,10 @@ def summary(config: Config) -> str:
 
 # ------------------------------------------------------------------------------- data to Config
 
-_POOL_LATER: Final = (
-    "hash_on",
-    "resolve_interval",
-    "tls",
-    "health_check",
-    "max_connections_per_server",
-)
-_BALANCE_LATER: Final = ("least_connections", "random", "hash", "cookie")
+_POOL_LATER: Final = ("tls",)
+BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "cookie")
+HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
+MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
 _POOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -366,9 +392,14 @@ class _Checker(Problems):
             return None
         self.pool_names = list(raw)
         parsers: dict[str, Parse] = {
-            "balance": self.scalar(lambda v: choice(v, ("round_robin",), _BALANCE_LATER)),
+            "balance": self.scalar(lambda v: choice(v, BALANCE_MODES)),
             "servers": lambda v, p: self.items(v, p, self.server, same=_host_port),
             "retries": self.scalar(whole),
+            "hash_on": self.scalar(hash_source),
+            "cookie": self.sticky_cookie,
+            "health_check": self.health_check,
+            "max_connections_per_server": self.scalar(whole),
+            "resolve_interval": self.scalar(duration),
         }
         pools: dict[str, Pool] = {}
         for name, value in raw.items():
@@ -379,7 +410,47 @@ class _Checker(Problems):
                 pool := self.build(Pool, value, child, parsers, _POOL_LATER, name=name)
             ):
                 pools[name] = pool
+                self.pool_modes(pool, value, child)
         return MappingProxyType(pools) if len(pools) == len(raw) else None
+
+    def pool_modes(self, pool: Pool, raw: Mapping[str, object], path: str) -> None:
+        """Keys that belong to one balance mode: required by it, refused without it."""
+        if pool.balance == "hash" and pool.hash_on is None:
+            self.problem(
+                join(path, "hash_on"),
+                "missing: balance: hash needs it (ip, path, header:NAME, cookie:NAME or "
+                "query:NAME)",
+            )
+        for key, mode in (("hash_on", "hash"), ("cookie", "cookie")):
+            if key in raw and pool.balance != mode:
+                self.problem(join(path, key), f"only used with balance: {mode}")
+
+    def sticky_cookie(self, raw: object, path: str) -> StickyCookie | None:
+        parsers: dict[str, Parse] = {
+            "name": self.scalar(token),
+            "secret": self.scalar(_cookie_secret),
+        }
+        return self.build(StickyCookie, raw, path, parsers)
+
+    def health_check(self, raw: object, path: str) -> HealthCheck | None:
+        at_least_1 = self.scalar(_at_least_1)
+        parsers: dict[str, Parse] = {
+            "type": self.scalar(lambda v: choice(v, HEALTH_CHECK_TYPES)),
+            "path": self.scalar(request_path),
+            "interval": self.scalar(_positive),
+            "timeout": self.scalar(_positive),
+            "healthy_after": at_least_1,
+            "unhealthy_after": at_least_1,
+        }
+        check = self.build(HealthCheck, raw, path, parsers)
+        if check is not None and check.timeout > check.interval:
+            self.problem(
+                join(path, "timeout"),
+                f"{check.timeout:g}s is longer than the interval ({check.interval:g}s)",
+            )
+        if check is not None and check.type == "tcp" and isinstance(raw, dict) and "path" in raw:
+            self.problem(join(path, "path"), "a tcp check sends no request (use http or websocket)")
+        return check
 
     def server(self, raw: object, path: str) -> Server | None:
         """A bare `ws://` URL, or a mapping {url, weight}."""
@@ -397,6 +468,15 @@ class _Checker(Problems):
             if parsed is not None and weight is not None:
                 return Server(url=parsed[0], host=parsed[1], port=parsed[2], weight=weight)
         return None
+
+
+def _cookie_secret(value: object) -> str:
+    if not isinstance(value, str) or len(value) < MIN_COOKIE_SECRET:
+        raise ValueError(
+            f"expected a string of at least {MIN_COOKIE_SECRET} characters (e.g. "
+            "${WSPROXY_COOKIE_SECRET} from the environment)"
+        )
+    return value
 
 
 def _positive(value: object) -> float:

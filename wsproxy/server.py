@@ -8,11 +8,15 @@ Invariants:
 - Every refusal is an HTTP answer with a short plain-text body, then a polite close.
 - Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
   close with 1001, and cancel what is left `CLOSE_TIMEOUT` later.
+- Pools keep their server state in one `ServerStates` registry, and host names are resolved
+  once before the first client is accepted; health checks and re-resolution run beside the
+  accept loop for as long as `serve` does.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -23,8 +27,9 @@ from typing import Final
 import h11
 import trio
 
-from wsproxy.balancer import PoolBalancer, ServerState, find_route
+from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
 from wsproxy.config import Config
+from wsproxy.discovery import Resolver, keep_resolving, resolve_pool, resolve_tcp
 from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import (
     Headers,
@@ -34,8 +39,10 @@ from wsproxy.handshake import (
     reject_from_h11_error,
     reject_response,
 )
+from wsproxy.health import Probe, prober, watch_pool
 from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
 from wsproxy.relay import CLOSE_TIMEOUT, Session
+from wsproxy.servers import ServerState, ServerStates
 from wsproxy.upstream import Dial, Passthrough, dial_tcp, open_backend
 
 log = logging.getLogger(__name__)
@@ -56,10 +63,25 @@ class _HeadTooLarge(Exception):
 class Proxy:
     """Serves one configuration on its listeners until `stop()`."""
 
-    def __init__(self, config: Config, *, dial: Dial = dial_tcp) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        dial: Dial = dial_tcp,
+        resolve: Resolver = resolve_tcp,
+        probe: Probe | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config
         self._dial = dial
-        self.balancers = {name: PoolBalancer(pool) for name, pool in config.pools.items()}
+        self._resolve = resolve
+        self._probe = probe or prober(dial)
+        self._rng = rng or random.Random()
+        self.servers = ServerStates()
+        self.balancers = {
+            name: PoolBalancer(pool, self.servers, rng=self._rng)
+            for name, pool in config.pools.items()
+        }
         self.sessions: set[Session] = set()
         self.connections = 0
         self._per_ip: Counter[str] = Counter()
@@ -80,20 +102,41 @@ class Proxy:
         """Accept and relay until `stop()`, then drain; `started` gets the bound addresses."""
         if listeners is None:
             listeners = await self.open_listeners()
-        addresses = [_address(listener) for listener in listeners]
-        log.info("wsproxy listening on %s", ", ".join(addresses))
-        task_status.started(addresses)
-        async with trio.open_nursery() as handlers:
-            try:
-                async with trio.open_nursery() as accepting:
+        async with trio.open_nursery() as upkeep:
+            await self._start_upkeep(upkeep)
+            addresses = [_address(listener) for listener in listeners]
+            log.info("wsproxy listening on %s", ", ".join(addresses))
+            task_status.started(addresses)
+            async with trio.open_nursery() as handlers:
+                try:
+                    async with trio.open_nursery() as accepting:
+                        for listener in listeners:
+                            accepting.start_soon(self._accept_loop, listener, handlers)
+                        await self._stopping.wait()
+                        accepting.cancel_scope.cancel()
+                finally:
                     for listener in listeners:
-                        accepting.start_soon(self._accept_loop, listener, handlers)
-                    await self._stopping.wait()
-                    accepting.cancel_scope.cancel()
-            finally:
-                for listener in listeners:
-                    await trio.aclose_forcefully(listener)
-            await self._drain(handlers)
+                        await trio.aclose_forcefully(listener)
+                await self._drain(handlers)
+            upkeep.cancel_scope.cancel()
+
+    async def _start_upkeep(self, upkeep: trio.Nursery) -> None:
+        """Resolve host names once, then keep resolving and checking health in `upkeep`."""
+        for balancer in self.balancers.values():
+            pool = balancer.pool
+            if balancer.hostnames():
+                await resolve_pool(balancer, self._resolve)
+                if pool.resolve_interval:
+                    upkeep.start_soon(
+                        keep_resolving, balancer, self._resolve, pool.resolve_interval
+                    )
+            if pool.health_check is not None:
+                upkeep.start_soon(watch_pool, balancer, pool.health_check, self._probe, self._rng)
+
+    def status(self) -> list[PoolStatus]:
+        """Each pool's servers: health, live sessions and totals (what `/status` shows)."""
+        now = trio.current_time()
+        return [balancer.status(now) for balancer in self.balancers.values()]
 
     async def open_listeners(self) -> list[trio.SocketListener]:
         """Bind every configured address; a failure is a `ListenError` naming the address."""
@@ -216,6 +259,7 @@ class Proxy:
             await _refuse(stream, Reject(404, "no route for this host and path"))
             return None
         balancer = self.balancers[route.pool]
+        pick = balancer.pick_for(upgrade, ip)
         result = await open_backend(
             balancer,
             upgrade,
@@ -223,6 +267,7 @@ class Proxy:
             scheme="http",
             connect_timeout=config.timeouts.connect,
             dial=self._dial,
+            pick=pick,
         )
         if isinstance(result, Reject):
             await _refuse(stream, result)
@@ -240,15 +285,16 @@ class Proxy:
             backend_prefix=result.trailing,
         )
         answer = client_accept_response(upgrade, accept)
-        switching = _head(101, b"Switching Protocols", tuple(answer.headers))
+        sticky = balancer.sticky_header(result.server, pick, secure=False)
+        switching = _head(101, b"Switching Protocols", (*answer.headers, *sticky))
         return _Ready(
-            session, switching, result.server, route.path, balancer.name, accept.subprotocol or ""
+            session, switching, balancer, result.server, route.path, accept.subprotocol or ""
         )
 
     async def _relay(self, stream: trio.SocketStream, ready: _Ready, client: str) -> None:
         session = ready.session
         started = trio.current_time()
-        ready.server.sessions += 1
+        ready.balancer.started(ready.server)
         self.sessions.add(session)
         try:
             await stream.send_all(ready.switching)
@@ -257,7 +303,7 @@ class Proxy:
             return  # the client left before its 101 was sent
         finally:
             self.sessions.discard(session)
-            ready.server.sessions -= 1
+            ready.balancer.ended(ready.server)
             await trio.aclose_forcefully(session.backend.stream)
         close = session.close
         messages_in, messages_out = session.messages
@@ -266,8 +312,8 @@ class Proxy:
                 time=iso_time(wall_time()),
                 client=client,
                 route=ready.route,
-                pool=ready.pool,
-                server=ready.server.url,
+                pool=ready.balancer.name,
+                server=ready.server.key,
                 subprotocol=ready.subprotocol,
                 duration=round(trio.current_time() - started, 3),
                 messages_in=messages_in,
@@ -286,9 +332,9 @@ class _Ready:
 
     session: Session
     switching: bytes  # our 101 to the client
+    balancer: PoolBalancer
     server: ServerState
     route: str
-    pool: str
     subprotocol: str
 
 

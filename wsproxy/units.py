@@ -218,3 +218,50 @@ def route_path(value: object) -> str:
     if not path.startswith("/") or re.search(r"[\s?#]", path):
         raise ValueError(f"expected a path like / or /chat (no query), got {value!r}")
     return path
+
+
+HASH_SOURCES: Final = ("ip", "path", "header:NAME", "cookie:NAME", "query:NAME")
+_TOKEN: Final = re.compile(
+    r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+)  # RFC 9110 token: header and cookie names
+
+
+def hash_source(value: object) -> str:
+    """`ip`, `path`, `header:NAME`, `cookie:NAME` or `query:NAME` → normalised (header names
+    lower-cased, since HTTP compares them case-insensitively; cookie and query names kept)."""
+    text = _text(value)
+    kind, colon, name = text.partition(":")
+    kind = kind.strip().lower()
+    name = name.strip()
+    if not colon and kind in ("ip", "path"):
+        return kind
+    if colon and kind in ("header", "cookie") and _TOKEN.fullmatch(name):
+        return f"{kind}:{name.lower() if kind == 'header' else name}"
+    if colon and kind == "query" and name and not re.search(r"[\s&=#]", name):
+        return f"query:{name}"
+    raise ValueError(f"expected one of {', '.join(HASH_SOURCES)}, got {value!r}")
+
+
+def token(value: object) -> str:
+    """An HTTP token, as header and cookie names are (letters, digits, `-`, `_`, ...)."""
+    text = _text(value)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"expected a name of letters, digits, '-' or '_', got {value!r}")
+    return text
+
+
+def request_path(value: object) -> str:
+    """A path to request, query allowed: starts with `/`, no spaces or fragment."""
+    path = _text(value)
+    if not path.startswith("/") or re.search(r"[\s#]", path):
+        raise ValueError(f"expected a path like /health, got {value!r}")
+    return path
+
+
+def is_address(host: str) -> bool:
+    """True for an IPv4 or IPv6 address (no brackets), False for a name to resolve."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

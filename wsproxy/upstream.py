@@ -22,7 +22,7 @@ from typing import Final
 import h11
 import trio
 
-from wsproxy.balancer import PoolBalancer, ServerState
+from wsproxy.balancer import ANY, Pick, PoolBalancer
 from wsproxy.handshake import (
     BackendAccept,
     Reject,
@@ -32,6 +32,7 @@ from wsproxy.handshake import (
     new_key,
     passthrough_headers,
 )
+from wsproxy.servers import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -82,25 +83,33 @@ async def open_backend(
     scheme: str,
     connect_timeout: float,
     dial: Dial = dial_tcp,
+    pick: Pick = ANY,
 ) -> Backend | Passthrough | Reject:
-    """Find a server of `balancer`'s pool that takes the upgrade, within `connect_timeout`."""
+    """Find a server of `balancer`'s pool that takes the upgrade, within `connect_timeout`.
+
+    The server is counted as `connecting` while its handshake runs, so other handshakes see
+    its load; the caller counts the session (`balancer.started`) once it owns the stream.
+    """
     start = trio.current_time()
     tried: list[ServerState] = []
     last_problem = ""
     with trio.move_on_after(connect_timeout) as scope:
         while len(tried) <= balancer.retries:
-            server = balancer.choose(trio.current_time(), exclude=tried)
+            server = balancer.choose(trio.current_time(), pick, exclude=tried)
             if server is None:
                 break
             tried.append(server)
+            server.connecting += 1
             try:
                 result = await _try_server(server, upgrade, client_ip, scheme, dial)
             except _HandshakeFailed as exc:
                 last_problem = str(exc)
-                log.warning("backend %s failed: %s", server.url, exc)
-                balancer.failed(server, trio.current_time())
+                log.warning("backend %s failed: %s", server.key, exc)
+                server.failed(trio.current_time())
                 continue
-            balancer.succeeded(server)
+            finally:
+                server.connecting -= 1
+            server.succeeded()
             if isinstance(result, Backend):
                 return Backend(
                     server,
@@ -112,10 +121,10 @@ async def open_backend(
             return result
     if scope.cancelled_caught:
         if tried:
-            balancer.failed(tried[-1], trio.current_time())
+            tried[-1].failed(trio.current_time())
         return Reject(504, f"the backend did not answer within {connect_timeout:g}s")
     if not tried:
-        return Reject(503, f"no healthy server in pool {balancer.name}")
+        return balancer.refusal(trio.current_time())
     return Reject(502, f"could not reach a backend: {last_problem}")
 
 
@@ -123,10 +132,10 @@ async def _try_server(
     server: ServerState, upgrade: UpgradeRequest, client_ip: str, scheme: str, dial: Dial
 ) -> Backend | Passthrough:
     try:
-        stream = await dial(server.host, server.port)
+        stream = await dial(server.address, server.port)
     except OSError as exc:
         raise _HandshakeFailed(
-            f"connect to {server.host}:{server.port}: {exc.strerror or exc}"
+            f"connect to {server.address}:{server.port}: {exc.strerror or exc}"
         ) from None
     ok = False
     try:

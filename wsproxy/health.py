@@ -1,0 +1,159 @@
+"""Active health checks: probe every server of a pool each `interval`, and count the results.
+
+Invariants:
+- One loop per pool that has a `health_check`. Each round probes every listed server at once,
+  each probe under `timeout`, then sleeps `interval` give or take `JITTER`, so replicas and
+  pools started together drift apart instead of probing in step.
+- A probe never raises for anything a backend does: it returns None (passed) or one sentence
+  saying what failed. Its connection is its own; it never counts as a session or as a passive
+  failure.
+- The verdict flips only after `healthy_after` / `unhealthy_after` results in a row (counted by
+  `ServerState.checked`), and each flip is logged once, at INFO.
+- tcp passes when the connection opens; http when `GET path` answers 2xx or 3xx; websocket when
+  the upgrade on `path` gets a valid 101, a ping gets its pong, and the close handshake
+  completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import h11
+import trio
+import wsproto
+from wsproto.events import (
+    AcceptConnection,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+)
+
+from wsproxy import __version__
+from wsproxy.balancer import PoolBalancer
+from wsproxy.config import HealthCheck
+from wsproxy.servers import ServerState
+from wsproxy.upstream import Dial
+
+log = logging.getLogger(__name__)
+
+Probe = Callable[[ServerState, HealthCheck], Awaitable[str | None]]
+
+JITTER: Final = 0.1  # each wait is interval * (1 +- JITTER)
+PING_PAYLOAD: Final = b"wsproxy health check"
+_CHUNK: Final = 16384
+_USER_AGENT: Final = f"wsproxy/{__version__} health-check".encode()
+
+
+async def watch_pool(
+    balancer: PoolBalancer, check: HealthCheck, probe: Probe, rng: random.Random
+) -> None:
+    """Probe the pool's servers forever; the first round starts at once."""
+    while True:
+        async with trio.open_nursery() as round_:
+            for server in list(balancer.servers):
+                round_.start_soon(_check_one, balancer.name, server, check, probe)
+        await trio.sleep(check.interval * rng.uniform(1 - JITTER, 1 + JITTER))
+
+
+async def _check_one(pool: str, server: ServerState, check: HealthCheck, probe: Probe) -> None:
+    problem = await probe(server, check)
+    if server.checked(problem, check):
+        if server.checked_up:
+            log.info("pool %s: server %s is up (health check passed)", pool, server.key)
+        else:
+            log.info("pool %s: server %s is down (%s)", pool, server.key, problem)
+
+
+def prober(dial: Dial) -> Probe:
+    """The real probe, reaching servers through `dial`."""
+
+    async def probe(server: ServerState, check: HealthCheck) -> str | None:
+        return await probe_server(server, check, dial)
+
+    return probe
+
+
+async def probe_server(server: ServerState, check: HealthCheck, dial: Dial) -> str | None:
+    """One check of one server: None if it passed, else what went wrong."""
+    with trio.move_on_after(check.timeout):
+        try:
+            stream = await dial(server.address, server.port)
+        except OSError as exc:
+            return f"health check: connect to {server.address}:{server.port}: {exc.strerror or exc}"
+        try:
+            if check.type == "http":
+                return await _http(stream, server, check.path)
+            if check.type == "websocket":
+                return await _websocket(stream, server, check.path)
+            return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return f"health check: {server.address}:{server.port} reset the connection"
+        finally:
+            await trio.aclose_forcefully(stream)
+    return f"health check: no answer within {check.timeout:g}s"
+
+
+def _host(server: ServerState) -> bytes:
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"{host}:{server.port}".encode("idna")
+
+
+async def _http(stream: trio.abc.Stream, server: ServerState, path: str) -> str | None:
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method=b"GET",
+        target=path.encode("latin-1"),
+        headers=[(b"Host", _host(server)), (b"User-Agent", _USER_AGENT), (b"Connection", b"close")],
+    )
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    try:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
+            elif isinstance(event, h11.Response):
+                if 200 <= event.status_code < 400:
+                    return None
+                return f"health check: GET {path} answered {event.status_code}"
+            elif isinstance(event, h11.ConnectionClosed):
+                return f"health check: GET {path} got no answer"
+    except h11.RemoteProtocolError:
+        return f"health check: GET {path} got an answer that is not valid HTTP"
+
+
+async def _websocket(stream: trio.abc.Stream, server: ServerState, path: str) -> str | None:
+    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    host = _host(server).decode("ascii")
+    await stream.send_all(ws.send(Request(host=host, target=path)))
+    step = "the upgrade"
+    try:
+        while True:
+            data = bytes(await stream.receive_some(_CHUNK))
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    step = "the ping"
+                    await stream.send_all(ws.send(Ping(PING_PAYLOAD)))
+                elif isinstance(event, RejectConnection):
+                    return f"health check: the upgrade on {path} answered {event.status_code}"
+                elif isinstance(event, Ping):
+                    await stream.send_all(ws.send(event.response()))
+                elif isinstance(event, Pong) and event.payload == PING_PAYLOAD:
+                    step = "the close"
+                    await stream.send_all(ws.send(CloseConnection(code=1000)))
+                elif isinstance(event, CloseConnection):
+                    if step == "the close":
+                        return None
+                    return f"health check: the backend closed ({event.code}) before {step}"
+                elif isinstance(event, RejectData):
+                    pass  # the body of a refusal, already reported
+            if not data:
+                return f"health check: the connection closed during {step}"
+    except (wsproto.utilities.RemoteProtocolError, h11.RemoteProtocolError) as exc:
+        return f"health check: {step} on {path} broke the protocol ({exc})"

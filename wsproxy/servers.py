@@ -1,0 +1,184 @@
+"""What the proxy knows about each backend server: identity, load, health and totals.
+
+Invariants:
+- Pure: no I/O, no clock of its own. Callers pass `now` (trio's clock, in seconds).
+- A server is one address and port. Its identity (`ServerState.key`) is its URL when the URL
+  names an address, and the URL plus the address when a host name resolved to several; state
+  lives in one `ServerStates` registry keyed by identity, never by a config object, so a new
+  configuration (reload) or a new DNS answer finds the same counts and health again.
+- `connecting + sessions` is the server's load: a server is counted from the moment it is
+  chosen, so concurrent handshakes never all pick the same "emptiest" server.
+- Healthy means both: the active check's verdict is up (always up without checks), and no
+  passive ejection is running. Active checks flip the verdict only after `healthy_after` or
+  `unhealthy_after` results in a row; passive ejection starts at the first failed connect and
+  doubles while the server keeps failing, up to `MAX_EJECTION`; one success ends it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from wsproxy.config import HealthCheck, Server
+
+FIRST_EJECTION: Final = 1.0  # seconds; nginx's fail_timeout is 10 s, we retry sooner
+MAX_EJECTION: Final = 30.0
+
+
+def identity(server: Server, address: str) -> str:
+    """The key of the server at `address` for the configured `server`."""
+    return server.url if address == server.host else f"{server.url} ({address})"
+
+
+class ServerState:
+    """One backend server (one address and port) and what the proxy has seen of it."""
+
+    __slots__ = (
+        "address",
+        "check_problem",
+        "check_streak",
+        "checked_up",
+        "connecting",
+        "current",
+        "ejected_until",
+        "failures",
+        "failures_total",
+        "host",
+        "key",
+        "listed",
+        "port",
+        "sessions",
+        "sessions_total",
+        "url",
+        "weight",
+    )
+
+    def __init__(self, server: Server, address: str | None = None) -> None:
+        self.url = server.url
+        self.host = server.host  # as configured: the name for Host and TLS, or an address
+        self.address = address or server.host  # what is dialled
+        self.port = server.port
+        self.key = identity(server, self.address)
+        self.weight = server.weight
+        self.listed = True  # False once no pool lists it: no new sessions, old ones go on
+        self.current = 0  # smooth weighted round robin's running score
+        self.connecting = 0  # chosen, handshake with the backend under way
+        self.sessions = 0  # live sessions
+        self.sessions_total = 0
+        self.failures = 0  # consecutive connect or handshake failures (passive health)
+        self.failures_total = 0
+        self.ejected_until = 0.0
+        self.checked_up = True  # the active check's verdict
+        self.check_streak = 0  # results in a row that disagree with the verdict
+        self.check_problem = ""  # why the last active check failed
+
+    def __repr__(self) -> str:
+        return f"<ServerState {self.key}>"
+
+    @property
+    def load(self) -> int:
+        return self.connecting + self.sessions
+
+    def healthy(self, now: float) -> bool:
+        return self.checked_up and now >= self.ejected_until
+
+    def full(self, limit: int) -> bool:
+        return bool(limit) and self.load >= limit
+
+    # ---- passive health
+
+    def failed(self, now: float) -> None:
+        """A connect or handshake failed: eject for a backoff that doubles while it fails."""
+        self.failures += 1
+        self.failures_total += 1
+        backoff = FIRST_EJECTION * 2 ** min(self.failures - 1, 16)
+        self.ejected_until = now + min(backoff, MAX_EJECTION)
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.ejected_until = 0.0
+
+    # ---- active health
+
+    def checked(self, problem: str | None, check: HealthCheck) -> bool:
+        """Count one active check's result (`None` = passed); True when the verdict flipped."""
+        passed = problem is None
+        if problem is not None:
+            self.check_problem = problem
+        if passed == self.checked_up:
+            self.check_streak = 0
+            return False
+        self.check_streak += 1
+        if self.check_streak < (check.healthy_after if passed else check.unhealthy_after):
+            return False
+        self.checked_up = passed
+        self.check_streak = 0
+        return True
+
+    def status(self, now: float) -> ServerStatus:
+        if not self.checked_up:
+            health = "down"
+        elif now < self.ejected_until:
+            health = "ejected"
+        else:
+            health = "up"
+        return ServerStatus(
+            server=self.key,
+            url=self.url,
+            address=self.address,
+            port=self.port,
+            weight=self.weight,
+            health=health,
+            listed=self.listed,
+            sessions=self.sessions,
+            connecting=self.connecting,
+            sessions_total=self.sessions_total,
+            failures_total=self.failures_total,
+            check_problem=self.check_problem if not self.checked_up else "",
+            ejected_for=round(max(self.ejected_until - now, 0.0), 3),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatus:
+    """One server as `/status` shows it."""
+
+    server: str  # identity
+    url: str
+    address: str
+    port: int
+    weight: int
+    health: str  # up | down (active check) | ejected (passive, for `ejected_for` seconds)
+    listed: bool  # False: removed from its pool, finishing the sessions it has
+    sessions: int
+    connecting: int
+    sessions_total: int
+    failures_total: int
+    check_problem: str
+    ejected_for: float
+
+
+class ServerStates:
+    """The registry: one `ServerState` per pool and identity, for as long as a pool lists it or
+    it has sessions. Two pools listing one URL count it apart, as they weigh and check it apart."""
+
+    def __init__(self) -> None:
+        self._states: dict[tuple[str, str], ServerState] = {}
+
+    def get(self, pool: str, server: Server, address: str | None = None) -> ServerState:
+        """The state of `server` at `address` (its configured host if None), made on first use."""
+        key = (pool, identity(server, address or server.host))
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = ServerState(server, address)
+        state.weight = server.weight
+        state.listed = True
+        return state
+
+    def drop(self, pool: str, state: ServerState) -> None:
+        """Forget a server its pool no longer lists (call once its last session ended)."""
+        if self._states.get((pool, state.key)) is state:
+            del self._states[(pool, state.key)]
+
+    def __len__(self) -> int:
+        return len(self._states)
