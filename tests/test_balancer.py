@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import random
 from collections import Counter
 
+import h11
 import pytest
 
-from wsproxy.balancer import PoolBalancer, find_route, host_without_port
-from wsproxy.config import Pool, Route, Server
-from wsproxy.servers import FIRST_EJECTION, MAX_EJECTION, ServerState, ServerStates
+from wsproxy.balancer import ANY, Pick, PoolBalancer, find_route, host_without_port
+from wsproxy.config import Pool, Route, Security, Server, StickyCookie
+from wsproxy.handshake import UpgradeRequest, judge_request
+from wsproxy.servers import FIRST_EJECTION, ServerState, ServerStates
 
 ROUTES = (
     Route(host="chat.example.com", path="/chat", pool="chat"),
@@ -27,11 +31,11 @@ def pool(*servers: Server, retries: int = 2) -> Pool:
     return Pool(name="main", servers=servers, retries=retries)
 
 
-def names(balancer: PoolBalancer, count: int, now: float = 0.0) -> str:
+def names(balancer: PoolBalancer, count: int, now: float = 0.0, pick: Pick = ANY) -> str:
     """The hosts of the next `count` choices, as one string."""
     chosen: list[str] = []
     for _ in range(count):
-        state = balancer.choose(now)
+        state = balancer.choose(now, pick)
         assert state is not None
         chosen.append(state.host)
     return "".join(chosen)
@@ -148,29 +152,6 @@ def test_balancer_retry_with_exclude_tries_each_server_once() -> None:
 # --- ejection and backoff -------------------------------------------------------------------
 
 
-def test_balancer_failed_backoff_doubles_up_to_30_seconds() -> None:
-    a = ServerState(server("a"))
-    now = 100.0
-    backoffs: list[float] = []
-    for _ in range(9):
-        a.failed(now)
-        backoffs.append(a.ejected_until - now)
-        assert not a.healthy(now)
-        assert not a.healthy(a.ejected_until - 0.001)
-        assert a.healthy(a.ejected_until)
-        now = a.ejected_until + 0.5
-    assert backoffs == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0]
-    assert (FIRST_EJECTION, MAX_EJECTION) == (1.0, 30.0)
-    assert a.failures == 9
-
-
-def test_balancer_backoff_stays_capped_after_many_failures() -> None:
-    state = ServerState(server("a"))
-    for _ in range(1000):
-        state.failed(0.0)
-    assert state.ejected_until == MAX_EJECTION
-
-
 def test_balancer_ejected_server_is_not_chosen_until_its_backoff_ends() -> None:
     balancer = PoolBalancer(pool(server("a"), server("b")))
     a, b = balancer.servers
@@ -216,13 +197,6 @@ def test_balancer_empty_pool_has_nothing_healthy() -> None:
 # --- state across reloads -------------------------------------------------------------------
 
 
-def test_balancer_new_server_state() -> None:
-    state = ServerState(server("a", 3))
-    assert (state.url, state.host, state.port, state.weight) == ("ws://a:9000", "a", 9000, 3)
-    assert (state.current, state.sessions, state.failures, state.ejected_until) == (0, 0, 0, 0.0)
-    assert state.healthy(0.0)
-
-
 def test_balancer_pool_name_and_retries_come_from_config() -> None:
     balancer = PoolBalancer(pool(server("a"), retries=5))
     assert (balancer.name, balancer.retries) == ("main", 5)
@@ -249,3 +223,375 @@ def test_balancer_known_state_survives_a_reload() -> None:
 def test_balancer_fresh_registry_makes_fresh_states() -> None:
     balancer = PoolBalancer(pool(server("a")), ServerStates())
     assert balancer.servers[0].sessions == 0
+
+
+# --- least connections ----------------------------------------------------------------------
+
+
+def modes(balance: str, *servers: Server, **keys: object) -> PoolBalancer:
+    return PoolBalancer(
+        Pool(name="main", balance=balance, servers=servers, **keys),  # type: ignore[arg-type]
+        rng=random.Random(7),
+        secret=b"per-process secret",
+    )
+
+
+def test_balancer_least_connections_picks_least_load_per_weight() -> None:
+    balancer = modes("least_connections", server("a"), server("b", 2), server("c"))
+    a, b, c = balancer.servers
+    a.sessions, b.sessions, c.sessions = 2, 3, 1
+    assert balancer.choose(0.0) is c  # loads per weight: 2, 1.5, 1
+    c.connecting = 2  # handshakes under way count as load: 2, 1.5, 3
+    assert balancer.choose(0.0) is b
+    b.sessions = 4  # 2, 2, 3: a tie between a and b, broken round robin by weight
+    assert Counter(names(balancer, 30)) == {"a": 10, "b": 20}
+
+
+def test_balancer_least_connections_follows_the_load_as_sessions_open() -> None:
+    """Each new session lands on the emptiest server, so loads stay level."""
+    balancer = modes("least_connections", server("a"), server("b"), server("c"))
+    a, _, _ = balancer.servers
+    a.sessions = 5
+    for _ in range(10):
+        chosen = balancer.choose(0.0)
+        assert chosen is not None
+        balancer.started(chosen)
+    assert [s.sessions for s in balancer.servers] == [5, 5, 5]
+
+
+def test_balancer_least_connections_skips_unhealthy_and_excluded() -> None:
+    balancer = modes("least_connections", server("a"), server("b"), server("c"))
+    a, b, c = balancer.servers
+    b.sessions, c.sessions = 1, 2
+    a.failed(0.0)
+    assert balancer.choose(0.5) is b
+    assert balancer.choose(0.5, exclude=[b]) is c
+
+
+# --- random: power of two choices -----------------------------------------------------------
+
+
+def test_balancer_random_without_load_follows_the_weights_within_10_percent() -> None:
+    balancer = modes("random", server("a", 1), server("b", 2), server("c", 3))
+    counts = Counter(names(balancer, 3000))
+    for host, ideal in (("a", 500), ("b", 1000), ("c", 1500)):
+        assert abs(counts[host] - ideal) <= ideal * 0.10, counts
+
+
+def test_balancer_random_same_seed_same_choices() -> None:
+    first = modes("random", server("a"), server("b"), server("c"))
+    second = modes("random", server("a"), server("b"), server("c"))
+    assert names(first, 50) == names(second, 50)
+    assert len(set(names(first, 50))) == 3
+
+
+def test_balancer_random_of_two_draws_the_less_loaded_wins() -> None:
+    balancer = modes("random", server("a"), server("b"))
+    a, b = balancer.servers
+    a.sessions = 1
+    assert {balancer.choose(0.0) for _ in range(50)} == {b}, "b is in every pair of two"
+    b.sessions = 1
+    a.sessions = 0
+    assert {balancer.choose(0.0) for _ in range(50)} == {a}
+
+
+def test_balancer_random_weighs_the_load_by_weight() -> None:
+    balancer = modes("random", server("a", 4), server("b", 1))
+    a, b = balancer.servers
+    a.sessions, b.sessions = 3, 1  # per weight 0.75 and 1: a wins every pair
+    assert {balancer.choose(0.0) for _ in range(50)} == {a}
+
+
+def test_balancer_random_with_one_candidate_returns_it() -> None:
+    balancer = modes("random", server("a"), server("b"))
+    a, b = balancer.servers
+    assert {balancer.choose(0.0, exclude=[a]) for _ in range(10)} == {b}
+
+
+class _TopOfRange(random.Random):
+    def random(self) -> float:
+        return 1.0 - 1e-17  # rounds to 1.0 once scaled: the draw must still land on a server
+
+
+def test_balancer_random_draw_at_the_very_end_of_the_range_takes_the_last() -> None:
+    balancer = PoolBalancer(
+        Pool(name="main", balance="random", servers=(server("a"), server("b"))),
+        rng=_TopOfRange(),
+    )
+    assert balancer.choose(0.0) is not None
+
+
+# --- hash -----------------------------------------------------------------------------------
+
+
+def hashing(*servers: Server, hash_on: str = "header:x-user-id") -> PoolBalancer:
+    return modes("hash", *servers, hash_on=hash_on)
+
+
+def owners(balancer: PoolBalancer, keys: range) -> dict[int, str]:
+    chosen: dict[int, str] = {}
+    for key in keys:
+        state = balancer.choose(0.0, Pick(key=f"user-{key}"))
+        assert state is not None
+        chosen[key] = state.key
+    return chosen
+
+
+def test_balancer_hash_same_key_same_server_every_time() -> None:
+    balancer = hashing(*(server(f"s{i}") for i in range(5)))
+    first = balancer.choose(0.0, Pick(key="user-42"))
+    assert all(balancer.choose(0.0, Pick(key="user-42")) is first for _ in range(100))
+
+
+def test_balancer_hash_two_balancers_agree_on_every_key() -> None:
+    """No per-process state: separately built balancers (other registries, rngs) agree."""
+    servers = [server(f"s{i}", 1 + i % 3) for i in range(6)]
+    one = hashing(*servers)
+    other = PoolBalancer(
+        Pool(name="main", balance="hash", hash_on="ip", servers=tuple(servers)),
+        rng=random.Random(99),
+    )
+    assert owners(one, range(2000)) == owners(other, range(2000))
+
+
+def test_balancer_hash_removing_1_of_10_servers_moves_only_its_keys() -> None:
+    servers = [server(f"s{i}") for i in range(10)]
+    before = owners(hashing(*servers), range(10_000))
+    after = owners(hashing(*servers[:3], *servers[4:]), range(10_000))
+    moved = {key for key in before if before[key] != after[key]}
+    assert moved == {key for key in before if before[key] == "ws://s3:9000"}
+    assert len(moved) <= 1_500
+    assert len(moved) >= 700  # about a tenth: s3 did own its share
+
+
+def test_balancer_hash_adding_an_11th_server_takes_about_a_11th() -> None:
+    servers = [server(f"s{i}") for i in range(11)]
+    before = owners(hashing(*servers[:10]), range(10_000))
+    after = owners(hashing(*servers), range(10_000))
+    moved = {key for key in before if before[key] != after[key]}
+    assert all(after[key] == "ws://s10:9000" for key in moved)
+    assert 600 <= len(moved) <= 1_200
+
+
+def test_balancer_hash_ownership_follows_the_weights() -> None:
+    counts = Counter(owners(hashing(server("a", 1), server("b", 3)), range(8000)).values())
+    assert 1_600 <= counts["ws://a:9000"] <= 2_400  # ideal 2,000
+    assert counts["ws://a:9000"] + counts["ws://b:9000"] == 8000
+
+
+def test_balancer_hash_unusable_owner_passes_the_key_to_the_next_and_gets_it_back() -> None:
+    balancer = hashing(*(server(f"s{i}") for i in range(4)))
+    owner = balancer.choose(0.0, Pick(key="k"))
+    assert owner is not None
+    owner.failed(0.0)
+    second = balancer.choose(0.5, Pick(key="k"))
+    assert second is not None
+    assert second is not owner
+    assert balancer.choose(0.5, Pick(key="k"), exclude=[second]) not in (owner, second)
+    assert balancer.choose(1.0, Pick(key="k")) is owner, "back once its ejection ends"
+
+
+def test_balancer_hash_without_a_key_goes_round_robin() -> None:
+    balancer = hashing(server("a"), server("b"))
+    assert names(balancer, 4) == "abab"
+
+
+# --- pick_for --------------------------------------------------------------------------------
+
+
+def request(*headers: tuple[bytes, bytes]) -> UpgradeRequest:
+    built = h11.Request(
+        method=b"GET",
+        target=b"/chat?user=ann",
+        headers=[
+            (b"Host", b"proxy.example.com"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+            (b"Sec-WebSocket-Version", b"13"),
+            (b"Origin", b"https://app.example.com"),
+            *headers,
+        ],
+    )
+    judged = judge_request(built, Security(allowed_origins=("*",)))
+    assert isinstance(judged, UpgradeRequest)
+    return judged
+
+
+def test_balancer_pick_for_reads_what_the_mode_needs() -> None:
+    upgrade = request((b"X-User-Id", b"7"), (b"Cookie", b"wsproxy_server=tok"))
+    assert hashing(server("a")).pick_for(upgrade, "10.1.1.1") == Pick(key="7")
+    ip = hashing(server("a"), hash_on="ip")
+    assert ip.pick_for(upgrade, "10.1.1.1") == Pick(key="10.1.1.1")
+    assert modes("cookie", server("a")).pick_for(upgrade, "10.1.1.1") == Pick(sticky="tok")
+    for balance in ("round_robin", "least_connections", "random"):
+        assert modes(balance, server("a")).pick_for(upgrade, "10.1.1.1") is ANY
+
+
+# --- cookie ----------------------------------------------------------------------------------
+
+
+def test_balancer_cookie_token_picks_its_server_while_it_is_usable() -> None:
+    balancer = modes("cookie", server("a"), server("b"), server("c"))
+    a, b, c = balancer.servers
+    sticky = Pick(sticky=balancer.token(b))
+    assert all(balancer.choose(0.0, sticky) is b for _ in range(20))
+    b.failed(0.0)
+    assert balancer.choose(0.5, sticky) in (a, c)
+    assert balancer.choose(1.0, sticky) is b
+
+
+@pytest.mark.parametrize("token", ["forged", "", "AAAAAAAAAAAAAAAAAAAAAA"])
+def test_balancer_cookie_unknown_token_goes_round_robin(token: str) -> None:
+    balancer = modes("cookie", server("a"), server("b"))
+    chosen = [balancer.choose(0.0, Pick(sticky=token)) for _ in range(4)]
+    assert [s.host for s in chosen if s] == ["a", "b", "a", "b"]
+
+
+def test_balancer_cookie_token_of_another_secret_is_not_honoured() -> None:
+    mine = modes("cookie", server("a"), server("b"))
+    theirs = PoolBalancer(mine.pool, secret=b"another process's secret")
+    token = theirs.token(theirs.servers[1])
+    assert token != mine.token(mine.servers[1])
+    assert names(mine, 2, pick=Pick(sticky=token)) == "ab"
+
+
+def test_balancer_cookie_configured_secret_is_shared_and_wins_over_the_process_one() -> None:
+    pool_ = Pool(
+        name="main",
+        balance="cookie",
+        servers=(server("a"),),
+        cookie=StickyCookie(name="sticky", secret="0123456789abcdef-shared"),
+    )
+    one = PoolBalancer(pool_, secret=b"process one")
+    two = PoolBalancer(pool_, secret=b"process two")
+    assert one.token(one.servers[0]) == two.token(two.servers[0])
+    unconfigured = dataclasses.replace(pool_, cookie=StickyCookie())
+    assert PoolBalancer(unconfigured).token(one.servers[0]) != PoolBalancer(unconfigured).token(
+        one.servers[0]
+    ), "without any secret each balancer makes its own"
+
+
+def test_balancer_sticky_header_only_when_the_cookie_does_not_already_stick() -> None:
+    balancer = modes("cookie", server("a"), server("b"))
+    a, b = balancer.servers
+    token = balancer.token(a)
+    assert balancer.sticky_header(a, Pick(sticky=token), secure=False) == ()
+    assert balancer.sticky_header(a, ANY, secure=True) == (
+        (b"set-cookie", f"wsproxy_server={token}; Path=/; HttpOnly; SameSite=Lax; Secure".encode()),
+    )
+    (header,) = balancer.sticky_header(b, Pick(sticky=token), secure=False)
+    assert header[1].startswith(f"wsproxy_server={balancer.token(b)};".encode())
+    assert modes("round_robin", server("a")).sticky_header(a, ANY, secure=False) == ()
+
+
+# --- max_connections_per_server and refusals ------------------------------------------------
+
+
+def test_balancer_full_server_is_skipped_and_all_full_is_503_with_retry_after() -> None:
+    balancer = modes("round_robin", server("a"), server("b"), max_connections_per_server=2)
+    a, b = balancer.servers
+    a.sessions = 2
+    assert names(balancer, 3) == "bbb"
+    b.connecting, b.sessions = 1, 1
+    assert balancer.choose(0.0) is None
+    refusal = balancer.refusal(0.0)
+    assert (refusal.status, refusal.headers) == (503, ((b"retry-after", b"5"),))
+    assert "max_connections_per_server" in refusal.reason
+
+
+def test_balancer_no_healthy_server_is_503_without_retry_after() -> None:
+    balancer = modes("round_robin", server("a"))
+    balancer.servers[0].failed(0.0)
+    refusal = balancer.refusal(0.5)
+    assert (refusal.status, refusal.reason, refusal.headers) == (
+        503,
+        "no healthy server in pool main",
+        (),
+    )
+
+
+# --- sessions, DNS and status ----------------------------------------------------------------
+
+
+def test_balancer_started_and_ended_count_sessions() -> None:
+    balancer = modes("round_robin", server("a"))
+    (a,) = balancer.servers
+    balancer.started(a)
+    balancer.started(a)
+    balancer.ended(a)
+    assert (a.sessions, a.sessions_total) == (1, 2)
+
+
+def test_balancer_hostnames_are_the_servers_to_resolve() -> None:
+    named = server("app.internal")
+    balancer = modes("round_robin", server("10.0.0.1"), named, server("::1"))
+    assert balancer.hostnames() == [named]
+
+
+def test_balancer_a_name_is_dialled_as_is_until_it_resolves() -> None:
+    named = server("app.internal")
+    balancer = modes("round_robin", server("10.0.0.1"), named)
+    assert [(s.key, s.address) for s in balancer.servers] == [
+        ("ws://10.0.0.1:9000", "10.0.0.1"),
+        ("ws://app.internal:9000", "app.internal"),
+    ]
+    added, removed = balancer.resolved(named, ["10.0.0.8", "10.0.0.7", "10.0.0.8"])
+    assert added == ["ws://app.internal:9000 (10.0.0.8)", "ws://app.internal:9000 (10.0.0.7)"]
+    assert removed == ["ws://app.internal:9000"]
+    assert [s.address for s in balancer.servers] == ["10.0.0.1", "10.0.0.8", "10.0.0.7"]
+    assert balancer.retired == [], "the name had no sessions, so it is forgotten"
+
+
+def test_balancer_an_address_that_goes_keeps_its_sessions_and_takes_no_new_ones() -> None:
+    named = server("app.internal")
+    states = ServerStates()
+    balancer = PoolBalancer(Pool(name="main", servers=(named,)), states)
+    balancer.resolved(named, ["10.0.0.7", "10.0.0.8"])
+    old, kept = balancer.servers
+    balancer.started(old)
+    assert balancer.resolved(named, ["10.0.0.8"]) == ([], [old.key])
+    assert not old.listed
+    assert all(balancer.choose(0.0) is kept for _ in range(5))
+    status = balancer.status(0.0)
+    assert [(s.address, s.listed, s.sessions) for s in status.servers] == [
+        ("10.0.0.8", True, 0),
+        ("10.0.0.7", False, 1),
+    ]
+    assert status.sessions == 1
+    balancer.ended(old)
+    assert balancer.retired == []
+    assert [s.address for s in balancer.status(0.0).servers] == ["10.0.0.8"]
+    assert len(states) == 1, "forgotten once its last session ended"
+
+
+def test_balancer_an_address_that_comes_back_keeps_its_counts() -> None:
+    named = server("app.internal")
+    balancer = modes("round_robin", named)
+    balancer.resolved(named, ["10.0.0.7"])
+    (state,) = balancer.servers
+    balancer.started(state)
+    balancer.resolved(named, ["10.0.0.8"])
+    added, removed = balancer.resolved(named, ["10.0.0.7", "10.0.0.8"])
+    assert (added, removed) == (["ws://app.internal:9000 (10.0.0.7)"], [])
+    assert balancer.servers[0] is state
+    assert state.listed
+    assert state.sessions_total == 1
+    assert balancer.retired == []
+    assert balancer.resolved(named, ["10.0.0.8", "10.0.0.7"]) == ([], []), "order is no change"
+
+
+def test_balancer_status_counts_healthy_servers_and_sessions() -> None:
+    balancer = modes("least_connections", server("a"), server("b"), server("c"))
+    a, b, c = balancer.servers
+    a.sessions, b.sessions = 2, 1
+    c.failed(10.0)
+    status = balancer.status(10.5)
+    assert (status.pool, status.balance, status.healthy, status.sessions) == (
+        "main",
+        "least_connections",
+        2,
+        3,
+    )
+    assert [s.health for s in status.servers] == ["up", "up", "ejected"]
+    assert balancer.any_healthy(10.5)

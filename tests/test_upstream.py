@@ -10,6 +10,8 @@ so a test can tell whether a failed attempt's stream was closed.
 from __future__ import annotations
 
 import errno
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -749,17 +751,49 @@ async def test_open_backend_connect_seconds_covers_the_failed_tries(
 # --- the real dial -----------------------------------------------------------------------------
 
 
-async def test_dial_tcp_connects_with_nodelay() -> None:
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("listen_on", "dial_to"),
+    [
+        ("127.0.0.1", "127.0.0.1"),  # an address: dialled directly
+        ("127.0.0.1", "localhost"),  # a name: looked up first
+        pytest.param(
+            "::1",
+            "::1",
+            marks=pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here"),
+        ),
+    ],
+)
+async def test_dial_tcp_connects_with_nodelay(listen_on: str, dial_to: str) -> None:
     with trio.fail_after(10):
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(0, host=listen_on)
         (listener,) = listeners
         port = listener.socket.getsockname()[1]
         async with listener:
-            stream = await dial_tcp("127.0.0.1", port)
+            stream = await dial_tcp(dial_to, port)
             async with stream, await listener.accept():
                 assert isinstance(stream, trio.SocketStream)
                 nodelay = stream.getsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY)
                 assert nodelay != 0
+
+
+async def test_dial_tcp_refused_address_raises_oserror_and_leaks_no_socket() -> None:
+    with trio.fail_after(10):
+        listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+        port = listener.socket.getsockname()[1]
+        await listener.aclose()
+        before = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError, match="refused"):
+            await dial_tcp("127.0.0.1", port)
+        assert len(os.listdir("/proc/self/fd")) == before
 
 
 async def test_open_backend_default_dial_refused_is_502() -> None:

@@ -111,8 +111,10 @@ class PoolBalancer:
         self.limit = pool.max_connections_per_server
         self._states = ServerStates() if states is None else states
         self._rng = rng or random.Random()
+        # `secret` stands in for a secret the pool does not configure; the proxy passes one per
+        # process, so a reload keeps honouring the cookies it gave out.
         configured = pool.cookie.secret
-        self._secret = secret or (configured.encode() if configured else os.urandom(32))
+        self._secret = configured.encode() if configured else secret or os.urandom(32)
         self._tokens: dict[str, str] = {}
         # each configured server → the states it stands for (one per address)
         self._expanded: dict[str, list[ServerState]] = {

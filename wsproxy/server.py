@@ -16,6 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 from collections import Counter
@@ -78,8 +79,9 @@ class Proxy:
         self._probe = probe or prober(dial)
         self._rng = rng or random.Random()
         self.servers = ServerStates()
+        self._cookie_secret = os.urandom(32)  # for cookie pools that configure no secret
         self.balancers = {
-            name: PoolBalancer(pool, self.servers, rng=self._rng)
+            name: PoolBalancer(pool, self.servers, rng=self._rng, secret=self._cookie_secret)
             for name, pool in config.pools.items()
         }
         self.sessions: set[Session] = set()
