@@ -30,7 +30,6 @@ from wsproto.events import (
     Ping,
     Pong,
     RejectConnection,
-    RejectData,
     Request,
 )
 
@@ -62,7 +61,11 @@ async def watch_pool(
 
 
 async def _check_one(pool: str, server: ServerState, check: HealthCheck, probe: Probe) -> None:
-    problem = await probe(server, check)
+    try:
+        problem = await probe(server, check)
+    except Exception as exc:  # a bug here must not stop the checks, nor the proxy
+        log.exception("pool %s: health check of %s failed unexpectedly", pool, server.key)
+        problem = f"health check: {type(exc).__name__}"
     if server.checked(problem, check):
         if server.checked_up:
             log.info("pool %s: server %s is up (health check passed)", pool, server.key)
@@ -112,17 +115,20 @@ async def _http(stream: trio.abc.Stream, server: ServerState, path: str) -> str 
         headers=[(b"Host", _host(server)), (b"User-Agent", _USER_AGENT), (b"Connection", b"close")],
     )
     await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    answered = False
     try:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
+                data = bytes(await stream.receive_some(_CHUNK))
+                if not data and not answered:
+                    return f"health check: GET {path} got no answer"
+                answered = True
+                conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 if 200 <= event.status_code < 400:
                     return None
                 return f"health check: GET {path} answered {event.status_code}"
-            elif isinstance(event, h11.ConnectionClosed):
-                return f"health check: GET {path} got no answer"
     except h11.RemoteProtocolError:
         return f"health check: GET {path} got an answer that is not valid HTTP"
 
@@ -135,25 +141,26 @@ async def _websocket(stream: trio.abc.Stream, server: ServerState, path: str) ->
     try:
         while True:
             data = bytes(await stream.receive_some(_CHUNK))
-            ws.receive_data(data or None)
+            if not data:
+                return f"health check: the connection closed during {step}"
+            ws.receive_data(data)
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
                     step = "the ping"
                     await stream.send_all(ws.send(Ping(PING_PAYLOAD)))
                 elif isinstance(event, RejectConnection):
                     return f"health check: the upgrade on {path} answered {event.status_code}"
+                elif isinstance(event, CloseConnection):
+                    if step == "the close":
+                        return None
+                    why = f"{event.code}: {event.reason}" if event.reason else f"{event.code}"
+                    return f"health check: the session closed ({why}) before {step}"
+                elif step == "the close":
+                    continue  # our close is sent: nothing else gets an answer
                 elif isinstance(event, Ping):
                     await stream.send_all(ws.send(event.response()))
                 elif isinstance(event, Pong) and event.payload == PING_PAYLOAD:
                     step = "the close"
                     await stream.send_all(ws.send(CloseConnection(code=1000)))
-                elif isinstance(event, CloseConnection):
-                    if step == "the close":
-                        return None
-                    return f"health check: the backend closed ({event.code}) before {step}"
-                elif isinstance(event, RejectData):
-                    pass  # the body of a refusal, already reported
-            if not data:
-                return f"health check: the connection closed during {step}"
     except (wsproto.utilities.RemoteProtocolError, h11.RemoteProtocolError) as exc:
         return f"health check: {step} on {path} broke the protocol ({exc})"
