@@ -670,6 +670,197 @@ def test_config_server_urls(url: str, problem: str) -> None:
     assert problems_of(pool_yaml(servers=[url])) == [f"pools.main.servers[0]: {problem}"]
 
 
+# ---------------------------------------------------------------------------- pool modes
+
+
+def pool_of(**keys: object) -> Pool:
+    return parse_config(pool_yaml(**keys), {}).pools["main"]
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "least_connections", "random", "Random "])
+def test_config_balance_modes_without_extra_keys(balance: str) -> None:
+    assert pool_of(balance=balance).balance == balance.strip().lower()
+
+
+@pytest.mark.parametrize(
+    ("hash_on", "stored"),
+    [
+        ("ip", "ip"),
+        ("path", "path"),
+        ("header:X-User-Id", "header:x-user-id"),
+        ("cookie:SID", "cookie:SID"),
+        ("query:user", "query:user"),
+    ],
+)
+def test_config_hash_on_is_normalised(hash_on: str, stored: str) -> None:
+    pool = pool_of(balance="hash", hash_on=hash_on)
+    assert (pool.balance, pool.hash_on) == ("hash", stored)
+
+
+def test_config_hash_needs_hash_on() -> None:
+    assert problems_of(pool_yaml(balance="hash")) == [
+        "pools.main.hash_on: missing: balance: hash needs it (ip, path, header:NAME, "
+        "cookie:NAME or query:NAME)"
+    ]
+
+
+def test_config_bad_hash_on() -> None:
+    assert problems_of(pool_yaml(balance="hash", hash_on="header:")) == [
+        "pools.main.hash_on: expected one of ip, path, header:NAME, cookie:NAME, query:NAME, "
+        "got 'header:'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("keys", "problem"),
+    [
+        ({"hash_on": "ip"}, "pools.main.hash_on: only used with balance: hash"),
+        (
+            {"balance": "cookie", "hash_on": "ip"},
+            "pools.main.hash_on: only used with balance: hash",
+        ),
+        ({"cookie": {"name": "x"}}, "pools.main.cookie: only used with balance: cookie"),
+        (
+            {"balance": "hash", "hash_on": "ip", "cookie": {}},
+            "pools.main.cookie: only used with balance: cookie",
+        ),
+    ],
+)
+def test_config_mode_keys_need_their_mode(keys: dict[str, object], problem: str) -> None:
+    assert problems_of(pool_yaml(**keys)) == [problem]
+
+
+def test_config_cookie_defaults_and_values() -> None:
+    assert pool_of(balance="cookie").cookie == StickyCookie()
+    assert StickyCookie() == StickyCookie(name="wsproxy_server", secret=None)
+    pool = pool_of(balance="cookie", cookie={"name": "sticky", "secret": "s" * 16})
+    assert pool.cookie == StickyCookie(name="sticky", secret="s" * 16)
+
+
+def test_config_cookie_secret_from_the_environment() -> None:
+    text = pool_yaml(balance="cookie", cookie={"secret": "${SECRET}"})
+    config = parse_config(text, {"SECRET": "0123456789abcdef0123"})
+    assert config.pools["main"].cookie.secret == "0123456789abcdef0123"
+
+
+@pytest.mark.parametrize(
+    ("cookie", "problem"),
+    [
+        (
+            {"secret": "hunter2-is-short"[:15]},
+            "pools.main.cookie.secret: expected a string of at least 16 characters (e.g. "
+            "${WSPROXY_COOKIE_SECRET} from the environment)",
+        ),
+        (
+            {"secret": 1234567890123456789},
+            "pools.main.cookie.secret: expected a string of at least 16 characters (e.g. "
+            "${WSPROXY_COOKIE_SECRET} from the environment)",
+        ),
+        (
+            {"name": "my cookie"},
+            "pools.main.cookie.name: expected a name of letters, digits, '-' or '_', got "
+            "'my cookie'",
+        ),
+        ({"nmae": "x"}, "pools.main.cookie.nmae: unknown key (did you mean 'name'?)"),
+        ("sticky", "pools.main.cookie: expected a mapping, got 'sticky'"),
+    ],
+)
+def test_config_bad_cookie(cookie: object, problem: str) -> None:
+    assert problems_of(pool_yaml(balance="cookie", cookie=cookie)) == [problem]
+
+
+def test_config_short_secret_is_never_shown() -> None:
+    problems = problems_of(pool_yaml(balance="cookie", cookie={"secret": "hunter2"}))
+    assert "hunter2" not in "\n".join(problems)
+
+
+def test_config_health_check_defaults() -> None:
+    assert pool_of(health_check={}).health_check == HealthCheck()
+    assert HealthCheck() == HealthCheck(
+        type="tcp", path="/", interval=5.0, timeout=2.0, healthy_after=2, unhealthy_after=3
+    )
+    assert pool_of().health_check is None
+
+
+def test_config_health_check_every_key() -> None:
+    check = {
+        "type": "WebSocket",
+        "path": "/health?deep=1",
+        "interval": "10s",
+        "timeout": "1500ms",
+        "healthy_after": 1,
+        "unhealthy_after": "5",
+    }
+    assert pool_of(health_check=check).health_check == HealthCheck(
+        type="websocket",
+        path="/health?deep=1",
+        interval=10.0,
+        timeout=1.5,
+        healthy_after=1,
+        unhealthy_after=5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("check", "problem"),
+    [
+        ({"type": "icmp"}, "type: expected tcp, http or websocket, got 'icmp'"),
+        ({"type": "http", "path": "health"}, "path: expected a path like /health, got 'health'"),
+        (
+            {"type": "tcp", "path": "/x"},
+            "path: a tcp check sends no request (use http or websocket)",
+        ),
+        ({"interval": 0}, "interval: must be greater than 0, got 0"),
+        ({"timeout": "0s"}, "timeout: must be greater than 0, got '0s'"),
+        ({"interval": "1s", "timeout": "2s"}, "timeout: 2s is longer than the interval (1s)"),
+        ({"healthy_after": 0}, "healthy_after: must be at least 1, got 0"),
+        ({"unhealthy_after": -1}, "unhealthy_after: must be at least 1, got -1"),
+        ({"intervall": "5s"}, "intervall: unknown key (did you mean 'interval'?)"),
+    ],
+)
+def test_config_bad_health_check(check: dict[str, object], problem: str) -> None:
+    assert problems_of(pool_yaml(health_check=check)) == [f"pools.main.health_check.{problem}"]
+
+
+def test_config_health_check_must_be_a_mapping() -> None:
+    assert problems_of(pool_yaml(health_check="websocket")) == [
+        "pools.main.health_check: expected a mapping, got 'websocket'"
+    ]
+
+
+@pytest.mark.parametrize(("value", "stored"), [(0, 0), (5000, 5000), ("12", 12)])
+def test_config_max_connections_per_server(value: object, stored: int) -> None:
+    assert pool_of(max_connections_per_server=value).max_connections_per_server == stored
+
+
+def test_config_max_connections_per_server_not_negative() -> None:
+    assert problems_of(pool_yaml(max_connections_per_server=-1)) == [
+        "pools.main.max_connections_per_server: must be at least 0, got -1"
+    ]
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(0, 0.0), ("30s", 30.0), ("2m", 120.0)])
+def test_config_resolve_interval(value: object, seconds: float) -> None:
+    assert pool_of(resolve_interval=value).resolve_interval == seconds
+    assert pool_of().resolve_interval == 30.0
+
+
+def test_config_pool_problems_are_all_reported_at_once() -> None:
+    text = pool_yaml(
+        balance="hash",
+        health_check={"type": "ping", "timeout": "9s"},
+        max_connections_per_server="lots",
+        cookie={},
+    )
+    assert problems_of(text) == [
+        "pools.main.health_check.type: expected tcp, http or websocket, got 'ping'",
+        "pools.main.max_connections_per_server: expected a whole number, got 'lots'",
+        "pools.main.hash_on: missing: balance: hash needs it (ip, path, header:NAME, "
+        "cookie:NAME or query:NAME)",
+        "pools.main.cookie: only used with balance: cookie",
+    ]
+
+
 # ---------------------------------------------------------------------------- load_config
 
 

@@ -142,4 +142,3 @@ async def test_discovery_resolve_tcp_localhost_is_loopback_sorted_and_unique() -
     assert found
     assert found == sorted(set(found))
     assert set(found) <= {"127.0.0.1", "::1"}
-

@@ -12,11 +12,15 @@ from wsproxy.units import (
     choice,
     describe,
     duration,
+    hash_source,
+    is_address,
     listen_address,
     origin,
+    request_path,
     route_host,
     route_path,
     size,
+    token,
     valid_host,
     whole,
     ws_url,
@@ -351,3 +355,86 @@ def test_units_route_path_invalid(value: str) -> None:
     assert problem(route_path, value) == (
         f"expected a path like / or /chat (no query), got {value!r}"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ip", "ip"),
+        (" IP ", "ip"),
+        ("path", "path"),
+        ("header:X-User-Id", "header:x-user-id"),
+        ("Header: X-User-Id ", "header:x-user-id"),
+        ("cookie:SessionID", "cookie:SessionID"),
+        ("query:user", "query:user"),
+        ("query:User.Name", "query:User.Name"),
+    ],
+)
+def test_units_hash_source_valid(value: str, expected: str) -> None:
+    assert hash_source(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "host",
+        "ip:x",
+        "path:/a",
+        "header:",
+        "header:a b",
+        "header:a:b",
+        "cookie:a;b",
+        "query:",
+        "query:a&b",
+        "query:a=b",
+        "query:a b",
+        "body:x",
+    ],
+)
+def test_units_hash_source_invalid(value: str) -> None:
+    assert problem(hash_source, value) == (
+        "expected one of ip, path, header:NAME, cookie:NAME, query:NAME, got " + repr(value)
+    )
+
+
+def test_units_hash_source_needs_a_string() -> None:
+    assert problem(hash_source, 5) == "expected a string, got 5"
+
+
+@pytest.mark.parametrize("value", ["wsproxy_server", "SID", "a-b.c~d!"])
+def test_units_token_valid(value: str) -> None:
+    assert token(value) == value
+
+
+@pytest.mark.parametrize("value", ["", "a b", "a;b", "a=b", "ü"])
+def test_units_token_invalid(value: str) -> None:
+    assert problem(token, value) == (
+        f"expected a name of letters, digits, '-' or '_', got {value!r}"
+    )
+
+
+@pytest.mark.parametrize("value", ["/", "/health", "/health?deep=1", "/a/b"])
+def test_units_request_path_valid(value: str) -> None:
+    assert request_path(value) == value
+
+
+@pytest.mark.parametrize("value", ["health", "", "/a b", "/a#b"])
+def test_units_request_path_invalid(value: str) -> None:
+    assert problem(request_path, value) == f"expected a path like /health, got {value!r}"
+
+
+@pytest.mark.parametrize(
+    ("host", "address"),
+    [
+        ("10.0.0.1", True),
+        ("::1", True),
+        ("2001:db8::5", True),
+        ("app.internal", False),
+        ("localhost", False),
+        ("10.0.0", False),
+        ("[::1]", False),
+    ],
+)
+def test_units_is_address(host: str, address: bool) -> None:
+    assert is_address(host) is address

@@ -406,23 +406,30 @@ class _Checker(Problems):
             child = join(path, name)
             if not _POOL_NAME.fullmatch(name):
                 self.problem(child, "a pool name takes only letters, digits, '_' and '-'")
-            elif value is not UNRESOLVED and (
-                pool := self.build(Pool, value, child, parsers, _POOL_LATER, name=name)
-            ):
-                pools[name] = pool
-                self.pool_modes(pool, value, child)
+            elif value is not UNRESOLVED:
+                pool = self.build(Pool, value, child, parsers, _POOL_LATER, name=name)
+                self.pool_modes(value, child)
+                if pool is not None:
+                    pools[name] = pool
         return MappingProxyType(pools) if len(pools) == len(raw) else None
 
-    def pool_modes(self, pool: Pool, raw: Mapping[str, object], path: str) -> None:
-        """Keys that belong to one balance mode: required by it, refused without it."""
-        if pool.balance == "hash" and pool.hash_on is None:
+    def pool_modes(self, raw: object, path: str) -> None:
+        """Keys that belong to one balance mode: required by it, refused without it. Read from
+        the raw mapping, so these problems are reported beside any others in the pool."""
+        if not isinstance(raw, dict):
+            return
+        balance = raw.get("balance", "round_robin")
+        balance = balance.strip().lower() if isinstance(balance, str) else balance
+        if balance not in BALANCE_MODES:
+            return  # reported as a bad balance already
+        if balance == "hash" and "hash_on" not in raw:
             self.problem(
                 join(path, "hash_on"),
                 "missing: balance: hash needs it (ip, path, header:NAME, cookie:NAME or "
                 "query:NAME)",
             )
         for key, mode in (("hash_on", "hash"), ("cookie", "cookie")):
-            if key in raw and pool.balance != mode:
+            if key in raw and balance != mode:
                 self.problem(join(path, key), f"only used with balance: {mode}")
 
     def sticky_cookie(self, raw: object, path: str) -> StickyCookie | None:
