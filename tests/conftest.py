@@ -29,6 +29,7 @@ class Backend:
     """
 
     port: int
+    host: str = "127.0.0.1"
     requests: list[websockets.Request] = field(default_factory=list)
     connections: list[ServerConnection] = field(default_factory=list)
     closes: list[tuple[int | None, str | None]] = field(default_factory=list)
@@ -36,10 +37,12 @@ class Backend:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        return f"ws://{self.host}:{self.port}"
 
 
-async def start_backend(nursery: trio.Nursery, **options: object) -> Backend:
+async def start_backend(
+    nursery: trio.Nursery, *, host: str = "127.0.0.1", port: int = 0, **options: object
+) -> Backend:
     holder: list[Backend] = []
 
     async def echo(ws: ServerConnection) -> None:
@@ -61,8 +64,8 @@ async def start_backend(nursery: trio.Nursery, **options: object) -> Backend:
             backend.closes.append((ws.close_code, ws.close_reason))
             backend.ended.set()
 
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    backend = Backend(listeners[0].socket.getsockname()[1])
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    backend = Backend(listeners[0].socket.getsockname()[1], host)
     holder.append(backend)
     await nursery.start(
         functools.partial(serve, echo, listeners=listeners, **options)  # type: ignore[arg-type]
