@@ -1,9 +1,36 @@
-"""Small independent WebSocket peers for tests: wsproto's frame layer over any trio stream."""
+"""Small test tools: a judged upgrade request to build on, and an independent WebSocket peer
+(wsproto's frame layer over any trio stream)."""
 
 from __future__ import annotations
 
+import h11
 import trio
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
+
+from wsproxy.config import Security
+from wsproxy.handshake import UpgradeRequest, judge_request
+
+CLIENT_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
+
+
+def upgrade_request(*extra: tuple[bytes, bytes], target: bytes = b"/chat?room=1") -> UpgradeRequest:
+    """A client's upgrade request for `target` that passed every check, plus `extra` headers."""
+    request = h11.Request(
+        method=b"GET",
+        target=target,
+        headers=[
+            (b"Host", b"proxy.example.com"),
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Key", CLIENT_KEY),
+            (b"Sec-WebSocket-Version", b"13"),
+            (b"Origin", b"https://app.example.com"),
+            *extra,
+        ],
+    )
+    upgrade = judge_request(request, Security(allowed_origins=("*",)))
+    assert isinstance(upgrade, UpgradeRequest)
+    return upgrade
 
 
 class Peer:

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-import h11
 import pytest
 
+from tests.helpers import upgrade_request
 from wsproxy.affinity import (
     cookie_value,
     query_value,
@@ -18,27 +18,11 @@ from wsproxy.affinity import (
     set_cookie,
     sticky_token,
 )
-from wsproxy.config import Security
-from wsproxy.handshake import UpgradeRequest, judge_request
+from wsproxy.handshake import UpgradeRequest
 
 
 def upgrade(target: bytes = b"/chat/room?user=ann", *extra: tuple[bytes, bytes]) -> UpgradeRequest:
-    request = h11.Request(
-        method=b"GET",
-        target=target,
-        headers=[
-            (b"Host", b"proxy.example.com"),
-            (b"Upgrade", b"websocket"),
-            (b"Connection", b"Upgrade"),
-            (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
-            (b"Sec-WebSocket-Version", b"13"),
-            (b"Origin", b"https://app.example.com"),
-            *extra,
-        ],
-    )
-    judged = judge_request(request, Security(allowed_origins=("*",)))
-    assert isinstance(judged, UpgradeRequest)
-    return judged
+    return upgrade_request(*extra, target=target)
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,12 @@ import dataclasses
 import random
 from collections import Counter
 
-import h11
 import pytest
 
+from tests.helpers import upgrade_request
 from wsproxy.balancer import ANY, Pick, PoolBalancer, find_route, host_without_port
-from wsproxy.config import Pool, Route, Security, Server, StickyCookie
-from wsproxy.handshake import UpgradeRequest, judge_request
+from wsproxy.config import Pool, Route, Server, StickyCookie
+from wsproxy.handshake import UpgradeRequest
 from wsproxy.servers import FIRST_EJECTION, ServerState, ServerStates
 
 ROUTES = (
@@ -400,22 +400,7 @@ def test_balancer_hash_without_a_key_goes_round_robin() -> None:
 
 
 def request(*headers: tuple[bytes, bytes]) -> UpgradeRequest:
-    built = h11.Request(
-        method=b"GET",
-        target=b"/chat?user=ann",
-        headers=[
-            (b"Host", b"proxy.example.com"),
-            (b"Upgrade", b"websocket"),
-            (b"Connection", b"Upgrade"),
-            (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
-            (b"Sec-WebSocket-Version", b"13"),
-            (b"Origin", b"https://app.example.com"),
-            *headers,
-        ],
-    )
-    judged = judge_request(built, Security(allowed_origins=("*",)))
-    assert isinstance(judged, UpgradeRequest)
-    return judged
+    return upgrade_request(*headers, target=b"/chat?user=ann")
 
 
 def test_balancer_pick_for_reads_what_the_mode_needs() -> None:

@@ -20,9 +20,10 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import CLIENT_KEY, upgrade_request
 from wsproxy.balancer import PoolBalancer
-from wsproxy.config import Pool, Security, Server
-from wsproxy.handshake import Reject, UpgradeRequest, accept_value, judge_request
+from wsproxy.config import Pool, Server
+from wsproxy.handshake import Reject, UpgradeRequest, accept_value
 from wsproxy.servers import FIRST_EJECTION
 from wsproxy.upstream import (
     MAX_PASSTHROUGH_BODY,
@@ -36,7 +37,6 @@ from wsproxy.upstream import (
 CAP = 60.0  # virtual seconds: no test may take longer
 CONNECT_TIMEOUT = 5.0
 CLIENT_IP = "203.0.113.7"
-CLIENT_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
 PORT = 9000
 
 ProxyEnd = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
@@ -197,22 +197,7 @@ def make_balancer(*hosts: str, retries: int = 2) -> PoolBalancer:
 
 
 def make_upgrade(*extra: tuple[bytes, bytes]) -> UpgradeRequest:
-    request = h11.Request(
-        method=b"GET",
-        target=b"/chat?room=1",
-        headers=[
-            (b"Host", b"proxy.example.com"),
-            (b"Upgrade", b"websocket"),
-            (b"Connection", b"Upgrade"),
-            (b"Sec-WebSocket-Key", CLIENT_KEY),
-            (b"Sec-WebSocket-Version", b"13"),
-            (b"Origin", b"https://app.example.com"),
-            *extra,
-        ],
-    )
-    upgrade = judge_request(request, Security(allowed_origins=("*",)))
-    assert isinstance(upgrade, UpgradeRequest)
-    return upgrade
+    return upgrade_request(*extra)
 
 
 async def attempt_open(
