@@ -103,6 +103,24 @@ async def test_discovery_a_failed_lookup_keeps_the_last_addresses(
     ]
 
 
+async def test_discovery_a_resolver_that_raises_keeps_the_list_and_the_loop(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    balancer = PoolBalancer(Pool(name="main", servers=(NAMED,)))
+    zone = Zone(app_internal=["10.0.0.7"])
+    await resolve_pool(balancer, zone)
+
+    async def broken(host: str, port: int) -> list[str]:
+        raise UnicodeError("label too long")
+
+    with trio.move_on_after(25.0):
+        await keep_resolving(balancer, broken, 10.0)
+    assert addresses(balancer) == ["10.0.0.7"]
+    failures = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert len(failures) == 2, "both rounds ran, each logged with its traceback"
+    assert all(r.exc_info for r in failures)
+
+
 async def test_discovery_a_lookup_that_hangs_is_cut_at_the_timeout(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

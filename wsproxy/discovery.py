@@ -4,7 +4,8 @@ Invariants:
 - Each address is a server of its own (see `PoolBalancer.resolved`); an address that stops
   appearing gets no new sessions, while the sessions it has run on to their end.
 - A failed or empty answer changes nothing: the last good list stays (a DNS outage must not
-  empty a pool). Changes are logged once, at INFO; failures at WARNING.
+  empty a pool). Changes are logged once, at INFO; failures at WARNING; nothing a resolver
+  raises ends the loop.
 - Names are resolved once before the proxy accepts its first client, then every
   `resolve_interval` (never again when it is 0). Each lookup is bounded by `RESOLVE_TIMEOUT`.
 """
@@ -42,6 +43,11 @@ async def resolve_pool(balancer: PoolBalancer, resolve: Resolver) -> None:
                 addresses = await resolve(server.host, server.port)
             except OSError as exc:
                 problem = exc.strerror or str(exc)
+            except Exception:  # a resolver's bug must stop neither discovery nor the proxy
+                log.exception(
+                    "pool %s: resolving %s failed unexpectedly", balancer.name, server.host
+                )
+                continue
         if waiting.cancelled_caught:
             problem = f"no answer within {RESOLVE_TIMEOUT:g}s"
         if not addresses:
