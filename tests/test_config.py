@@ -126,7 +126,7 @@ def test_config_example_documents_every_key() -> None:
         assert re.search(rf"\b{key}:", text), key
     assert "${NAME}" in text
     assert "${NAME:-default}" in text
-    for later in ("admin", "workers", "tls", "proxy_protocol"):
+    for later in ("admin", "workers", "tls"):
         assert later in text.split("# Not in this version")[1]
 
 
@@ -385,10 +385,6 @@ def test_config_unknown_key_has_did_you_mean(text: str, problem: str) -> None:
         (config_yaml(admin={"address": "127.0.0.1:9090"}), "admin"),
         (config_yaml(workers=1), "workers"),
         (config_yaml(listen=[{"address": "0.0.0.0:443", "tls": {}}]), "listen[0].tls"),
-        (
-            config_yaml(listen=[{"address": ":1", "proxy_protocol": True}]),
-            "listen[0].proxy_protocol",
-        ),
         (pool_yaml(tls={"verify": True}), "pools.main.tls"),
     ],
 )
@@ -575,6 +571,16 @@ def test_config_sizes(value: object, size: int) -> None:
 def test_config_listen_addresses(address: str, host: str, port: int) -> None:
     config = parse_config(config_yaml(listen=[{"address": address}]), {})
     assert config.listen == (Listener(address=address, host=host, port=port),)
+
+
+def test_config_listen_proxy_protocol() -> None:
+    listen = [{"address": "127.0.0.1:1", "proxy_protocol": True}, {"address": "127.0.0.1:2"}]
+    config = parse_config(config_yaml(listen=listen), {})
+    assert [listener.proxy_protocol for listener in config.listen] == [True, False]
+    assert problems_of(config_yaml(listen=[{"address": ":1", "proxy_protocol": "yes"}])) == [
+        "listen[0].address: missing host in ':1' (0.0.0.0 means every IPv4 address)",
+        "listen[0].proxy_protocol: expected true or false, got 'yes'",
+    ]
 
 
 def test_config_listen_ipv6_needs_brackets() -> None:

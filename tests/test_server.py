@@ -4,8 +4,11 @@ the backend. Real sockets, the real clock, the `websockets` library as client an
 from __future__ import annotations
 
 import base64
+import ipaddress
+import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 
 import pytest
@@ -27,6 +30,8 @@ from tests.conftest import (
 )
 from wsproxy.config import parse_config
 from wsproxy.handshake import accept_value
+from wsproxy.proxyproto import V2_SIGNATURE
+from wsproxy.server import Listening, Proxy
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -381,3 +386,153 @@ async def test_server_bytes_right_behind_the_backend_101_are_relayed(
     with trio.fail_after(5):
         async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
             assert await ws.recv() == "welcome"
+
+
+# ---------------------------------------------------------------- PROXY protocol listeners
+
+
+async def proxy_protocol_proxy(
+    nursery: trio.Nursery, backend: Backend, security: str = "", extra: str = ""
+) -> RunningProxy:
+    """A proxy whose one listener expects a PROXY protocol header first."""
+    proxy = Proxy(proxy_config(backend.url, security=security, extra=extra))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(proxy.serve, [Listening(listeners[0], proxy_protocol=True)])
+    return RunningProxy(proxy, listeners[0].socket.getsockname()[1])
+
+
+def v1_header(client: str = "203.0.113.7", port: int = 41000) -> bytes:
+    return f"PROXY TCP4 {client} 127.0.0.1 {port} 8080\r\n".encode()
+
+
+def v2_header(client: str = "2001:db8::7", port: int = 41000) -> bytes:
+    body = (
+        ipaddress.ip_address(client).packed
+        + ipaddress.ip_address("::1").packed
+        + struct.pack("!HH", port, 8080)
+    )
+    return V2_SIGNATURE + b"\x21\x21" + struct.pack("!H", len(body)) + body
+
+
+@pytest.mark.parametrize(
+    ("header", "client"), [(v1_header(), "203.0.113.7"), (v2_header(), "2001:db8::7")]
+)
+async def test_server_proxy_protocol_client_feeds_the_forwarding_headers(
+    nursery: trio.Nursery, backend: Backend, header: bytes, client: str
+) -> None:
+    running = await proxy_protocol_proxy(nursery, backend)
+    with trio.fail_after(5):
+        answer = await exchange(running.port, header + upgrade_request(), read_all=False)
+        await backend.ended.wait()
+    assert answer.status == 101
+    seen = backend.requests[0]
+    assert seen.headers["X-Forwarded-For"] == client
+    assert seen.headers["X-Real-IP"] == client
+
+
+async def test_server_proxy_protocol_header_in_pieces_with_the_request_behind_it(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """The header may arrive a byte at a time, and the request head in the same segment."""
+    running = await proxy_protocol_proxy(nursery, backend)
+    data = v1_header() + upgrade_request()
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+        async with stream:
+            for index in range(20):
+                await stream.send_all(data[index : index + 1])
+                await trio.sleep(0.001)
+            await stream.send_all(data[20:])
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(4096)
+    assert head.startswith(b"HTTP/1.1 101 ")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [upgrade_request(), b"PROXY TCP4 not-an-address 127.0.0.1 1 2\r\n" + upgrade_request()],
+)
+async def test_server_proxy_protocol_missing_or_invalid_header_is_400(
+    nursery: trio.Nursery, backend: Backend, data: bytes
+) -> None:
+    running = await proxy_protocol_proxy(nursery, backend)
+    with trio.fail_after(5):
+        answer = await exchange(running.port, data)
+    assert answer.status == 400
+    assert b"PROXY" in answer.body
+    assert backend.requests == []
+
+
+async def test_server_proxy_protocol_header_not_in_time_is_408(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await proxy_protocol_proxy(nursery, backend, security="  handshake_timeout: 200ms")
+    with trio.fail_after(5):
+        answer = await exchange(running.port, b"PROXY TCP4 203.0")
+    assert answer.status == 408
+    assert answer.body == b"PROXY protocol header not received in time\n"
+
+
+async def test_server_proxy_protocol_client_that_leaves_during_the_header_is_let_go(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await proxy_protocol_proxy(nursery, backend)
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+        await stream.send_all(b"PROXY TCP4 ")
+        await stream.aclose()
+        while running.proxy.connections:  # noqa: ASYNC110 (the proxy's side of a TCP close)
+            await trio.sleep(0.01)
+    assert backend.requests == []
+
+
+async def test_server_proxy_protocol_local_header_keeps_the_socket_peer(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """A LOCAL header (the balancer's own health check) names no client: the peer stands."""
+    running = await proxy_protocol_proxy(nursery, backend)
+    local = V2_SIGNATURE + b"\x20\x00\x00\x00"
+    with trio.fail_after(5):
+        answer = await exchange(running.port, local + upgrade_request(), read_all=False)
+        await backend.ended.wait()
+    assert answer.status == 101
+    assert backend.requests[0].headers["X-Real-IP"] == "127.0.0.1"
+
+
+async def test_server_proxy_protocol_client_counts_for_the_per_ip_limit(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    running = await proxy_protocol_proxy(nursery, backend, security="  max_connections_per_ip: 1")
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+        async with stream:  # holds a session for 203.0.113.7
+            await stream.send_all(v1_header() + upgrade_request())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(4096)
+            same = await exchange(running.port, v1_header(port=41001) + upgrade_request())
+            other = await exchange(
+                running.port, v1_header("203.0.113.8") + upgrade_request(), read_all=False
+            )
+    assert (same.status, other.status) == (429, 101)
+
+
+async def test_server_proxy_protocol_client_is_the_hash_key_and_in_the_access_log(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsproxy.access")
+    backends = [await start_backend(nursery) for _ in range(4)]
+    servers = "\n".join(f"      - url: {b.url}" for b in backends[1:])
+    extra = f"{servers}\n    balance: hash\n    hash_on: ip"
+    running = await proxy_protocol_proxy(nursery, backends[0], extra=extra)
+    with trio.fail_after(5):
+        for port in range(41000, 41010):  # one client, ten source ports
+            await exchange(running.port, v1_header(port=port) + upgrade_request(), read_all=False)
+        while sum(len(b.requests) for b in backends) < 10:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        while len(caplog.records) < 10:  # noqa: ASYNC110 (access lines come as sessions end)
+            await trio.sleep(0.01)
+    assert sorted(len(b.requests) for b in backends) == [0, 0, 0, 10]
+    clients = {r.access.client for r in caplog.records}  # type: ignore[attr-defined]
+    assert clients == {f"203.0.113.7:{port}" for port in range(41000, 41010)}

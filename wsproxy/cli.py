@@ -138,7 +138,7 @@ async def _run_demo(config: Config) -> None:
         async with trio.open_nursery() as nursery:
             for host, port in backends:
                 await nursery.start(serve_echo, host, port)
-            _announce_demo(config, backends, listeners[0].socket.getsockname()[1])
+            _announce_demo(config, backends, listeners[0].listener.socket.getsockname()[1])
             nursery.start_soon(proxy.obey, signals, nursery.cancel_scope)
             await proxy.serve(listeners)
             nursery.cancel_scope.cancel()

@@ -64,6 +64,7 @@ class Listener:
     address: str  # as written, "HOST:PORT"
     host: str
     port: int
+    proxy_protocol: bool = False  # a PROXY v1/v2 header first, from an L4 balancer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,13 +342,23 @@ class _Checker(Problems):
         return config
 
     def listener(self, raw: object, path: str) -> Listener | None:
-        mapping = self.section(raw, path, ("address",), ("tls", "proxy_protocol"))
+        mapping = self.section(raw, path, ("address", "proxy_protocol"), ("tls",))
         if mapping is not None and "address" not in mapping:
             self.problem(f"{path}.address", "missing (required)")
         elif mapping is not None:
             parsed = self.parse(self.scalar(listen_address), mapping["address"], f"{path}.address")
-            if parsed is not None:
-                return Listener(address=parsed[0], host=parsed[1], port=parsed[2])
+            proxy_protocol = self.parse(
+                self.scalar(boolean),
+                mapping.get("proxy_protocol", False),
+                f"{path}.proxy_protocol",
+            )
+            if parsed is not None and proxy_protocol is not None:
+                return Listener(
+                    address=parsed[0],
+                    host=parsed[1],
+                    port=parsed[2],
+                    proxy_protocol=proxy_protocol,
+                )
         return None
 
     def security(self, raw: object, path: str) -> Security | None:

@@ -4,7 +4,9 @@ Invariants:
 - Connection limits (whole proxy, per client IP) are counted from accept to close; a client over
   a limit still gets an HTTP answer (503 or 429), after its request head has been read.
 - A request head is read whole, up to `max_header_size` bytes and within `handshake_timeout`,
-  before anything is judged; bytes behind it belong to the WebSocket stream.
+  before anything is judged; bytes behind it belong to the WebSocket stream. On a
+  `proxy_protocol` listener a valid PROXY header must come first, within the same timeout,
+  and the client it names is the client for limits, forwarding headers, hashing and the log.
 - Every refusal is an HTTP answer with a short plain-text body, then a polite close.
 - Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
   close with 1001, and cancel what is left `CLOSE_TIMEOUT` later.
@@ -20,7 +22,7 @@ import os
 import random
 import signal
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -42,6 +44,7 @@ from wsproxy.handshake import (
 )
 from wsproxy.health import Probe, prober, watch_pool
 from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
+from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
 from wsproxy.upstream import Dial, Passthrough, dial_tcp, open_backend
@@ -97,28 +100,32 @@ class Proxy:
 
     async def serve(
         self,
-        listeners: list[trio.SocketListener] | None = None,
+        listeners: Sequence[trio.SocketListener | Listening] | None = None,
         *,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Accept and relay until `stop()`, then drain; `started` gets the bound addresses."""
+        """Accept and relay until `stop()`, then drain; `started` gets the bound addresses.
+
+        A bare `SocketListener` is a `Listening` with the defaults (no PROXY protocol).
+        """
         if listeners is None:
             listeners = await self.open_listeners()
+        listening = [x if isinstance(x, Listening) else Listening(x) for x in listeners]
         async with trio.open_nursery() as upkeep:
             await self._start_upkeep(upkeep)
-            addresses = [_address(listener) for listener in listeners]
+            addresses = [_address(x.listener) for x in listening]
             log.info("wsproxy listening on %s", ", ".join(addresses))
             task_status.started(addresses)
             async with trio.open_nursery() as handlers:
                 try:
                     async with trio.open_nursery() as accepting:
-                        for listener in listeners:
-                            accepting.start_soon(self._accept_loop, listener, handlers)
+                        for each in listening:
+                            accepting.start_soon(self._accept_loop, each, handlers)
                         await self._stopping.wait()
                         accepting.cancel_scope.cancel()
                 finally:
-                    for listener in listeners:
-                        await trio.aclose_forcefully(listener)
+                    for each in listening:
+                        await trio.aclose_forcefully(each.listener)
                 await self._drain(handlers)
             upkeep.cancel_scope.cancel()
 
@@ -140,19 +147,20 @@ class Proxy:
         now = trio.current_time()
         return [balancer.status(now) for balancer in self.balancers.values()]
 
-    async def open_listeners(self) -> list[trio.SocketListener]:
+    async def open_listeners(self) -> list[Listening]:
         """Bind every configured address; a failure is a `ListenError` naming the address."""
-        listeners: list[trio.SocketListener] = []
+        listening: list[Listening] = []
         for listen in self.config.listen:
             try:
-                listeners += await trio.open_tcp_listeners(listen.port, host=listen.host)
+                bound = await trio.open_tcp_listeners(listen.port, host=listen.host)
             except OSError as exc:
-                for listener in listeners:
-                    await listener.aclose()
+                for each in listening:
+                    await each.listener.aclose()
                 raise ListenError(
                     f"cannot listen on {listen.address}: {exc.strerror or exc}"
                 ) from None
-        return listeners
+            listening += [Listening(listener, listen.proxy_protocol) for listener in bound]
+        return listening
 
     async def serve_until_signalled(self) -> None:
         """`serve` until SIGTERM or SIGINT, which start the drain; a second one stops at once."""
@@ -186,39 +194,49 @@ class Proxy:
                     closing.start_soon(session.shutdown)
         handlers.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
 
-    async def _accept_loop(self, listener: trio.SocketListener, handlers: trio.Nursery) -> None:
+    async def _accept_loop(self, listening: Listening, handlers: trio.Nursery) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                stream = await listening.listener.accept()
             except OSError as exc:  # EMFILE and friends: wait for descriptors to be freed
-                log.error("accept failed on %s: %s", _address(listener), exc)
+                log.error("accept failed on %s: %s", _address(listening.listener), exc)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(self._handle, stream)
+            handlers.start_soon(self._handle, stream, listening.proxy_protocol)
 
     # ---------------------------------------------------------------- one connection
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def _handle(self, stream: trio.SocketStream, proxy_protocol: bool = False) -> None:
         try:
             peer = stream.socket.getpeername()
         except OSError:
             await trio.aclose_forcefully(stream)
             return
-        ip = str(peer[0])
         self.connections += 1
-        self._per_ip[ip] += 1
         self._all_closed = trio.Event() if self._all_closed.is_set() else self._all_closed
+        deadline = trio.current_time() + self.config.security.handshake_timeout
+        ip = ""
         try:
-            ready = await self._handshake(stream, ip)
+            early = b""
+            if proxy_protocol:
+                header = await _read_proxy_header(stream, deadline)
+                if header is None:
+                    return
+                client, early = header
+                peer = client or peer
+            ip = str(peer[0])
+            self._per_ip[ip] += 1
+            ready = await self._handshake(stream, ip, early, deadline)
             if ready is not None:
                 await self._relay(stream, ready, f"{ip}:{peer[1]}")
         except Exception:
-            log.exception("session of %s:%s failed", ip, peer[1])
+            log.exception("session of %s:%s failed", peer[0], peer[1])
         finally:
             self.connections -= 1
-            self._per_ip[ip] -= 1
-            if not self._per_ip[ip]:
-                del self._per_ip[ip]
+            if ip:
+                self._per_ip[ip] -= 1
+                if not self._per_ip[ip]:
+                    del self._per_ip[ip]
             if not self.connections:
                 self._all_closed.set()
             await trio.aclose_forcefully(stream)
@@ -231,14 +249,20 @@ class Proxy:
             return Reject(429, "too many connections from your address", _RETRY_AFTER)
         return None
 
-    async def _handshake(self, stream: trio.SocketStream, ip: str) -> _Ready | None:
-        """Judge the request and reach a backend; refuse the client, or return the session."""
+    async def _handshake(
+        self, stream: trio.SocketStream, ip: str, early: bytes, deadline: float
+    ) -> _Ready | None:
+        """Judge the request and reach a backend; refuse the client, or return the session.
+
+        `early` holds bytes already read behind a PROXY header; the request head must be whole
+        by `deadline`.
+        """
         config = self.config
         security = config.security
         over_limit = self._over_limit(ip)
-        with trio.move_on_after(security.handshake_timeout) as reading:
+        with trio.move_on_at(deadline) as reading:
             try:
-                head, trailing = await _read_head(stream, security.max_header_size)
+                head, trailing = await _read_head(stream, security.max_header_size, early)
             except _HeadTooLarge:
                 await _refuse(stream, Reject(431, "request head too large"))
                 return None
@@ -329,6 +353,14 @@ class Proxy:
 
 
 @dataclass(frozen=True, slots=True)
+class Listening:
+    """A bound listener and what its configuration asks of each connection on it."""
+
+    listener: trio.SocketListener
+    proxy_protocol: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class _Ready:
     """A session whose backend said yes: all the relay and the access line need."""
 
@@ -340,15 +372,40 @@ class _Ready:
     subprotocol: str
 
 
-async def _read_head(stream: trio.abc.Stream, limit: int) -> tuple[bytes | None, bytes]:
-    """Read up to the blank line that ends a request head: (head, the bytes behind it)."""
-    buffer = bytearray()
+async def _read_proxy_header(
+    stream: trio.SocketStream, deadline: float
+) -> tuple[tuple[str, int] | None, bytes] | None:
+    """Read a PROXY protocol header: (the client it names, the bytes behind it), or None when
+    the connection was refused (400 for no valid header, 408 for none by `deadline`) or left."""
+    buffer = b""
+    header: ProxyHeader | None = None
+    with trio.move_on_at(deadline):
+        try:
+            while (header := parse_proxy_header(buffer)) is None:
+                data = await stream.receive_some(_CHUNK)
+                if not data:
+                    return None
+                buffer += data
+        except ProxyProtocolError as exc:
+            await _refuse(stream, Reject(400, str(exc)))
+            return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+    if header is None:  # the deadline passed
+        await _refuse(stream, Reject(408, "PROXY protocol header not received in time"))
+        return None
+    return header.client, buffer[header.length :]
+
+
+async def _read_head(
+    stream: trio.abc.Stream, limit: int, early: bytes = b""
+) -> tuple[bytes | None, bytes]:
+    """Read up to the blank line that ends a request head: (head, the bytes behind it).
+
+    `early` holds bytes of the request already read."""
+    buffer = bytearray(early)
+    searched_from = 0
     while True:
-        data = await stream.receive_some(_CHUNK)
-        if not data:
-            return None, b""
-        searched_from = max(len(buffer) - 3, 0)
-        buffer += data
         end = buffer.find(b"\r\n\r\n", searched_from)
         if end >= 0:
             if end + 4 > limit:
@@ -356,6 +413,11 @@ async def _read_head(stream: trio.abc.Stream, limit: int) -> tuple[bytes | None,
             return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
         if len(buffer) > limit:
             raise _HeadTooLarge
+        data = await stream.receive_some(_CHUNK)
+        if not data:
+            return None, b""
+        searched_from = max(len(buffer) - 3, 0)
+        buffer += data
 
 
 def _parse_request(head: bytes) -> h11.Request | Reject:
