@@ -867,6 +867,19 @@ def test_config_pool_problems_are_all_reported_at_once() -> None:
     ]
 
 
+def test_config_shutdown_close_window_and_code() -> None:
+    config = parse_config(
+        config_yaml(shutdown={"drain_timeout": "10s", "close_window": "2m", "close_code": 1012}), {}
+    )
+    assert config.shutdown == Shutdown(drain_timeout=10.0, close_window=120.0, close_code=1012)
+    assert Shutdown() == Shutdown(drain_timeout=30.0, close_window=5.0, close_code=1001)
+    assert problems_of(config_yaml(shutdown={"close_code": 1011, "close_window": -1})) == [
+        "shutdown.close_window: must not be negative, got -1",
+        "shutdown.close_code: expected 1001 (going away), 1012 (service restart), 1013 (try "
+        "again later), 1000 or an application code from 4000 to 4999, got 1011",
+    ]
+
+
 # ---------------------------------------------------------------------------- load_config
 
 

@@ -31,7 +31,7 @@ from tests.conftest import (
 from wsproxy.config import parse_config
 from wsproxy.handshake import accept_value
 from wsproxy.proxyproto import V2_SIGNATURE
-from wsproxy.server import Listening, Proxy
+from wsproxy.server import Listening, Proxy, close_times
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -536,3 +536,53 @@ async def test_server_proxy_protocol_client_is_the_hash_key_and_in_the_access_lo
     assert sorted(len(b.requests) for b in backends) == [0, 0, 0, 10]
     clients = {r.access.client for r in caplog.records}  # type: ignore[attr-defined]
     assert clients == {f"203.0.113.7:{port}" for port in range(41000, 41010)}
+
+
+# ---------------------------------------------------------------- the paced drain
+
+
+@pytest.mark.parametrize(
+    ("count", "window", "times"),
+    [
+        (4, 2.0, [0.0, 0.5, 1.0, 1.5]),
+        (1, 5.0, [0.0]),
+        (3, 0.0, [0.0, 0.0, 0.0]),
+        (0, 5.0, []),
+    ],
+)
+def test_server_close_times_are_spread_evenly_over_the_window(
+    count: int, window: float, times: list[float]
+) -> None:
+    assert close_times(count, window) == times
+
+
+async def test_server_drain_closes_the_rest_spread_over_the_window_with_the_code(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """Three sessions outlive the drain: they hear 1012 at about 0, 0.3 and 0.6 s after it."""
+    config = proxy_config(
+        backend.url, extra="shutdown: {drain_timeout: 50ms, close_window: 900ms, close_code: 1012}"
+    )
+    running = await start_proxy(nursery, config)
+    heard: list[tuple[float, int | None, str | None]] = []
+
+    async def hold(*, task_status: trio.TaskStatus[None]) -> None:
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("hello")
+            await ws.recv()
+            task_status.started()
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+            rcvd = closed.value.rcvd
+            assert rcvd is not None
+            heard.append((trio.current_time(), rcvd.code, rcvd.reason))
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            for _ in range(3):
+                await clients.start(hold)
+            running.proxy.stop()
+    times = sorted(time for time, _, _ in heard)
+    assert [(code, reason) for _, code, reason in heard] == [(1012, "proxy shutting down")] * 3
+    assert times[1] - times[0] >= 0.2, times  # each waits for its slot: never early
+    assert times[2] - times[0] >= 0.5, times

@@ -19,6 +19,7 @@ from wsproxy.units import (
     request_path,
     route_host,
     route_path,
+    shutdown_close_code,
     size,
     token,
     valid_host,
@@ -438,3 +439,19 @@ def test_units_request_path_invalid(value: str) -> None:
 )
 def test_units_is_address(host: str, address: bool) -> None:
     assert is_address(host) is address
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [(1001, 1001), ("1012", 1012), (1000, 1000), (1013, 1013), (4000, 4000), (4999, 4999)],
+)
+def test_units_shutdown_close_code_valid(value: object, code: int) -> None:
+    assert shutdown_close_code(value) == code
+
+
+@pytest.mark.parametrize("value", [1002, 1005, 1006, 1011, 1015, 3000, 5000, 999])
+def test_units_shutdown_close_code_invalid(value: int) -> None:
+    assert problem(shutdown_close_code, value) == (
+        "expected 1001 (going away), 1012 (service restart), 1013 (try again later), "
+        f"1000 or an application code from 4000 to 4999, got {value}"
+    )

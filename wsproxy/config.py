@@ -36,6 +36,7 @@ from wsproxy.units import (
     request_path,
     route_host,
     route_path,
+    shutdown_close_code,
     size,
     token,
     whole,
@@ -148,6 +149,11 @@ class Pool:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shutdown:
     drain_timeout: float = 30.0
+    # Sessions still open after the drain are closed spread over this window, so their clients
+    # do not all reconnect in the same instant (a thundering herd on the remaining replicas).
+    close_window: float = 5.0  # 0 = all at once
+    # 1001 "going away" (RFC 6455), or 1012 "service restart", which tells clients to reconnect.
+    close_code: int = 1001
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -327,7 +333,14 @@ class _Checker(Problems):
             "routes": lambda v, p: self.items(v, p, self.route),
             "pools": self.pools,
             "shutdown": lambda v, p: self.build(
-                Shutdown, v, p, {"drain_timeout": scalar(duration)}
+                Shutdown,
+                v,
+                p,
+                {
+                    "drain_timeout": scalar(duration),
+                    "close_window": scalar(duration),
+                    "close_code": scalar(shutdown_close_code),
+                },
             ),
             "log": lambda v, p: self.build(
                 Log, v, p, {"level": scalar(_level), "format": scalar(_format)}

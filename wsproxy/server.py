@@ -9,7 +9,8 @@ Invariants:
   and the client it names is the client for limits, forwarding headers, hashing and the log.
 - Every refusal is an HTTP answer with a short plain-text body, then a polite close.
 - Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
-  close with 1001, and cancel what is left `CLOSE_TIMEOUT` later.
+  close with `shutdown.close_code` spread evenly over `shutdown.close_window`, and cancel what
+  is left `CLOSE_TIMEOUT` after the last ask.
 - Pools keep their server state in one `ServerStates` registry, and host names are resolved
   once before the first client is accepted; health checks and re-resolution run beside the
   accept loop for as long as `serve` does.
@@ -31,6 +32,7 @@ import h11
 import trio
 
 from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
+from wsproxy.closes import Close
 from wsproxy.config import Config
 from wsproxy.discovery import Resolver, keep_resolving, resolve_pool, resolve_tcp
 from wsproxy.frames import CLOSE_ABNORMAL
@@ -184,15 +186,24 @@ class Proxy:
             self.stop()
 
     async def _drain(self, handlers: trio.Nursery) -> None:
-        drain_timeout = self.config.shutdown.drain_timeout
-        with trio.move_on_after(drain_timeout):
+        shutdown = self.config.shutdown
+        with trio.move_on_after(shutdown.drain_timeout):
             await self._all_closed.wait()
         if self.sessions:
-            log.info("drain time is over: closing %d sessions", len(self.sessions))
+            left = list(self.sessions)
+            window = shutdown.close_window
+            log.info("drain time is over: closing %d sessions over %gs", len(left), window)
+            close = Close(shutdown.close_code, "proxy shutting down")
+            start = trio.current_time()
             async with trio.open_nursery() as closing:
-                for session in list(self.sessions):
-                    closing.start_soon(session.shutdown)
+                for when, session in zip(close_times(len(left), window), left, strict=True):
+                    closing.start_soon(self._close_at, session, start + when, close)
         handlers.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT
+
+    async def _close_at(self, session: Session, when: float, close: Close) -> None:
+        await trio.sleep_until(when)
+        if session in self.sessions:
+            await session.shutdown(close)
 
     async def _accept_loop(self, listening: Listening, handlers: trio.Nursery) -> None:
         while True:
@@ -465,6 +476,12 @@ async def _answer_and_close(stream: trio.SocketStream, data: bytes) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await trio.aclose_forcefully(stream)
+
+
+def close_times(count: int, window: float) -> list[float]:
+    """When each of `count` sessions is closed, in seconds from the start of `window`: evenly
+    spaced, the first at once and the last a step before the window's end."""
+    return [window * index / count for index in range(count)]
 
 
 def _address(listener: trio.SocketListener) -> str:

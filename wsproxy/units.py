@@ -265,3 +265,17 @@ def is_address(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+SHUTDOWN_CLOSE_CODES: Final = (1000, 1001, 1012, 1013)
+
+
+def shutdown_close_code(value: object) -> int:
+    """A close code the proxy may send when it stops: 1000, 1001, 1012, 1013 or 4000-4999."""
+    code = whole(value)
+    if code not in SHUTDOWN_CLOSE_CODES and not 4000 <= code <= 4999:
+        raise ValueError(
+            "expected 1001 (going away), 1012 (service restart), 1013 (try again later), "
+            f"1000 or an application code from 4000 to 4999, got {code}"
+        )
+    return code
