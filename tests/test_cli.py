@@ -455,6 +455,39 @@ async def test_cli_serve_sigterm_drains_sessions_then_closes_them_with_1001(
         assert backend.connections[0].close_code == 1001  # the backend leg got 1001 too
 
 
+async def http_get(port: int, path: str) -> tuple[int, bytes]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+async def test_cli_serve_admin_endpoint_answers_and_turns_unready_on_sigterm(
+    tmp_path: Path, backend: Backend
+) -> None:
+    admin = free_port()
+    extra = f"admin: {{address: 127.0.0.1:{admin}}}\nshutdown: {{drain_timeout: 30s}}"
+    config = write_config(tmp_path / "c.yaml", backend.url, extra=extra)
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            assert await http_get(admin, "/healthz") == (200, b"ok\n")
+            assert await http_get(admin, "/readyz") == (200, b"ready\n")
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                child.signal(signal.SIGTERM)
+                await child.stderr.until("SIGTERM: draining")
+                assert await http_get(admin, "/readyz") == (503, b"not ready: draining\n")
+                assert (await http_get(admin, "/healthz"))[0] == 200
+                await ws.send("still here")
+                assert await ws.recv() == "still here"
+            assert await child.exit_code() == 0
+    assert f"admin endpoint on 127.0.0.1:{admin}" in "\n".join(child.stderr.lines)
+
+
 async def test_cli_serve_drain_ends_when_the_last_session_closes(
     tmp_path: Path, backend: Backend
 ) -> None:

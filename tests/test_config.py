@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from wsproxy.config import (
+    Admin,
     Config,
     ConfigError,
     HealthCheck,
@@ -126,7 +127,7 @@ def test_config_example_documents_every_key() -> None:
         assert re.search(rf"\b{key}:", text), key
     assert "${NAME}" in text
     assert "${NAME:-default}" in text
-    for later in ("admin", "workers", "tls"):
+    for later in ("workers", "tls"):
         assert later in text.split("# Not in this version")[1]
 
 
@@ -382,7 +383,6 @@ def test_config_unknown_key_has_did_you_mean(text: str, problem: str) -> None:
 @pytest.mark.parametrize(
     ("text", "path"),
     [
-        (config_yaml(admin={"address": "127.0.0.1:9090"}), "admin"),
         (config_yaml(workers=1), "workers"),
         (config_yaml(listen=[{"address": "0.0.0.0:443", "tls": {}}]), "listen[0].tls"),
         (pool_yaml(tls={"verify": True}), "pools.main.tls"),
@@ -571,6 +571,19 @@ def test_config_sizes(value: object, size: int) -> None:
 def test_config_listen_addresses(address: str, host: str, port: int) -> None:
     config = parse_config(config_yaml(listen=[{"address": address}]), {})
     assert config.listen == (Listener(address=address, host=host, port=port),)
+
+
+def test_config_admin_address() -> None:
+    config = parse_config(config_yaml(admin={"address": "127.0.0.1:9090"}), {})
+    assert config.admin == Admin(address="127.0.0.1:9090", host="127.0.0.1", port=9090)
+    assert parse_config(config_yaml(), {}).admin is None
+    assert problems_of(config_yaml(admin={})) == ["admin.address: missing (required)"]
+    assert problems_of(config_yaml(admin="127.0.0.1:9090")) == [
+        "admin: expected a mapping, got '127.0.0.1:9090'"
+    ]
+    assert problems_of(config_yaml(admin={"address": "nowhere"})) == [
+        "admin.address: expected HOST:PORT like 0.0.0.0:8080 or [::1]:8080, got 'nowhere'"
+    ]
 
 
 def test_config_listen_proxy_protocol() -> None:

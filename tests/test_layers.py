@@ -34,17 +34,18 @@ LAYERS: Final = {
     "affinity": 2,
     "servers": 2,
     "logs": 2,
-    "metrics": 2,  # STYLE.md names it; not written yet
-    "proxyproto": 2,  # STYLE.md names it; not written yet
+    "metrics": 2,
+    "proxyproto": 2,
     "wire": 3,
     "relay": 3,
     "upstream": 3,
+    "intake": 3,
     "keepalive": 3,  # STYLE.md names it; not written yet
     "health": 3,
     "discovery": 3,
     "server": 4,
     "echo": 4,
-    "admin": 4,  # STYLE.md names it; not written yet
+    "admin": 4,
     "workers": 4,  # STYLE.md names it; not written yet
     "cli": 5,
     "__main__": 5,

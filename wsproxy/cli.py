@@ -154,7 +154,8 @@ def _announce_demo(config: Config, backends: list[tuple[str, int]], port: int) -
         "  from websockets.sync.client import connect\n"
         f"  with connect('ws://127.0.0.1:{port}/', origin='{origin}') as ws:\n"
         "      ws.send('hello'); print(ws.recv())\n"
-        "Ctrl-C stops.\n",
+        + (f"Status page: http://{config.admin.address}/\n" if config.admin else "")
+        + "Ctrl-C stops.\n",
         flush=True,
     )
 

@@ -69,6 +69,13 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Admin:
+    address: str  # as written, "HOST:PORT"
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Security:
     # Required: there is no safe default for which pages may open sessions.
     allowed_origins: tuple[str, ...]
@@ -165,6 +172,7 @@ class Log:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listen: tuple[Listener, ...]
+    admin: Admin | None = None  # None: no admin endpoint
     security: Security
     timeouts: Timeouts = field(default_factory=Timeouts)
     keepalive: Keepalive = field(default_factory=Keepalive)
@@ -323,6 +331,7 @@ class _Checker(Problems):
         scalar = self.scalar
         parsers: dict[str, Parse] = {
             "listen": lambda v, p: self.items(v, p, self.listener, same=_host_port),
+            "admin": self.admin,
             "security": self.security,
             "timeouts": lambda v, p: self.build(
                 Timeouts, v, p, {"connect": scalar(_positive), "idle": scalar(duration)}
@@ -346,7 +355,7 @@ class _Checker(Problems):
                 Log, v, p, {"level": scalar(_level), "format": scalar(_format)}
             ),
         }
-        config = self.build(Config, raw, "", parsers, ("admin", "workers"), ("pools",))
+        config = self.build(Config, raw, "", parsers, ("workers",), ("pools",))
         for path, name in self.pool_refs:
             if self.pool_names is not None and name not in self.pool_names:
                 close = difflib.get_close_matches(name, self.pool_names, n=1)
@@ -372,6 +381,16 @@ class _Checker(Problems):
                     port=parsed[2],
                     proxy_protocol=proxy_protocol,
                 )
+        return None
+
+    def admin(self, raw: object, path: str) -> Admin | None:
+        mapping = self.section(raw, path, ("address",))
+        if mapping is not None and "address" not in mapping:
+            self.problem(f"{path}.address", "missing (required)")
+        elif mapping is not None:
+            parsed = self.parse(self.scalar(listen_address), mapping["address"], f"{path}.address")
+            if parsed is not None:
+                return Admin(address=parsed[0], host=parsed[1], port=parsed[2])
         return None
 
     def security(self, raw: object, path: str) -> Security | None:

@@ -25,45 +25,44 @@ import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Final
 
-import h11
 import trio
 
+from wsproxy.admin import serve_admin
 from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
 from wsproxy.closes import Close
 from wsproxy.config import Config
 from wsproxy.discovery import Resolver, keep_resolving, resolve_pool, resolve_tcp
 from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import (
-    Headers,
     Reject,
     client_accept_response,
     judge_request,
-    reject_from_h11_error,
-    reject_response,
 )
 from wsproxy.health import Probe, prober, watch_pool
+from wsproxy.intake import (
+    HeadTooLarge,
+    parse_request,
+    pass_through,
+    read_head,
+    read_proxy_header,
+    refuse,
+    response_head,
+)
 from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
-from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
+from wsproxy.metrics import ProxyMetrics
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
 from wsproxy.upstream import Dial, Passthrough, dial_tcp, open_backend
 
 log = logging.getLogger(__name__)
 
-_CHUNK: Final = 16384
-_LINGER: Final = 1.0  # seconds spent reading what a refused client still sends, before closing
 _RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 
 
 class ListenError(Exception):
     """A configured address could not be bound (in use, not local, no permission)."""
-
-
-class _HeadTooLarge(Exception):
-    pass
 
 
 class Proxy:
@@ -89,12 +88,19 @@ class Proxy:
             name: PoolBalancer(pool, self.servers, rng=self._rng, secret=self._cookie_secret)
             for name, pool in config.pools.items()
         }
-        self.sessions: set[Session] = set()
+        self.sessions: dict[Session, _Ready] = {}  # live ones, with what they were opened for
+        self.metrics = ProxyMetrics()
+        self._admin_listener: trio.SocketListener | None = None
         self.connections = 0
         self._per_ip: Counter[str] = Counter()
         self._stopping = trio.Event()
         self._all_closed = trio.Event()
         self._all_closed.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True from the moment the drain starts."""
+        return self._stopping.is_set()
 
     def stop(self) -> None:
         """Begin the drain: no new connections; sessions get `drain_timeout` to finish."""
@@ -104,18 +110,24 @@ class Proxy:
         self,
         listeners: Sequence[trio.SocketListener | Listening] | None = None,
         *,
+        admin: trio.SocketListener | None = None,
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and relay until `stop()`, then drain; `started` gets the bound addresses.
 
         A bare `SocketListener` is a `Listening` with the defaults (no PROXY protocol).
+        `admin` serves the admin endpoint (by default the one `open_listeners` bound, if any).
         """
         if listeners is None:
             listeners = await self.open_listeners()
         listening = [x if isinstance(x, Listening) else Listening(x) for x in listeners]
+        admin = admin or self._admin_listener
         async with trio.open_nursery() as upkeep:
             await self._start_upkeep(upkeep)
             addresses = [_address(x.listener) for x in listening]
+            if admin is not None:
+                await upkeep.start(serve_admin, self, admin)
+                log.info("admin endpoint on %s", _address(admin))
             log.info("wsproxy listening on %s", ", ".join(addresses))
             task_status.started(addresses)
             async with trio.open_nursery() as handlers:
@@ -150,18 +162,27 @@ class Proxy:
         return [balancer.status(now) for balancer in self.balancers.values()]
 
     async def open_listeners(self) -> list[Listening]:
-        """Bind every configured address; a failure is a `ListenError` naming the address."""
+        """Bind every configured address, the admin one included (kept for `serve`); a
+        failure is a `ListenError` naming the address."""
         listening: list[Listening] = []
-        for listen in self.config.listen:
+        admin = self.config.admin
+        wanted = [(listen.address, listen.host, listen.port) for listen in self.config.listen]
+        if admin is not None:
+            wanted.append((admin.address, admin.host, admin.port))
+        for index, (address, host, port) in enumerate(wanted):
             try:
-                bound = await trio.open_tcp_listeners(listen.port, host=listen.host)
+                bound = await trio.open_tcp_listeners(port, host=host)
             except OSError as exc:
                 for each in listening:
                     await each.listener.aclose()
-                raise ListenError(
-                    f"cannot listen on {listen.address}: {exc.strerror or exc}"
-                ) from None
-            listening += [Listening(listener, listen.proxy_protocol) for listener in bound]
+                raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+            if index == len(self.config.listen):
+                self._admin_listener = bound[0]
+                for extra in bound[1:]:
+                    await extra.aclose()
+            else:
+                proxy_protocol = self.config.listen[index].proxy_protocol
+                listening += [Listening(listener, proxy_protocol) for listener in bound]
         return listening
 
     async def serve_until_signalled(self) -> None:
@@ -230,8 +251,10 @@ class Proxy:
         try:
             early = b""
             if proxy_protocol:
-                header = await _read_proxy_header(stream, deadline)
-                if header is None:
+                header = await read_proxy_header(stream, deadline)
+                if isinstance(header, Reject):
+                    await self._reject(stream, header)
+                if not isinstance(header, tuple):
                     return
                 client, early = header
                 peer = client or peer
@@ -273,27 +296,27 @@ class Proxy:
         over_limit = self._over_limit(ip)
         with trio.move_on_at(deadline) as reading:
             try:
-                head, trailing = await _read_head(stream, security.max_header_size, early)
-            except _HeadTooLarge:
-                await _refuse(stream, Reject(431, "request head too large"))
+                head, trailing = await read_head(stream, security.max_header_size, early)
+            except HeadTooLarge:
+                await self._reject(stream, Reject(431, "request head too large"))
                 return None
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
         if reading.cancelled_caught:
-            await _refuse(stream, Reject(408, "request head not received in time"))
+            await self._reject(stream, Reject(408, "request head not received in time"))
             return None
         if head is None:
             return None  # the client left before finishing its request
-        request = _parse_request(head)
+        request = parse_request(head)
         upgrade = request if isinstance(request, Reject) else judge_request(request, security)
         refusal = upgrade if isinstance(upgrade, Reject) else over_limit
         if refusal is not None:
-            await _refuse(stream, refusal)
+            await self._reject(stream, refusal)
             return None
         assert not isinstance(upgrade, Reject)
         route = find_route(config.routes, upgrade.host, upgrade.target.decode("latin-1"))
         if route is None:
-            await _refuse(stream, Reject(404, "no route for this host and path"))
+            await self._reject(stream, Reject(404, "no route for this host and path"))
             return None
         balancer = self.balancers[route.pool]
         pick = balancer.pick_for(upgrade, ip)
@@ -307,11 +330,13 @@ class Proxy:
             pick=pick,
         )
         if isinstance(result, Reject):
-            await _refuse(stream, result)
+            await self._reject(stream, result)
             return None
         if isinstance(result, Passthrough):
-            await _pass_through(stream, result)
+            self.metrics.rejections.inc(str(result.status))
+            await pass_through(stream, result)
             return None
+        self.metrics.connect_seconds.observe(result.connect_seconds)
         accept = result.accept
         session = Session(
             config,
@@ -323,24 +348,42 @@ class Proxy:
         )
         answer = client_accept_response(upgrade, accept)
         sticky = balancer.sticky_header(result.server, pick, secure=False)
-        switching = _head(101, b"Switching Protocols", (*answer.headers, *sticky))
+        switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
         return _Ready(
             session, switching, balancer, result.server, route.path, accept.subprotocol or ""
         )
+
+    async def _reject(self, stream: trio.SocketStream, reject: Reject) -> None:
+        self.metrics.rejections.inc(str(reject.status))
+        await refuse(stream, reject)
+
+    def _count_ended(self, session: Session, seconds: float) -> None:
+        metrics = self.metrics
+        messages_in, messages_out = session.messages
+        metrics.messages.inc("in", amount=messages_in)
+        metrics.messages.inc("out", amount=messages_out)
+        metrics.bytes.inc("in", amount=session.client.bytes_in)
+        metrics.bytes.inc("out", amount=session.backend.bytes_in)
+        side = session.closed_by.value if session.closed_by else "unknown"
+        code = session.close.code if session.close else CLOSE_ABNORMAL
+        metrics.closes.inc(side, str(code))
+        metrics.session_seconds.observe(seconds)
 
     async def _relay(self, stream: trio.SocketStream, ready: _Ready, client: str) -> None:
         session = ready.session
         started = trio.current_time()
         ready.balancer.started(ready.server)
-        self.sessions.add(session)
+        self.sessions[session] = ready
+        self.metrics.sessions.inc(ready.route, ready.balancer.name)
         try:
             await stream.send_all(ready.switching)
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client left before its 101 was sent
         finally:
-            self.sessions.discard(session)
+            del self.sessions[session]
             ready.balancer.ended(ready.server)
+            self._count_ended(session, trio.current_time() - started)
             await trio.aclose_forcefully(session.backend.stream)
         close = session.close
         messages_in, messages_out = session.messages
@@ -381,101 +424,6 @@ class _Ready:
     server: ServerState
     route: str
     subprotocol: str
-
-
-async def _read_proxy_header(
-    stream: trio.SocketStream, deadline: float
-) -> tuple[tuple[str, int] | None, bytes] | None:
-    """Read a PROXY protocol header: (the client it names, the bytes behind it), or None when
-    the connection was refused (400 for no valid header, 408 for none by `deadline`) or left."""
-    buffer = b""
-    header: ProxyHeader | None = None
-    with trio.move_on_at(deadline):
-        try:
-            while (header := parse_proxy_header(buffer)) is None:
-                data = await stream.receive_some(_CHUNK)
-                if not data:
-                    return None
-                buffer += data
-        except ProxyProtocolError as exc:
-            await _refuse(stream, Reject(400, str(exc)))
-            return None
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return None
-    if header is None:  # the deadline passed
-        await _refuse(stream, Reject(408, "PROXY protocol header not received in time"))
-        return None
-    return header.client, buffer[header.length :]
-
-
-async def _read_head(
-    stream: trio.abc.Stream, limit: int, early: bytes = b""
-) -> tuple[bytes | None, bytes]:
-    """Read up to the blank line that ends a request head: (head, the bytes behind it).
-
-    `early` holds bytes of the request already read."""
-    buffer = bytearray(early)
-    searched_from = 0
-    while True:
-        end = buffer.find(b"\r\n\r\n", searched_from)
-        if end >= 0:
-            if end + 4 > limit:
-                raise _HeadTooLarge
-            return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-        if len(buffer) > limit:
-            raise _HeadTooLarge
-        data = await stream.receive_some(_CHUNK)
-        if not data:
-            return None, b""
-        searched_from = max(len(buffer) - 3, 0)
-        buffer += data
-
-
-def _parse_request(head: bytes) -> h11.Request | Reject:
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
-    try:
-        conn.receive_data(head)
-        event = conn.next_event()
-    except h11.RemoteProtocolError as exc:
-        return reject_from_h11_error(exc)
-    if not isinstance(event, h11.Request):
-        return Reject(400, "malformed request")
-    return event
-
-
-def _head(status: int, reason: bytes, headers: Headers) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-async def _refuse(stream: trio.SocketStream, reject: Reject) -> None:
-    response, body = reject_response(reject)
-    phrase = HTTPStatus(reject.status).phrase.encode()
-    await _answer_and_close(stream, _head(reject.status, phrase, tuple(response.headers)) + body)
-
-
-async def _pass_through(stream: trio.SocketStream, answer: Passthrough) -> None:
-    headers = (
-        *answer.headers,
-        (b"content-length", b"%d" % len(answer.body)),
-        (b"connection", b"close"),
-    )
-    await _answer_and_close(stream, _head(answer.status, answer.reason, headers) + answer.body)
-
-
-async def _answer_and_close(stream: trio.SocketStream, data: bytes) -> None:
-    """Send a final HTTP answer, then close politely so the client gets to read it."""
-    with trio.move_on_after(_LINGER):
-        try:
-            await stream.send_all(data)
-            await stream.send_eof()
-            while await stream.receive_some(_CHUNK):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-    await trio.aclose_forcefully(stream)
 
 
 def close_times(count: int, window: float) -> list[float]:

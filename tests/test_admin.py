@@ -1,0 +1,176 @@
+"""The admin endpoint on a real loopback socket, in front of a real proxy and backend."""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+
+import pytest
+import trio
+import websockets
+from websockets.trio.client import connect
+from websockets.typing import Origin
+
+from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config
+from wsproxy.config import Config
+from wsproxy.server import Proxy
+
+CAP = 10.0
+
+
+@dataclass
+class Admin:
+    running: RunningProxy
+    port: int
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def start_with_admin(nursery: trio.Nursery, config: Config) -> Admin:
+    proxy = Proxy(config)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    admin = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    await nursery.start(functools.partial(proxy.serve, listeners, admin=admin))
+    running = RunningProxy(proxy, listeners[0].socket.getsockname()[1])
+    return Admin(running, admin.socket.getsockname()[1])
+
+
+async def ask(port: int, path: str, method: str = "GET") -> Answer:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"{method} {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    return Answer(int(status_line.split()[1]), headers, body)
+
+
+@pytest.fixture
+async def admin(nursery: trio.Nursery, backend: Backend) -> Admin:
+    return await start_with_admin(nursery, proxy_config(backend.url))
+
+
+async def test_admin_healthz_is_200(admin: Admin) -> None:
+    with trio.fail_after(CAP):
+        answer = await ask(admin.port, "/healthz")
+    assert (answer.status, answer.body) == (200, b"ok\n")
+    assert answer.headers["cache-control"] == "no-store"
+
+
+async def test_admin_readyz_is_200_then_503_from_the_first_moment_of_the_drain(
+    admin: Admin,
+) -> None:
+    with trio.fail_after(CAP):
+        assert (await ask(admin.port, "/readyz")).status == 200
+        async with connect(admin.running.url, origin=ORIGIN, proxy=None) as ws:
+            admin.running.proxy.stop()
+            answer = await ask(admin.port, "/readyz")
+            await ws.send("still relayed while draining")
+            assert await ws.recv() == "still relayed while draining"
+    assert (answer.status, answer.body) == (503, b"not ready: draining\n")
+
+
+async def test_admin_readyz_is_503_when_a_pool_has_no_healthy_server(admin: Admin) -> None:
+    (balancer,) = admin.running.proxy.balancers.values()
+    balancer.servers[0].failed(trio.current_time())
+    with trio.fail_after(CAP):
+        answer = await ask(admin.port, "/readyz")
+    assert (answer.status, answer.body) == (503, b"not ready: no healthy server in pool main\n")
+
+
+async def test_admin_metrics_count_sessions_refusals_and_live_figures(
+    admin: Admin, backend: Backend
+) -> None:
+    with trio.fail_after(CAP):
+        async with connect(admin.running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("one")
+            await ws.recv()
+        with pytest.raises(websockets.InvalidStatus):
+            async with connect(
+                admin.running.url, origin=Origin("https://evil.example.net"), proxy=None
+            ):
+                pass
+        async with connect(admin.running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("two")
+            await ws.recv()
+            answer = await ask(admin.port, "/metrics")
+    assert answer.status == 200
+    assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    lines = answer.body.decode().splitlines()
+    server = f'pool="main",server="{backend.url}"'
+    for line in (
+        'wsproxy_sessions_active{route="/",pool="main"} 1',
+        'wsproxy_sessions_total{route="/",pool="main"} 2',
+        'wsproxy_handshake_rejections_total{status="403"} 1',
+        'wsproxy_messages_total{direction="in"} 2',
+        'wsproxy_messages_total{direction="out"} 2',
+        'wsproxy_closes_total{side="client",code="1000"} 1',
+        f"wsproxy_backend_up{{{server}}} 1",
+        f"wsproxy_backend_sessions_active{{{server}}} 1",
+        "wsproxy_backend_connect_seconds_count 2",
+        "wsproxy_session_seconds_count 1",
+        "# TYPE wsproxy_config_reloads_total counter",
+        "# TYPE process_resident_memory_bytes gauge",
+    ):
+        assert line in lines, line
+    assert any(line.startswith("process_open_fds ") for line in lines)
+
+
+async def test_admin_status_is_json_with_pools_and_servers(admin: Admin, backend: Backend) -> None:
+    with trio.fail_after(CAP):
+        async with connect(admin.running.url, origin=ORIGIN, proxy=None):
+            answer = await ask(admin.port, "/status")
+    assert answer.headers["content-type"] == "application/json"
+    status = json.loads(answer.body)
+    assert (status["ready"], status["draining"], status["sessions"]) == (True, False, 1)
+    (pool,) = status["pools"]
+    assert (pool["pool"], pool["balance"], pool["healthy"], pool["sessions"]) == (
+        "main",
+        "round_robin",
+        1,
+        1,
+    )
+    (server,) = pool["servers"]
+    assert (server["server"], server["health"], server["sessions"]) == (backend.url, "up", 1)
+
+
+async def test_admin_page_is_html_that_reads_status(admin: Admin) -> None:
+    with trio.fail_after(CAP):
+        answer = await ask(admin.port, "/")
+    assert answer.headers["content-type"] == "text/html; charset=utf-8"
+    assert b'fetch("/status"' in answer.body
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/nothing", 404), ("POST", "/healthz", 405), ("GET", "/healthz?verbose=1", 200)],
+)
+async def test_admin_other_requests(admin: Admin, method: str, path: str, status: int) -> None:
+    with trio.fail_after(CAP):
+        assert (await ask(admin.port, path, method)).status == status
+
+
+async def test_admin_head_has_no_body(admin: Admin) -> None:
+    with trio.fail_after(CAP):
+        answer = await ask(admin.port, "/healthz", "HEAD")
+    assert (answer.status, answer.body, answer.headers["content-length"]) == (200, b"", "3")
+
+
+async def test_admin_garbage_and_silence_are_let_go(admin: Admin) -> None:
+    with trio.fail_after(CAP):
+        stream = await trio.open_tcp_stream("127.0.0.1", admin.port)
+        async with stream:
+            await stream.send_all(b"\x00\x01 not http\r\n\r\n")
+            assert await stream.receive_some(1024) == b""
+        quiet = await trio.open_tcp_stream("127.0.0.1", admin.port)
+        await quiet.aclose()  # leaves without a request
+        assert (await ask(admin.port, "/healthz")).status == 200

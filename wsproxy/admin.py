@@ -1,0 +1,290 @@
+"""The admin endpoint: /healthz, /readyz, /metrics, /status and a live status page at /.
+
+Invariants:
+- One small HTTP/1.1 server (h11), one request per connection, each answered within
+  `REQUEST_TIMEOUT`; it runs for as long as the proxy does, the drain included, so that a
+  load balancer sees `/readyz` turn 503 the moment the drain starts.
+- `/readyz` is 200 only while the proxy accepts sessions and every pool has a healthy server.
+- Every figure is read from the proxy when asked (`Proxy.status()`, its metrics, its live
+  sessions); nothing here keeps state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from collections import Counter as Tally
+from dataclasses import asdict
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from wsproxy import __version__
+from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, render
+
+if TYPE_CHECKING:
+    from wsproxy.server import Proxy
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT: Final = 10.0
+_CHUNK: Final = 16384
+_STARTED: Final = time.time()
+
+
+async def serve_admin(
+    proxy: Proxy,
+    listener: trio.SocketListener,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer admin requests on `listener` until cancelled."""
+    async with listener, trio.open_nursery() as handlers:
+        task_status.started()
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                log.error("admin accept failed: %s", exc)
+                await trio.sleep(0.1)
+                continue
+            handlers.start_soon(_answer, proxy, stream)
+
+
+async def _answer(proxy: Proxy, stream: trio.SocketStream) -> None:
+    conn = h11.Connection(h11.SERVER)
+    try:
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            request = await _read_request(stream, conn)
+            if request is None:
+                return
+            status, content_type, body = respond(proxy, request)
+            headers = [
+                (b"content-type", content_type.encode()),
+                (b"content-length", b"%d" % len(body)),
+                (b"cache-control", b"no-store"),
+                (b"connection", b"close"),
+            ]
+            response = h11.Response(
+                status_code=status, headers=headers, reason=HTTPStatus(status).phrase
+            )
+            data = conn.send(response) or b""
+            if request.method != b"HEAD":
+                data += conn.send(h11.Data(data=body)) or b""
+            await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+    except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
+    while True:
+        event = conn.next_event()
+        if isinstance(event, h11.Request):
+            return event
+        if event is not h11.NEED_DATA:
+            return None
+        conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
+
+
+def respond(proxy: Proxy, request: h11.Request) -> tuple[int, str, bytes]:
+    """(status, content type, body) for one admin request."""
+    if request.method not in (b"GET", b"HEAD"):
+        return 405, "text/plain; charset=utf-8", b"only GET and HEAD\n"
+    path = request.target.split(b"?", 1)[0]
+    if path == b"/healthz":
+        return 200, "text/plain; charset=utf-8", b"ok\n"
+    if path == b"/readyz":
+        problem = not_ready(proxy)
+        if problem:
+            return 503, "text/plain; charset=utf-8", f"not ready: {problem}\n".encode()
+        return 200, "text/plain; charset=utf-8", b"ready\n"
+    if path == b"/metrics":
+        return 200, CONTENT_TYPE, metrics_text(proxy).encode()
+    if path == b"/status":
+        return 200, "application/json", json.dumps(status(proxy), indent=1).encode()
+    if path == b"/":
+        return 200, "text/html; charset=utf-8", PAGE.encode()
+    return (
+        404,
+        "text/plain; charset=utf-8",
+        b"not found (try /healthz, /readyz, /metrics, /status)\n",
+    )
+
+
+def not_ready(proxy: Proxy) -> str:
+    """Why the proxy should get no new sessions now, or "" when it should."""
+    if proxy.stopping:
+        return "draining"
+    now = trio.current_time()
+    empty = [name for name, balancer in proxy.balancers.items() if not balancer.any_healthy(now)]
+    return f"no healthy server in pool {', '.join(empty)}" if empty else ""
+
+
+def status(proxy: Proxy) -> dict[str, object]:
+    problem = not_ready(proxy)
+    return {
+        "version": __version__,
+        "ready": not problem,
+        "not_ready_because": problem,
+        "draining": proxy.stopping,
+        "connections": proxy.connections,
+        "sessions": len(proxy.sessions),
+        "pools": [asdict(pool) for pool in proxy.status()],
+    }
+
+
+def metrics_text(proxy: Proxy) -> str:
+    metrics = proxy.metrics
+    active = Tally((ready.route, ready.balancer.name) for ready in proxy.sessions.values())
+    messages = Tally(metrics.messages.values)
+    wire = Tally(metrics.bytes.values)
+    for session in proxy.sessions:  # live sessions count too, so the totals move as they run
+        messages_in, messages_out = session.messages
+        messages.update({("in",): messages_in, ("out",): messages_out})
+        wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
+    pools = proxy.status()
+    families: list[Family] = [
+        Gauge(
+            "wsproxy_sessions_active",
+            "Sessions being relayed now, by route and pool.",
+            ("route", "pool"),
+            sorted(active.items()),
+        ),
+        metrics.sessions,
+        metrics.rejections,
+        Gauge(
+            metrics.messages.name,
+            "Messages relayed (direction in: client to backend).",
+            ("direction",),
+            sorted(messages.items()),
+            kind="counter",
+        ),
+        Gauge(
+            metrics.bytes.name,
+            "Wire bytes relayed (direction in: client to backend).",
+            ("direction",),
+            sorted(wire.items()),
+            kind="counter",
+        ),
+        Gauge(
+            "wsproxy_backend_up",
+            "1 if the server can take new sessions (listed, healthy), else 0.",
+            ("pool", "server"),
+            [
+                ((pool.pool, server.server), float(server.health == "up" and server.listed))
+                for pool in pools
+                for server in pool.servers
+            ],
+        ),
+        Gauge(
+            "wsproxy_backend_sessions_active",
+            "Sessions being relayed now, by pool and server.",
+            ("pool", "server"),
+            [((p.pool, s.server), float(s.sessions)) for p in pools for s in p.servers],
+        ),
+        metrics.connect_seconds,
+        metrics.session_seconds,
+        metrics.closes,
+        metrics.config_reloads,
+        *_process_figures(),
+    ]
+    return render(families)
+
+
+def _process_figures() -> list[Family]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            resident = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except OSError:  # not Linux
+        resident, open_fds = usage.ru_maxrss * 1024, 0
+    return [
+        Gauge(
+            "process_cpu_seconds_total",
+            "User and system CPU time spent, in seconds.",
+            (),
+            [((), usage.ru_utime + usage.ru_stime)],
+        ),
+        Gauge("process_resident_memory_bytes", "Resident memory, in bytes.", (), [((), resident)]),
+        Gauge("process_open_fds", "Open file descriptors.", (), [((), float(open_fds))]),
+        Gauge(
+            "process_start_time_seconds",
+            "Start time of the process, in seconds since the epoch.",
+            (),
+            [((), _STARTED)],
+        ),
+    ]
+
+
+PAGE: Final = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>wsproxy status</title>
+<style>
+body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }
+.up { color: #070; } .down, .ejected { color: #b00; } #error { color: #b00; }
+</style>
+</head>
+<body>
+<h1>wsproxy <span id="version"></span></h1>
+<p>Ready: <b id="ready">?</b> <span id="why"></span> &middot; connections: <b id="connections">?</b>
+&middot; sessions: <b id="sessions">?</b> &middot; updated <span id="updated">never</span></p>
+<p id="error"></p>
+<div id="pools"></div>
+<script>
+function cell(row, text, cls) {
+  const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls;
+}
+async function refresh() {
+  try {
+    const status = await (await fetch("/status", {cache: "no-store"})).json();
+    document.getElementById("version").textContent = status.version;
+    document.getElementById("ready").textContent = status.ready ? "yes" : "no";
+    document.getElementById("why").textContent = status.not_ready_because;
+    document.getElementById("connections").textContent = status.connections;
+    document.getElementById("sessions").textContent = status.sessions;
+    const pools = document.getElementById("pools");
+    pools.replaceChildren();
+    for (const pool of status.pools) {
+      const title = document.createElement("h2");
+      title.textContent =
+        `pool ${pool.pool} (${pool.balance}): ${pool.healthy} healthy, ${pool.sessions} sessions`;
+      const table = document.createElement("table");
+      table.className = "pool";
+      table.dataset.pool = pool.pool;
+      const head = table.createTHead().insertRow();
+      for (const name of ["server", "health", "sessions", "total", "failures", "note"]) {
+        const th = document.createElement("th"); th.textContent = name; head.appendChild(th);
+      }
+      for (const s of pool.servers) {
+        const row = table.insertRow();
+        row.dataset.server = s.server;
+        cell(row, s.server); cell(row, s.health, s.health); cell(row, s.sessions);
+        cell(row, s.sessions_total); cell(row, s.failures_total);
+        cell(row, s.listed ? s.check_problem : "removed; finishing its sessions");
+      }
+      pools.append(title, table);
+    }
+    document.getElementById("updated").textContent = new Date().toLocaleTimeString();
+    document.getElementById("error").textContent = "";
+  } catch (error) {
+    document.getElementById("error").textContent = `cannot reach the proxy: ${error}`;
+  }
+}
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body>
+</html>
+"""

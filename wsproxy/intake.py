@@ -1,0 +1,126 @@
+"""What a client sends before its session starts, and the HTTP answers that refuse it.
+
+Invariants:
+- A PROXY protocol header is read whole, with nothing read past its end that is not returned;
+  a request head is read up to its blank line and at most `limit` bytes, and the bytes behind
+  it are returned, as they belong to the WebSocket stream.
+- A refusal is an HTTP/1.1 answer with a short plain-text body, then a polite close: send, shut
+  our side, read what the client still sends for at most `LINGER` seconds, then close, so the
+  client reads the answer instead of a reset.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Final
+
+import h11
+import trio
+
+from wsproxy.handshake import Headers, Reject, reject_from_h11_error, reject_response
+from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
+from wsproxy.upstream import Passthrough
+
+_CHUNK: Final = 16384
+LINGER: Final = 1.0  # seconds spent reading what a refused client still sends, before closing
+
+
+class HeadTooLarge(Exception):
+    """The request head is longer than `max_header_size`."""
+
+
+async def read_proxy_header(
+    stream: trio.abc.ReceiveStream, deadline: float
+) -> tuple[tuple[str, int] | None, bytes] | Reject | None:
+    """Read a PROXY protocol header: (the client it names, the bytes behind it); the refusal
+    due (400 for no valid header, 408 for none by `deadline`); or None if the client left."""
+    buffer = b""
+    header: ProxyHeader | None = None
+    with trio.move_on_at(deadline):
+        try:
+            while (header := parse_proxy_header(buffer)) is None:
+                data = await stream.receive_some(_CHUNK)
+                if not data:
+                    return None
+                buffer += data
+        except ProxyProtocolError as exc:
+            return Reject(400, str(exc))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+    if header is None:  # the deadline passed
+        return Reject(408, "PROXY protocol header not received in time")
+    return header.client, buffer[header.length :]
+
+
+async def read_head(
+    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b""
+) -> tuple[bytes | None, bytes]:
+    """Read up to the blank line that ends a request head: (head, the bytes behind it).
+
+    `early` holds bytes of the request already read."""
+    buffer = bytearray(early)
+    searched_from = 0
+    while True:
+        end = buffer.find(b"\r\n\r\n", searched_from)
+        if end >= 0:
+            if end + 4 > limit:
+                raise HeadTooLarge
+            return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+        if len(buffer) > limit:
+            raise HeadTooLarge
+        data = await stream.receive_some(_CHUNK)
+        if not data:
+            return None, b""
+        searched_from = max(len(buffer) - 3, 0)
+        buffer += data
+
+
+def parse_request(head: bytes) -> h11.Request | Reject:
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
+    try:
+        conn.receive_data(head)
+        event = conn.next_event()
+    except h11.RemoteProtocolError as exc:
+        return reject_from_h11_error(exc)
+    if not isinstance(event, h11.Request):
+        return Reject(400, "malformed request")
+    return event
+
+
+def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+async def refuse(stream: trio.abc.HalfCloseableStream, reject: Reject) -> None:
+    response, body = reject_response(reject)
+    phrase = HTTPStatus(reject.status).phrase.encode()
+    await _answer_and_close(
+        stream, response_head(reject.status, phrase, tuple(response.headers)) + body
+    )
+
+
+async def pass_through(stream: trio.abc.HalfCloseableStream, answer: Passthrough) -> None:
+    headers = (
+        *answer.headers,
+        (b"content-length", b"%d" % len(answer.body)),
+        (b"connection", b"close"),
+    )
+    await _answer_and_close(
+        stream, response_head(answer.status, answer.reason, headers) + answer.body
+    )
+
+
+async def _answer_and_close(stream: trio.abc.HalfCloseableStream, data: bytes) -> None:
+    """Send a final HTTP answer, then close politely so the client gets to read it."""
+    with trio.move_on_after(LINGER):
+        try:
+            await stream.send_all(data)
+            await stream.send_eof()
+            while await stream.receive_some(_CHUNK):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+    await trio.aclose_forcefully(stream)
