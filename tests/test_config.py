@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,11 +12,13 @@ import yaml
 
 from wsproxy.config import (
     Admin,
+    BackendTLS,
     Config,
     ConfigError,
     HealthCheck,
     Keepalive,
     Listener,
+    ListenerTLS,
     Log,
     Pool,
     Route,
@@ -125,10 +128,11 @@ def test_config_example_documents_every_key() -> None:
     keys |= {"address", "url", "weight"}
     for key in sorted(keys):
         assert re.search(rf"\b{key}:", text), key
+    for cls in (ListenerTLS, BackendTLS):
+        for f in dataclasses.fields(cls):
+            assert re.search(rf"\b{f.name}:", text), f"{cls.__name__}.{f.name}"
     assert "${NAME}" in text
     assert "${NAME:-default}" in text
-    for later in ("workers", "tls"):
-        assert later in text.split("# Not in this version")[1]
 
 
 # ---------------------------------------------------------------------------- whole files
@@ -380,30 +384,85 @@ def test_config_unknown_key_has_did_you_mean(text: str, problem: str) -> None:
     assert problem in problems_of(text)
 
 
+def test_config_workers() -> None:
+    assert parse_config(config_yaml(), {}).workers == 1
+    assert parse_config(config_yaml(workers=3), {}).workers == 3
+    assert parse_config(config_yaml(workers="auto"), {}).workers == len(os.sched_getaffinity(0))
+    assert problems_of(config_yaml(workers=0)) == ["workers: must be at least 1, got 0"]
+    assert problems_of(config_yaml(workers="many")) == [
+        "workers: expected a number of processes or \"auto\", got 'many'"
+    ]
+
+
+def test_config_listener_tls() -> None:
+    tls = {"cert": "/etc/wsproxy/tls.crt", "key": "/etc/wsproxy/tls.key"}
+    config = parse_config(config_yaml(listen=[{"address": "0.0.0.0:443", "tls": tls}]), {})
+    assert config.listen[0].tls == ListenerTLS(cert=tls["cert"], key=tls["key"], min_version="1.2")
+    newest = {**tls, "min_version": 1.3}
+    config = parse_config(config_yaml(listen=[{"address": "0.0.0.0:443", "tls": newest}]), {})
+    assert config.listen[0].tls is not None
+    assert config.listen[0].tls.min_version == "1.3"
+
+
 @pytest.mark.parametrize(
-    ("text", "path"),
+    ("tls", "problem"),
     [
-        (config_yaml(workers=1), "workers"),
-        (config_yaml(listen=[{"address": "0.0.0.0:443", "tls": {}}]), "listen[0].tls"),
-        (pool_yaml(tls={"verify": True}), "pools.main.tls"),
+        ({}, "listen[0].tls.cert: missing (required)"),
+        ({"cert": "a.pem"}, "listen[0].tls.key: missing (required)"),
+        (
+            {"cert": "a", "key": "b", "min_version": "1.1"},
+            'listen[0].tls.min_version: expected "1.2" or "1.3", got \'1.1\'',
+        ),
+        ({"cert": "", "key": "b"}, "listen[0].tls.cert: expected a file path, got ''"),
+        (
+            {"cert": "a", "key": "b", "ciphers": "x"},
+            "listen[0].tls.ciphers: unknown key (known keys: cert, key, min_version)",
+        ),
     ],
 )
-def test_config_documented_but_unimplemented_keys_are_not_supported_yet(
-    text: str, path: str
-) -> None:
-    assert f"{path}: not supported by this version" in problems_of(text)
+def test_config_listener_tls_problems(tls: object, problem: str) -> None:
+    assert problem in problems_of(config_yaml(listen=[{"address": "0.0.0.0:443", "tls": tls}]))
+
+
+def test_config_wss_servers_and_pool_tls() -> None:
+    tls = {"ca": "/etc/ssl/ca.pem", "verify": True, "cert": "c.pem", "key": "k.pem"}
+    config = parse_config(
+        config_yaml(pools={"main": {"servers": ["wss://chat.internal", "ws://b:1"], "tls": tls}}),
+        {},
+    )
+    pool = config.pools["main"]
+    assert [(s.host, s.port, s.secure) for s in pool.servers] == [
+        ("chat.internal", 443, True),
+        ("b", 1, False),
+    ]
+    assert pool.tls == BackendTLS(ca="/etc/ssl/ca.pem", verify=True, cert="c.pem", key="k.pem")
+
+
+@pytest.mark.parametrize(
+    ("pool", "problem"),
+    [
+        (
+            {"servers": ["ws://a:1"], "tls": {"verify": False}},
+            "pools.main.tls: only used with wss:// servers",
+        ),
+        (
+            {"servers": ["wss://a:1"], "tls": {"cert": "c.pem"}},
+            "pools.main.tls.key: missing: a client certificate needs both cert and key",
+        ),
+        (
+            {"servers": ["wss://a:1"], "tls": {"verify": "no"}},
+            "pools.main.tls.verify: expected true or false, got 'no'",
+        ),
+    ],
+)
+def test_config_pool_tls_problems(pool: object, problem: str) -> None:
+    assert problem in problems_of(config_yaml(pools={"main": pool}))
 
 
 def test_config_unknown_balance() -> None:
     assert problems_of(pool_yaml(balance="fastest")) == [
         "pools.main.balance: expected round_robin, least_connections, random, hash or cookie, "
         "got 'fastest'"
-    ]
-
-
-def test_config_wss_servers_are_refused() -> None:
-    assert problems_of(pool_yaml(servers=[{"url": "wss://chat.internal:9443"}])) == [
-        "pools.main.servers[0].url: wss:// is not supported by this version (use ws://)"
     ]
 
 
@@ -440,7 +499,8 @@ def test_config_wss_servers_are_refused() -> None:
         ),
         (
             {"pools": {"main": {"servers": [5]}}},
-            "pools.main.servers[0]: expected a ws:// URL or a mapping {url, weight}, got 5",
+            "pools.main.servers[0]: expected a ws:// or wss:// URL, or a mapping {url, weight}, "
+            "got 5",
         ),
         (
             {"pools": {"main": {"servers": [{"weight": 1}]}}},

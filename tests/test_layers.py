@@ -43,6 +43,7 @@ LAYERS: Final = {
     "keepalive": 3,  # STYLE.md names it; not written yet
     "health": 3,
     "discovery": 3,
+    "tls": 3,
     "server": 4,
     "echo": 4,
     "admin": 4,

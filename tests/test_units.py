@@ -261,6 +261,8 @@ def test_units_listen_address_invalid(address: object, message: str) -> None:
         ("ws://Backend.Internal:81/", ("ws://Backend.Internal:81/", "backend.internal", 81)),
         ("ws://[::1]:9001", ("ws://[::1]:9001", "::1", 9001)),
         ("WS://a:1", ("WS://a:1", "a", 1)),
+        ("wss://chat.internal", ("wss://chat.internal", "chat.internal", 443)),
+        ("wss://a:9443", ("wss://a:9443", "a", 9443)),
     ],
 )
 def test_units_ws_url_valid(url: str, parsed: tuple[str, str, int]) -> None:
@@ -271,7 +273,6 @@ def test_units_ws_url_valid(url: str, parsed: tuple[str, str, int]) -> None:
     ("url", "message"),
     [
         (None, "expected a string, got nothing"),
-        ("wss://a:443", "wss:// is not supported by this version (use ws://)"),
         ("http://a", "expected a URL like ws://10.0.0.5:9001, got 'http://a'"),
         ("127.0.0.1:9001", "expected a URL like ws://10.0.0.5:9001, got '127.0.0.1:9001'"),
         ("ws:///x", "expected a URL like ws://10.0.0.5:9001, got 'ws:///x'"),

@@ -24,6 +24,7 @@ from wsproxy.config import Config, ConfigError, load_config, summary
 from wsproxy.echo import parse_address, run_echo, serve_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
+from wsproxy.tls import TLSError, contexts_for
 
 log = logging.getLogger("wsproxy")
 
@@ -44,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"wsproxy: {problem}", file=sys.stderr)
         return 2
-    except UsageError as exc:
+    except (UsageError, TLSError) as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 2
     except ListenError as exc:
@@ -102,14 +103,18 @@ def _load(given: str | None) -> Config:
 
 
 def _check(args: argparse.Namespace) -> int:
-    print(summary(_load(args.config)))
+    config = _load(args.config)
+    contexts_for(config)  # the certificates and keys load, too
+    print(summary(config))
     return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    path = _config_path(args.config)
+    config = load_config(path, os.environ)
     setup_logging(config.log.level, config.log.format)
-    trio.run(Proxy(config).serve_until_signalled)
+    proxy = Proxy(config)
+    trio.run(proxy.serve_until_signalled, lambda: load_config(path, os.environ))
     return 0
 
 

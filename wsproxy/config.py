@@ -38,8 +38,10 @@ from wsproxy.units import (
     route_path,
     shutdown_close_code,
     size,
+    tls_version,
     token,
     whole,
+    workers,
     ws_url,
 )
 from wsproxy.yamldata import UNRESOLVED, ComposeError, Problems, join, read
@@ -61,11 +63,19 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerTLS:
+    cert: str  # PEM file: the certificate, then its chain
+    key: str  # PEM file: the private key
+    min_version: str = "1.2"  # "1.2" | "1.3"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Listener:
     address: str  # as written, "HOST:PORT"
     host: str
     port: int
     proxy_protocol: bool = False  # a PROXY v1/v2 header first, from an L4 balancer
+    tls: ListenerTLS | None = None  # None: plain ws://
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,10 +122,14 @@ class Route:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Server:
-    url: str  # as written, "ws://HOST:PORT"
+    url: str  # as written, "ws://HOST:PORT" or "wss://HOST:PORT"
     host: str
     port: int
     weight: int = 1
+
+    @property
+    def secure(self) -> bool:
+        return self.url[:4].lower() == "wss:"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +142,16 @@ class HealthCheck:
     timeout: float = 2.0
     healthy_after: int = 2  # HAProxy's rise is 2
     unhealthy_after: int = 3  # HAProxy's fall is 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BackendTLS:
+    """How a pool speaks TLS to its wss:// servers (SNI is always the URL's host)."""
+
+    ca: str | None = None  # PEM file of trusted CAs; None: the system's
+    verify: bool = True  # False: accept any certificate (tests, and nothing else)
+    cert: str | None = None  # PEM file of a client certificate, with `key`
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +175,7 @@ class Pool:
     # Envoy's strict_dns refreshes every 5 s and nginx re-resolves at the record's TTL; 30 s
     # follows the SPEC's example. 0 = resolve once, at start.
     resolve_interval: float = 30.0
+    tls: BackendTLS | None = None  # for wss:// servers; None: the system's CAs, verified
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,6 +198,7 @@ class Log:
 class Config:
     listen: tuple[Listener, ...]
     admin: Admin | None = None  # None: no admin endpoint
+    workers: int = 1  # processes sharing the listen ports; "auto" is parsed to the CPU count
     security: Security
     timeouts: Timeouts = field(default_factory=Timeouts)
     keepalive: Keepalive = field(default_factory=Keepalive)
@@ -214,7 +240,6 @@ def summary(config: Config) -> str:
 
 # ------------------------------------------------------------------------------- data to Config
 
-_POOL_LATER: Final = ("tls",)
 BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "cookie")
 HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
@@ -354,8 +379,9 @@ class _Checker(Problems):
             "log": lambda v, p: self.build(
                 Log, v, p, {"level": scalar(_level), "format": scalar(_format)}
             ),
+            "workers": scalar(workers),
         }
-        config = self.build(Config, raw, "", parsers, ("workers",), ("pools",))
+        config = self.build(Config, raw, "", parsers, (), ("pools",))
         for path, name in self.pool_refs:
             if self.pool_names is not None and name not in self.pool_names:
                 close = difflib.get_close_matches(name, self.pool_names, n=1)
@@ -364,7 +390,7 @@ class _Checker(Problems):
         return config
 
     def listener(self, raw: object, path: str) -> Listener | None:
-        mapping = self.section(raw, path, ("address", "proxy_protocol"), ("tls",))
+        mapping = self.section(raw, path, ("address", "proxy_protocol", "tls"))
         if mapping is not None and "address" not in mapping:
             self.problem(f"{path}.address", "missing (required)")
         elif mapping is not None:
@@ -374,12 +400,23 @@ class _Checker(Problems):
                 mapping.get("proxy_protocol", False),
                 f"{path}.proxy_protocol",
             )
+            tls = None
+            if "tls" in mapping:
+                parsers: dict[str, Parse] = {
+                    "cert": self.scalar(_file_path),
+                    "key": self.scalar(_file_path),
+                    "min_version": self.scalar(tls_version),
+                }
+                tls = self.build(ListenerTLS, mapping["tls"], f"{path}.tls", parsers)
+                if tls is None:
+                    return None
             if parsed is not None and proxy_protocol is not None:
                 return Listener(
                     address=parsed[0],
                     host=parsed[1],
                     port=parsed[2],
                     proxy_protocol=proxy_protocol,
+                    tls=tls,
                 )
         return None
 
@@ -443,6 +480,7 @@ class _Checker(Problems):
             "health_check": self.health_check,
             "max_connections_per_server": self.scalar(whole),
             "resolve_interval": self.scalar(duration),
+            "tls": self.backend_tls,
         }
         pools: dict[str, Pool] = {}
         for name, value in raw.items():
@@ -450,7 +488,7 @@ class _Checker(Problems):
             if not _POOL_NAME.fullmatch(name):
                 self.problem(child, "a pool name takes only letters, digits, '_' and '-'")
             elif value is not UNRESOLVED:
-                pool = self.build(Pool, value, child, parsers, _POOL_LATER, name=name)
+                pool = self.build(Pool, value, child, parsers, name=name)
                 self.pool_modes(value, child)
                 if pool is not None:
                     pools[name] = pool
@@ -474,6 +512,27 @@ class _Checker(Problems):
         for key, mode in (("hash_on", "hash"), ("cookie", "cookie")):
             if key in raw and balance != mode:
                 self.problem(join(path, key), f"only used with balance: {mode}")
+        servers = raw.get("servers")
+        if "tls" in raw and isinstance(servers, list):
+            urls = [s.get("url") if isinstance(s, dict) else s for s in servers]
+            if not any(isinstance(url, str) and url[:4].lower() == "wss:" for url in urls):
+                self.problem(join(path, "tls"), "only used with wss:// servers")
+
+    def backend_tls(self, raw: object, path: str) -> BackendTLS | None:
+        parsers: dict[str, Parse] = {
+            "ca": self.scalar(_file_path),
+            "verify": self.scalar(boolean),
+            "cert": self.scalar(_file_path),
+            "key": self.scalar(_file_path),
+        }
+        tls = self.build(BackendTLS, raw, path, parsers)
+        if tls is not None and (tls.cert is None) != (tls.key is None):
+            missing = "key" if tls.key is None else "cert"
+            self.problem(
+                join(path, missing), "missing: a client certificate needs both cert and key"
+            )
+            return None
+        return tls
 
     def sticky_cookie(self, raw: object, path: str) -> StickyCookie | None:
         parsers: dict[str, Parse] = {
@@ -505,7 +564,7 @@ class _Checker(Problems):
     def server(self, raw: object, path: str) -> Server | None:
         """A bare `ws://` URL, or a mapping {url, weight}."""
         mapping = {"url": raw} if isinstance(raw, str) else raw
-        expected = "a ws:// URL or a mapping {url, weight}"
+        expected = "a ws:// or wss:// URL, or a mapping {url, weight}"
         mapping = self.section(mapping, path, ("url", "weight"), expected=expected)
         url_path = path if isinstance(raw, str) else f"{path}.url"
         if mapping is not None and "url" not in mapping:
@@ -526,6 +585,12 @@ def _cookie_secret(value: object) -> str:
             f"expected a string of at least {MIN_COOKIE_SECRET} characters (e.g. "
             "${WSPROXY_COOKIE_SECRET} from the environment)"
         )
+    return value
+
+
+def _file_path(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"expected a file path, got {describe(value)}")
     return value
 
 

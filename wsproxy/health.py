@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Final
 
@@ -37,7 +38,7 @@ from wsproxy import __version__
 from wsproxy.balancer import PoolBalancer
 from wsproxy.config import HealthCheck
 from wsproxy.servers import ServerState
-from wsproxy.upstream import Dial
+from wsproxy.upstream import Dial, connect
 
 log = logging.getLogger(__name__)
 
@@ -73,20 +74,22 @@ async def _check_one(pool: str, server: ServerState, check: HealthCheck, probe: 
             log.info("pool %s: server %s is down (%s)", pool, server.key, problem)
 
 
-def prober(dial: Dial) -> Probe:
-    """The real probe, reaching servers through `dial`."""
+def prober(dial: Dial, tls: ssl.SSLContext | None = None) -> Probe:
+    """The real probe, reaching servers through `dial` (and `tls` for wss:// ones)."""
 
     async def probe(server: ServerState, check: HealthCheck) -> str | None:
-        return await probe_server(server, check, dial)
+        return await probe_server(server, check, dial, tls)
 
     return probe
 
 
-async def probe_server(server: ServerState, check: HealthCheck, dial: Dial) -> str | None:
+async def probe_server(
+    server: ServerState, check: HealthCheck, dial: Dial, tls: ssl.SSLContext | None = None
+) -> str | None:
     """One check of one server: None if it passed, else what went wrong."""
     with trio.move_on_after(check.timeout):
         try:
-            stream = await dial(server.address, server.port)
+            stream = await connect(server, dial, tls)
         except OSError as exc:
             return f"health check: connect to {server.address}:{server.port}: {exc.strerror or exc}"
         try:

@@ -94,7 +94,7 @@ def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
     return b"".join(lines)
 
 
-async def refuse(stream: trio.abc.HalfCloseableStream, reject: Reject) -> None:
+async def refuse(stream: trio.abc.Stream, reject: Reject) -> None:
     response, body = reject_response(reject)
     phrase = HTTPStatus(reject.status).phrase.encode()
     await _answer_and_close(
@@ -102,7 +102,7 @@ async def refuse(stream: trio.abc.HalfCloseableStream, reject: Reject) -> None:
     )
 
 
-async def pass_through(stream: trio.abc.HalfCloseableStream, answer: Passthrough) -> None:
+async def pass_through(stream: trio.abc.Stream, answer: Passthrough) -> None:
     headers = (
         *answer.headers,
         (b"content-length", b"%d" % len(answer.body)),
@@ -113,14 +113,44 @@ async def pass_through(stream: trio.abc.HalfCloseableStream, answer: Passthrough
     )
 
 
-async def _answer_and_close(stream: trio.abc.HalfCloseableStream, data: bytes) -> None:
-    """Send a final HTTP answer, then close politely so the client gets to read it."""
+async def _answer_and_close(stream: trio.abc.Stream, data: bytes) -> None:
+    """Send a final HTTP answer, then close politely so the client gets to read it (a TLS
+    stream, which cannot half-close, ends with its close_notify instead)."""
     with trio.move_on_after(LINGER):
         try:
             await stream.send_all(data)
+            if not isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.aclose()
+                return
             await stream.send_eof()
             while await stream.receive_some(_CHUNK):
                 pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
     await trio.aclose_forcefully(stream)
+
+
+class Replayed(trio.abc.Stream):
+    """`stream`, whose first reads give back `early`: bytes already read from it (behind a
+    PROXY header, before the TLS handshake that must see them)."""
+
+    def __init__(self, stream: trio.abc.Stream, early: bytes) -> None:
+        self._stream = stream
+        self._early = early
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._early:
+            size = len(self._early) if max_bytes is None else max_bytes
+            data, self._early = self._early[:size], self._early[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

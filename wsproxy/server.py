@@ -18,21 +18,23 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
 import signal
+import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 
 from wsproxy.admin import serve_admin
 from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
 from wsproxy.closes import Close
-from wsproxy.config import Config
+from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, keep_resolving, resolve_pool, resolve_tcp
 from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import (
@@ -43,6 +45,7 @@ from wsproxy.handshake import (
 from wsproxy.health import Probe, prober, watch_pool
 from wsproxy.intake import (
     HeadTooLarge,
+    Replayed,
     parse_request,
     pass_through,
     read_head,
@@ -54,6 +57,7 @@ from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
 from wsproxy.metrics import ProxyMetrics
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
+from wsproxy.tls import TLSError, contexts_for
 from wsproxy.upstream import Dial, Passthrough, dial_tcp, open_backend
 
 log = logging.getLogger(__name__)
@@ -77,25 +81,32 @@ class Proxy:
         probe: Probe | None = None,
         rng: random.Random | None = None,
     ) -> None:
+        """Raises `TLSError` when a certificate, key or CA file of `config` is unusable."""
         self.config = config
         self._dial = dial
         self._resolve = resolve
-        self._probe = probe or prober(dial)
+        self._probe = probe
         self._rng = rng or random.Random()
         self.servers = ServerStates()
         self._cookie_secret = os.urandom(32)  # for cookie pools that configure no secret
-        self.balancers = {
-            name: PoolBalancer(pool, self.servers, rng=self._rng, secret=self._cookie_secret)
-            for name, pool in config.pools.items()
-        }
+        self._listener_tls, self._pool_tls = contexts_for(config)
+        self.balancers = self._balancers_for(config)
         self.sessions: dict[Session, _Ready] = {}  # live ones, with what they were opened for
         self.metrics = ProxyMetrics()
         self._admin_listener: trio.SocketListener | None = None
+        self._upkeep: trio.Nursery | None = None
+        self._upkeep_scope = trio.CancelScope()
         self.connections = 0
         self._per_ip: Counter[str] = Counter()
         self._stopping = trio.Event()
         self._all_closed = trio.Event()
         self._all_closed.set()
+
+    def _balancers_for(self, config: Config) -> dict[str, PoolBalancer]:
+        return {
+            name: PoolBalancer(pool, self.servers, rng=self._rng, secret=self._cookie_secret)
+            for name, pool in config.pools.items()
+        }
 
     @property
     def stopping(self) -> bool:
@@ -123,7 +134,10 @@ class Proxy:
         listening = [x if isinstance(x, Listening) else Listening(x) for x in listeners]
         admin = admin or self._admin_listener
         async with trio.open_nursery() as upkeep:
-            await self._start_upkeep(upkeep)
+            self._upkeep = upkeep
+            for balancer in self.balancers.values():
+                await self._resolve_names(balancer)
+            self._upkeep_scope = await upkeep.start(self._keep_up, self.balancers, self._pool_tls)
             addresses = [_address(x.listener) for x in listening]
             if admin is not None:
                 await upkeep.start(serve_admin, self, admin)
@@ -143,18 +157,112 @@ class Proxy:
                 await self._drain(handlers)
             upkeep.cancel_scope.cancel()
 
-    async def _start_upkeep(self, upkeep: trio.Nursery) -> None:
-        """Resolve host names once, then keep resolving and checking health in `upkeep`."""
-        for balancer in self.balancers.values():
-            pool = balancer.pool
-            if balancer.hostnames():
-                await resolve_pool(balancer, self._resolve)
-                if pool.resolve_interval:
-                    upkeep.start_soon(
-                        keep_resolving, balancer, self._resolve, pool.resolve_interval
-                    )
-            if pool.health_check is not None:
-                upkeep.start_soon(watch_pool, balancer, pool.health_check, self._probe, self._rng)
+    async def _resolve_names(self, balancer: PoolBalancer) -> None:
+        if balancer.hostnames():
+            await resolve_pool(balancer, self._resolve)
+
+    async def _keep_up(
+        self,
+        balancers: dict[str, PoolBalancer],
+        pool_tls: dict[str, ssl.SSLContext],
+        *,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Re-resolve names and check health for `balancers` until the scope given to
+        `task_status` is cancelled (by a reload, or at the end of `serve`)."""
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                for balancer in balancers.values():
+                    pool = balancer.pool
+                    if balancer.hostnames() and pool.resolve_interval:
+                        nursery.start_soon(
+                            keep_resolving, balancer, self._resolve, pool.resolve_interval
+                        )
+                    if pool.health_check is not None:
+                        probe = self._probe or prober(self._dial, pool_tls.get(balancer.name))
+                        nursery.start_soon(
+                            watch_pool, balancer, pool.health_check, probe, self._rng
+                        )
+                task_status.started(scope)
+
+    # ---------------------------------------------------------------- reload
+
+    async def reload(self, load: Callable[[], Config]) -> bool:
+        """Serve new sessions with the configuration `load` returns; sessions in flight keep
+        theirs. An unusable one is logged and counted, and the current one stays."""
+        if self.stopping:
+            log.warning("reload ignored: the proxy is draining")
+            return False
+        try:
+            config = self._restartless(load())
+            listener_tls, pool_tls = contexts_for(config)
+        except (ConfigError, TLSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            for problem in problems:
+                log.error("reload refused: %s", problem)
+            log.error("reload refused: the configuration in use stays")
+            self.metrics.config_reloads.inc("failure")
+            return False
+        balancers = self._balancers_for(config)
+        for balancer in balancers.values():
+            await self._resolve_names(balancer)
+        self._retire(balancers)
+        self._upkeep_scope.cancel()
+        self.config, self.balancers = config, balancers
+        self._listener_tls, self._pool_tls = listener_tls, pool_tls
+        if self._upkeep is not None:
+            self._upkeep_scope = await self._upkeep.start(self._keep_up, balancers, pool_tls)
+        self.metrics.config_reloads.inc("success")
+        log.info(
+            "configuration reloaded: %d routes, %d pools; sessions in flight keep theirs",
+            len(config.routes),
+            len(config.pools),
+        )
+        return True
+
+    def _restartless(self, config: Config) -> Config:
+        """`config` with what a reload cannot change (bound addresses, workers) kept as it is."""
+        old = self.config
+        listen_moved = [(x.host, x.port) for x in config.listen] != [
+            (x.host, x.port) for x in old.listen
+        ]
+        kept = dataclasses.replace(
+            config,
+            listen=old.listen if listen_moved else config.listen,
+            admin=old.admin,
+            workers=old.workers,
+        )
+        moved = [
+            name
+            for name, changed in (
+                ("listen addresses", listen_moved),
+                ("admin", config.admin != old.admin),
+                ("workers", config.workers != old.workers),
+            )
+            if changed
+        ]
+        if moved:
+            log.warning("reload: changes to %s take effect on restart", ", ".join(moved))
+        return kept
+
+    def _retire(self, balancers: dict[str, PoolBalancer]) -> None:
+        """Servers that the new `balancers` no longer list take no new sessions; those with
+        sessions stay visible (and counted) in their pool until the last one ends."""
+        listed = {id(s) for balancer in balancers.values() for s in balancer.servers}
+        for name, old in self.balancers.items():
+            gone = [s for s in (*old.servers, *old.retired) if id(s) not in listed]
+            for state in gone:
+                state.listed = False
+            old.retired = [s for s in gone if s.load]
+            for state in gone:
+                if not state.load:
+                    self.servers.drop(name, state)
+            if name in balancers:
+                balancers[name].retired += old.retired
+        for balancer in balancers.values():
+            if balancer.pool.health_check is None:
+                for state in balancer.servers:
+                    state.forget_checks()
 
     def status(self) -> list[PoolStatus]:
         """Each pool's servers: health, live sessions and totals (what `/status` shows)."""
@@ -182,22 +290,36 @@ class Proxy:
                     await extra.aclose()
             else:
                 proxy_protocol = self.config.listen[index].proxy_protocol
-                listening += [Listening(listener, proxy_protocol) for listener in bound]
+                listening += [Listening(listener, proxy_protocol, index) for listener in bound]
         return listening
 
-    async def serve_until_signalled(self) -> None:
-        """`serve` until SIGTERM or SIGINT, which start the drain; a second one stops at once."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def serve_until_signalled(self, load: Callable[[], Config] | None = None) -> None:
+        """`serve` until SIGTERM or SIGINT, which start the drain; a second one stops at once.
+        SIGHUP reloads the configuration from `load`."""
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             listeners = await self.open_listeners()
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self.obey, signals, nursery.cancel_scope)
+                nursery.start_soon(self.obey, signals, nursery.cancel_scope, load)
                 await self.serve(listeners)
                 nursery.cancel_scope.cancel()
 
-    async def obey(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
-        """The first signal starts the drain; a second one cancels `scope` at once."""
+    async def obey(
+        self,
+        signals: AsyncIterator[int],
+        scope: trio.CancelScope,
+        load: Callable[[], Config] | None = None,
+    ) -> None:
+        """SIGHUP reloads from `load`; the first other signal starts the drain, and a second
+        one cancels `scope` at once."""
         async for signum in signals:
             name = signal.Signals(signum).name
+            if signum == signal.SIGHUP:
+                if load is None:
+                    log.warning("SIGHUP ignored: no configuration file to reload")
+                else:
+                    log.info("SIGHUP: reloading the configuration")
+                    await self.reload(load)
+                continue
             if self._stopping.is_set():
                 log.warning("%s while draining: stopping now", name)
                 scope.cancel()
@@ -234,23 +356,25 @@ class Proxy:
                 log.error("accept failed on %s: %s", _address(listening.listener), exc)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(self._handle, stream, listening.proxy_protocol)
+            handlers.start_soon(self._handle, stream, listening)
 
     # ---------------------------------------------------------------- one connection
 
-    async def _handle(self, stream: trio.SocketStream, proxy_protocol: bool = False) -> None:
+    async def _handle(self, tcp: trio.SocketStream, listening: Listening) -> None:
         try:
-            peer = stream.socket.getpeername()
+            peer = tcp.socket.getpeername()
         except OSError:
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(tcp)
             return
+        stream: trio.abc.Stream = tcp
+        tls = None if listening.position is None else self._listener_tls[listening.position]
         self.connections += 1
         self._all_closed = trio.Event() if self._all_closed.is_set() else self._all_closed
         deadline = trio.current_time() + self.config.security.handshake_timeout
         ip = ""
         try:
             early = b""
-            if proxy_protocol:
+            if listening.proxy_protocol:
                 header = await read_proxy_header(stream, deadline)
                 if isinstance(header, Reject):
                     await self._reject(stream, header)
@@ -258,9 +382,16 @@ class Proxy:
                     return
                 client, early = header
                 peer = client or peer
+            if tls is not None:
+                stream = trio.SSLStream(
+                    Replayed(tcp, early) if early else tcp, tls, server_side=True
+                )
+                early = b""
+                if not await _tls_handshake(stream, deadline):
+                    return
             ip = str(peer[0])
             self._per_ip[ip] += 1
-            ready = await self._handshake(stream, ip, early, deadline)
+            ready = await self._handshake(stream, ip, early, deadline, secure=tls is not None)
             if ready is not None:
                 await self._relay(stream, ready, f"{ip}:{peer[1]}")
         except Exception:
@@ -284,7 +415,7 @@ class Proxy:
         return None
 
     async def _handshake(
-        self, stream: trio.SocketStream, ip: str, early: bytes, deadline: float
+        self, stream: trio.abc.Stream, ip: str, early: bytes, deadline: float, *, secure: bool
     ) -> _Ready | None:
         """Judge the request and reach a backend; refuse the client, or return the session.
 
@@ -324,10 +455,11 @@ class Proxy:
             balancer,
             upgrade,
             client_ip=ip,
-            scheme="http",
+            scheme="https" if secure else "http",
             connect_timeout=config.timeouts.connect,
             dial=self._dial,
             pick=pick,
+            tls=self._pool_tls.get(balancer.name),
         )
         if isinstance(result, Reject):
             await self._reject(stream, result)
@@ -347,13 +479,13 @@ class Proxy:
             backend_prefix=result.trailing,
         )
         answer = client_accept_response(upgrade, accept)
-        sticky = balancer.sticky_header(result.server, pick, secure=False)
+        sticky = balancer.sticky_header(result.server, pick, secure=secure)
         switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
         return _Ready(
             session, switching, balancer, result.server, route.path, accept.subprotocol or ""
         )
 
-    async def _reject(self, stream: trio.SocketStream, reject: Reject) -> None:
+    async def _reject(self, stream: trio.abc.Stream, reject: Reject) -> None:
         self.metrics.rejections.inc(str(reject.status))
         await refuse(stream, reject)
 
@@ -369,7 +501,7 @@ class Proxy:
         metrics.closes.inc(side, str(code))
         metrics.session_seconds.observe(seconds)
 
-    async def _relay(self, stream: trio.SocketStream, ready: _Ready, client: str) -> None:
+    async def _relay(self, stream: trio.abc.Stream, ready: _Ready, client: str) -> None:
         session = ready.session
         started = trio.current_time()
         ready.balancer.started(ready.server)
@@ -412,6 +544,20 @@ class Listening:
 
     listener: trio.SocketListener
     proxy_protocol: bool = False
+    position: int | None = None  # in `config.listen`, for its TLS context; None: plain
+
+
+async def _tls_handshake(stream: trio.SSLStream[Any], deadline: float) -> bool:
+    """Complete a client's TLS handshake by `deadline`; False (logged at debug) if it failed."""
+    with trio.move_on_at(deadline):
+        try:
+            await stream.do_handshake()
+            return True
+        except trio.BrokenResourceError as exc:
+            log.debug("TLS handshake failed: %s", exc.__cause__ or exc)
+            return False
+    log.debug("TLS handshake not done in time")
+    return False
 
 
 @dataclass(frozen=True, slots=True)

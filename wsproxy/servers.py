@@ -47,6 +47,7 @@ class ServerState:
         "key",
         "listed",
         "port",
+        "secure",
         "sessions",
         "sessions_total",
         "url",
@@ -58,6 +59,7 @@ class ServerState:
         self.host = server.host  # as configured: the name for Host and TLS, or an address
         self.address = address or server.host  # what is dialled
         self.port = server.port
+        self.secure = server.secure  # wss://: TLS to the server
         self.key = identity(server, self.address)
         self.weight = server.weight
         self.listed = True  # False once no pool lists it: no new sessions, old ones go on
@@ -114,6 +116,12 @@ class ServerState:
         self.checked_up = passed
         self.check_streak = 0
         return True
+
+    def forget_checks(self) -> None:
+        """The pool no longer checks this server actively: only passive health counts."""
+        self.checked_up = True
+        self.check_streak = 0
+        self.check_problem = ""
 
     def status(self, now: float) -> ServerStatus:
         if not self.checked_up:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from typing import Final
 from urllib.parse import urlsplit
@@ -154,16 +155,15 @@ def listen_address(value: object) -> tuple[str, str, int]:
 
 
 def ws_url(value: object) -> tuple[str, str, int]:
-    """`ws://HOST[:PORT]` → (as written, host, port), port 80 by default; no path or query."""
+    """`ws://HOST[:PORT]` or `wss://HOST[:PORT]` → (as written, host, port), the port 80 or 443
+    by default; no path or query."""
     text = _text(value)
     try:
         url = urlsplit(text)
         port = url.port
     except ValueError:
         raise ValueError(f"{text!r} is not a valid URL (check its host and port)") from None
-    if url.scheme == "wss":
-        raise ValueError(f"wss:// is {NOT_YET} (use ws://)")
-    if url.scheme != "ws" or not url.netloc:
+    if url.scheme not in ("ws", "wss") or not url.netloc:
         raise ValueError(f"expected a URL like ws://10.0.0.5:9001, got {text!r}")
     if "@" in url.netloc:
         raise ValueError("a server URL takes no user or password")
@@ -176,7 +176,24 @@ def ws_url(value: object) -> tuple[str, str, int]:
         raise ValueError(f"{host!r} is not a valid host name or address")
     if port == 0:
         raise ValueError("port must be a number from 1 to 65535, got 0")
-    return text, host, port or 80
+    return text, host, port or (443 if url.scheme == "wss" else 80)
+
+
+def workers(value: object) -> int:
+    """A number of worker processes, at least 1, or "auto": one per CPU this process may use."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f'expected a number of processes or "auto", got {describe(value)}')
+    return whole(value, minimum=1)
+
+
+def tls_version(value: object) -> str:
+    """The lowest TLS version to accept: "1.2" or "1.3" (older ones are broken)."""
+    text = str(value).strip() if isinstance(value, (str, float)) else value
+    if text in ("1.2", "1.3"):
+        return str(text)
+    raise ValueError(f'expected "1.2" or "1.3", got {describe(value)}')
 
 
 def origin(value: object) -> str:

@@ -13,8 +13,10 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
@@ -33,6 +35,7 @@ from wsproxy.handshake import (
     passthrough_headers,
 )
 from wsproxy.servers import ServerState
+from wsproxy.tls import backend_context
 from wsproxy.units import is_address
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,37 @@ async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
     return trio.SocketStream(sock)  # which sets TCP_NODELAY
 
 
+async def connect(
+    server: ServerState, dial: Dial, tls: ssl.SSLContext | None = None
+) -> trio.abc.Stream:
+    """A stream to `server`, through `dial`; for a wss:// server with its TLS handshake done
+    (SNI and the verified name are the URL's host). Every failure is an `OSError`."""
+    stream = await dial(server.address, server.port)
+    if not server.secure:
+        return stream
+    secure = trio.SSLStream(
+        stream, tls or _default_tls(), server_hostname=server.host, https_compatible=True
+    )
+    try:
+        await secure.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        cause = exc.__cause__
+        why = (cause.reason or str(cause)) if isinstance(cause, ssl.SSLError) else "reset"
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            why = f"certificate verify failed: {cause.verify_message}"
+        raise ConnectionError(f"TLS handshake failed: {why}") from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return secure
+
+
+@functools.cache
+def _default_tls() -> ssl.SSLContext:
+    return backend_context(None, "tls")
+
+
 async def open_backend(
     balancer: PoolBalancer,
     upgrade: UpgradeRequest,
@@ -99,6 +133,7 @@ async def open_backend(
     connect_timeout: float,
     dial: Dial = dial_tcp,
     pick: Pick = ANY,
+    tls: ssl.SSLContext | None = None,
 ) -> Backend | Passthrough | Reject:
     """Find a server of `balancer`'s pool that takes the upgrade, within `connect_timeout`.
 
@@ -116,7 +151,7 @@ async def open_backend(
             tried.append(server)
             server.connecting += 1
             try:
-                result = await _try_server(server, upgrade, client_ip, scheme, dial)
+                result = await _try_server(server, upgrade, client_ip, scheme, dial, tls)
             except _HandshakeFailed as exc:
                 last_problem = str(exc)
                 log.warning("backend %s failed: %s", server.key, exc)
@@ -144,10 +179,15 @@ async def open_backend(
 
 
 async def _try_server(
-    server: ServerState, upgrade: UpgradeRequest, client_ip: str, scheme: str, dial: Dial
+    server: ServerState,
+    upgrade: UpgradeRequest,
+    client_ip: str,
+    scheme: str,
+    dial: Dial,
+    tls: ssl.SSLContext | None,
 ) -> Backend | Passthrough:
     try:
-        stream = await dial(server.address, server.port)
+        stream = await connect(server, dial, tls)
     except OSError as exc:
         raise _HandshakeFailed(
             f"connect to {server.address}:{server.port}: {exc.strerror or exc}"
