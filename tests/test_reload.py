@@ -1,0 +1,326 @@
+"""Reloading the configuration: new sessions get the new one, sessions in flight keep theirs.
+
+Most tests reload a proxy running in this process (`Proxy.reload`, the very call SIGHUP makes)
+with real `websockets` backends and clients on loopback; the last ones send SIGHUP to a real
+`wsproxy serve` process and read the result back through the admin endpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+
+import pytest
+import trio
+import websockets
+from websockets.trio.client import ClientConnection, connect
+
+from tests.conftest import ORIGIN, Backend, start_backend
+from tests.test_cli import free_port, started
+from tests.test_pools import backends, start, until
+from tests.test_tls import Certs, make_certs
+from wsproxy.config import Config, parse_config
+from wsproxy.server import Proxy
+
+pytestmark = pytest.mark.e2e
+
+CAP = 30.0
+
+
+def yaml_for(*urls: str, security: str = "", pool: str = "", extra: str = "") -> str:
+    servers = ", ".join(urls)
+    return f"""
+listen: [{{address: 127.0.0.1:0}}]
+security:
+  allowed_origins: ["{ORIGIN}"]
+{security}
+routes: [{{path: /, pool: main}}]
+pools:
+  main:
+    servers: [{servers}]
+{pool}
+{extra}
+"""
+
+
+def config_for(*urls: str, **parts: str) -> Config:
+    return parse_config(yaml_for(*urls, **parts), {})
+
+
+async def echo(ws: ClientConnection, text: str | bytes) -> None:
+    with trio.fail_after(CAP):
+        await ws.send(text)
+        assert await ws.recv() == text
+
+
+async def reload_to(proxy: Proxy, config: Config) -> bool:
+    with trio.fail_after(CAP):
+        return await proxy.reload(lambda: config)
+
+
+def server_rows(proxy: Proxy) -> dict[str, tuple[bool, int]]:
+    """server → (listed, live sessions), as /status shows them."""
+    return {s.server: (s.listed, s.sessions) for pool in proxy.status() for s in pool.servers}
+
+
+def reloads(proxy: Proxy) -> dict[tuple[str, ...], float]:
+    return dict(proxy.metrics.config_reloads.values)
+
+
+async def test_reload_new_sessions_use_the_new_pool_and_old_ones_go_on(
+    nursery: trio.Nursery,
+) -> None:
+    a, b = await backends(nursery, 2)
+    running = await start(nursery, config_for(a.url))
+    proxy = running.proxy
+    async with connect(running.url, origin=ORIGIN, proxy=None) as before:
+        await echo(before, "on a")
+        assert await reload_to(proxy, config_for(b.url))
+        async with connect(running.url, origin=ORIGIN, proxy=None) as after:
+            await echo(after, "on b")
+            await echo(before, "still on a")
+            assert (len(a.requests), len(b.requests)) == (1, 1)
+            # a is no longer listed: visible while its session lives, then forgotten
+            assert server_rows(proxy) == {b.url: (True, 1), a.url: (False, 1)}
+    await until(lambda: a.url not in server_rows(proxy), "a is forgotten once its session ends")
+    assert server_rows(proxy) == {b.url: (True, 0)}
+    assert len(proxy.servers) == 1
+    assert reloads(proxy) == {("success",): 1}
+
+
+async def test_reload_keeps_the_counts_and_health_of_servers_that_stay(
+    nursery: trio.Nursery,
+) -> None:
+    a, b, c = await backends(nursery, 3)
+    running = await start(nursery, config_for(a.url, b.url))
+    proxy = running.proxy
+    state_a = proxy.balancers["main"].servers[0]
+    async with connect(running.url, origin=ORIGIN, proxy=None) as on_a:
+        await echo(on_a, "x")
+        state_a.failures_total = 7  # as if it had failed before: must survive the reload
+        assert await reload_to(proxy, config_for(a.url, c.url, pool="    balance: random"))
+        kept = proxy.balancers["main"].servers[0]
+        assert kept is state_a
+        assert (kept.sessions, kept.sessions_total, kept.failures_total) == (1, 1, 7)
+        assert proxy.balancers["main"].pool.balance == "random"
+        await echo(on_a, "y")
+    await until(lambda: state_a.sessions == 0, "the session's end is counted on the kept state")
+    assert b.url not in server_rows(proxy)
+
+
+async def test_reload_limits_apply_to_new_sessions_only(nursery: trio.Nursery) -> None:
+    (a,) = await backends(nursery, 1)
+    running = await start(nursery, config_for(a.url))
+    async with connect(running.url, origin=ORIGIN, proxy=None, max_size=None) as before:
+        small = config_for(a.url, security="  max_message_size: 1KiB")
+        assert await reload_to(running.proxy, small)
+        async with connect(running.url, origin=ORIGIN, proxy=None) as after:
+            noise = os.urandom(4096)  # incompressible, so 4 KiB on the wire too
+            await echo(before, noise)  # the old limit (1 MiB) still holds for it
+            await after.send(noise)
+            with trio.fail_after(CAP), pytest.raises(websockets.ConnectionClosed) as closed:
+                await after.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1009
+
+
+async def test_reload_new_routes_and_a_removed_pool(nursery: trio.Nursery) -> None:
+    a, b = await backends(nursery, 2)
+    running = await start(nursery, config_for(a.url))
+    new = f"""
+listen: [{{address: 127.0.0.1:0}}]
+security: {{allowed_origins: ["{ORIGIN}"]}}
+routes: [{{path: /chat, pool: chat}}]
+pools: {{chat: {{servers: [{b.url}]}}}}
+"""
+    async with connect(running.url + "/x", origin=ORIGIN, proxy=None) as before:
+        assert await reload_to(running.proxy, parse_config(new, {}))
+        async with connect(running.url + "/chat", origin=ORIGIN, proxy=None) as chat:
+            await echo(chat, "chat")
+        with trio.fail_after(CAP), pytest.raises(websockets.InvalidStatus) as refused:
+            async with connect(running.url + "/x", origin=ORIGIN, proxy=None):
+                pass
+        assert refused.value.response.status_code == 404
+        await echo(before, "the removed pool's session goes on")
+    assert [b.requests[0].path] == ["/chat"]
+
+
+async def test_reload_an_invalid_file_is_refused_logged_and_counted(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    (a,) = await backends(nursery, 1)
+    running = await start(nursery, config_for(a.url))
+
+    def broken() -> Config:
+        return parse_config(yaml_for(a.url, extra="shutdown: {drain_timeout: soon}"), {})
+
+    with trio.fail_after(CAP):
+        assert not await running.proxy.reload(broken)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("reload refused: shutdown.drain_timeout" in m for m in messages), messages
+    assert reloads(running.proxy) == {("failure",): 1}
+    async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+        await echo(ws, "the old configuration stays")
+
+
+async def test_reload_while_draining_is_ignored(nursery: trio.Nursery) -> None:
+    a, b = await backends(nursery, 2)
+    running = await start(nursery, config_for(a.url, extra="shutdown: {drain_timeout: 5s}"))
+    async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+        running.proxy.stop()
+        assert not await reload_to(running.proxy, config_for(b.url))
+        await echo(ws, "draining")
+    assert reloads(running.proxy) == {}
+
+
+async def test_reload_resolves_new_host_names_at_once(nursery: trio.Nursery) -> None:
+    a, b = await backends(nursery, 2)
+    answers = {"app.test": ["127.0.0.1"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return answers[host]
+
+    running = await start(nursery, config_for(a.url), resolve=resolve)
+    named = config_for(f"ws://app.test:{b.port}", pool="    resolve_interval: 0")
+    assert await reload_to(running.proxy, named)
+    assert server_rows(running.proxy) == {f"ws://app.test:{b.port} (127.0.0.1)": (True, 0)}
+    async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+        await echo(ws, "by name")
+    assert len(b.requests) == 1
+
+
+async def test_reload_health_checks_start_stop_and_keep_their_verdict(
+    nursery: trio.Nursery,
+) -> None:
+    a, b = await backends(nursery, 2)
+    check = "    health_check: {type: tcp, interval: 0.05s, timeout: 0.05s, unhealthy_after: 1}"
+    dead = f"ws://127.0.0.1:{free_port()}"
+    running = await start(nursery, config_for(a.url, dead, pool=check))
+    proxy = running.proxy
+    state = next(s for s in proxy.balancers["main"].servers if s.url == dead)
+    await until(lambda: not state.checked_up, "the dead server is found down")
+    assert await reload_to(proxy, config_for(a.url, dead, b.url, pool=check))
+    assert proxy.balancers["main"].servers[1] is state
+    assert not state.checked_up  # the verdict survives the reload
+    assert await reload_to(proxy, config_for(a.url, dead))
+    assert state.checked_up  # no checks any more: only passive health counts
+
+
+async def test_reload_cannot_move_listeners_and_says_so(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    (a,) = await backends(nursery, 1)
+    running = await start(nursery, config_for(a.url))
+    moved = parse_config(
+        yaml_for(a.url).replace("127.0.0.1:0", f"127.0.0.1:{free_port()}")
+        + "admin: {address: 127.0.0.1:0}\nworkers: 3\n",
+        {},
+    )
+    assert await reload_to(running.proxy, moved)
+    config = running.proxy.config
+    assert (config.listen[0].port, config.admin, config.workers) == (0, None, 1)
+    assert any(
+        "changes to listen addresses, admin, workers take effect on restart" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+# ---------------------------------------------------------------- TLS files are read again
+
+
+async def test_reload_reads_the_listener_certificate_again(
+    nursery: trio.Nursery, backend: Backend, tmp_path: Path
+) -> None:
+    first = make_certs(tmp_path / "first")
+    second = make_certs(tmp_path / "second")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "tls.crt", live / "tls.key"
+
+    def install(certs: Certs) -> None:
+        cert.write_bytes(certs.cert_file.read_bytes())
+        key.write_bytes(certs.key_file.read_bytes())
+
+    install(first)
+    text = yaml_for(backend.url).replace(
+        "{address: 127.0.0.1:0}", f"{{address: 127.0.0.1:0, tls: {{cert: {cert}, key: {key}}}}}"
+    )
+    proxy = Proxy(parse_config(text, {}))
+    listening = await proxy.open_listeners()
+    await nursery.start(proxy.serve, listening)
+    url = f"wss://localhost:{listening[0].listener.socket.getsockname()[1]}/"
+
+    async with connect(url, origin=ORIGIN, ssl=first.client_context(), proxy=None) as old:
+        install(second)
+        assert await reload_to(proxy, parse_config(text, {}))
+        async with connect(url, origin=ORIGIN, ssl=second.client_context(), proxy=None) as new:
+            await echo(new, "the new certificate")
+        with trio.fail_after(CAP), pytest.raises(trio.BrokenResourceError) as failed:
+            async with connect(url, origin=ORIGIN, ssl=first.client_context(), proxy=None):
+                pass
+        assert isinstance(failed.value.__cause__, ssl.SSLCertVerificationError)
+        await echo(old, "the session on the old certificate goes on")
+
+        key.write_text("not a key\n")
+        with trio.fail_after(CAP):
+            assert not await proxy.reload(lambda: parse_config(text, {}))
+        async with connect(url, origin=ORIGIN, ssl=second.client_context(), proxy=None) as kept:
+            await echo(kept, "a broken key keeps the certificate in use")
+    assert reloads(proxy) == {("success",): 1, ("failure",): 1}
+
+
+# ---------------------------------------------------------------- a real process and SIGHUP
+
+
+async def admin_get(port: int, path: str) -> tuple[int, str]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+async def test_reload_on_sighup_in_a_real_process(nursery: trio.Nursery, tmp_path: Path) -> None:
+    a = await start_backend(nursery)
+    b = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = tmp_path / "wsproxy.yaml"
+
+    def write(*urls: str, extra: str = "") -> None:
+        text = yaml_for(*urls, extra=f"admin: {{address: 127.0.0.1:{admin}}}\n{extra}")
+        config.write_text(text.replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+
+    write(a.url)
+    async with started("serve", "-c", str(config)) as child:
+        await child.ready_ports()
+        url = f"ws://127.0.0.1:{port}/"
+        async with connect(url, origin=ORIGIN, proxy=None) as before:
+            await echo(before, "a")
+            write(b.url)
+            child.signal(signal.SIGHUP)
+            await child.stderr.until("configuration reloaded")
+            async with connect(url, origin=ORIGIN, proxy=None) as after:
+                await echo(after, "b")
+            await echo(before, "a, still")
+            assert (len(a.requests), len(b.requests)) == (1, 1)
+
+            config.write_text("listen: [oops\n")
+            child.signal(signal.SIGHUP)
+            await child.stderr.until("reload refused: the configuration in use stays")
+            async with connect(url, origin=ORIGIN, proxy=None) as again:
+                await echo(again, "b again")
+            assert len(b.requests) == 2
+
+        with trio.fail_after(CAP):
+            status, metrics = await admin_get(admin, "/metrics")
+        assert status == 200
+        assert 'wsproxy_config_reloads_total{result="success"} 1' in metrics
+        assert 'wsproxy_config_reloads_total{result="failure"} 1' in metrics
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
