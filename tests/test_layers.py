@@ -47,7 +47,7 @@ LAYERS: Final = {
     "server": 4,
     "echo": 4,
     "admin": 4,
-    "workers": 4,  # STYLE.md names it; not written yet
+    "workers": 4,
     "cli": 5,
     "__main__": 5,
 }

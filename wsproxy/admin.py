@@ -5,8 +5,8 @@ Invariants:
   `REQUEST_TIMEOUT`; it runs for as long as the proxy does, the drain included, so that a
   load balancer sees `/readyz` turn 503 the moment the drain starts.
 - `/readyz` is 200 only while the proxy accepts sessions and every pool has a healthy server.
-- Every figure is read from the proxy when asked (`Proxy.status()`, its metrics, its live
-  sessions); nothing here keeps state of its own.
+- Every figure is read when asked, from an `AdminView`: one proxy (`ProxyView`), or with
+  `workers` > 1 the supervisor's sum over its workers; nothing here keeps state of its own.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from collections import Counter as Tally
 from dataclasses import asdict
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import h11
 import trio
@@ -37,8 +37,37 @@ _CHUNK: Final = 16384
 _STARTED: Final = time.time()
 
 
+class AdminView(Protocol):
+    """What the admin endpoint shows: each call reads the figures of this instant."""
+
+    async def not_ready(self) -> str:
+        """Why no new sessions should come now, or "" when they should."""
+
+    async def status(self) -> dict[str, object]:
+        """The `/status` document."""
+
+    async def metrics(self) -> str:
+        """The `/metrics` text."""
+
+
+class ProxyView:
+    """The admin view of one proxy process."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+
+    async def not_ready(self) -> str:
+        return not_ready(self.proxy)
+
+    async def status(self) -> dict[str, object]:
+        return status(self.proxy)
+
+    async def metrics(self) -> str:
+        return metrics_text(self.proxy)
+
+
 async def serve_admin(
-    proxy: Proxy,
+    view: AdminView,
     listener: trio.SocketListener,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -53,17 +82,17 @@ async def serve_admin(
                 log.error("admin accept failed: %s", exc)
                 await trio.sleep(0.1)
                 continue
-            handlers.start_soon(_answer, proxy, stream)
+            handlers.start_soon(_answer, view, stream)
 
 
-async def _answer(proxy: Proxy, stream: trio.SocketStream) -> None:
+async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         with trio.move_on_after(REQUEST_TIMEOUT):
             request = await _read_request(stream, conn)
             if request is None:
                 return
-            status, content_type, body = respond(proxy, request)
+            status, content_type, body = await respond(view, request)
             headers = [
                 (b"content-type", content_type.encode()),
                 (b"content-length", b"%d" % len(body)),
@@ -93,7 +122,7 @@ async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.
         conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
 
 
-def respond(proxy: Proxy, request: h11.Request) -> tuple[int, str, bytes]:
+async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, bytes]:
     """(status, content type, body) for one admin request."""
     if request.method not in (b"GET", b"HEAD"):
         return 405, "text/plain; charset=utf-8", b"only GET and HEAD\n"
@@ -101,14 +130,14 @@ def respond(proxy: Proxy, request: h11.Request) -> tuple[int, str, bytes]:
     if path == b"/healthz":
         return 200, "text/plain; charset=utf-8", b"ok\n"
     if path == b"/readyz":
-        problem = not_ready(proxy)
+        problem = await view.not_ready()
         if problem:
             return 503, "text/plain; charset=utf-8", f"not ready: {problem}\n".encode()
         return 200, "text/plain; charset=utf-8", b"ready\n"
     if path == b"/metrics":
-        return 200, CONTENT_TYPE, metrics_text(proxy).encode()
+        return 200, CONTENT_TYPE, (await view.metrics()).encode()
     if path == b"/status":
-        return 200, "application/json", json.dumps(status(proxy), indent=1).encode()
+        return 200, "application/json", json.dumps(await view.status(), indent=1).encode()
     if path == b"/":
         return 200, "text/html; charset=utf-8", PAGE.encode()
     return (

@@ -25,6 +25,7 @@ from wsproxy.echo import parse_address, run_echo, serve_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
 from wsproxy.tls import TLSError, contexts_for
+from wsproxy.workers import Supervisor, for_worker, run_worker
 
 log = logging.getLogger("wsproxy")
 
@@ -91,6 +92,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("-c", "--config", default="config.example.yaml")
     demo.set_defaults(run=_demo)
+
+    # Started by `serve` when `workers` > 1; not for people (see wsproxy.workers).
+    worker = commands.add_parser("worker")
+    worker.add_argument("-c", "--config", required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--ports", required=True)
+    worker.add_argument("--control", required=True)
+    worker.set_defaults(run=_worker)
     return parser
 
 
@@ -111,10 +120,30 @@ def _check(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
-    config = load_config(path, os.environ)
+
+    def load() -> Config:
+        return load_config(path, os.environ)
+
+    config = load()
     setup_logging(config.log.level, config.log.format)
+    if config.workers > 1:
+        contexts_for(config)  # a bad certificate stops the start, not each worker
+        return int(trio.run(Supervisor(path, config, load).run))
     proxy = Proxy(config)
-    trio.run(proxy.serve_until_signalled, lambda: load_config(path, os.environ))
+    trio.run(proxy.serve_until_signalled, load)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    ports = [int(port) for port in args.ports.split(",")]
+
+    def load() -> Config:
+        return for_worker(load_config(args.config, os.environ), ports)
+
+    config = load()
+    setup_logging(config.log.level, config.log.format)
+    proxy = Proxy(config, worker=args.index)
+    trio.run(run_worker, proxy, load, args.control)
     return 0
 
 

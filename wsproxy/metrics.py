@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -168,3 +168,41 @@ class ProxyMetrics:
         self.session_seconds = Histogram(
             "wsproxy_session_seconds", "How long ended sessions lasted.", SESSION_BUCKETS
         )
+
+
+def merge(
+    texts: Sequence[str], *, highest: Set[str] = frozenset(), lowest: Set[str] = frozenset()
+) -> str:
+    """Several processes' Prometheus texts as one: samples of equal name and labels summed,
+    or the highest (families in `highest`) or lowest (in `lowest`) of them taken. A family's
+    samples stay together under its HELP and TYPE lines, in the order first seen."""
+    comments: dict[str, list[str]] = {}
+    samples: dict[str, dict[str, float]] = {}
+    for text in texts:
+        family = ""
+        for line in text.splitlines():
+            if line.startswith("# "):
+                family = line.split(" ", 3)[2]
+                known = comments.setdefault(family, [])
+                if line not in known:
+                    known.append(line)
+                samples.setdefault(family, {})
+                continue
+            if not line:
+                continue
+            key, _, text_value = line.rpartition(" ")
+            value = float(text_value)
+            series = samples.setdefault(family, {})
+            if key not in series:
+                series[key] = value
+            elif family in highest:
+                series[key] = max(series[key], value)
+            elif family in lowest:
+                series[key] = min(series[key], value)
+            else:
+                series[key] += value
+    lines: list[str] = []
+    for family, series in samples.items():
+        lines += comments.get(family, [])
+        lines += [f"{key} {_number(value)}" for key, value in series.items()]
+    return "\n".join(lines) + "\n"

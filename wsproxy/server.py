@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import signal
+import socket
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -31,7 +32,7 @@ from typing import Any, Final
 
 import trio
 
-from wsproxy.admin import serve_admin
+from wsproxy.admin import ProxyView, serve_admin
 from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
@@ -80,9 +81,12 @@ class Proxy:
         resolve: Resolver = resolve_tcp,
         probe: Probe | None = None,
         rng: random.Random | None = None,
+        worker: int | None = None,
     ) -> None:
-        """Raises `TLSError` when a certificate, key or CA file of `config` is unusable."""
+        """Raises `TLSError` when a certificate, key or CA file of `config` is unusable.
+        `worker` numbers this process among a supervisor's workers (see `workers`)."""
         self.config = config
+        self.worker = worker
         self._dial = dial
         self._resolve = resolve
         self._probe = probe
@@ -140,9 +144,13 @@ class Proxy:
             self._upkeep_scope = await upkeep.start(self._keep_up, self.balancers, self._pool_tls)
             addresses = [_address(x.listener) for x in listening]
             if admin is not None:
-                await upkeep.start(serve_admin, self, admin)
-                log.info("admin endpoint on %s", _address(admin))
-            log.info("wsproxy listening on %s", ", ".join(addresses))
+                await upkeep.start(serve_admin, ProxyView(self), admin)
+            if self.worker is None:
+                if admin is not None:
+                    log.info("admin endpoint on %s", _address(admin))
+                log.info("wsproxy listening on %s", ", ".join(addresses))
+            else:
+                log.info("worker %d (pid %d) ready", self.worker, os.getpid())
             task_status.started(addresses)
             async with trio.open_nursery() as handlers:
                 try:
@@ -269,17 +277,22 @@ class Proxy:
         now = trio.current_time()
         return [balancer.status(now) for balancer in self.balancers.values()]
 
-    async def open_listeners(self) -> list[Listening]:
+    async def open_listeners(self, *, reuse_port: bool = False) -> list[Listening]:
         """Bind every configured address, the admin one included (kept for `serve`); a
-        failure is a `ListenError` naming the address."""
+        failure is a `ListenError` naming the address. With `reuse_port` the client
+        listeners share their ports with other processes (SO_REUSEPORT)."""
         listening: list[Listening] = []
         admin = self.config.admin
         wanted = [(listen.address, listen.host, listen.port) for listen in self.config.listen]
         if admin is not None:
             wanted.append((admin.address, admin.host, admin.port))
         for index, (address, host, port) in enumerate(wanted):
+            shared = reuse_port and index < len(self.config.listen)
             try:
-                bound = await trio.open_tcp_listeners(port, host=host)
+                if shared:
+                    bound = [trio.SocketListener(sock) for sock in await bind_shared(host, port)]
+                else:
+                    bound = await trio.open_tcp_listeners(port, host=host)
             except OSError as exc:
                 for each in listening:
                     await each.listener.aclose()
@@ -293,14 +306,21 @@ class Proxy:
                 listening += [Listening(listener, proxy_protocol, index) for listener in bound]
         return listening
 
-    async def serve_until_signalled(self, load: Callable[[], Config] | None = None) -> None:
+    async def serve_until_signalled(
+        self,
+        load: Callable[[], Config] | None = None,
+        *,
+        reuse_port: bool = False,
+        admin: trio.SocketListener | None = None,
+    ) -> None:
         """`serve` until SIGTERM or SIGINT, which start the drain; a second one stops at once.
-        SIGHUP reloads the configuration from `load`."""
+        SIGHUP reloads the configuration from `load`. `reuse_port` and `admin` are for
+        workers: shared ports, and an admin listener of the supervisor's choosing."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            listeners = await self.open_listeners()
+            listeners = await self.open_listeners(reuse_port=reuse_port)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.obey, signals, nursery.cancel_scope, load)
-                await self.serve(listeners)
+                await self.serve(listeners, admin=admin)
                 nursery.cancel_scope.cancel()
 
     async def obey(
@@ -578,6 +598,41 @@ def close_times(count: int, window: float) -> list[float]:
     return [window * index / count for index in range(count)]
 
 
+async def bind_shared(host: str, port: int, *, listen: bool = True) -> list[trio.socket.SocketType]:
+    """Listeners on every address `host` resolves to, each with SO_REUSEPORT, so that other
+    processes doing the same share the port and the kernel spreads connections among them.
+    With `listen` False the sockets are bound only: they hold the port and take no clients."""
+    infos = await trio.socket.getaddrinfo(
+        host or None, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    bound: list[trio.socket.SocketType] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(
+            (info[0], info[1], info[2], "", info[4]) for info in infos
+        ):
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                if listen:
+                    sock.listen(socket.SOMAXCONN)
+            except BaseException:
+                sock.close()
+                raise
+            bound.append(sock)
+    except BaseException:
+        for each in bound:
+            each.close()
+        raise
+    return bound
+
+
 def _address(listener: trio.SocketListener) -> str:
-    host, port = listener.socket.getsockname()[:2]
+    name = listener.socket.getsockname()
+    if isinstance(name, str):  # a Unix socket: a worker's admin
+        return name
+    host, port = name[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,318 @@
+"""`workers: N`: real supervisor and worker processes on one port, and real signals.
+
+The end-to-end tests run `wsproxy serve` with two workers in front of `websockets` echo
+backends, and read the fleet back through the supervisor's admin endpoint. Merging the workers'
+figures is also checked on its own, on fixed texts and documents.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.client import ClientConnection, connect
+
+from tests.conftest import ORIGIN, start_backend
+from tests.test_cli import (
+    Child,
+    assert_one_sentence,
+    free_port,
+    occupied_port,
+    run_wsproxy,
+    started,
+)
+from tests.test_reload import admin_get
+from wsproxy.config import parse_config
+from wsproxy.metrics import merge
+from wsproxy.workers import Supervisor, for_worker, merge_pools
+
+pytestmark = pytest.mark.e2e
+
+CAP = 20.0
+
+
+def write(path: Path, port: int, admin: int, *urls: str, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+listen: [{{address: 127.0.0.1:{port}}}]
+admin: {{address: 127.0.0.1:{admin}}}
+workers: 2
+security:
+  allowed_origins: ["{ORIGIN}"]
+routes: [{{path: /, pool: main}}]
+pools:
+  main:
+    servers: [{", ".join(urls)}]
+shutdown: {{drain_timeout: 1s, close_window: 0}}
+{extra}
+"""
+    )
+    return path
+
+
+async def status(admin: int) -> dict[str, object]:
+    with trio.fail_after(CAP):
+        code, body = await admin_get(admin, "/status")
+    assert code == 200
+    document = json.loads(body)
+    assert isinstance(document, dict)
+    return document
+
+
+async def metric(admin: int, line_start: str) -> float:
+    with trio.fail_after(CAP):
+        _, text = await admin_get(admin, "/metrics")
+    values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(line_start)]
+    assert len(values) == 1, (line_start, text)
+    return float(values[0])
+
+
+async def echo(ws: ClientConnection, text: str) -> None:
+    with trio.fail_after(CAP):
+        await ws.send(text)
+        assert await ws.recv() == text
+
+
+async def fleet_started(child: Child) -> None:
+    line = await child.stderr.until("with 2 workers", CAP)
+    assert "wsproxy listening on 127.0.0.1:" in line
+
+
+async def test_workers_share_the_port_and_the_admin_sums_them(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, backend.url)
+    async with started("serve", "-c", str(config)) as child, AsyncExitStack() as sessions:
+        await fleet_started(child)
+        clients = [
+            await sessions.enter_async_context(
+                connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None)
+            )
+            for _ in range(24)
+        ]
+        for index, ws in enumerate(clients):
+            await echo(ws, f"client {index}")
+        fleet = await status(admin)
+        workers = fleet["workers"]
+        assert isinstance(workers, list)
+        assert [w["running"] for w in workers] == [True, True]
+        per_worker = [w["sessions"] for w in workers]
+        assert sum(per_worker) == 24
+        # The kernel spreads connections by a hash of their addresses: with 24 of them, the
+        # chance that one worker got none is 2 * 2**-24.
+        assert min(per_worker) > 0, per_worker
+        assert fleet["sessions"] == 24
+        pools = fleet["pools"]
+        assert isinstance(pools, list)
+        assert pools[0]["servers"][0]["sessions"] == 24
+        assert await metric(admin, 'wsproxy_sessions_total{route="/",pool="main"}') == 24
+        assert await metric(admin, "wsproxy_workers ") == 2
+        assert await metric(admin, 'wsproxy_backend_up{pool="main"') == 1
+        with trio.fail_after(CAP):
+            assert (await admin_get(admin, "/readyz"))[0] == 200
+        child.signal(signal.SIGTERM)
+        for ws in clients:  # the drain reaches the sessions of both workers
+            with trio.fail_after(CAP), pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 1001
+        assert await child.exit_code(CAP) == 0
+        lines = await child.stderr.rest()
+    assert len([line for line in lines if "SIGTERM: draining (sessions" in line]) == 2
+
+
+async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, backend.url)
+    async with started("serve", "-c", str(config)) as child:
+        await fleet_started(child)
+        workers = (await status(admin))["workers"]
+        assert isinstance(workers, list)
+        victim, survivor = workers[0]["pid"], workers[1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        await child.stderr.until(f"(pid {victim}) exited with code -9: starting it again", CAP)
+        await child.stderr.until("worker 0 (pid", CAP)
+        workers = (await status(admin))["workers"]
+        assert isinstance(workers, list)
+        assert workers[0]["pid"] not in (victim, None)
+        assert workers[1]["pid"] == survivor
+        assert [w["restarts"] for w in workers] == [1, 0]
+        assert await metric(admin, "wsproxy_worker_restarts_total ") == 1
+        for index in range(10):  # new connections, whichever worker they reach, work
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                await echo(ws, f"after the restart {index}")
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code(CAP) == 0
+
+
+async def test_workers_sighup_reloads_every_worker_once(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    a = await start_backend(nursery)
+    b = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, a.url)
+    async with started("serve", "-c", str(config)) as child:
+        await fleet_started(child)
+        async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as before:
+            await echo(before, "on a")
+            write(config, port, admin, b.url)
+            child.signal(signal.SIGHUP)
+            for _ in range(2):
+                await child.stderr.until("configuration reloaded", CAP)
+            for index in range(10):
+                async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                    await echo(ws, f"on b {index}")
+            assert (len(a.requests), len(b.requests)) == (1, 10)
+            await echo(before, "still on a")
+
+            config.write_text("workers: [\n")
+            child.signal(signal.SIGHUP)
+            await child.stderr.until("reload refused: the workers keep the configuration", CAP)
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                await echo(ws, "on b again")
+        assert await metric(admin, 'wsproxy_config_reloads_total{result="success"}') == 1
+        assert await metric(admin, 'wsproxy_config_reloads_total{result="failure"}') == 1
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code(CAP) == 0
+        lines = await child.stderr.rest()
+    assert len([line for line in lines if "SIGHUP: reloading the configuration" in line]) == 3
+
+
+async def test_workers_readyz_turns_503_at_once_on_sigterm(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, backend.url)
+    async with started("serve", "-c", str(config)) as child:
+        await fleet_started(child)
+        async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+            child.signal(signal.SIGTERM)
+            await child.stderr.until("SIGTERM: draining 2 workers", CAP)
+            with trio.fail_after(CAP):
+                code, body = await admin_get(admin, "/readyz")
+            assert (code, body) == (503, "not ready: draining\n")
+            await echo(ws, "drain time left")
+        assert await child.exit_code(CAP) == 0
+
+
+def test_workers_port_in_use_exits_1_before_any_worker(tmp_path: Path) -> None:
+    with occupied_port() as port:
+        config = write(tmp_path / "c.yaml", port, free_port(), "ws://127.0.0.1:9")
+        result = run_wsproxy("serve", "-c", str(config))
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+async def test_workers_a_worker_that_cannot_start_stops_the_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config_path = write(tmp_path / "c.yaml", 0, free_port(), "ws://127.0.0.1:9")
+    config = parse_config(config_path.read_text(), {})
+    supervisor = Supervisor(
+        str(config_path),
+        config,
+        lambda: config,
+        command=(sys.executable, "-c", "import sys; sys.exit(3)", "--"),
+    )
+    with trio.fail_after(CAP), caplog.at_level(logging.INFO):
+        assert await supervisor.run() == 1
+    assert any("exited with code 3 while starting" in r.getMessage() for r in caplog.records)
+    codes = [worker.exit_code for worker in supervisor.workers]
+    assert 3 in codes
+    assert set(codes) <= {3, -signal.SIGTERM}  # the other may be stopped before it fails
+
+
+# ---------------------------------------------------------------- merging, on fixed figures
+
+
+def test_workers_merge_sums_series_and_keeps_families_together() -> None:
+    one = (
+        "# HELP a_total A.\n# TYPE a_total counter\n"
+        'a_total{x="1"} 2\n'
+        "# HELP up Up.\n# TYPE up gauge\n"
+        'up{s="p"} 0\n'
+        "# HELP start Start.\n# TYPE start gauge\nstart 200.5\n"
+    )
+    two = (
+        "# HELP a_total A.\n# TYPE a_total counter\n"
+        'a_total{x="1"} 3\na_total{x="a b"} 1\n'
+        "# HELP up Up.\n# TYPE up gauge\n"
+        'up{s="p"} 1\n'
+        "# HELP start Start.\n# TYPE start gauge\nstart 100.25\n"
+    )
+    assert merge([one, two], highest={"up"}, lowest={"start"}) == (
+        "# HELP a_total A.\n# TYPE a_total counter\n"
+        'a_total{x="1"} 5\na_total{x="a b"} 1\n'
+        "# HELP up Up.\n# TYPE up gauge\n"
+        'up{s="p"} 1\n'
+        "# HELP start Start.\n# TYPE start gauge\nstart 100.25\n"
+    )
+
+
+def test_workers_merge_pools_sums_counts_and_takes_the_best_health() -> None:
+    def server(name: str, health: str, sessions: int, listed: bool = True) -> dict[str, object]:
+        return {
+            "server": name,
+            "health": health,
+            "listed": listed,
+            "sessions": sessions,
+            "connecting": 0,
+            "sessions_total": sessions,
+            "failures_total": 1,
+            "check_problem": "" if health == "up" else "refused",
+            "ejected_for": 0.0 if health == "up" else 2.0,
+        }
+
+    first = [
+        {
+            "pool": "main",
+            "balance": "round_robin",
+            "healthy": 0,
+            "sessions": 3,
+            "servers": [server("a", "down", 3)],
+        }
+    ]
+    second = [
+        {
+            "pool": "main",
+            "balance": "round_robin",
+            "healthy": 1,
+            "sessions": 4,
+            "servers": [server("a", "up", 2), server("b", "up", 2, listed=False)],
+        }
+    ]
+    [pool] = merge_pools([first, second])
+    assert (pool["healthy"], pool["sessions"]) == (1, 7)
+    a, b = pool["servers"]
+    assert (a["health"], a["check_problem"], a["sessions"], a["failures_total"]) == (
+        "up",
+        "",
+        5,
+        2,
+    )
+    assert a["ejected_for"] == 0.0
+    assert (b["server"], b["listed"], b["sessions"]) == ("b", False, 2)
+
+
+def test_workers_for_worker_takes_the_supervisors_ports_and_no_admin(tmp_path: Path) -> None:
+    config_path = write(tmp_path / "c.yaml", 0, 9090, "ws://127.0.0.1:9")
+    config = parse_config(config_path.read_text(), {})
+    assert (config.workers, config.admin is not None) == (2, True)
+    worker = for_worker(config, [41234])
+    assert [(x.host, x.port) for x in worker.listen] == [("127.0.0.1", 41234)]
+    assert (worker.admin, worker.workers) == (None, 1)
