@@ -10,6 +10,7 @@ import trio.testing
 from wsproxy.handshake import Reject
 from wsproxy.intake import (
     HeadTooLarge,
+    Replayed,
     parse_request,
     read_head,
     read_proxy_header,
@@ -110,3 +111,30 @@ async def test_intake_read_proxy_header_outcomes() -> None:
         assert isinstance(refused, Reject)
         assert refused.status == 400
         assert await read_proxy_header(await fed(b"PROXY TCP4"), trio.current_time() + 5) is None
+
+
+async def test_replayed_gives_back_the_early_bytes_before_the_stream() -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    replayed = Replayed(theirs, b"abcdef")
+    await ours.send_all(b"later")
+    assert await replayed.receive_some(4) == b"abcd"
+    assert await replayed.receive_some() == b"ef"
+    assert await replayed.receive_some() == b"later"
+    await replayed.wait_send_all_might_not_block()
+    await replayed.send_all(b"out")
+    assert await ours.receive_some() == b"out"
+    await replayed.aclose()
+    with pytest.raises(trio.ClosedResourceError):
+        await theirs.send_all(b"x")
+
+
+async def test_refuse_over_a_stream_that_cannot_half_close_ends_with_close() -> None:
+    """A TLS stream has no send_eof: the answer goes out, then the stream is closed."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    whole = Replayed(theirs, b"")  # a plain Stream, as trio.SSLStream is
+    with trio.fail_after(CAP):
+        await refuse(whole, Reject(403, "no"))
+        answer = b""
+        while chunk := await ours.receive_some():
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")

@@ -122,6 +122,11 @@ def test_text_formatter_plain_record_is_time_level_logger_message() -> None:
     assert line == "2026-11-22T08:00:01.123Z INFO wsproxy.server: listening on 127.0.0.1:8080"
 
 
+def test_text_formatter_names_the_worker() -> None:
+    line = TextFormatter(worker=1).format(make_record("ready"))
+    assert line == "2026-11-22T08:00:01.123Z INFO wsproxy.server[worker 1]: ready"
+
+
 def test_text_formatter_record_with_exc_info_adds_the_traceback_below() -> None:
     record = make_record("session failed", level=logging.ERROR, exc_info=failure())
     first, *rest = TextFormatter().format(record).split("\n")
@@ -187,6 +192,11 @@ def test_json_formatter_plain_record_is_one_object() -> None:
         ("logger", "wsproxy.server"),
         ("message", "listening on 127.0.0.1:8080"),
     ]
+
+
+def test_json_formatter_names_the_worker() -> None:
+    entry = json.loads(JsonFormatter(worker=0).format(make_record("ready")))
+    assert entry["worker"] == 0
 
 
 def test_json_formatter_record_with_exc_info_stays_on_one_line() -> None:

@@ -186,10 +186,9 @@ pools: {{main: {{servers: [{backend.url}]}}}}
     tcp = await trio.open_tcp_stream("127.0.0.1", port)
     header = b"PROXY TCP4 192.0.2.10 198.51.100.1 56324 443\r\n"
     with trio.fail_after(CAP):
-        await tcp.send_all(header)
         async with connect(
             "wss://localhost/",
-            stream=tcp,
+            stream=HeaderFirst(tcp, header),
             origin=ORIGIN,
             ssl=certs.client_context(),
             server_hostname="localhost",
@@ -199,6 +198,28 @@ pools: {{main: {{servers: [{backend.url}]}}}}
             assert await ws.recv() == "behind an L4 balancer"
     assert backend.requests[0].headers["X-Forwarded-For"] == "192.0.2.10"
     assert backend.requests[0].headers["X-Forwarded-Proto"] == "https"
+
+
+class HeaderFirst(trio.abc.Stream):
+    """A TCP stream whose first send carries `header` in front: one segment, as an L4
+    balancer sends a PROXY header and the client's first bytes."""
+
+    def __init__(self, stream: trio.SocketStream, header: bytes) -> None:
+        self._stream = stream
+        self._header = header
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        data, self._header = self._header + bytes(data), b""
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 # ---------------------------------------------------------------- wss:// backends
@@ -398,6 +419,12 @@ def test_tls_unusable_listener_files_are_one_sentence(
 def test_tls_unusable_ca_file_is_one_sentence(broken_files: dict[str, Path]) -> None:
     config = plain_config("wss://a:1", f"    tls: {{ca: {broken_files['missing']}}}")
     with pytest.raises(TLSError, match=r"^pools\.main\.tls\.ca: .*nope\.pem: no such file"):
+        contexts_for(config)
+
+
+def test_tls_a_ca_file_without_certificates_is_one_sentence(broken_files: dict[str, Path]) -> None:
+    config = plain_config("wss://a:1", f"    tls: {{ca: {broken_files['garbage']}}}")
+    with pytest.raises(TLSError, match=r"^pools\.main\.tls\.ca: .*garbage\.pem holds no PEM"):
         contexts_for(config)
 
 

@@ -129,6 +129,8 @@ async def test_workers_share_the_port_and_the_admin_sums_them(
         assert await child.exit_code(CAP) == 0
         lines = await child.stderr.rest()
     assert len([line for line in lines if "SIGTERM: draining (sessions" in line]) == 2
+    for index in (0, 1):  # each worker's lines name it
+        assert any(f"wsproxy.server[worker {index}]: worker {index} (pid" in x for x in lines)
 
 
 async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(

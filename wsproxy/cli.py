@@ -141,7 +141,7 @@ def _worker(args: argparse.Namespace) -> int:
         return for_worker(load_config(args.config, os.environ), ports)
 
     config = load()
-    setup_logging(config.log.level, config.log.format)
+    setup_logging(config.log.level, config.log.format, args.index)
     proxy = Proxy(config, worker=args.index)
     trio.run(run_worker, proxy, load, args.control)
     return 0

@@ -55,28 +55,39 @@ ACCESS_FIELDS: Final = tuple(AccessRecord.__dataclass_fields__)
 
 
 class TextFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker  # with `workers` > 1, which worker writes (None: the supervisor)
+
     def format(self, record: logging.LogRecord) -> str:
         access = getattr(record, "access", None)
         if isinstance(access, AccessRecord):
             fields = " ".join(f"{k}={_text_value(v)}" for k, v in asdict(access).items())
             return f"{access.time} access {fields}"
-        line = f"{iso_time(record.created)} {record.levelname} {record.name}: {record.getMessage()}"
+        name = record.name if self.worker is None else f"{record.name}[worker {self.worker}]"
+        line = f"{iso_time(record.created)} {record.levelname} {name}: {record.getMessage()}"
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         access = getattr(record, "access", None)
         if isinstance(access, AccessRecord):
             return json.dumps({"type": "access", **asdict(access)})
-        entry = {
+        entry: dict[str, object] = {
             "time": iso_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker is not None:
+            entry["worker"] = self.worker
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -89,10 +100,11 @@ def _text_value(value: object) -> str:
     return text if text and " " not in text and '"' not in text else json.dumps(text)
 
 
-def setup_logging(level: str, form: str) -> None:
-    """Send every wsproxy log line to stderr, in `form` ("text" or "json"), from `level` up."""
+def setup_logging(level: str, form: str, worker: int | None = None) -> None:
+    """Send every wsproxy log line to stderr, in `form` ("text" or "json"), from `level` up;
+    a worker's lines name it."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if form == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker) if form == "json" else TextFormatter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
