@@ -14,6 +14,11 @@ Invariants:
 - Pools keep their server state in one `ServerStates` registry, and host names are resolved
   once before the first client is accepted; health checks and re-resolution run beside the
   accept loop for as long as `serve` does.
+- On a TLS listener the handshake (after any PROXY header) completes by the same deadline as
+  the request head; contexts are built with the configuration, never per connection.
+- A reload swaps the configuration, balancers and TLS contexts whole, between two awaits, after
+  the new names are resolved: a handshake uses the ones it started with, and a session the
+  configuration it was opened under. Servers are kept by identity across the swap.
 """
 
 from __future__ import annotations
