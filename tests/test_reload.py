@@ -148,6 +148,38 @@ pools: {{chat: {{servers: [{b.url}]}}}}
     assert [b.requests[0].path] == ["/chat"]
 
 
+async def test_reload_during_a_handshake_serves_it_with_the_new_configuration(
+    nursery: trio.Nursery,
+) -> None:
+    """A request head that is whole only after the reload is routed by the new file, even
+    when the pool it would have had is gone."""
+    a, b = await backends(nursery, 2)
+    running = await start(nursery, config_for(a.url))
+    new = f"""
+listen: [{{address: 127.0.0.1:0}}]
+security: {{allowed_origins: ["{ORIGIN}"]}}
+routes: [{{path: /, pool: other}}]
+pools: {{other: {{servers: [{b.url}]}}}}
+"""
+    stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+    async with stream:
+        head = (
+            b"GET / HTTP/1.1\r\nHost: proxy.test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: "
+            + ORIGIN.encode()
+            + b"\r\n\r\n"
+        )
+        await stream.send_all(head[:20])
+        await trio.sleep(0.05)  # the proxy is now reading the head
+        assert await reload_to(running.proxy, parse_config(new, {}))
+        await stream.send_all(head[20:])
+        with trio.fail_after(CAP):
+            answer = await stream.receive_some(4096)
+    assert answer.startswith(b"HTTP/1.1 101 "), answer
+    assert (len(a.requests), len(b.requests)) == (0, 1)
+
+
 async def test_reload_an_invalid_file_is_refused_logged_and_counted(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:

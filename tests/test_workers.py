@@ -29,6 +29,7 @@ from tests.test_cli import (
     run_wsproxy,
     started,
 )
+from tests.test_pools import until
 from tests.test_reload import admin_get
 from wsproxy.config import parse_config
 from wsproxy.metrics import merge
@@ -210,6 +211,35 @@ async def test_workers_readyz_turns_503_at_once_on_sigterm(
             assert (code, body) == (503, "not ready: draining\n")
             await echo(ws, "drain time left")
         assert await child.exit_code(CAP) == 0
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` still runs (a zombie, waiting to be reaped, has stopped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, backend.url)
+    # TMPDIR: the supervisor's control directory, which a killed supervisor leaves behind
+    async with started("serve", "-c", str(config), env={"TMPDIR": str(tmp_path)}) as child:
+        await fleet_started(child)
+        workers = (await status(admin))["workers"]
+        assert isinstance(workers, list)
+        pids = [worker["pid"] for worker in workers]
+        assert all(alive(pid) for pid in pids)
+        child.process.kill()
+        assert await child.exit_code(CAP) == -signal.SIGKILL
+        await until(lambda: not any(alive(pid) for pid in pids), "the workers exit", CAP)
+        lines = await child.stderr.rest()
+    assert len([line for line in lines if "is gone: draining" in line]) == 2
 
 
 def test_workers_port_in_use_exits_1_before_any_worker(tmp_path: Path) -> None:

@@ -447,9 +447,8 @@ class Proxy:
         `early` holds bytes already read behind a PROXY header; the request head must be whole
         by `deadline`.
         """
-        config = self.config
-        security = config.security
         over_limit = self._over_limit(ip)
+        security = self.config.security
         with trio.move_on_at(deadline) as reading:
             try:
                 head, trailing = await read_head(stream, security.max_header_size, early)
@@ -463,6 +462,9 @@ class Proxy:
             return None
         if head is None:
             return None  # the client left before finishing its request
+        # One snapshot from here on, the newest: a reload swaps all three together.
+        config, balancers, pool_tls = self.config, self.balancers, self._pool_tls
+        security = config.security
         request = parse_request(head)
         upgrade = request if isinstance(request, Reject) else judge_request(request, security)
         refusal = upgrade if isinstance(upgrade, Reject) else over_limit
@@ -474,7 +476,7 @@ class Proxy:
         if route is None:
             await self._reject(stream, Reject(404, "no route for this host and path"))
             return None
-        balancer = self.balancers[route.pool]
+        balancer = balancers[route.pool]
         pick = balancer.pick_for(upgrade, ip)
         result = await open_backend(
             balancer,
@@ -484,7 +486,7 @@ class Proxy:
             connect_timeout=config.timeouts.connect,
             dial=self._dial,
             pick=pick,
-            tls=self._pool_tls.get(balancer.name),
+            tls=pool_tls.get(balancer.name),
         )
         if isinstance(result, Reject):
             await self._reject(stream, result)

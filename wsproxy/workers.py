@@ -9,6 +9,8 @@ Invariants:
   it forwards SIGTERM, SIGINT and SIGHUP to every worker, which acts on them as a single
   process does (drain, stop at once, reload). The supervisor checks a reloaded file first and
   forwards SIGHUP only when it is usable, so it counts each reload once.
+- A worker whose supervisor is killed outright drains and exits by itself (it checks every
+  ORPHAN_CHECK seconds), so no worker keeps serving the port unsupervised.
 - A worker that exits while the supervisor is not stopping is restarted after RESTART_PAUSE,
   doubled while workers keep dying within YOUNG seconds of their start, up to
   MAX_RESTART_PAUSE. A worker that exits before every worker has first become ready stops the
@@ -50,6 +52,7 @@ RESTART_PAUSE: Final = 0.1  # seconds before a dead worker is started again
 MAX_RESTART_PAUSE: Final = 10.0
 YOUNG: Final = 10.0  # a worker that dies sooner than this after its start doubles the pause
 ASK_TIMEOUT: Final = 2.0  # seconds a worker has to answer an admin request
+ORPHAN_CHECK: Final = 0.5  # seconds between a worker's looks at whether its supervisor lives
 _FORWARDED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEALTH_ORDER: Final = ("up", "ejected", "down")  # best first
 
@@ -66,13 +69,27 @@ def for_worker(config: Config, ports: Sequence[int]) -> Config:
 
 
 async def run_worker(proxy: Proxy, load: Callable[[], Config], control: str) -> None:
-    """A worker's life: admin on the Unix socket `control`, shared ports, signals as usual."""
+    """A worker's life: admin on the Unix socket `control`, shared ports, signals as usual,
+    and a drain of its own if the supervisor dies without stopping it."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(control)  # left by this worker's previous life
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     await sock.bind(control)
     sock.listen(64)
-    await proxy.serve_until_signalled(load, reuse_port=True, admin=trio.SocketListener(sock))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_supervisor, proxy, os.getppid())
+        await proxy.serve_until_signalled(load, reuse_port=True, admin=trio.SocketListener(sock))
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_supervisor(proxy: Proxy, supervisor: int) -> None:
+    """Drain once the supervisor is gone (killed outright): no worker outlives it for long."""
+    while True:  # polling: no event announces a parent's death (short of prctl)
+        await trio.sleep(ORPHAN_CHECK)
+        if os.getppid() != supervisor:
+            break
+    log.warning("the supervisor (pid %d) is gone: draining", supervisor)
+    proxy.stop()
 
 
 @dataclass
@@ -275,7 +292,6 @@ class Supervisor:
 
     def _stop(self, signum: int) -> None:
         self._stopping.set()
-        self._ready.set()
         self._forward(signum)
 
     def _forward(self, signum: int) -> None:
