@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
 from tests.conftest import ORIGIN, start_backend
+from tests.test_admin import browser_page
 from tests.test_cli import (
     Child,
     assert_one_sentence,
@@ -210,6 +211,28 @@ async def test_workers_readyz_turns_503_at_once_on_sigterm(
                 code, body = await admin_get(admin, "/readyz")
             assert (code, body) == (503, "not ready: draining\n")
             await echo(ws, "drain time left")
+        assert await child.exit_code(CAP) == 0
+
+
+async def test_workers_the_status_page_lists_them_in_chromium(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, backend.url)
+    async with started("serve", "-c", str(config)) as child:
+        await fleet_started(child)
+        with trio.fail_after(60):
+            async with browser_page(tmp_path) as page:
+                await page.call("Page.navigate", url=f"http://127.0.0.1:{admin}/")
+                await page.until("document.querySelector('#ready')?.textContent", "yes")
+                text = "document.querySelector('#workers').textContent"
+                await page.until(f"{text}.startsWith('2 workers: #0 pid ')", True)
+                async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                    await echo(ws, "counted on the page")
+                    await page.until("document.querySelector('#sessions').textContent", "1")
+                    await page.until(f"/1 sessions/.test({text})", True)
+        child.signal(signal.SIGTERM)
         assert await child.exit_code(CAP) == 0
 
 

@@ -269,6 +269,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }
 <h1>wsproxy <span id="version"></span></h1>
 <p>Ready: <b id="ready">?</b> <span id="why"></span> &middot; connections: <b id="connections">?</b>
 &middot; sessions: <b id="sessions">?</b> &middot; updated <span id="updated">never</span></p>
+<p id="workers"></p>
 <p id="error"></p>
 <div id="pools"></div>
 <script>
@@ -283,6 +284,11 @@ async function refresh() {
     document.getElementById("why").textContent = status.not_ready_because;
     document.getElementById("connections").textContent = status.connections;
     document.getElementById("sessions").textContent = status.sessions;
+    document.getElementById("workers").textContent = status.workers
+      ? `${status.workers.length} workers: ` + status.workers.map((w) =>
+          `#${w.index} pid ${w.pid ?? "-"}${w.running ? "" : " (not running)"}, ` +
+          `${w.sessions} sessions, ${w.restarts} restarts`).join("; ")
+      : "";
     const pools = document.getElementById("pools");
     pools.replaceChildren();
     for (const pool of status.pools) {
