@@ -19,7 +19,7 @@ import websockets
 from websockets.trio.client import ClientConnection, connect
 
 from tests.conftest import ORIGIN, Backend, start_backend
-from tests.test_cli import free_port, started
+from tests.test_cli import free_port, http_get, started
 from tests.test_pools import backends, start, until
 from tests.test_tls import Certs, make_certs
 from wsproxy.config import Config, parse_config
@@ -307,17 +307,6 @@ async def test_reload_reads_the_listener_certificate_again(
 # ---------------------------------------------------------------- a real process and SIGHUP
 
 
-async def admin_get(port: int, path: str) -> tuple[int, str]:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n".encode())
-        data = b""
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
-
-
 async def test_reload_on_sighup_in_a_real_process(nursery: trio.Nursery, tmp_path: Path) -> None:
     a = await start_backend(nursery)
     b = await start_backend(nursery)
@@ -350,7 +339,8 @@ async def test_reload_on_sighup_in_a_real_process(nursery: trio.Nursery, tmp_pat
             assert len(b.requests) == 2
 
         with trio.fail_after(CAP):
-            status, metrics = await admin_get(admin, "/metrics")
+            status, body = await http_get(admin, "/metrics")
+        metrics = body.decode()
         assert status == 200
         assert 'wsproxy_config_reloads_total{result="success"} 1' in metrics
         assert 'wsproxy_config_reloads_total{result="failure"} 1' in metrics

@@ -12,7 +12,9 @@ import logging
 import os
 import signal
 import sys
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -26,12 +28,12 @@ from tests.test_cli import (
     Child,
     assert_one_sentence,
     free_port,
+    http_get,
     occupied_port,
     run_wsproxy,
     started,
 )
 from tests.test_pools import until
-from tests.test_reload import admin_get
 from wsproxy.config import parse_config
 from wsproxy.metrics import merge
 from wsproxy.workers import Supervisor, for_worker, merge_pools
@@ -62,7 +64,7 @@ shutdown: {{drain_timeout: 1s, close_window: 0}}
 
 async def status(admin: int) -> dict[str, object]:
     with trio.fail_after(CAP):
-        code, body = await admin_get(admin, "/status")
+        code, body = await http_get(admin, "/status")
     assert code == 200
     document = json.loads(body)
     assert isinstance(document, dict)
@@ -71,7 +73,8 @@ async def status(admin: int) -> dict[str, object]:
 
 async def metric(admin: int, line_start: str) -> float:
     with trio.fail_after(CAP):
-        _, text = await admin_get(admin, "/metrics")
+        _, body = await http_get(admin, "/metrics")
+    text = body.decode()
     values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(line_start)]
     assert len(values) == 1, (line_start, text)
     return float(values[0])
@@ -83,19 +86,42 @@ async def echo(ws: ClientConnection, text: str) -> None:
         assert await ws.recv() == text
 
 
-async def fleet_started(child: Child) -> None:
-    line = await child.stderr.until("with 2 workers", CAP)
-    assert "wsproxy listening on 127.0.0.1:" in line
+@dataclass
+class Fleet:
+    """A running `wsproxy serve` with two workers, its ports and its configuration file."""
+
+    child: Child
+    port: int
+    admin: int
+    config: Path
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def rewrite(self, *urls: str) -> None:
+        write(self.config, self.port, self.admin, *urls)
+
+
+@asynccontextmanager
+async def fleet(
+    tmp_path: Path, *urls: str, env: dict[str, str] | None = None
+) -> AsyncIterator[Fleet]:
+    """Start a supervisor with two workers in front of `urls`, and wait for it to listen."""
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, *urls)
+    async with started("serve", "-c", str(config), env=env) as child:
+        line = await child.stderr.until("with 2 workers", CAP)
+        assert f"wsproxy listening on 127.0.0.1:{port}" in line
+        yield Fleet(child, port, admin, config)
 
 
 async def test_workers_share_the_port_and_the_admin_sums_them(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     backend = await start_backend(nursery)
-    port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, backend.url)
-    async with started("serve", "-c", str(config)) as child, AsyncExitStack() as sessions:
-        await fleet_started(child)
+    async with fleet(tmp_path, backend.url) as running, AsyncExitStack() as sessions:
+        child, port, admin = running.child, running.port, running.admin
         clients = [
             await sessions.enter_async_context(
                 connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None)
@@ -104,8 +130,8 @@ async def test_workers_share_the_port_and_the_admin_sums_them(
         ]
         for index, ws in enumerate(clients):
             await echo(ws, f"client {index}")
-        fleet = await status(admin)
-        workers = fleet["workers"]
+        document = await status(admin)
+        workers = document["workers"]
         assert isinstance(workers, list)
         assert [w["running"] for w in workers] == [True, True]
         per_worker = [w["sessions"] for w in workers]
@@ -113,15 +139,15 @@ async def test_workers_share_the_port_and_the_admin_sums_them(
         # The kernel spreads connections by a hash of their addresses: with 24 of them, the
         # chance that one worker got none is 2 * 2**-24.
         assert min(per_worker) > 0, per_worker
-        assert fleet["sessions"] == 24
-        pools = fleet["pools"]
+        assert document["sessions"] == 24
+        pools = document["pools"]
         assert isinstance(pools, list)
         assert pools[0]["servers"][0]["sessions"] == 24
         assert await metric(admin, 'wsproxy_sessions_total{route="/",pool="main"}') == 24
         assert await metric(admin, "wsproxy_workers ") == 2
         assert await metric(admin, 'wsproxy_backend_up{pool="main"') == 1
         with trio.fail_after(CAP):
-            assert (await admin_get(admin, "/readyz"))[0] == 200
+            assert (await http_get(admin, "/readyz"))[0] == 200
         child.signal(signal.SIGTERM)
         for ws in clients:  # the drain reaches the sessions of both workers
             with trio.fail_after(CAP), pytest.raises(ConnectionClosed) as closed:
@@ -139,10 +165,8 @@ async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     backend = await start_backend(nursery)
-    port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, backend.url)
-    async with started("serve", "-c", str(config)) as child:
-        await fleet_started(child)
+    async with fleet(tmp_path, backend.url) as running:
+        child, port, admin = running.child, running.port, running.admin
         workers = (await status(admin))["workers"]
         assert isinstance(workers, list)
         victim, survivor = workers[0]["pid"], workers[1]["pid"]
@@ -167,13 +191,11 @@ async def test_workers_sighup_reloads_every_worker_once(
 ) -> None:
     a = await start_backend(nursery)
     b = await start_backend(nursery)
-    port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, a.url)
-    async with started("serve", "-c", str(config)) as child:
-        await fleet_started(child)
+    async with fleet(tmp_path, a.url) as running:
+        child, port, admin = running.child, running.port, running.admin
         async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as before:
             await echo(before, "on a")
-            write(config, port, admin, b.url)
+            running.rewrite(b.url)
             child.signal(signal.SIGHUP)
             for _ in range(2):
                 await child.stderr.until("configuration reloaded", CAP)
@@ -183,7 +205,7 @@ async def test_workers_sighup_reloads_every_worker_once(
             assert (len(a.requests), len(b.requests)) == (1, 10)
             await echo(before, "still on a")
 
-            config.write_text("workers: [\n")
+            running.config.write_text("workers: [\n")
             child.signal(signal.SIGHUP)
             await child.stderr.until("reload refused: the workers keep the configuration", CAP)
             async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
@@ -200,16 +222,14 @@ async def test_workers_readyz_turns_503_at_once_on_sigterm(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     backend = await start_backend(nursery)
-    port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, backend.url)
-    async with started("serve", "-c", str(config)) as child:
-        await fleet_started(child)
-        async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+    async with fleet(tmp_path, backend.url) as running:
+        child, admin = running.child, running.admin
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
             child.signal(signal.SIGTERM)
             await child.stderr.until("SIGTERM: draining 2 workers", CAP)
             with trio.fail_after(CAP):
-                code, body = await admin_get(admin, "/readyz")
-            assert (code, body) == (503, "not ready: draining\n")
+                answer = await http_get(admin, "/readyz")
+            assert answer == (503, b"not ready: draining\n")
             await echo(ws, "drain time left")
         assert await child.exit_code(CAP) == 0
 
@@ -218,10 +238,8 @@ async def test_workers_the_status_page_lists_them_in_chromium(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     backend = await start_backend(nursery)
-    port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, backend.url)
-    async with started("serve", "-c", str(config)) as child:
-        await fleet_started(child)
+    async with fleet(tmp_path, backend.url) as running:
+        child, port, admin = running.child, running.port, running.admin
         with trio.fail_after(60):
             async with browser_page(tmp_path) as page:
                 await page.call("Page.navigate", url=f"http://127.0.0.1:{admin}/")
@@ -249,11 +267,9 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     backend = await start_backend(nursery)
-    port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, backend.url)
     # TMPDIR: the supervisor's control directory, which a killed supervisor leaves behind
-    async with started("serve", "-c", str(config), env={"TMPDIR": str(tmp_path)}) as child:
-        await fleet_started(child)
+    async with fleet(tmp_path, backend.url, env={"TMPDIR": str(tmp_path)}) as running:
+        child, admin = running.child, running.admin
         workers = (await status(admin))["workers"]
         assert isinstance(workers, list)
         pids = [worker["pid"] for worker in workers]
