@@ -19,6 +19,7 @@ from websockets.trio.client import ClientConnection, connect
 from websockets.typing import Origin
 
 from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config
+from wsproxy.admin import serve_admin
 from wsproxy.config import Config
 from wsproxy.server import Proxy
 
@@ -163,6 +164,31 @@ async def test_admin_page_is_html_that_reads_status(admin: Admin) -> None:
         answer = await ask(admin.port, "/")
     assert answer.headers["content-type"] == "text/html; charset=utf-8"
     assert b'fetch("/status"' in answer.body
+
+
+class BrokenView:
+    """An admin view with a bug in one answer."""
+
+    async def not_ready(self) -> str:
+        return ""
+
+    async def status(self) -> dict[str, object]:
+        raise KeyError("pools")
+
+    async def metrics(self) -> str:
+        return "# nothing\n"
+
+
+async def test_admin_a_failing_answer_is_a_500_and_the_endpoint_goes_on(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    await nursery.start(serve_admin, BrokenView(), listener)
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(CAP):
+        assert (await ask(port, "/status")).status == 500
+        assert (await ask(port, "/readyz")).status == 200
+    assert any("admin request for /status failed" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(

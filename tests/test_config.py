@@ -387,6 +387,7 @@ def test_config_unknown_key_has_did_you_mean(text: str, problem: str) -> None:
 def test_config_workers() -> None:
     assert parse_config(config_yaml(), {}).workers == 1
     assert parse_config(config_yaml(workers=3), {}).workers == 3
+    assert parse_config(config_yaml(workers="${WORKERS}"), {"WORKERS": "4"}).workers == 4
     assert parse_config(config_yaml(workers="auto"), {}).workers == len(os.sched_getaffinity(0))
     assert problems_of(config_yaml(workers=0)) == ["workers: must be at least 1, got 0"]
     assert problems_of(config_yaml(workers="many")) == [

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trustme
 import websockets
+from cryptography.hazmat.primitives import serialization
 from websockets.trio.client import connect
 from websockets.trio.server import ServerConnection, serve
 
@@ -414,6 +415,21 @@ def test_tls_unusable_listener_files_are_one_sentence(
         listener_context(tls, "listen[0].tls")
     assert str(caught.value).startswith("listen[0].tls: ")
     assert message in str(caught.value)
+
+
+def test_tls_an_encrypted_key_is_refused_without_a_prompt(tmp_path: Path, certs: Certs) -> None:
+    key = serialization.load_pem_private_key(certs.key_file.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    tls = ListenerTLS(cert=str(certs.cert_file), key=str(encrypted))
+    with pytest.raises(TLSError, match=r"encrypted\.key is encrypted: give wsproxy an unencrypted"):
+        listener_context(tls, "listen[0].tls")
 
 
 def test_tls_unusable_ca_file_is_one_sentence(broken_files: dict[str, Path]) -> None:

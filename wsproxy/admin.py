@@ -92,7 +92,11 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
             request = await _read_request(stream, conn)
             if request is None:
                 return
-            status, content_type, body = await respond(view, request)
+            try:
+                status, content_type, body = await respond(view, request)
+            except Exception:  # a bug in one answer must stop neither the endpoint nor the proxy
+                log.exception("admin request for %s failed", request.target.decode("latin-1"))
+                status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
             headers = [
                 (b"content-type", content_type.encode()),
                 (b"content-length", b"%d" % len(body)),

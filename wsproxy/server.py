@@ -392,14 +392,20 @@ class Proxy:
             await trio.aclose_forcefully(tcp)
             return
         stream: trio.abc.Stream = tcp
-        tls = None if listening.position is None else self._listener_tls[listening.position]
+        position = listening.position  # the listener's settings now, a reload's included
+        tls = None if position is None else self._listener_tls[position]
+        proxy_protocol = (
+            listening.proxy_protocol
+            if position is None
+            else self.config.listen[position].proxy_protocol
+        )
         self.connections += 1
         self._all_closed = trio.Event() if self._all_closed.is_set() else self._all_closed
         deadline = trio.current_time() + self.config.security.handshake_timeout
         ip = ""
         try:
             early = b""
-            if listening.proxy_protocol:
+            if proxy_protocol:
                 header = await read_proxy_header(stream, deadline)
                 if isinstance(header, Reject):
                     await self._reject(stream, header)
@@ -570,8 +576,8 @@ class Listening:
     """A bound listener and what its configuration asks of each connection on it."""
 
     listener: trio.SocketListener
-    proxy_protocol: bool = False
-    position: int | None = None  # in `config.listen`, for its TLS context; None: plain
+    proxy_protocol: bool = False  # for a listener without a position
+    position: int | None = None  # in `config.listen`, whose settings apply; None: plain
 
 
 async def _tls_handshake(stream: trio.SSLStream[Any], deadline: float) -> bool:

@@ -32,6 +32,7 @@ def listener_context(tls: ListenerTLS, where: str) -> ssl.SSLContext:
     """The server side of a listener's TLS; `where` names the setting in messages."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = _VERSIONS[tls.min_version]
+    context.options |= ssl.OP_NO_RENEGOTIATION  # a client-driven CPU sink, and never needed
     context.set_alpn_protocols(["http/1.1"])
     _load_pair(context, tls.cert, tls.key, where)
     return context
@@ -77,8 +78,12 @@ def contexts_for(config: Config) -> tuple[list[ssl.SSLContext | None], dict[str,
 def _load_pair(context: ssl.SSLContext, cert: str, key: str, where: str) -> None:
     for path in (cert, key):
         _readable(path, where)
+
+    def no_password() -> str:  # else OpenSSL would ask for one on the terminal, blocking
+        raise TLSError(f"{where}: {key} is encrypted: give wsproxy an unencrypted key")
+
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=no_password)
     except ssl.SSLError as exc:
         raise TLSError(
             f"{where}: {cert} and {key} are not a matching PEM certificate and key ({_why(exc)})"

@@ -183,9 +183,13 @@ def workers(value: object) -> int:
     """A number of worker processes, at least 1, or "auto": one per CPU this process may use."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return len(os.sched_getaffinity(0))
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f'expected a number of processes or "auto", got {describe(value)}')
-    return whole(value, minimum=1)
+    try:
+        number = whole(value)
+    except ValueError:
+        raise ValueError(
+            f'expected a number of processes or "auto", got {describe(value)}'
+        ) from None
+    return whole(number, minimum=1)
 
 
 def tls_version(value: object) -> str:
