@@ -22,7 +22,7 @@ from tests.conftest import ORIGIN, Backend, start_backend
 from tests.test_cli import free_port, http_get, started
 from tests.test_pools import backends, start, until
 from tests.test_tls import Certs, make_certs
-from wsproxy.config import Config, parse_config
+from wsproxy.config import Config, HealthCheck, parse_config
 from wsproxy.server import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -258,6 +258,78 @@ async def test_reload_cannot_move_listeners_and_says_so(
         "changes to listen addresses, admin, workers take effect on restart" in r.getMessage()
         for r in caplog.records
     )
+
+
+async def test_reload_while_serve_starts_leaves_one_health_loop(nursery: trio.Nursery) -> None:
+    """A reload that comes while `serve` is still resolving names waits for it; afterwards
+    only the new pools are checked."""
+    (a,) = await backends(nursery, 1)
+    release = trio.Event()
+
+    async def resolve(host: str, port: int) -> list[str]:
+        await release.wait()
+        return ["127.0.0.1"]
+
+    checks: list[tuple[float, str]] = []
+
+    async def probe(server: object, check: HealthCheck) -> str | None:
+        checks.append((trio.current_time(), check.path))
+        return None
+
+    def with_check(path: str) -> Config:
+        pool = f"    health_check: {{type: http, path: {path}, interval: 0.05s, timeout: 0.05s}}"
+        return config_for(f"ws://app.test:{a.port}", pool=pool)
+
+    proxy = Proxy(with_check("/old"), resolve=resolve, probe=probe)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(proxy.serve, listeners)
+    await trio.sleep(0.05)  # serve is resolving
+    reloaded = trio.Event()
+
+    async def reload_now() -> None:
+        assert await proxy.reload(lambda: with_check("/new"))
+        reloaded.set()
+
+    nursery.start_soon(reload_now)
+    await trio.sleep(0.05)
+    release.set()
+    with trio.fail_after(CAP):
+        await reloaded.wait()
+    switched = trio.current_time()
+    await trio.sleep(0.4)
+    later = [path for when, path in checks if when > switched]
+    assert later
+    assert set(later) == {"/new"}
+    proxy.stop()
+
+
+async def test_reload_a_slow_reload_never_delays_the_drain(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    (a,) = await backends(nursery, 1)
+    never = trio.Event()
+
+    async def resolve(host: str, port: int) -> list[str]:
+        await never.wait()
+        return []
+
+    running = await start(nursery, config_for(a.url), resolve=resolve)
+    proxy = running.proxy
+    send, receive = trio.open_memory_channel[int](4)
+    scope = trio.CancelScope()
+    slow = config_for(f"ws://slow.test:{a.port}")
+    nursery.start_soon(proxy.obey, receive, scope, lambda: slow)
+    await send.send(signal.SIGHUP)
+    await until(lambda: any("SIGHUP" in r.getMessage() for r in caplog.records), "the reload")
+    await send.send(signal.SIGTERM)
+    await until(lambda: proxy.stopping, "the drain starts while the reload waits")
+    await until(
+        lambda: any("reload abandoned" in r.getMessage() for r in caplog.records),
+        "the reload gives up",
+    )
+    assert proxy.config.pools["main"].servers[0].url == a.url
+    assert reloads(proxy) == {}
 
 
 # ---------------------------------------------------------------- TLS files are read again

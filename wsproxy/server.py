@@ -103,8 +103,10 @@ class Proxy:
         self.sessions: dict[Session, _Ready] = {}  # live ones, with what they were opened for
         self.metrics = ProxyMetrics()
         self._admin_listener: trio.SocketListener | None = None
-        self._upkeep: trio.Nursery | None = None
+        self._upkeep: trio.Nursery | None = None  # set once `serve` has begun upkeep
         self._upkeep_scope = trio.CancelScope()
+        self._switching = trio.Lock()  # one reload (or serve's start) at a time
+        self._reloading = trio.CancelScope()
         self.connections = 0
         self._per_ip: Counter[str] = Counter()
         self._stopping = trio.Event()
@@ -123,8 +125,10 @@ class Proxy:
         return self._stopping.is_set()
 
     def stop(self) -> None:
-        """Begin the drain: no new connections; sessions get `drain_timeout` to finish."""
+        """Begin the drain: no new connections; sessions get `drain_timeout` to finish. A
+        reload still resolving names is abandoned."""
         self._stopping.set()
+        self._reloading.cancel()
 
     async def serve(
         self,
@@ -143,10 +147,13 @@ class Proxy:
         listening = [x if isinstance(x, Listening) else Listening(x) for x in listeners]
         admin = admin or self._admin_listener
         async with trio.open_nursery() as upkeep:
-            self._upkeep = upkeep
-            for balancer in self.balancers.values():
-                await self._resolve_names(balancer)
-            self._upkeep_scope = await upkeep.start(self._keep_up, self.balancers, self._pool_tls)
+            async with self._switching:  # a reload waits until upkeep has begun
+                for balancer in self.balancers.values():
+                    await self._resolve_names(balancer)
+                self._upkeep = upkeep
+                self._upkeep_scope = await upkeep.start(
+                    self._keep_up, self.balancers, self._pool_tls
+                )
             addresses = [_address(x.listener) for x in listening]
             if admin is not None:
                 await upkeep.start(serve_admin, ProxyView(self), admin)
@@ -202,36 +209,43 @@ class Proxy:
 
     async def reload(self, load: Callable[[], Config]) -> bool:
         """Serve new sessions with the configuration `load` returns; sessions in flight keep
-        theirs. An unusable one is logged and counted, and the current one stays."""
-        if self.stopping:
-            log.warning("reload ignored: the proxy is draining")
+        theirs. An unusable one is logged and counted, and the current one stays. Reloads
+        run one at a time; `stop()` abandons one still under way."""
+        async with self._switching:
+            if self.stopping:
+                log.warning("reload ignored: the proxy is draining")
+                return False
+            try:
+                config = self._restartless(load())
+                listener_tls, pool_tls = contexts_for(config)
+            except (ConfigError, TLSError) as exc:
+                problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+                for problem in problems:
+                    log.error("reload refused: %s", problem)
+                log.error("reload refused: the configuration in use stays")
+                self.metrics.config_reloads.inc("failure")
+                return False
+            with trio.CancelScope() as self._reloading:
+                balancers = self._balancers_for(config)
+                self._upkeep_scope.cancel()  # the old pools' checks and lookups end here
+                for balancer in balancers.values():
+                    await self._resolve_names(balancer)
+                self._retire(balancers)
+                self.config, self.balancers = config, balancers
+                self._listener_tls, self._pool_tls = listener_tls, pool_tls
+                if self._upkeep is not None:
+                    self._upkeep_scope = await self._upkeep.start(
+                        self._keep_up, balancers, pool_tls
+                    )
+                self.metrics.config_reloads.inc("success")
+                log.info(
+                    "configuration reloaded: %d routes, %d pools; sessions in flight keep theirs",
+                    len(config.routes),
+                    len(config.pools),
+                )
+                return True
+            log.warning("reload abandoned: the proxy began draining while names were resolved")
             return False
-        try:
-            config = self._restartless(load())
-            listener_tls, pool_tls = contexts_for(config)
-        except (ConfigError, TLSError) as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
-            for problem in problems:
-                log.error("reload refused: %s", problem)
-            log.error("reload refused: the configuration in use stays")
-            self.metrics.config_reloads.inc("failure")
-            return False
-        balancers = self._balancers_for(config)
-        for balancer in balancers.values():
-            await self._resolve_names(balancer)
-        self._retire(balancers)
-        self._upkeep_scope.cancel()
-        self.config, self.balancers = config, balancers
-        self._listener_tls, self._pool_tls = listener_tls, pool_tls
-        if self._upkeep is not None:
-            self._upkeep_scope = await self._upkeep.start(self._keep_up, balancers, pool_tls)
-        self.metrics.config_reloads.inc("success")
-        log.info(
-            "configuration reloaded: %d routes, %d pools; sessions in flight keep theirs",
-            len(config.routes),
-            len(config.pools),
-        )
-        return True
 
     def _restartless(self, config: Config) -> Config:
         """`config` with what a reload cannot change (bound addresses, workers) kept as it is."""
@@ -336,6 +350,17 @@ class Proxy:
     ) -> None:
         """SIGHUP reloads from `load`; the first other signal starts the drain, and a second
         one cancels `scope` at once."""
+        async with trio.open_nursery() as reloads:  # a slow reload never delays a drain
+            await self._obey(signals, scope, load, reloads)
+            reloads.cancel_scope.cancel()
+
+    async def _obey(
+        self,
+        signals: AsyncIterator[int],
+        scope: trio.CancelScope,
+        load: Callable[[], Config] | None,
+        reloads: trio.Nursery,
+    ) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
             if signum == signal.SIGHUP:
@@ -343,7 +368,7 @@ class Proxy:
                     log.warning("SIGHUP ignored: no configuration file to reload")
                 else:
                     log.info("SIGHUP: reloading the configuration")
-                    await self.reload(load)
+                    reloads.start_soon(self.reload, load)
                 continue
             if self._stopping.is_set():
                 log.warning("%s while draining: stopping now", name)
