@@ -117,6 +117,14 @@ class Lines:
                 await self._read()
         raise AssertionError(f"no line with {needle!r} within {seconds}s; got {self.lines}")
 
+    async def count(self, needle: str, count: int, seconds: float = CAP) -> None:
+        """Wait until `count` lines, however early, contain `needle`."""
+        with trio.move_on_after(seconds):
+            while sum(needle in line for line in self.lines) < count and not self.eof:
+                await self._read()
+        found = sum(needle in line for line in self.lines)
+        assert found >= count, f"{found} lines with {needle!r}, not {count}; got {self.lines}"
+
     async def rest(self, seconds: float = CAP) -> list[str]:
         """Every line, once the pipe has reached its end (the process has exited)."""
         with trio.fail_after(seconds):

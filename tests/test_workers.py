@@ -218,6 +218,65 @@ async def test_workers_sighup_reloads_every_worker_once(
     assert len([line for line in lines if "SIGHUP: reloading the configuration" in line]) == 3
 
 
+async def test_workers_a_restarted_worker_serves_the_accepted_file_and_totals_stay(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """An edit that was never reloaded does not reach a restarted worker, and the fleet's
+    totals do not drop when a worker dies."""
+    a = await start_backend(nursery)
+    b = await start_backend(nursery)
+    async with fleet(tmp_path, a.url) as running:
+        for index in range(6):
+            async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+                await echo(ws, f"before {index}")
+        total = 'wsproxy_sessions_total{route="/",pool="main"}'
+        assert await metric(running.admin, total) == 6
+        running.rewrite(b.url)  # not reloaded
+        workers = (await status(running.admin))["workers"]
+        assert isinstance(workers, list)
+        for worker in workers:
+            os.kill(worker["pid"], signal.SIGKILL)
+        for index in (0, 1):  # both started again
+            await running.child.stderr.count(f"[worker {index}]: worker {index} (pid", 2, CAP)
+        assert await metric(running.admin, total) == 6
+        for index in range(6):
+            async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+                await echo(ws, f"after {index}")
+        assert (len(a.requests), len(b.requests)) == (12, 0)
+        assert await metric(running.admin, total) == 12
+        running.child.signal(signal.SIGTERM)
+        assert await running.child.exit_code(CAP) == 0
+
+
+async def test_workers_a_reload_that_moves_the_listen_address_is_refused(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    async with fleet(tmp_path, backend.url) as running:
+        text = running.config.read_text()
+        running.config.write_text(text.replace(f"127.0.0.1:{running.port}", "127.0.0.1:1"))
+        running.child.signal(signal.SIGHUP)
+        await running.child.stderr.until("reload refused: listen: addresses change only", CAP)
+        assert await metric(running.admin, 'wsproxy_config_reloads_total{result="failure"}') == 1
+        running.child.signal(signal.SIGTERM)
+        assert await running.child.exit_code(CAP) == 0
+
+
+async def test_workers_a_sighup_while_they_start_reaches_each_once_ready(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    port, admin = free_port(), free_port()
+    config = write(tmp_path / "c.yaml", port, admin, backend.url)
+    async with started("serve", "-c", str(config)) as child:
+        await child.stderr.until(") ready", CAP)  # the first worker: the other may not be
+        child.signal(signal.SIGHUP)
+        await child.stderr.count("configuration reloaded", 2, CAP)
+        await child.stderr.count("with 2 workers", 1, CAP)
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code(CAP) == 0
+
+
 async def test_workers_readyz_turns_503_at_once_on_sigterm(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
@@ -293,11 +352,11 @@ async def test_workers_a_worker_that_cannot_start_stops_the_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config_path = write(tmp_path / "c.yaml", 0, free_port(), "ws://127.0.0.1:9")
-    config = parse_config(config_path.read_text(), {})
+    text = config_path.read_text()
     supervisor = Supervisor(
         str(config_path),
-        config,
-        lambda: config,
+        text,
+        parse_config(text, {}),
         command=(sys.executable, "-c", "import sys; sys.exit(3)", "--"),
     )
     with trio.fail_after(CAP), caplog.at_level(logging.INFO):
@@ -387,3 +446,15 @@ def test_workers_for_worker_takes_the_supervisors_ports_and_no_admin(tmp_path: P
     worker = for_worker(config, [41234])
     assert [(x.host, x.port) for x in worker.listen] == [("127.0.0.1", 41234)]
     assert (worker.admin, worker.workers) == (None, 1)
+    # each of the two workers takes half of each limit, rounded up
+    assert (worker.security.max_connections, worker.security.max_connections_per_ip) == (
+        5_000,
+        128,
+    )
+    limited = parse_config(
+        config_path.read_text().replace(
+            "servers: [", "max_connections_per_server: 5\n    servers: ["
+        ),
+        {},
+    )
+    assert for_worker(limited, [1]).pools["main"].max_connections_per_server == 3

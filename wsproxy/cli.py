@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 
 from wsproxy import __version__
-from wsproxy.config import Config, ConfigError, load_config, summary
+from wsproxy.config import Config, ConfigError, load_config, read_config, summary
 from wsproxy.echo import parse_address, run_echo, serve_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--ports", required=True)
     worker.add_argument("--control", required=True)
+    worker.add_argument("--supervisor", type=int, required=True)
     worker.set_defaults(run=_worker)
     return parser
 
@@ -124,11 +125,11 @@ def _serve(args: argparse.Namespace) -> int:
     def load() -> Config:
         return load_config(path, os.environ)
 
-    config = load()
+    text, config = read_config(path, os.environ)
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
         contexts_for(config)  # a bad certificate stops the start, not each worker
-        return int(trio.run(Supervisor(path, config, load).run))
+        return int(trio.run(Supervisor(path, text, config).run))
     proxy = Proxy(config)
     trio.run(proxy.serve_until_signalled, load)
     return 0
@@ -143,7 +144,7 @@ def _worker(args: argparse.Namespace) -> int:
     config = load()
     setup_logging(config.log.level, config.log.format, args.index)
     proxy = Proxy(config, worker=args.index)
-    trio.run(run_worker, proxy, load, args.control)
+    trio.run(run_worker, proxy, load, args.control, args.supervisor)
     return 0
 
 

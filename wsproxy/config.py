@@ -215,6 +215,11 @@ def parse_config(text: str, env: Mapping[str, str]) -> Config:
 
 def load_config(path: str, env: Mapping[str, str]) -> Config:
     """Read and parse the file at `path`; an unreadable file is a `ConfigError` too."""
+    return read_config(path, env)[1]
+
+
+def read_config(path: str, env: Mapping[str, str]) -> tuple[str, Config]:
+    """`load_config`, and the text it parsed (which the workers' supervisor hands on)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -225,7 +230,7 @@ def load_config(path: str, env: Mapping[str, str]) -> Config:
         raise ConfigError([f"{path}: cannot read it ({exc.strerror or exc})"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
-    return _parse(text, env, f"{path}: ")
+    return text, _parse(text, env, f"{path}: ")
 
 
 def summary(config: Config) -> str:

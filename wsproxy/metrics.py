@@ -205,4 +205,18 @@ def merge(
     for family, series in samples.items():
         lines += comments.get(family, [])
         lines += [f"{key} {_number(value)}" for key, value in series.items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def cumulative(text: str) -> str:
+    """Only the counters and histograms of a Prometheus text: what never goes down."""
+    kept: list[str] = []
+    keep = False
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            keep = line.rsplit(" ", 1)[1] in ("counter", "histogram")
+        if keep:
+            kept.append(line)
+    return "\n".join(kept) + "\n" if kept else ""

@@ -5,20 +5,27 @@ Invariants:
   and holds it until it exits: a port given as 0 becomes one port for all workers, a port in
   use fails before any worker starts, and a restarted worker can always share its port again.
   The kernel spreads new connections over the workers' listening sockets.
-- Workers run in sessions of their own, so a terminal's Ctrl-C reaches the supervisor only;
-  it forwards SIGTERM, SIGINT and SIGHUP to every worker, which acts on them as a single
-  process does (drain, stop at once, reload). The supervisor checks a reloaded file first and
-  forwards SIGHUP only when it is usable, so it counts each reload once.
-- A worker whose supervisor is killed outright drains and exits by itself (it checks every
+- Workers read the supervisor's copy of the file it last accepted, never the file itself: a
+  restarted worker serves what the others serve, whatever the file holds by then. A reload
+  that moves listen addresses is refused (they are bound once, by the supervisor).
+- Each worker enforces its share of each connection limit (the limit over the workers, rounded
+  up), so the whole proxy never exceeds the configured one.
+- Workers run in sessions of their own, so a terminal's Ctrl-C reaches the supervisor only. It
+  forwards SIGTERM, SIGINT and SIGHUP to every worker once that worker is ready (answers on its
+  admin socket, so its own signal handling is in place); a signal for a worker not yet ready
+  waits for it. A worker acts on them as a single process does (drain, stop at once, reload).
+  The supervisor checks a reloaded file first and forwards SIGHUP only when it is usable.
+- A worker whose supervisor is killed outright drains and exits by itself (it looks every
   ORPHAN_CHECK seconds), so no worker keeps serving the port unsupervised.
 - A worker that exits while the supervisor is not stopping is restarted after RESTART_PAUSE,
   doubled while workers keep dying within YOUNG seconds of their start, up to
   MAX_RESTART_PAUSE. A worker that exits before every worker has first become ready stops the
   start: the other workers are stopped and the supervisor exits 1.
 - The admin endpoint is the supervisor's. Each worker answers admin requests on a Unix socket
-  of its own; `/metrics` and `/status` combine the workers that answer within ASK_TIMEOUT
-  (counts summed, health the best any worker sees) with the supervisor's own figures
-  (reloads, restarts, workers running).
+  of its own; `/metrics` and `/status` combine the workers' answers (counts summed, health the
+  best any worker sees) with the supervisor's own figures. Totals never go down: a worker that
+  does not answer in ASK_TIMEOUT counts with its last answer, and the totals of a worker that
+  died are kept as a base under its successor's.
 """
 
 from __future__ import annotations
@@ -33,15 +40,17 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Final
 
 import trio
 
 from wsproxy import __version__
 from wsproxy.admin import serve_admin
-from wsproxy.config import Config, ConfigError
-from wsproxy.metrics import Counter, Gauge, ProxyMetrics, merge, render
+from wsproxy.config import Config, ConfigError, read_config
+from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
 from wsproxy.server import ListenError, Proxy, bind_shared
 from wsproxy.tls import TLSError, contexts_for
 
@@ -53,41 +62,56 @@ MAX_RESTART_PAUSE: Final = 10.0
 YOUNG: Final = 10.0  # a worker that dies sooner than this after its start doubles the pause
 ASK_TIMEOUT: Final = 2.0  # seconds a worker has to answer an admin request
 ORPHAN_CHECK: Final = 0.5  # seconds between a worker's looks at whether its supervisor lives
+READY_POLL: Final = 0.02  # seconds between looks at whether a started worker answers
 _FORWARDED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _HEALTH_ORDER: Final = ("up", "ejected", "down")  # best first
 
 
 def for_worker(config: Config, ports: Sequence[int]) -> Config:
-    """A worker's view of `config`: the supervisor's ports, no admin address (the supervisor
-    has it), one process."""
-    listen = config.listen
-    if len(ports) == len(listen):
-        listen = tuple(
-            dataclasses.replace(x, port=port) for x, port in zip(listen, ports, strict=True)
-        )
-    return dataclasses.replace(config, listen=listen, admin=None, workers=1)
+    """A worker's view of `config`: the supervisor's ports, its share of each connection
+    limit, no admin address (the supervisor has it), one process."""
+    share = config.workers
+    listen = tuple(
+        dataclasses.replace(x, port=port) for x, port in zip(config.listen, ports, strict=True)
+    )
+    security = dataclasses.replace(
+        config.security,
+        max_connections=-(-config.security.max_connections // share),
+        max_connections_per_ip=-(-config.security.max_connections_per_ip // share),
+    )
+    pools = MappingProxyType(
+        {
+            name: dataclasses.replace(
+                pool, max_connections_per_server=-(-pool.max_connections_per_server // share)
+            )
+            for name, pool in config.pools.items()
+        }
+    )
+    return dataclasses.replace(
+        config, listen=listen, security=security, pools=pools, admin=None, workers=1
+    )
 
 
-async def run_worker(proxy: Proxy, load: Callable[[], Config], control: str) -> None:
+async def run_worker(
+    proxy: Proxy, load: Callable[[], Config], control: str, supervisor: int
+) -> None:
     """A worker's life: admin on the Unix socket `control`, shared ports, signals as usual,
-    and a drain of its own if the supervisor dies without stopping it."""
+    and a drain of its own if the `supervisor` process dies without stopping it."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(control)  # left by this worker's previous life
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     await sock.bind(control)
     sock.listen(64)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_supervisor, proxy, os.getppid())
+        nursery.start_soon(_watch_supervisor, proxy, supervisor)
         await proxy.serve_until_signalled(load, reuse_port=True, admin=trio.SocketListener(sock))
         nursery.cancel_scope.cancel()
 
 
 async def _watch_supervisor(proxy: Proxy, supervisor: int) -> None:
     """Drain once the supervisor is gone (killed outright): no worker outlives it for long."""
-    while True:  # polling: no event announces a parent's death (short of prctl)
+    while os.getppid() == supervisor:  # noqa: ASYNC110 - no event tells of a parent's death
         await trio.sleep(ORPHAN_CHECK)
-        if os.getppid() != supervisor:
-            break
     log.warning("the supervisor (pid %d) is gone: draining", supervisor)
     proxy.stop()
 
@@ -99,25 +123,26 @@ class Worker:
     index: int
     control: str  # the Unix socket it answers admin requests on
     process: trio.Process | None = None
+    ready: bool = False  # this process has answered on `control`: it handles signals
+    pending: list[int] = field(default_factory=list)  # signals for it once it is ready
     restarts: int = 0
     exit_code: int | None = None  # set once it has exited for good
+    metrics: str = ""  # the last /metrics it gave in this life
+    base: str = ""  # the totals of its earlier lives
 
 
 class Supervisor:
     """Starts `config.workers` workers, keeps them running, and stands for them all."""
 
     def __init__(
-        self,
-        path: str,
-        config: Config,
-        load: Callable[[], Config],
-        *,
-        command: Sequence[str] = PYTHON_M,
+        self, path: str, text: str, config: Config, *, command: Sequence[str] = PYTHON_M
     ) -> None:
+        """`text` is the file's content that parsed as `config`."""
         self.path = path
         self.config = config
-        self._load = load
+        self._text = text
         self._command = tuple(command)
+        self._copy = ""  # the workers' configuration file, in the control directory
         self.workers: list[Worker] = []
         self.reloads = ProxyMetrics().config_reloads  # counted here, once for all workers
         self.restarts = Counter(
@@ -125,7 +150,7 @@ class Supervisor:
         )
         self._stopping = trio.Event()
         self._start_failed = False
-        self._ready = trio.Event()
+        self._ready = trio.Event()  # every worker has been ready once
 
     @property
     def stopping(self) -> bool:
@@ -139,6 +164,8 @@ class Supervisor:
             try:
                 admin = await self._bind_admin()
                 with tempfile.TemporaryDirectory(prefix="wsproxy-") as control:
+                    self._copy = os.path.join(control, "config.yaml")
+                    self._write_copy(self._text)
                     self.workers = [
                         Worker(index, os.path.join(control, f"worker-{index}.sock"))
                         for index in range(self.config.workers)
@@ -200,28 +227,45 @@ class Supervisor:
         except OSError as exc:
             raise ListenError(f"cannot listen on {admin.address}: {exc.strerror or exc}") from None
 
+    def _write_copy(self, text: str) -> None:
+        """Replace the workers' file in one step: a worker never reads half of it."""
+        fresh = self._copy + ".new"
+        Path(fresh).write_text(text, encoding="utf-8")
+        os.replace(fresh, self._copy)
+
     async def _keep_running(self, worker: Worker, ports: list[int]) -> None:
         command = [
             *self._command,
             "worker",
             "-c",
-            self.path,
+            self._copy,
             "--index",
             str(worker.index),
             "--ports",
             ",".join(map(str, ports)),
             "--control",
             worker.control,
+            "--supervisor",
+            str(os.getpid()),
         ]
         pause = RESTART_PAUSE
         try:
             while True:
+                worker.ready, worker.pending = False, []
                 process = await trio.lowlevel.open_process(
                     command, stdin=subprocess.DEVNULL, start_new_session=True
                 )
                 worker.process = process
+                if self.stopping:  # began while the process was being started
+                    worker.pending.append(signal.SIGTERM)
                 began = trio.current_time()
-                code = await process.wait()
+                async with trio.open_nursery() as life:
+                    life.start_soon(self._become_ready, worker, process)
+                    code = await process.wait()
+                    life.cancel_scope.cancel()
+                if worker.metrics:  # its totals carry on under its successor's
+                    worker.base = merge([worker.base, cumulative(worker.metrics)])
+                    worker.metrics = ""
                 if self.stopping or not self._ready.is_set():
                     worker.exit_code = code
                     if not self.stopping:
@@ -254,27 +298,31 @@ class Supervisor:
             if process_left is not None and process_left.returncode is None:
                 process_left.kill()  # only when the supervisor itself is being torn down
 
+    async def _become_ready(self, worker: Worker, process: trio.Process) -> None:
+        """Wait until the worker answers on its admin socket, then give it what is pending."""
+        while await _ask(worker.control, "/healthz") is None:  # noqa: ASYNC110 - polling a socket
+            await trio.sleep(READY_POLL)
+        worker.ready = True
+        pending, worker.pending = worker.pending, []
+        for signum in pending:
+            process.send_signal(signum)
+
     async def _announce(self, ports: list[int], admin: trio.SocketListener | None) -> None:
-        """Log once every worker answers, as a single process logs once it listens."""
-        while not self.stopping:
-            answers = await self._ask_all("/healthz")
-            if all(answer is not None for answer in answers):
-                self._ready.set()
-                hosts = [x.host for x in self.config.listen]
-                addresses = [
-                    f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                    for host, port in zip(hosts, ports, strict=True)
-                ]
-                if admin is not None:
-                    host, port = admin.socket.getsockname()[:2]
-                    log.info("admin endpoint on %s:%d", host, port)
-                log.info(
-                    "wsproxy listening on %s with %d workers",
-                    ", ".join(addresses),
-                    len(self.workers),
-                )
+        """Log once every worker is ready, as a single process logs once it listens."""
+        while not all(worker.ready for worker in self.workers):
+            if self.stopping:
                 return
-            await trio.sleep(0.02)
+            await trio.sleep(READY_POLL)
+        self._ready.set()
+        hosts = [x.host for x in self.config.listen]
+        addresses = [
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            for host, port in zip(hosts, ports, strict=True)
+        ]
+        if admin is not None:
+            host, port = admin.socket.getsockname()[:2]
+            log.info("admin endpoint on %s:%d", host, port)
+        log.info("wsproxy listening on %s with %d workers", ", ".join(addresses), len(self.workers))
 
     # ---------------------------------------------------------------- signals
 
@@ -297,27 +345,38 @@ class Supervisor:
     def _forward(self, signum: int) -> None:
         for worker in self.workers:
             process = worker.process
-            if process is not None and process.returncode is None:
+            if process is None or process.returncode is not None:
+                continue
+            if worker.ready:
                 process.send_signal(signum)
+            else:  # (a SIGHUP too: it may have read the copy before it was replaced)
+                worker.pending.append(signum)
 
     def _reload(self) -> None:
         if self.stopping:
             log.warning("SIGHUP ignored: the workers are draining")
             return
         try:
-            config = self._load()
+            text, config = read_config(self.path, os.environ)
             contexts_for(config)
+            moved = [(x.host, x.port) for x in config.listen] != [
+                (x.host, x.port) for x in self.config.listen
+            ]
+            if moved:
+                raise ConfigError(["listen: addresses change only on a restart (with workers)"])
         except (ConfigError, TLSError) as exc:
             for problem in exc.problems if isinstance(exc, ConfigError) else [str(exc)]:
                 log.error("reload refused: %s", problem)
             log.error("reload refused: the workers keep the configuration in use")
             self.reloads.inc("failure")
             return
-        if config.workers != self.config.workers:
-            log.warning("reload: a new number of workers takes effect on restart")
+        if config.workers != self.config.workers or config.admin != self.config.admin:
+            log.warning("reload: changes to admin or workers take effect on restart")
         self.config = dataclasses.replace(
-            config, listen=self.config.listen, admin=self.config.admin, workers=len(self.workers)
+            config, admin=self.config.admin, workers=len(self.workers)
         )
+        self._text = text
+        self._write_copy(text)
         self.reloads.inc("success")
         log.info("SIGHUP: reloading the configuration in %d workers", len(self.workers))
         self._forward(signal.SIGHUP)
@@ -325,6 +384,7 @@ class Supervisor:
     # ---------------------------------------------------------------- the admin view
 
     async def _ask_all(self, path: str) -> list[tuple[int, str] | None]:
+        """Each ready worker's answer to `path` (None for one that gave none)."""
         answers: list[tuple[int, str] | None] = [None] * len(self.workers)
 
         async def ask(index: int, worker: Worker) -> None:
@@ -332,7 +392,8 @@ class Supervisor:
 
         async with trio.open_nursery() as nursery:
             for index, worker in enumerate(self.workers):
-                if worker.process is not None and worker.process.returncode is None:
+                process = worker.process
+                if worker.ready and process is not None and process.returncode is None:
                     nursery.start_soon(ask, index, worker)
         return answers
 
@@ -353,23 +414,23 @@ class Supervisor:
     async def status(self) -> dict[str, object]:
         problem = await self.not_ready()
         answers = await self._ask_all("/status")
-        documents = [json.loads(a[1]) if a is not None else None for a in answers]
+        documents = [_json(answer) for answer in answers]
         present = [doc for doc in documents if doc is not None]
         return {
             "version": __version__,
             "ready": not problem,
             "not_ready_because": problem,
             "draining": self.stopping,
-            "connections": sum(doc["connections"] for doc in present),
-            "sessions": sum(doc["sessions"] for doc in present),
-            "pools": merge_pools([doc["pools"] for doc in present]),
+            "connections": sum(doc.get("connections", 0) for doc in present),
+            "sessions": sum(doc.get("sessions", 0) for doc in present),
+            "pools": merge_pools([doc.get("pools", []) for doc in present]),
             "workers": [
                 {
                     "index": worker.index,
                     "pid": worker.process.pid if worker.process is not None else None,
                     "running": doc is not None,
                     "restarts": worker.restarts,
-                    "sessions": doc["sessions"] if doc is not None else 0,
+                    "sessions": doc.get("sessions", 0) if doc is not None else 0,
                 }
                 for worker, doc in zip(self.workers, documents, strict=True)
             ],
@@ -378,16 +439,19 @@ class Supervisor:
     async def metrics(self) -> str:
         answers = await self._ask_all("/metrics")
         reloads = self.reloads.name
-        texts = [_without(answer[1], reloads) for answer in answers if answer is not None]
+        texts: list[str] = []
+        answering = 0
+        for worker, answer in zip(self.workers, answers, strict=True):
+            if answer is not None and answer[0] == 200:
+                worker.metrics = _without(answer[1], reloads)
+                answering += 1
+            texts += [worker.base, worker.metrics]  # a silent worker counts with its last
         running = Gauge(
-            "wsproxy_workers",
-            "Worker processes answering the supervisor.",
-            (),
-            [((), float(len(texts)))],
+            "wsproxy_workers", "Worker processes answering the supervisor.", (), [((), answering)]
         )
         own = render([self.reloads, self.restarts, running])
         return merge(
-            [*texts, own],
+            [*filter(None, texts), own],
             highest={"wsproxy_backend_up"},
             lowest={"process_start_time_seconds"},
         )
@@ -450,3 +514,14 @@ def _without(text: str, family: str) -> str:
             or line.startswith(f"{family} ")
         )
     )
+
+
+def _json(answer: tuple[int, str] | None) -> dict[str, Any] | None:
+    """A worker's 200 answer as a JSON object, or None."""
+    if answer is None or answer[0] != 200:
+        return None
+    try:
+        document = json.loads(answer[1])
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
