@@ -22,7 +22,7 @@ from websockets.trio.server import ServerConnection, serve
 
 from tests.conftest import ORIGIN, Backend
 from tests.test_cli import assert_one_sentence, run_wsproxy, write_config
-from wsproxy.config import BackendTLS, Config, HealthCheck, ListenerTLS, parse_config
+from wsproxy.config import BackendTLS, Config, ConfigError, HealthCheck, ListenerTLS, parse_config
 from wsproxy.health import probe_server
 from wsproxy.server import Proxy
 from wsproxy.servers import ServerState
@@ -434,14 +434,35 @@ def test_tls_an_encrypted_key_is_refused_without_a_prompt(tmp_path: Path, certs:
 
 def test_tls_unusable_ca_file_is_one_sentence(broken_files: dict[str, Path]) -> None:
     config = plain_config("wss://a:1", f"    tls: {{ca: {broken_files['missing']}}}")
-    with pytest.raises(TLSError, match=r"^pools\.main\.tls\.ca: .*nope\.pem: no such file"):
+    with pytest.raises(ConfigError) as caught:
         contexts_for(config)
+    assert caught.value.problems == [f"pools.main.tls.ca: {broken_files['missing']}: no such file"]
 
 
 def test_tls_a_ca_file_without_certificates_is_one_sentence(broken_files: dict[str, Path]) -> None:
     config = plain_config("wss://a:1", f"    tls: {{ca: {broken_files['garbage']}}}")
-    with pytest.raises(TLSError, match=r"^pools\.main\.tls\.ca: .*garbage\.pem holds no PEM"):
+    with pytest.raises(ConfigError) as caught:
         contexts_for(config)
+    [problem] = caught.value.problems
+    assert problem.startswith(f"pools.main.tls.ca: {broken_files['garbage']} holds no PEM")
+
+
+def test_tls_every_unusable_file_is_named_at_once(
+    tmp_path: Path, broken_files: dict[str, Path]
+) -> None:
+    """Like every other problem of a configuration: all of them, not the first only."""
+    config = write_config(tmp_path / "c.yaml", "wss://127.0.0.1:9")
+    text = config.read_text().replace(
+        "  - address: 127.0.0.1:0",
+        f"  - address: 127.0.0.1:0\n    tls: {{cert: {tmp_path}/no.crt, key: {tmp_path}/no.key}}",
+    )
+    config.write_text(text + f"    tls: {{ca: {broken_files['missing']}}}\n")
+    result = run_wsproxy("check", "-c", str(config))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"wsproxy: listen[0].tls: {tmp_path}/no.crt: no such file",
+        f"wsproxy: pools.main.tls.ca: {broken_files['missing']}: no such file",
+    ]
 
 
 def test_tls_serve_and_check_with_a_missing_certificate_exit_2(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from wsproxy.config import Config, ConfigError, load_config, read_config, summar
 from wsproxy.echo import parse_address, run_echo, serve_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
-from wsproxy.tls import TLSError, contexts_for
+from wsproxy.tls import contexts_for
 from wsproxy.workers import Supervisor, for_worker, run_worker
 
 log = logging.getLogger("wsproxy")
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"wsproxy: {problem}", file=sys.stderr)
         return 2
-    except (UsageError, TLSError) as exc:
+    except UsageError as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 2
     except ListenError as exc:

@@ -63,7 +63,7 @@ from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
 from wsproxy.metrics import ProxyMetrics
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
-from wsproxy.tls import TLSError, contexts_for
+from wsproxy.tls import contexts_for
 from wsproxy.upstream import Dial, Passthrough, dial_tcp, open_backend
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class Proxy:
         rng: random.Random | None = None,
         worker: int | None = None,
     ) -> None:
-        """Raises `TLSError` when a certificate, key or CA file of `config` is unusable.
+        """Raises `ConfigError` when a certificate, key or CA file of `config` is unusable.
         `worker` numbers this process among a supervisor's workers (see `workers`)."""
         self.config = config
         self.worker = worker
@@ -218,9 +218,8 @@ class Proxy:
             try:
                 config = self._restartless(load())
                 listener_tls, pool_tls = contexts_for(config)
-            except (ConfigError, TLSError) as exc:
-                problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
-                for problem in problems:
+            except ConfigError as exc:
+                for problem in exc.problems:
                     log.error("reload refused: %s", problem)
                 log.error("reload refused: the configuration in use stays")
                 self.metrics.config_reloads.inc("failure")

@@ -4,7 +4,8 @@ Invariants:
 - Contexts are built when a configuration is loaded or reloaded, never per connection, so a
   reload re-reads every certificate and key, and a connection never waits on a file.
 - A file that cannot be read, or a certificate that does not match its key, is a `TLSError`
-  whose message is one sentence naming the file and the setting.
+  whose message is one sentence naming the file and the setting; `contexts_for` gathers them
+  all into one `ConfigError`, as a bad configuration is reported.
 - Both directions speak TLS 1.2 or later. Towards servers the certificate is verified against
   the pool's `ca` (the system's by default) and the URL's host name, which is also the SNI,
   unless the pool sets `verify: false`.
@@ -12,11 +13,12 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from wsproxy.config import BackendTLS, Config, ListenerTLS
+from wsproxy.config import BackendTLS, Config, ConfigError, ListenerTLS
 
 _VERSIONS: Mapping[str, ssl.TLSVersion] = {
     "1.2": ssl.TLSVersion.TLSv1_2,
@@ -62,17 +64,30 @@ def backend_context(tls: BackendTLS | None, where: str) -> ssl.SSLContext:
 
 def contexts_for(config: Config) -> tuple[list[ssl.SSLContext | None], dict[str, ssl.SSLContext]]:
     """Every context `config` needs: one per listener (None for plain ones), and one per pool
-    that has wss:// servers."""
+    that has wss:// servers. Raises `ConfigError` naming every unusable file at once."""
+    problems: list[str] = []
+
+    def built(make: Callable[[], ssl.SSLContext]) -> ssl.SSLContext | None:
+        try:
+            return make()
+        except TLSError as exc:
+            problems.append(str(exc))
+            return None
+
     listeners = [
-        None if listen.tls is None else listener_context(listen.tls, f"listen[{index}].tls")
+        None
+        if listen.tls is None
+        else built(functools.partial(listener_context, listen.tls, f"listen[{index}].tls"))
         for index, listen in enumerate(config.listen)
     ]
     pools = {
-        name: backend_context(pool.tls, f"pools.{name}.tls")
+        name: built(functools.partial(backend_context, pool.tls, f"pools.{name}.tls"))
         for name, pool in config.pools.items()
         if any(server.secure for server in pool.servers)
     }
-    return listeners, pools
+    if problems:
+        raise ConfigError(problems)
+    return listeners, {name: context for name, context in pools.items() if context is not None}
 
 
 def _load_pair(context: ssl.SSLContext, cert: str, key: str, where: str) -> None:

@@ -52,7 +52,7 @@ from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
 from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
 from wsproxy.server import ListenError, Proxy, bind_shared
-from wsproxy.tls import TLSError, contexts_for
+from wsproxy.tls import contexts_for
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +364,8 @@ class Supervisor:
             ]
             if moved:
                 raise ConfigError(["listen: addresses change only on a restart (with workers)"])
-        except (ConfigError, TLSError) as exc:
-            for problem in exc.problems if isinstance(exc, ConfigError) else [str(exc)]:
+        except ConfigError as exc:
+            for problem in exc.problems:
                 log.error("reload refused: %s", problem)
             log.error("reload refused: the workers keep the configuration in use")
             self.reloads.inc("failure")
