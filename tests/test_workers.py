@@ -99,6 +99,11 @@ class Fleet:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/"
 
+    async def stop_cleanly(self) -> None:
+        """SIGTERM, then exit code 0 once every worker has drained."""
+        self.child.signal(signal.SIGTERM)
+        assert await self.child.exit_code(CAP) == 0
+
     def rewrite(self, *urls: str) -> None:
         write(self.config, self.port, self.admin, *urls)
 
@@ -182,8 +187,7 @@ async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(
         for index in range(10):  # new connections, whichever worker they reach, work
             async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
                 await echo(ws, f"after the restart {index}")
-        child.signal(signal.SIGTERM)
-        assert await child.exit_code(CAP) == 0
+        await running.stop_cleanly()
 
 
 async def test_workers_sighup_reloads_every_worker_once(
@@ -212,8 +216,7 @@ async def test_workers_sighup_reloads_every_worker_once(
                 await echo(ws, "on b again")
         assert await metric(admin, 'wsproxy_config_reloads_total{result="success"}') == 1
         assert await metric(admin, 'wsproxy_config_reloads_total{result="failure"}') == 1
-        child.signal(signal.SIGTERM)
-        assert await child.exit_code(CAP) == 0
+        await running.stop_cleanly()
         lines = await child.stderr.rest()
     assert len([line for line in lines if "SIGHUP: reloading the configuration" in line]) == 3
 
@@ -244,8 +247,7 @@ async def test_workers_a_restarted_worker_serves_the_accepted_file_and_totals_st
                 await echo(ws, f"after {index}")
         assert (len(a.requests), len(b.requests)) == (12, 0)
         assert await metric(running.admin, total) == 12
-        running.child.signal(signal.SIGTERM)
-        assert await running.child.exit_code(CAP) == 0
+        await running.stop_cleanly()
 
 
 async def test_workers_a_reload_that_moves_the_listen_address_is_refused(
@@ -258,8 +260,7 @@ async def test_workers_a_reload_that_moves_the_listen_address_is_refused(
         running.child.signal(signal.SIGHUP)
         await running.child.stderr.until("reload refused: listen: addresses change only", CAP)
         assert await metric(running.admin, 'wsproxy_config_reloads_total{result="failure"}') == 1
-        running.child.signal(signal.SIGTERM)
-        assert await running.child.exit_code(CAP) == 0
+        await running.stop_cleanly()
 
 
 async def test_workers_a_sighup_while_they_start_reaches_each_once_ready(
@@ -298,7 +299,7 @@ async def test_workers_the_status_page_lists_them_in_chromium(
 ) -> None:
     backend = await start_backend(nursery)
     async with fleet(tmp_path, backend.url) as running:
-        child, port, admin = running.child, running.port, running.admin
+        port, admin = running.port, running.admin
         with trio.fail_after(60):
             async with browser_page(tmp_path) as page:
                 await page.call("Page.navigate", url=f"http://127.0.0.1:{admin}/")
@@ -309,8 +310,7 @@ async def test_workers_the_status_page_lists_them_in_chromium(
                     await echo(ws, "counted on the page")
                     await page.until("document.querySelector('#sessions').textContent", "1")
                     await page.until(f"/1 sessions/.test({text})", True)
-        child.signal(signal.SIGTERM)
-        assert await child.exit_code(CAP) == 0
+        await running.stop_cleanly()
 
 
 def alive(pid: int) -> bool:

@@ -17,8 +17,9 @@ Invariants:
 - On a TLS listener the handshake (after any PROXY header) completes by the same deadline as
   the request head; contexts are built with the configuration, never per connection.
 - A reload swaps the configuration, balancers and TLS contexts whole, between two awaits, after
-  the new names are resolved: a handshake uses the ones it started with, and a session the
-  configuration it was opened under. Servers are kept by identity across the swap.
+  the new names are resolved: a handshake takes one snapshot of them once its request head is
+  read, and a session keeps the configuration it was opened under. Servers are kept by
+  identity across the swap.
 """
 
 from __future__ import annotations
@@ -320,8 +321,7 @@ class Proxy:
                 for extra in bound[1:]:
                     await extra.aclose()
             else:
-                proxy_protocol = self.config.listen[index].proxy_protocol
-                listening += [Listening(listener, proxy_protocol, index) for listener in bound]
+                listening += [Listening(listener, position=index) for listener in bound]
         return listening
 
     async def serve_until_signalled(
@@ -600,8 +600,8 @@ class Listening:
     """A bound listener and what its configuration asks of each connection on it."""
 
     listener: trio.SocketListener
-    proxy_protocol: bool = False  # for a listener without a position
-    position: int | None = None  # in `config.listen`, whose settings apply; None: plain
+    proxy_protocol: bool = False  # only for a listener without a position
+    position: int | None = None  # in `config.listen`, whose current settings apply
 
 
 async def _tls_handshake(stream: trio.SSLStream[Any], deadline: float) -> bool:
@@ -671,5 +671,9 @@ def _address(listener: trio.SocketListener) -> str:
     name = listener.socket.getsockname()
     if isinstance(name, str):  # a Unix socket: a worker's admin
         return name
-    host, port = name[:2]
+    return host_port(name[0], name[1])
+
+
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT` as written in the configuration and the logs (`[::1]:8080` for IPv6)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -51,7 +51,7 @@ from wsproxy import __version__
 from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
 from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
-from wsproxy.server import ListenError, Proxy, bind_shared
+from wsproxy.server import ListenError, Proxy, bind_shared, host_port
 from wsproxy.tls import contexts_for
 
 log = logging.getLogger(__name__)
@@ -314,14 +314,11 @@ class Supervisor:
                 return
             await trio.sleep(READY_POLL)
         self._ready.set()
-        hosts = [x.host for x in self.config.listen]
         addresses = [
-            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            for host, port in zip(hosts, ports, strict=True)
+            host_port(x.host, port) for x, port in zip(self.config.listen, ports, strict=True)
         ]
         if admin is not None:
-            host, port = admin.socket.getsockname()[:2]
-            log.info("admin endpoint on %s:%d", host, port)
+            log.info("admin endpoint on %s", host_port(*admin.socket.getsockname()[:2]))
         log.info("wsproxy listening on %s with %d workers", ", ".join(addresses), len(self.workers))
 
     # ---------------------------------------------------------------- signals
