@@ -892,7 +892,6 @@ def test_config_health_check_every_key() -> None:
         ),
         ({"interval": 0}, "interval: must be greater than 0, got 0"),
         ({"timeout": "0s"}, "timeout: must be greater than 0, got '0s'"),
-        ({"interval": "1s", "timeout": "2s"}, "timeout: 2s is longer than the interval (1s)"),
         ({"healthy_after": 0}, "healthy_after: must be at least 1, got 0"),
         ({"unhealthy_after": -1}, "unhealthy_after: must be at least 1, got -1"),
         ({"intervall": "5s"}, "intervall: unknown key (did you mean 'interval'?)"),
@@ -900,6 +899,12 @@ def test_config_health_check_every_key() -> None:
 )
 def test_config_bad_health_check(check: dict[str, object], problem: str) -> None:
     assert problems_of(pool_yaml(health_check=check)) == [f"pools.main.health_check.{problem}"]
+
+
+def test_config_health_check_timeout_may_exceed_the_interval() -> None:
+    """As in HAProxy and Envoy: the next probe of a server waits for the one in flight."""
+    check = {"interval": "250ms", "timeout": "1s"}
+    assert pool_of(health_check=check).health_check == HealthCheck(interval=0.25, timeout=1.0)
 
 
 def test_config_health_check_must_be_a_mapping() -> None:
