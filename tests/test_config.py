@@ -20,6 +20,7 @@ from wsproxy.config import (
     Listener,
     ListenerTLS,
     Log,
+    Metrics,
     Pool,
     Route,
     Security,
@@ -108,7 +109,7 @@ def test_config_example_states_the_defaults() -> None:
     config = load_config(str(EXAMPLE), {})
     assert dataclasses.replace(config.security, allowed_origins=()) == Security(allowed_origins=())
     assert (config.timeouts, config.keepalive) == (Timeouts(), Keepalive())
-    assert (config.shutdown, config.log) == (Shutdown(), Log())
+    assert (config.shutdown, config.log, config.metrics) == (Shutdown(), Log(), Metrics())
     default = config.pools["default"]
     assert dataclasses.replace(default, health_check=None, servers=()) == Pool(
         name="default", servers=()
@@ -121,7 +122,7 @@ def test_config_example_documents_every_key() -> None:
         f.name
         for cls in (
             *(Config, Security, Timeouts, Keepalive, Route, Pool),
-            *(HealthCheck, StickyCookie, Shutdown, Log),
+            *(HealthCheck, StickyCookie, Shutdown, Log, Metrics),
         )
         for f in dataclasses.fields(cls)
     } - {"name"}
@@ -957,6 +958,44 @@ def test_config_shutdown_close_window_and_code() -> None:
         "shutdown.close_code: expected 1001 (going away), 1012 (service restart), 1013 (try "
         "again later), 1000 or an application code from 4000 to 4999, got 1011",
     ]
+
+
+def test_config_metrics_close_codes() -> None:
+    assert parse_config(MINIMAL, {}).metrics == Metrics(close_codes=())
+    config = parse_config(config_yaml(metrics={"close_codes": [4001, "4002", 3000, 4999]}), {})
+    assert config.metrics == Metrics(close_codes=(4001, 4002, 3000, 4999))
+    assert parse_config(config_yaml(metrics={}), {}).metrics == Metrics()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "problems"),
+    [
+        (
+            {"close_codes": [2999, 4001, 5000, 1000]},
+            [
+                "metrics.close_codes[0]: expected an application close code from 3000 to 4999, "
+                "got 2999",
+                "metrics.close_codes[2]: expected an application close code from 3000 to 4999, "
+                "got 5000",
+                "metrics.close_codes[3]: expected an application close code from 3000 to 4999, "
+                "got 1000",
+            ],
+        ),
+        (
+            {"close_codes": [4001, True, "x", 4001]},
+            [
+                "metrics.close_codes[1]: expected a whole number, got true",
+                "metrics.close_codes[2]: expected a whole number, got 'x'",
+                "metrics.close_codes[3]: duplicate of metrics.close_codes[0]",
+            ],
+        ),
+        ({"close_codes": 4001}, ["metrics.close_codes: expected a list, got 4001"]),
+        ({"close_code": [4001]}, ["metrics.close_code: unknown key (did you mean 'close_codes'?)"]),
+        ([4001], ["metrics: expected a mapping, got a list"]),
+    ],
+)
+def test_config_bad_metrics(metrics: object, problems: list[str]) -> None:
+    assert problems_of(config_yaml(metrics=metrics)) == problems
 
 
 # ---------------------------------------------------------------------------- load_config
