@@ -18,9 +18,10 @@ import websockets
 from websockets.trio.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config
-from wsproxy.admin import serve_admin
-from wsproxy.config import Config
+from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config, start_backend
+from tests.test_pools import start, until
+from wsproxy.admin import metrics_text, serve_admin
+from wsproxy.config import Config, parse_config
 from wsproxy.server import Proxy
 
 CAP = 10.0
@@ -215,6 +216,136 @@ async def test_admin_garbage_and_silence_are_let_go(admin: Admin) -> None:
         quiet = await trio.open_tcp_stream("127.0.0.1", admin.port)
         await quiet.aclose()  # leaves without a request
         assert (await ask(admin.port, "/healthz")).status == 200
+
+
+# --- which series /metrics has -------------------------------------------------------------
+
+
+def series(text: str, family: str) -> dict[str, float]:
+    """The samples of `family` in a Prometheus text: {label set as written: value}."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name == family:
+            labels, _, value = rest.rpartition(" ")
+            found["{" + labels] = float(value)
+        elif line.startswith(family + " "):
+            found[""] = float(line.rpartition(" ")[2])
+    return found
+
+
+async def resolve_app(host: str, port: int) -> list[str]:
+    assert host == "app.internal"
+    return ["10.0.0.7", "10.0.0.8"]
+
+
+async def test_admin_metrics_idle_proxy_has_every_route_pool_and_server_at_zero(
+    nursery: trio.Nursery,
+) -> None:
+    """Dashboards and absent() alerts need the series before the first session."""
+    config = parse_config(
+        """
+listen: [{address: 127.0.0.1:0}]
+security: {allowed_origins: ["*"]}
+routes:
+  - {host: chat.example.com, path: /chat, pool: chat}
+  - {path: /, pool: main}
+pools:
+  main: {servers: [ws://127.0.0.1:9001, ws://127.0.0.1:9002]}
+  chat: {servers: ["ws://app.internal:9000"], resolve_interval: 0}
+""",
+        {},
+    )
+    running = await start(nursery, config, resolve=resolve_app)
+    text = metrics_text(running.proxy)
+    routes = {'{route="/chat",pool="chat"}': 0.0, '{route="/",pool="main"}': 0.0}
+    assert series(text, "wsproxy_sessions_active") == routes
+    assert series(text, "wsproxy_sessions_total") == routes
+    servers = {
+        '{pool="main",server="ws://127.0.0.1:9001"}',
+        '{pool="main",server="ws://127.0.0.1:9002"}',
+        '{pool="chat",server="ws://app.internal:9000 (10.0.0.7)"}',
+        '{pool="chat",server="ws://app.internal:9000 (10.0.0.8)"}',
+    }
+    assert series(text, "wsproxy_backend_sessions_active") == dict.fromkeys(servers, 0.0)
+    assert series(text, "wsproxy_backend_up") == dict.fromkeys(servers, 1.0)
+    assert "# TYPE wsproxy_sessions_total counter" in text.splitlines()
+
+
+async def test_admin_metrics_gauges_go_back_to_zero_when_the_session_ends(
+    admin: Admin, backend: Backend
+) -> None:
+    route = '{route="/",pool="main"}'
+    server = f'{{pool="main",server="{backend.url}"}}'
+    with trio.fail_after(CAP):
+        async with connect(admin.running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("one")
+            await ws.recv()
+            during = (await ask(admin.port, "/metrics")).body.decode()
+        await until(lambda: not admin.running.proxy.sessions, "the session ends")
+        after = (await ask(admin.port, "/metrics")).body.decode()
+    assert series(during, "wsproxy_sessions_active") == {route: 1.0}
+    assert series(during, "wsproxy_backend_sessions_active") == {server: 1.0}
+    assert series(after, "wsproxy_sessions_active") == {route: 0.0}
+    assert series(after, "wsproxy_backend_sessions_active") == {server: 0.0}
+    assert series(after, "wsproxy_sessions_total") == {route: 1.0}
+
+
+async def test_admin_metrics_after_a_reload_show_the_new_set(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """New routes and servers appear at 0; removed ones stay while they have a session."""
+    other = await start_backend(nursery)
+    before = proxy_config(backend.url)
+    text = f"""
+listen: [{{address: 127.0.0.1:0}}]
+security: {{allowed_origins: ["{ORIGIN}"]}}
+routes: [{{path: /new, pool: other}}]
+pools:
+  other: {{servers: ["{other.url}"]}}
+"""
+    old_server = f'{{pool="main",server="{backend.url}"}}'
+    new_server = f'{{pool="other",server="{other.url}"}}'
+    with trio.fail_after(CAP):
+        running = await start(nursery, before)
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            assert await running.proxy.reload(lambda: parse_config(text, {}))
+            await ws.send("still here")
+            assert await ws.recv() == "still here"
+            busy = metrics_text(running.proxy)
+        await until(lambda: not running.proxy.sessions, "the session ends")
+        idle = metrics_text(running.proxy)
+    assert series(busy, "wsproxy_sessions_active") == {
+        '{route="/",pool="main"}': 1.0,
+        '{route="/new",pool="other"}': 0.0,
+    }
+    assert series(busy, "wsproxy_backend_sessions_active") == {new_server: 0.0, old_server: 1.0}
+    assert series(idle, "wsproxy_sessions_active") == {'{route="/new",pool="other"}': 0.0}
+    assert series(idle, "wsproxy_backend_sessions_active") == {new_server: 0.0}
+    assert series(idle, "wsproxy_sessions_total") == {
+        '{route="/",pool="main"}': 1.0,
+        '{route="/new",pool="other"}': 0.0,
+    }
+
+
+async def test_admin_metrics_close_codes_are_bounded_by_the_configuration(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """An unlisted application code counts as 4xxx; a listed one keeps its own label."""
+    config = proxy_config(backend.url, extra="metrics: {close_codes: [4001]}")
+    admin = await start_with_admin(nursery, config)
+    with trio.fail_after(CAP):
+        for code in (4123, 4001, 4567):
+            async with connect(admin.running.url, origin=ORIGIN, proxy=None) as ws:
+                await ws.send("hello")
+                await ws.recv()
+                await ws.aclose(code)
+        await until(lambda: not admin.running.proxy.sessions, "the sessions end")
+        text = (await ask(admin.port, "/metrics")).body.decode()
+    assert series(text, "wsproxy_closes_total") == {
+        '{side="client",code="4xxx"}': 2.0,
+        '{side="client",code="4001"}': 1.0,
+    }
 
 
 # --- the live page, in a real browser --------------------------------------------------------

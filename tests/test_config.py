@@ -20,6 +20,7 @@ from wsproxy.config import (
     Listener,
     ListenerTLS,
     Log,
+    Metrics,
     Pool,
     Route,
     Security,
@@ -108,7 +109,7 @@ def test_config_example_states_the_defaults() -> None:
     config = load_config(str(EXAMPLE), {})
     assert dataclasses.replace(config.security, allowed_origins=()) == Security(allowed_origins=())
     assert (config.timeouts, config.keepalive) == (Timeouts(), Keepalive())
-    assert (config.shutdown, config.log) == (Shutdown(), Log())
+    assert (config.shutdown, config.log, config.metrics) == (Shutdown(), Log(), Metrics())
     default = config.pools["default"]
     assert dataclasses.replace(default, health_check=None, servers=()) == Pool(
         name="default", servers=()
@@ -121,7 +122,7 @@ def test_config_example_documents_every_key() -> None:
         f.name
         for cls in (
             *(Config, Security, Timeouts, Keepalive, Route, Pool),
-            *(HealthCheck, StickyCookie, Shutdown, Log),
+            *(HealthCheck, StickyCookie, Shutdown, Log, Metrics),
         )
         for f in dataclasses.fields(cls)
     } - {"name"}
@@ -892,7 +893,6 @@ def test_config_health_check_every_key() -> None:
         ),
         ({"interval": 0}, "interval: must be greater than 0, got 0"),
         ({"timeout": "0s"}, "timeout: must be greater than 0, got '0s'"),
-        ({"interval": "1s", "timeout": "2s"}, "timeout: 2s is longer than the interval (1s)"),
         ({"healthy_after": 0}, "healthy_after: must be at least 1, got 0"),
         ({"unhealthy_after": -1}, "unhealthy_after: must be at least 1, got -1"),
         ({"intervall": "5s"}, "intervall: unknown key (did you mean 'interval'?)"),
@@ -900,6 +900,12 @@ def test_config_health_check_every_key() -> None:
 )
 def test_config_bad_health_check(check: dict[str, object], problem: str) -> None:
     assert problems_of(pool_yaml(health_check=check)) == [f"pools.main.health_check.{problem}"]
+
+
+def test_config_health_check_timeout_may_exceed_the_interval() -> None:
+    """As in HAProxy and Envoy: the next probe of a server waits for the one in flight."""
+    check = {"interval": "250ms", "timeout": "1s"}
+    assert pool_of(health_check=check).health_check == HealthCheck(interval=0.25, timeout=1.0)
 
 
 def test_config_health_check_must_be_a_mapping() -> None:
@@ -952,6 +958,44 @@ def test_config_shutdown_close_window_and_code() -> None:
         "shutdown.close_code: expected 1001 (going away), 1012 (service restart), 1013 (try "
         "again later), 1000 or an application code from 4000 to 4999, got 1011",
     ]
+
+
+def test_config_metrics_close_codes() -> None:
+    assert parse_config(MINIMAL, {}).metrics == Metrics(close_codes=())
+    config = parse_config(config_yaml(metrics={"close_codes": [4001, "4002", 3000, 4999]}), {})
+    assert config.metrics == Metrics(close_codes=(4001, 4002, 3000, 4999))
+    assert parse_config(config_yaml(metrics={}), {}).metrics == Metrics()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "problems"),
+    [
+        (
+            {"close_codes": [2999, 4001, 5000, 1000]},
+            [
+                "metrics.close_codes[0]: expected an application close code from 3000 to 4999, "
+                "got 2999",
+                "metrics.close_codes[2]: expected an application close code from 3000 to 4999, "
+                "got 5000",
+                "metrics.close_codes[3]: expected an application close code from 3000 to 4999, "
+                "got 1000",
+            ],
+        ),
+        (
+            {"close_codes": [4001, True, "x", 4001]},
+            [
+                "metrics.close_codes[1]: expected a whole number, got true",
+                "metrics.close_codes[2]: expected a whole number, got 'x'",
+                "metrics.close_codes[3]: duplicate of metrics.close_codes[0]",
+            ],
+        ),
+        ({"close_codes": 4001}, ["metrics.close_codes: expected a list, got 4001"]),
+        ({"close_code": [4001]}, ["metrics.close_code: unknown key (did you mean 'close_codes'?)"]),
+        ([4001], ["metrics: expected a mapping, got a list"]),
+    ],
+)
+def test_config_bad_metrics(metrics: object, problems: list[str]) -> None:
+    assert problems_of(config_yaml(metrics=metrics)) == problems
 
 
 # ---------------------------------------------------------------------------- load_config

@@ -471,3 +471,31 @@ async def test_health_a_probe_that_raises_counts_as_a_failure_and_the_loop_goes_
     assert not balancer.servers[0].healthy(6.0)
     assert balancer.servers[0].check_problem == "health check: RuntimeError"
     assert "health check of ws://10.0.0.1:1 failed unexpectedly" in caplog.text
+
+
+async def test_health_a_probe_longer_than_the_interval_is_never_doubled_and_holds_back_no_other(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """interval 250 ms, timeout 1 s: a server whose probes take 1 s is probed 250 ms after
+    each one ends (HAProxy's `inter`), one at a time; a quick server beside it keeps its pace."""
+    balancer, _ = pool_of(1, 2)
+    health = HealthCheck(interval=0.25, timeout=1.0)
+    starts: dict[int, list[float]] = {1: [], 2: []}
+    in_flight = {1: 0, 2: 0}
+    most = {1: 0, 2: 0}
+
+    async def probe(server: ServerState, check: HealthCheck) -> str | None:
+        starts[server.port].append(trio.current_time())
+        in_flight[server.port] += 1
+        most[server.port] = max(most[server.port], in_flight[server.port])
+        try:
+            await trio.sleep(1.0 if server.port == 1 else 0.0)
+        finally:
+            in_flight[server.port] -= 1
+        return None
+
+    with trio.move_on_after(5.1):
+        await watch_pool(balancer, health, probe, Middle())
+    assert starts[1] == [0.0, 1.25, 2.5, 3.75, 5.0]
+    assert starts[2] == [0.25 * n for n in range(21)]
+    assert most == {1: 1, 2: 1}

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter as Tally
+
+import pytest
+
+from wsproxy.config import Timeouts
 from wsproxy.metrics import (
     CONNECT_BUCKETS,
+    SESSION_BUCKETS,
     Counter,
     Gauge,
     Histogram,
     ProxyMetrics,
+    close_code_label,
+    merge,
     render,
 )
+
+# Every code a close frame can carry is two bytes.
+ALL_CODES = range(65536)
+SENDABLE = {1000, 1001, 1002, 1003, *range(1007, 1015)}  # RFC 6455 §7.4 and the IANA registry
 
 
 def test_metrics_counter_with_labels_and_escaping() -> None:
@@ -95,5 +108,102 @@ def test_metrics_proxy_metrics_use_the_spec_names() -> None:
         "wsproxy_backend_connect_seconds",
         "wsproxy_session_seconds",
     }
-    assert metrics.connect_seconds.buckets == CONNECT_BUCKETS
-    assert list(CONNECT_BUCKETS) == sorted(CONNECT_BUCKETS)
+
+
+@pytest.mark.parametrize("buckets", [CONNECT_BUCKETS, SESSION_BUCKETS])
+def test_metrics_buckets_ascend_strictly(buckets: tuple[float, ...]) -> None:
+    """`observe` finds a bucket by bisection, which needs them in order, each once."""
+    assert all(a < b for a, b in itertools.pairwise(buckets))
+
+
+def test_metrics_a_connect_that_takes_the_whole_default_timeout_has_a_finite_bucket() -> None:
+    metrics = ProxyMetrics()
+    metrics.connect_seconds.observe(Timeouts().connect)
+    lines = render([metrics.connect_seconds]).splitlines()
+    assert f'wsproxy_backend_connect_seconds_bucket{{le="{Timeouts().connect:g}"}} 1' in lines
+
+
+# --- close codes as labels --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "label"),
+    [
+        (0, "other"),
+        (999, "other"),
+        (1000, "1000"),
+        (1003, "1003"),
+        (1004, "other"),
+        (1005, "1005"),
+        (1006, "1006"),
+        (1007, "1007"),
+        (1014, "1014"),
+        (1015, "other"),
+        (2999, "other"),
+        (3000, "3xxx"),
+        (3999, "3xxx"),
+        (4000, "4xxx"),
+        (4001, "4001"),
+        (4002, "4xxx"),
+        (4999, "4xxx"),
+        (5000, "other"),
+        (65535, "other"),
+        (-1, "other"),
+        (70000, "other"),
+    ],
+)
+def test_metrics_close_code_label_at_each_boundary(code: int, label: str) -> None:
+    assert close_code_label(code, {4001}) == label
+
+
+def test_metrics_close_code_labels_of_every_code_without_a_listing() -> None:
+    labels = Tally(close_code_label(code) for code in ALL_CODES)
+    expected = {str(code): 1 for code in (*SENDABLE, 1005, 1006)}
+    expected |= {"3xxx": 1000, "4xxx": 1000, "other": 65536 - 12 - 2 - 2000}
+    assert labels == expected
+
+
+def test_metrics_close_code_labels_keep_only_listed_application_codes() -> None:
+    listed = (3000, 4001, 4999)
+    labels = Tally(close_code_label(code, listed) for code in ALL_CODES)
+    assert labels["3xxx"] == 999
+    assert labels["4xxx"] == 998
+    assert {label: labels[label] for label in ("3000", "4001", "4999")} == dict.fromkeys(
+        ("3000", "4001", "4999"), 1
+    )
+    assert len(labels) == 12 + 2 + 2 + 1 + len(listed)
+
+
+@pytest.mark.parametrize("code", sorted(SENDABLE))
+def test_metrics_close_codes_that_go_on_the_wire_are_their_own_label(code: int) -> None:
+    assert close_code_label(code) == str(code)
+
+
+@pytest.mark.parametrize("code", [1005, 1006])
+def test_metrics_close_without_a_code_or_without_a_close_keeps_its_code(code: int) -> None:
+    assert close_code_label(code, range(3000, 5000)) == str(code)
+
+
+def test_metrics_listing_a_code_outside_the_application_range_changes_nothing() -> None:
+    """Only application codes are listed (the configuration checks it); others ignore it."""
+    assert [close_code_label(code, {1004, 5000, 1000}) for code in (1004, 5000, 1000)] == [
+        "other",
+        "other",
+        "1000",
+    ]
+
+
+# --- merging the workers' texts ----------------------------------------------------------------
+
+
+def test_metrics_merge_keeps_series_at_zero() -> None:
+    worker = (
+        "# HELP wsproxy_sessions_active Sessions.\n"
+        "# TYPE wsproxy_sessions_active gauge\n"
+        'wsproxy_sessions_active{route="/",pool="main"} 0\n'
+        'wsproxy_sessions_active{route="/chat",pool="chat"} 0\n'
+    )
+    busy = worker.replace('pool="main"} 0', 'pool="main"} 2')
+    assert merge([worker, worker]) == worker
+    assert merge([worker, busy]) == busy
+    assert merge([worker, worker], highest={"wsproxy_sessions_active"}) == worker

@@ -174,8 +174,15 @@ def status(proxy: Proxy) -> dict[str, object]:
 
 
 def metrics_text(proxy: Proxy) -> str:
+    """The `/metrics` text. Every route/pool pair the configuration names, and every server its
+    pools list, has its series, at 0 when idle; a pair or server a reload removed keeps its
+    series only while it has sessions."""
     metrics = proxy.metrics
-    active = Tally((ready.route, ready.balancer.name) for ready in proxy.sessions.values())
+    routes: dict[tuple[str, ...], float] = {(r.path, r.pool): 0 for r in proxy.config.routes}
+    active = Tally(routes)
+    active.update((ready.route, ready.balancer.name) for ready in proxy.sessions.values())
+    started = Tally(routes)
+    started.update(metrics.sessions.values)
     messages = Tally(metrics.messages.values)
     wire = Tally(metrics.bytes.values)
     for session in proxy.sessions:  # live sessions count too, so the totals move as they run
@@ -183,6 +190,9 @@ def metrics_text(proxy: Proxy) -> str:
         messages.update({("in",): messages_in, ("out",): messages_out})
         wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
     pools = proxy.status()
+    on_server = Tally({(p.pool, s.server): s.sessions for p in pools for s in p.servers})
+    busy = [(ready.balancer.name, ready.server.key) for ready in proxy.sessions.values()]
+    on_server.update([key for key in busy if key not in on_server])  # in a pool removed since
     families: list[Family] = [
         Gauge(
             "wsproxy_sessions_active",
@@ -190,7 +200,13 @@ def metrics_text(proxy: Proxy) -> str:
             ("route", "pool"),
             sorted(active.items()),
         ),
-        metrics.sessions,
+        Gauge(
+            metrics.sessions.name,
+            metrics.sessions.help,
+            metrics.sessions.labels,
+            sorted(started.items()),
+            kind="counter",
+        ),
         metrics.rejections,
         Gauge(
             metrics.messages.name,
@@ -220,7 +236,7 @@ def metrics_text(proxy: Proxy) -> str:
             "wsproxy_backend_sessions_active",
             "Sessions being relayed now, by pool and server.",
             ("pool", "server"),
-            [((p.pool, s.server), float(s.sessions)) for p in pools for s in p.servers],
+            [(key, float(count)) for key, count in on_server.items()],
         ),
         metrics.connect_seconds,
         metrics.session_seconds,

@@ -139,7 +139,7 @@ class HealthCheck:
     # HAProxy checks every 2 s and Envoy's examples every 5 s; 5 s finds a dead server in
     # 15 s with the default unhealthy_after, while a dead server's sessions fail faster anyway.
     interval: float = 5.0
-    timeout: float = 2.0
+    timeout: float = 2.0  # may exceed the interval: the next probe waits for the one in flight
     healthy_after: int = 2  # HAProxy's rise is 2
     unhealthy_after: int = 3  # HAProxy's fall is 3
 
@@ -195,6 +195,13 @@ class Log:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Metrics:
+    # Application close codes (3000-4999) counted under their own `code` label; the others
+    # are counted as "3xxx" or "4xxx", so clients cannot add series at will.
+    close_codes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     listen: tuple[Listener, ...]
     admin: Admin | None = None  # None: no admin endpoint
@@ -206,6 +213,7 @@ class Config:
     pools: Mapping[str, Pool] = field(default_factory=lambda: MappingProxyType({}))
     shutdown: Shutdown = field(default_factory=Shutdown)
     log: Log = field(default_factory=Log)
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 def parse_config(text: str, env: Mapping[str, str]) -> Config:
@@ -385,6 +393,16 @@ class _Checker(Problems):
                 Log, v, p, {"level": scalar(_level), "format": scalar(_format)}
             ),
             "workers": scalar(workers),
+            "metrics": lambda v, p: self.build(
+                Metrics,
+                v,
+                p,
+                {
+                    "close_codes": lambda v, p: self.items(
+                        v, p, scalar(_application_close_code), nonempty=False, same=int
+                    )
+                },
+            ),
         }
         config = self.build(Config, raw, "", parsers, (), ("pools",))
         for path, name in self.pool_refs:
@@ -557,11 +575,6 @@ class _Checker(Problems):
             "unhealthy_after": at_least_1,
         }
         check = self.build(HealthCheck, raw, path, parsers)
-        if check is not None and check.timeout > check.interval:
-            self.problem(
-                join(path, "timeout"),
-                f"{check.timeout:g}s is longer than the interval ({check.interval:g}s)",
-            )
         if check is not None and check.type == "tcp" and isinstance(raw, dict) and "path" in raw:
             self.problem(join(path, "path"), "a tcp check sends no request (use http or websocket)")
         return check
@@ -597,6 +610,13 @@ def _file_path(value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a file path, got {describe(value)}")
     return value
+
+
+def _application_close_code(value: object) -> int:
+    code = whole(value)
+    if not 3000 <= code <= 4999:
+        raise ValueError(f"expected an application close code from 3000 to 4999, got {code}")
+    return code
 
 
 def _positive(value: object) -> float:

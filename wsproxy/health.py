@@ -1,9 +1,15 @@
-"""Active health checks: probe every server of a pool each `interval`, and count the results.
+"""Active health checks: probe each server of a pool every `interval`, and count the results.
 
 Invariants:
-- One loop per pool that has a `health_check`. Each round probes every listed server at once,
-  each probe under `timeout`, then sleeps `interval` give or take `JITTER`, so replicas and
-  pools started together drift apart instead of probing in step.
+- One watcher per pool that has a `health_check`, and under it one loop per listed server.
+  A server's loop probes it, waits for the probe to end (each probe is bounded by `timeout`),
+  then sleeps `interval` give or take `JITTER` before the next, as HAProxy's `inter` and
+  Envoy's `interval` do: a server never has two probes in flight, a `timeout` longer than the
+  `interval` is fine, and a slow server delays only its own probes. The jitter lets replicas
+  and servers started together drift apart instead of probing in step.
+- Every server's first probe starts at once; a server listed later (by DNS) gets its loop from
+  the watcher's next look, at most `interval` (plus `JITTER`) later, and a loop whose server is
+  no longer listed ends before its next probe.
 - A probe never raises for anything a backend does: it returns None (passed) or one sentence
   saying what failed. Its connection is its own; it never counts as a session or as a passive
   failure.
@@ -53,12 +59,36 @@ _USER_AGENT: Final = f"wsproxy/{__version__} health-check".encode()
 async def watch_pool(
     balancer: PoolBalancer, check: HealthCheck, probe: Probe, rng: random.Random
 ) -> None:
-    """Probe the pool's servers forever; the first round starts at once."""
-    while True:
-        async with trio.open_nursery() as round_:
-            for server in list(balancer.servers):
-                round_.start_soon(_check_one, balancer.name, server, check, probe)
-        await trio.sleep(check.interval * rng.uniform(1 - JITTER, 1 + JITTER))
+    """Probe the pool's servers forever, each on its own loop; every first probe starts at once."""
+    watched: set[ServerState] = set()
+    async with trio.open_nursery() as loops:
+        while True:
+            for server in balancer.servers:
+                if server not in watched:
+                    watched.add(server)
+                    loops.start_soon(_watch_server, balancer, server, check, probe, rng, watched)
+            await trio.sleep(_pause(check, rng))
+
+
+async def _watch_server(
+    balancer: PoolBalancer,
+    server: ServerState,
+    check: HealthCheck,
+    probe: Probe,
+    rng: random.Random,
+    watched: set[ServerState],
+) -> None:
+    """Probe `server` while its pool lists it, each probe `interval` after the last one ended."""
+    try:
+        while server in balancer.servers:
+            await _check_one(balancer.name, server, check, probe)
+            await trio.sleep(_pause(check, rng))
+    finally:
+        watched.discard(server)
+
+
+def _pause(check: HealthCheck, rng: random.Random) -> float:
+    return check.interval * rng.uniform(1 - JITTER, 1 + JITTER)
 
 
 async def _check_one(pool: str, server: ServerState, check: HealthCheck, probe: Probe) -> None:

@@ -7,13 +7,16 @@ Invariants:
   first update on (counters never go down, so a scrape never sees one shrink).
 - `render` writes the text exposition format 0.0.4: `# HELP` and `# TYPE` once per family,
   label values escaped, histograms as cumulative `_bucket{le=...}` plus `_sum` and `_count`.
+- Every label set is bounded by the configuration, never by what a peer sends: a close code
+  becomes a label through `close_code_label`, which has at most 17 values plus one per listed
+  application code.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Container, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -26,6 +29,29 @@ CONNECT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 SESSION_BUCKETS: Final = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
 Labels = tuple[str, ...]
+
+_CODE_NO_STATUS: Final = 1005  # a close frame without a code
+_CODE_ABNORMAL: Final = 1006  # no close frame: the connection was lost
+
+
+def close_code_label(code: int, listed: Container[int] = ()) -> str:
+    """The `code` label of `wsproxy_closes_total` for a session that ended with `code`.
+
+    A code that may go on the wire is its own label, and so are 1005 (a close without a code)
+    and 1006 (no close at all); an application code (3000-4999) only when `listed`, otherwise
+    its range, "3xxx" or "4xxx". Anything else is "other".
+    """
+    if 3000 <= code <= 4999:
+        return str(code) if code in listed else f"{code // 1000}xxx"
+    if _sendable(code) or code in (_CODE_NO_STATUS, _CODE_ABNORMAL):
+        return str(code)
+    return "other"
+
+
+def _sendable(code: int) -> bool:
+    """Whether a close frame may carry `code`, as RFC 6455 §7.4 (and its IANA registry) has
+    it: 1000-1003, 1007-1014 and 3000-4999."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 @dataclass

@@ -61,7 +61,7 @@ from wsproxy.intake import (
     response_head,
 )
 from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
-from wsproxy.metrics import ProxyMetrics
+from wsproxy.metrics import ProxyMetrics, close_code_label
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
 from wsproxy.tls import contexts_for
@@ -555,7 +555,7 @@ class Proxy:
         metrics.bytes.inc("out", amount=session.backend.bytes_in)
         side = session.closed_by.value if session.closed_by else "unknown"
         code = session.close.code if session.close else CLOSE_ABNORMAL
-        metrics.closes.inc(side, str(code))
+        metrics.closes.inc(side, close_code_label(code, self.config.metrics.close_codes))
         metrics.session_seconds.observe(seconds)
 
     async def _relay(self, stream: trio.abc.Stream, ready: _Ready, client: str) -> None:
