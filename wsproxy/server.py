@@ -25,6 +25,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -60,6 +61,7 @@ from wsproxy.intake import (
     refuse,
     response_head,
 )
+from wsproxy.listening import accept_forever
 from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
 from wsproxy.metrics import ProxyMetrics
 from wsproxy.relay import CLOSE_TIMEOUT, Session
@@ -169,7 +171,13 @@ class Proxy:
                 try:
                     async with trio.open_nursery() as accepting:
                         for each in listening:
-                            accepting.start_soon(self._accept_loop, each, handlers)
+                            accepting.start_soon(
+                                accept_forever,
+                                each.listener,
+                                handlers,
+                                functools.partial(self._handle, listening=each),
+                                f"listener {_address(each.listener)}",
+                            )
                         await self._stopping.wait()
                         accepting.cancel_scope.cancel()
                 finally:
@@ -396,16 +404,6 @@ class Proxy:
         await trio.sleep_until(when)
         if session in self.sessions:
             await session.shutdown(close)
-
-    async def _accept_loop(self, listening: Listening, handlers: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listening.listener.accept()
-            except OSError as exc:  # EMFILE and friends: wait for descriptors to be freed
-                log.error("accept failed on %s: %s", _address(listening.listener), exc)
-                await trio.sleep(0.1)
-                continue
-            handlers.start_soon(self._handle, stream, listening)
 
     # ---------------------------------------------------------------- one connection
 
