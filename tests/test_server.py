@@ -30,6 +30,7 @@ from tests.conftest import (
 )
 from wsproxy.config import parse_config
 from wsproxy.handshake import accept_value
+from wsproxy.logs import REFUSAL_LINES_PER_SECOND, RefusalRecord
 from wsproxy.proxyproto import V2_SIGNATURE
 from wsproxy.server import Listening, Proxy, close_times
 
@@ -586,3 +587,133 @@ async def test_server_drain_closes_the_rest_spread_over_the_window_with_the_code
     assert [(code, reason) for _, code, reason in heard] == [(1012, "proxy shutting down")] * 3
     assert times[1] - times[0] >= 0.2, times  # each waits for its slot: never early
     assert times[2] - times[0] >= 0.5, times
+
+
+# ---------------------------------------------------------------- refusal lines
+
+
+def refusal_lines(caplog: pytest.LogCaptureFixture) -> list[RefusalRecord]:
+    return [
+        record.__dict__["refusal"]
+        for record in caplog.records
+        if record.name == "wsproxy.refusals" and "refusal" in record.__dict__
+    ]
+
+
+def suppressed_counts(caplog: pytest.LogCaptureFixture) -> list[int]:
+    return [
+        record.__dict__["refusals_suppressed"]
+        for record in caplog.records
+        if record.name == "wsproxy.refusals" and "refusals_suppressed" in record.__dict__
+    ]
+
+
+async def refused_from(port: int, request: bytes) -> tuple[Answer, str]:
+    """`exchange` on a connection of our own: the answer, and our side's IP:PORT."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        host, client_port = stream.socket.getsockname()[:2]
+        await stream.send_all(request)
+        received = b""
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return parse_answer(received), f"{host}:{client_port}"
+
+
+async def test_server_a_foreign_origin_is_one_info_line_with_the_request_fields(
+    proxy: RunningProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsproxy.refusals")
+    request = upgrade_request(
+        origin="https://evil.test\x1b[2J\u2028", path="/chat?token=secret", host="proxy.test"
+    )
+    with trio.fail_after(5):
+        answer, client = await refused_from(proxy.port, request)
+    assert answer.status == 403
+    [logged] = [r for r in caplog.records if r.name == "wsproxy.refusals"]
+    assert logged.levelno == logging.INFO
+    assert logged.__dict__["refusal"] == RefusalRecord(
+        status=403,
+        # the reason quotes the header decoded as Latin-1: its controls escaped as well
+        reason="Origin https://evil.test\\x1b[2J\u00e2\\x80\u00a8 is not allowed",
+        client=client,
+        origin="https://evil.test\\x1b[2J\\xe2\\x80\\xa8",
+        host="proxy.test",
+        path="/chat",
+    )
+    message = logged.getMessage()
+    assert message.startswith("handshake refused status=403 reason=")
+    assert message.isprintable()
+    assert "secret" not in message
+
+
+async def test_server_refusals_before_the_head_is_parsed_show_a_dash_for_the_unknown(
+    nursery: trio.Nursery, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsproxy.refusals")
+    running = await start_proxy(
+        nursery,
+        proxy_config(backend.url, security="  handshake_timeout: 200ms\n  max_header_size: 2KiB"),
+    )
+    big = "X-Filler: " + "a" * 3000 + "\r\n"
+    with trio.fail_after(5):
+        for request in (b"NONSENSE\r\n\r\n", upgrade_request()[:20], upgrade_request(extra=big)):
+            await refused_from(running.port, request)
+    assert [(r.status, r.origin, r.host, r.path) for r in refusal_lines(caplog)] == [
+        (400, "-", "-", "-"),
+        (408, "-", "-", "-"),
+        (431, "-", "-", "-"),
+    ]
+
+
+async def test_server_a_backend_refusal_passed_on_is_logged_too(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsproxy.refusals")
+
+    def refuse(connection: ServerConnection, request: websockets.Request) -> websockets.Response:
+        return connection.respond(401, "who are you?\n")
+
+    backend = await start_backend(nursery, process_request=refuse)
+    running = await start_proxy(nursery, proxy_config(backend.url))
+    with trio.fail_after(5):
+        answer, client = await refused_from(running.port, upgrade_request(path="/room"))
+    assert answer.status == 401
+    assert refusal_lines(caplog) == [
+        RefusalRecord(
+            status=401,
+            reason=f"passed on from {backend.url}: Unauthorized",
+            client=client,
+            origin=ORIGIN,
+            host="proxy.test",
+            path="/room",
+        )
+    ]
+
+
+@pytest.mark.e2e
+async def test_server_a_flood_of_refusals_writes_a_bounded_number_of_lines(
+    proxy: RunningProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="wsproxy.refusals")
+    flood, clients = 1000, 20
+    request = upgrade_request(origin="https://evil.test")
+    started = trio.current_time()
+
+    async def refused(count: int) -> None:
+        for _ in range(count):
+            assert (await exchange(proxy.port, request)).status == 403
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            for _ in range(clients):
+                nursery.start_soon(refused, flood // clients)
+        # The count of the last window is written once that window is over.
+        while len(refusal_lines(caplog)) + sum(suppressed_counts(caplog)) < flood:  # noqa: ASYNC110 (a log line is not an event we can await)
+            await trio.sleep(0.05)
+    windows = int(trio.current_time() - started) + 2  # the one-second windows that can fit
+    written, suppressed = refusal_lines(caplog), suppressed_counts(caplog)
+    assert len(written) + sum(suppressed) == flood  # every refusal written or counted, once
+    assert len(written) <= REFUSAL_LINES_PER_SECOND * windows
+    assert len(suppressed) <= windows
+    assert len(written) + len(suppressed) < flood // 10

@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ import h11
 import trio
 
 from wsproxy import __version__
+from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, render
 
 if TYPE_CHECKING:
@@ -75,14 +77,7 @@ async def serve_admin(
     """Answer admin requests on `listener` until cancelled."""
     async with listener, trio.open_nursery() as handlers:
         task_status.started()
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                log.error("admin accept failed: %s", exc)
-                await trio.sleep(0.1)
-                continue
-            handlers.start_soon(_answer, view, stream)
+        await accept_forever(listener, handlers, functools.partial(_answer, view), "admin endpoint")
 
 
 async def _answer(view: AdminView, stream: trio.SocketStream) -> None:

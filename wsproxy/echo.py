@@ -21,7 +21,6 @@ Invariants:
 
 from __future__ import annotations
 
-import errno
 import logging
 from http import HTTPStatus
 from typing import Final
@@ -44,6 +43,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
+from wsproxy.listening import accept_forever
 from wsproxy.server import ListenError
 
 LOGGER = logging.getLogger(__name__)
@@ -55,11 +55,6 @@ MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 REQUEST_TIMEOUT: Final = 10.0
 # After our own close frame, how long we wait for the peer's before closing TCP anyway.
 CLOSE_TIMEOUT: Final = 5.0
-# Out of descriptors or memory: accept again after this pause (trio's serve_listeners does too).
-ACCEPT_RETRY_DELAY: Final = 0.1
-_ACCEPT_CAPACITY_ERRNOS: Final = frozenset(
-    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-)
 
 BANNER: Final = b"wsproxy echo backend\n"
 
@@ -119,28 +114,13 @@ async def serve_echo(
             bound.append((str(name[0]), int(name[1])))
         async with trio.open_nursery() as handlers, trio.open_nursery() as acceptors:
             for listener in listeners:
-                acceptors.start_soon(_accept_loop, listener, handlers)
+                acceptors.start_soon(
+                    accept_forever, listener, handlers, echo_connection, "echo backend"
+                )
             task_status.started(bound)
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
-
-
-async def _accept_loop(listener: trio.SocketListener, handlers: trio.Nursery) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                raise
-            LOGGER.error(
-                "echo backend: accept failed (%s); retrying in %s s",
-                errno.errorcode.get(exc.errno or 0, exc.errno),
-                ACCEPT_RETRY_DELAY,
-            )
-            await trio.sleep(ACCEPT_RETRY_DELAY)
-        else:
-            handlers.start_soon(echo_connection, stream)
 
 
 async def echo_connection(stream: trio.abc.Stream) -> None:

@@ -7,7 +7,9 @@ Invariants:
   before anything is judged; bytes behind it belong to the WebSocket stream. On a
   `proxy_protocol` listener a valid PROXY header must come first, within the same timeout,
   and the client it names is the client for limits, forwarding headers, hashing and the log.
-- Every refusal is an HTTP answer with a short plain-text body, then a polite close.
+- Every refusal is an HTTP answer with a short plain-text body, then a polite close, and one
+  INFO line on `wsproxy.refusals` (at most `REFUSAL_LINES_PER_SECOND`; then a count of those
+  left out). A backend's own refusal, passed on to the client, is logged the same way.
 - Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
   close with `shutdown.close_code` spread evenly over `shutdown.close_window`, and cancel what
   is left `CLOSE_TIMEOUT` after the last ask.
@@ -25,6 +27,7 @@ Invariants:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -36,6 +39,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+import h11
 import trio
 
 from wsproxy.admin import ProxyView, serve_admin
@@ -60,7 +64,19 @@ from wsproxy.intake import (
     refuse,
     response_head,
 )
-from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
+from wsproxy.listening import accept_forever
+from wsproxy.logs import (
+    REFUSAL_LINES_PER_SECOND,
+    AccessRecord,
+    LineLimit,
+    iso_time,
+    refusal_log,
+    refusal_record,
+    wall_time,
+    write_access,
+    write_refusal,
+    write_refusals_suppressed,
+)
 from wsproxy.metrics import ProxyMetrics, close_code_label
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
@@ -103,6 +119,7 @@ class Proxy:
         self.balancers = self._balancers_for(config)
         self.sessions: dict[Session, _Ready] = {}  # live ones, with what they were opened for
         self.metrics = ProxyMetrics()
+        self.refusal_lines = LineLimit(REFUSAL_LINES_PER_SECOND)
         self._admin_listener: trio.SocketListener | None = None
         self._upkeep: trio.Nursery | None = None  # set once `serve` has begun upkeep
         self._upkeep_scope = trio.CancelScope()
@@ -169,7 +186,13 @@ class Proxy:
                 try:
                     async with trio.open_nursery() as accepting:
                         for each in listening:
-                            accepting.start_soon(self._accept_loop, each, handlers)
+                            accepting.start_soon(
+                                accept_forever,
+                                each.listener,
+                                handlers,
+                                functools.partial(self._handle, listening=each),
+                                f"listener {_address(each.listener)}",
+                            )
                         await self._stopping.wait()
                         accepting.cancel_scope.cancel()
                 finally:
@@ -397,16 +420,6 @@ class Proxy:
         if session in self.sessions:
             await session.shutdown(close)
 
-    async def _accept_loop(self, listening: Listening, handlers: trio.Nursery) -> None:
-        while True:
-            try:
-                stream = await listening.listener.accept()
-            except OSError as exc:  # EMFILE and friends: wait for descriptors to be freed
-                log.error("accept failed on %s: %s", _address(listening.listener), exc)
-                await trio.sleep(0.1)
-                continue
-            handlers.start_soon(self._handle, stream, listening)
-
     # ---------------------------------------------------------------- one connection
 
     async def _handle(self, tcp: trio.SocketStream, listening: Listening) -> None:
@@ -432,7 +445,7 @@ class Proxy:
             if proxy_protocol:
                 header = await read_proxy_header(stream, deadline)
                 if isinstance(header, Reject):
-                    await self._reject(stream, header)
+                    await self._reject(stream, header, f"{peer[0]}:{peer[1]}")
                 if not isinstance(header, tuple):
                     return
                 client, early = header
@@ -446,7 +459,9 @@ class Proxy:
                     return
             ip = str(peer[0])
             self._per_ip[ip] += 1
-            ready = await self._handshake(stream, ip, early, deadline, secure=tls is not None)
+            ready = await self._handshake(
+                stream, ip, early, deadline, secure=tls is not None, client=f"{ip}:{peer[1]}"
+            )
             if ready is not None:
                 await self._relay(stream, ready, f"{ip}:{peer[1]}")
         except Exception:
@@ -470,12 +485,19 @@ class Proxy:
         return None
 
     async def _handshake(
-        self, stream: trio.abc.Stream, ip: str, early: bytes, deadline: float, *, secure: bool
+        self,
+        stream: trio.abc.Stream,
+        ip: str,
+        early: bytes,
+        deadline: float,
+        *,
+        secure: bool,
+        client: str,
     ) -> _Ready | None:
         """Judge the request and reach a backend; refuse the client, or return the session.
 
         `early` holds bytes already read behind a PROXY header; the request head must be whole
-        by `deadline`.
+        by `deadline`. `client` (IP:PORT) names the client in refusal lines.
         """
         over_limit = self._over_limit(ip)
         security = self.config.security
@@ -483,12 +505,12 @@ class Proxy:
             try:
                 head, trailing = await read_head(stream, security.max_header_size, early)
             except HeadTooLarge:
-                await self._reject(stream, Reject(431, "request head too large"))
+                await self._reject(stream, Reject(431, "request head too large"), client)
                 return None
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
         if reading.cancelled_caught:
-            await self._reject(stream, Reject(408, "request head not received in time"))
+            await self._reject(stream, Reject(408, "request head not received in time"), client)
             return None
         if head is None:
             return None  # the client left before finishing its request
@@ -497,14 +519,17 @@ class Proxy:
         security = config.security
         request = parse_request(head)
         upgrade = request if isinstance(request, Reject) else judge_request(request, security)
+        asked = None if isinstance(request, Reject) else request
         refusal = upgrade if isinstance(upgrade, Reject) else over_limit
         if refusal is not None:
-            await self._reject(stream, refusal)
+            await self._reject(stream, refusal, client, asked)
             return None
         assert not isinstance(upgrade, Reject)
         route = find_route(config.routes, upgrade.host, upgrade.target.decode("latin-1"))
         if route is None:
-            await self._reject(stream, Reject(404, "no route for this host and path"))
+            await self._reject(
+                stream, Reject(404, "no route for this host and path"), client, asked
+            )
             return None
         balancer = balancers[route.pool]
         pick = balancer.pick_for(upgrade, ip)
@@ -519,10 +544,13 @@ class Proxy:
             tls=pool_tls.get(balancer.name),
         )
         if isinstance(result, Reject):
-            await self._reject(stream, result)
+            await self._reject(stream, result, client, asked)
             return None
         if isinstance(result, Passthrough):
             self.metrics.rejections.inc(str(result.status))
+            phrase = result.reason.decode("latin-1")
+            reason = f"passed on from {result.server.key}" + (f": {phrase}" if phrase else "")
+            self._log_refusal(result.status, reason, client, asked)
             await pass_through(stream, result)
             return None
         self.metrics.connect_seconds.observe(result.connect_seconds)
@@ -542,9 +570,50 @@ class Proxy:
             session, switching, balancer, result.server, route.path, accept.subprotocol or ""
         )
 
-    async def _reject(self, stream: trio.abc.Stream, reject: Reject) -> None:
+    async def _reject(
+        self,
+        stream: trio.abc.Stream,
+        reject: Reject,
+        client: str,
+        request: h11.Request | None = None,
+    ) -> None:
+        """Answer `reject`, counted and logged; `request` is the client's, once parsed."""
         self.metrics.rejections.inc(str(reject.status))
+        self._log_refusal(reject.status, reject.reason, client, request)
         await refuse(stream, reject)
+
+    def _log_refusal(
+        self, status: int, reason: str, client: str, request: h11.Request | None
+    ) -> None:
+        if not refusal_log.isEnabledFor(logging.INFO):
+            return
+        now = trio.current_time()
+        lines = self.refusal_lines
+        if suppressed := lines.take_suppressed(now):
+            write_refusals_suppressed(suppressed)
+        if lines.admit(now):
+            headers = {} if request is None else _joined_headers(request, b"origin", b"host")
+            write_refusal(
+                refusal_record(
+                    status,
+                    reason,
+                    client,
+                    origin=headers.get(b"origin"),
+                    host=headers.get(b"host"),
+                    target=None if request is None else request.target,
+                )
+            )
+        elif lines.suppressed == 1 and self._upkeep is not None:  # the first left out
+            end = lines.window_end
+            assert end is not None
+            self._upkeep.start_soon(self._report_suppressed, end)
+
+    async def _report_suppressed(self, when: float) -> None:
+        """Say how many refusal lines were left out, once their window is over, even if no
+        refusal comes after it."""
+        await trio.sleep_until(when)
+        if suppressed := self.refusal_lines.take_suppressed(trio.current_time()):
+            write_refusals_suppressed(suppressed)
 
     def _count_ended(self, session: Session, seconds: float) -> None:
         metrics = self.metrics
@@ -627,6 +696,15 @@ class _Ready:
     server: ServerState
     route: str
     subprotocol: str
+
+
+def _joined_headers(request: h11.Request, *names: bytes) -> dict[bytes, bytes]:
+    """The values of each of `names` that `request` has, several joined by ", "."""
+    found: dict[bytes, list[bytes]] = {}
+    for name, value in request.headers:
+        if name in names:
+            found.setdefault(name, []).append(value)
+    return {name: b", ".join(values) for name, values in found.items()}
 
 
 def close_times(count: int, window: float) -> list[float]:
