@@ -277,3 +277,44 @@ async def test_e2e_random_garbage_never_hurts_the_proxy(
             await ws.send("still serving")
             assert await ws.recv() == "still serving"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"h.example.test/evil", b"127.0.0.1:80x", b"evil@127.0.0.1", b"", b"a b", b"a\x00"],
+    ids=["slash", "port", "userinfo", "empty", "space", "nul"],
+)
+async def test_e2e_invalid_host_is_400_and_never_reaches_a_backend(
+    nursery: trio.Nursery, host: bytes
+) -> None:
+    dialled: list[trio.SocketStream] = []
+
+    async def backend(stream: trio.SocketStream) -> None:
+        dialled.append(stream)
+        await accept_upgrade(stream)
+        peer = Peer(stream, client=False)
+        frame = await peer.receive()
+        assert frame is not None
+        assert isinstance(frame.payload, str)
+        await peer.send_text(frame.payload)
+        await peer.expect_close()
+
+    port = await raw_server(nursery, backend)
+    running = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{port}"))
+    key = base64.b64encode(os.urandom(16))
+    with trio.fail_after(CAP):
+        async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
+            await stream.send_all(
+                b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: " + key + b"\r\nOrigin: " + ORIGIN.encode() + b"\r\n\r\n"
+            )
+            answer = b""
+            while chunk := await stream.receive_some(65536):
+                answer += chunk
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("a valid Host still gets through")
+            assert await ws.recv() == "a valid Host still gets through"
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert len(dialled) == 1  # the valid session's, and only it
+
