@@ -58,7 +58,8 @@ async def test_intake_read_head_over_the_limit(chunks: tuple[bytes, ...], limit:
 
 async def test_intake_read_head_client_left_early() -> None:
     with trio.fail_after(CAP):
-        assert await read_head(await fed(b"GET /"), 1024) == (None, b"")
+        assert await read_head(await fed(b"GET /"), 1024) == (None, b"GET /")
+        assert await read_head(await fed(), 1024) == (None, b"")
 
 
 def test_intake_parse_request_refuses_what_is_not_a_request() -> None:
