@@ -182,7 +182,7 @@ security:
   max_message_size: 64KiB
   max_header_size: 8192
   handshake_timeout: 2.5
-timeouts: {connect: 250ms, idle: 0}
+timeouts: {connect: 250ms, connect_total: 1s, idle: 0}
 keepalive: {interval: 0, timeout: 1m}
 routes:
   - {host: "*.Example.com", path: /chat, pool: chat}
@@ -208,7 +208,7 @@ log: {level: WARNING, format: json}
         max_header_size=8192,
         handshake_timeout=2.5,
     )
-    assert config.timeouts == Timeouts(connect=0.25, idle=0.0)
+    assert config.timeouts == Timeouts(connect=0.25, connect_total=1.0, idle=0.0)
     assert config.keepalive == Keepalive(interval=0.0, timeout=60.0)
     assert config.routes == (
         Route(host="*.example.com", path="/chat", pool="chat"),
@@ -377,7 +377,7 @@ def test_config_strings_fill_typed_fields(
         ),
         (
             MINIMAL + "timeouts: {banana: 1}\n",
-            "timeouts.banana: unknown key (known keys: connect, idle)",
+            "timeouts.banana: unknown key (known keys: connect, connect_total, idle)",
         ),
     ],
 )
@@ -536,6 +536,14 @@ def test_config_unknown_balance() -> None:
         ),
         ({"keepalive": {"timeout": 0}}, "keepalive.timeout: must be greater than 0, got 0"),
         ({"timeouts": {"connect": "0s"}}, "timeouts.connect: must be greater than 0, got '0s'"),
+        (
+            {"timeouts": {"connect_total": "0s"}},
+            "timeouts.connect_total: must be greater than 0, got '0s'",
+        ),
+        (
+            {"timeouts": {"connect_total": "soon"}},
+            "timeouts.connect_total: expected a duration like 250ms, 5s, 2m or 1h, got 'soon'",
+        ),
     ],
 )
 def test_config_wrong_shapes_and_values(sections: dict[str, object], problem: str) -> None:

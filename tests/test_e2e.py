@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import random
+import socket
 
 import pytest
 import trio
@@ -25,6 +26,7 @@ from tests.conftest import (
     start_proxy,
 )
 from tests.helpers import Peer
+from wsproxy.handshake import accept_value
 
 pytestmark = pytest.mark.e2e
 
@@ -277,3 +279,159 @@ async def test_e2e_random_garbage_never_hurts_the_proxy(
             await ws.send("still serving")
             assert await ws.recv() == "still serving"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def raw_answer(port: int, host: bytes = b"proxy.test") -> bytes:
+    """Send an upgrade request by hand; everything the proxy answers before it closes."""
+    key = base64.b64encode(os.urandom(16))
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nOrigin: " + ORIGIN.encode() + b"\r\n\r\n"
+        )
+        answer = b""
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    return answer
+
+
+async def echo_once(stream: trio.SocketStream) -> None:
+    """A hand-driven backend's session: echo one text message, then wait for the close."""
+    peer = Peer(stream, client=False)
+    frame = await peer.receive()
+    assert frame is not None
+    assert isinstance(frame.payload, str)
+    await peer.send_text(frame.payload)
+    await peer.expect_close()
+
+
+async def echoes(url: str, text: str) -> None:
+    async with connect(url, origin=ORIGIN, proxy=None) as ws:
+        await ws.send(text)
+        assert await ws.recv() == text
+
+
+@pytest.mark.parametrize(
+    "host",
+    [b"h.example.test/evil", b"127.0.0.1:80x", b"evil@127.0.0.1", b"", b"a b", b"a\x00"],
+    ids=["slash", "port", "userinfo", "empty", "space", "nul"],
+)
+async def test_e2e_invalid_host_is_400_and_never_reaches_a_backend(
+    nursery: trio.Nursery, host: bytes
+) -> None:
+    dialled: list[trio.SocketStream] = []
+
+    async def backend(stream: trio.SocketStream) -> None:
+        dialled.append(stream)
+        await accept_upgrade(stream)
+        await echo_once(stream)
+
+    port = await raw_server(nursery, backend)
+    running = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{port}"))
+    with trio.fail_after(CAP):
+        answer = await raw_answer(running.port, host)
+        await echoes(running.url, "a valid Host still gets through")
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert len(dialled) == 1  # the valid session's, and only it
+
+
+async def test_e2e_hung_server_costs_one_connect_timeout_and_every_client_gets_through(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """Round robin over a server that accepts TCP and never answers, and a healthy one."""
+    hung: list[trio.SocketStream] = []
+
+    async def accept_and_hang(stream: trio.SocketStream) -> None:
+        hung.append(stream)
+        await trio.sleep_forever()
+
+    port = await raw_server(nursery, accept_and_hang)
+    config = proxy_config(f"ws://127.0.0.1:{port}", backend.url, extra="timeouts: {connect: 300ms}")
+    running = await start_proxy(nursery, config)
+    with trio.fail_after(CAP):
+        for round_ in range(3):
+            await echoes(running.url, f"round {round_}")
+        async with trio.open_nursery() as clients:
+            for client in range(8):
+                clients.start_soon(echoes, running.url, f"client {client}")
+        # the ejection (1 s) runs out: the hung server is tried again, and the client still wins
+        await trio.sleep(1.1)
+        await echoes(running.url, "after the ejection")
+        await echoes(running.url, "and once more")
+    assert len(hung) == 2
+    assert len(backend.requests) == 3 + 8 + 2
+
+
+async def test_e2e_failed_connects_answer_one_sentence_without_addresses(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = int(sock.getsockname()[1])  # nothing listens there once the socket is closed
+
+    async def accept_and_hang(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    hung = await raw_server(nursery, accept_and_hang)
+    refused = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{closed}"))
+    silent = await start_proxy(
+        nursery, proxy_config(f"ws://127.0.0.1:{hung}", extra="timeouts: {connect: 200ms}")
+    )
+    with trio.fail_after(CAP):
+        unreachable = await raw_answer(refused.port)
+        too_slow = await raw_answer(silent.port)
+    assert unreachable.startswith(b"HTTP/1.1 502 ")
+    assert unreachable.endswith(b"\r\n\r\nno backend could take the session\n")
+    assert too_slow.startswith(b"HTTP/1.1 504 ")
+    assert too_slow.endswith(b"\r\n\r\nthe backend did not answer in time\n")
+    for answer, port in ((unreachable, closed), (too_slow, hung)):
+        assert b"127.0.0.1" not in answer
+        assert str(port).encode() not in answer
+    logged = [r.getMessage() for r in caplog.records if r.name == "wsproxy.upstream"]
+    assert any(f"127.0.0.1:{closed}" in line for line in logged)
+    assert any(f"127.0.0.1:{hung}" in line for line in logged)
+
+
+def padded_101(request: bytes, size: int) -> bytes:
+    """A valid 101 for `request` (a raw upgrade request) of exactly `size` bytes."""
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    head = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\nX-Pad: "
+    )
+    return head + b"p" * (size - len(head) - 4) + b"\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("size", "piece", "passes"),
+    [(8193, 1 << 20, False), (8193, 4096, False), (8192, 4096, True), (8192, 1 << 20, True)],
+    ids=["over-one-write", "over-4KiB-pieces", "limit-4KiB-pieces", "limit-one-write"],
+)
+async def test_e2e_backend_answer_head_limit_does_not_depend_on_segmentation(
+    nursery: trio.Nursery, size: int, piece: int, passes: bool
+) -> None:
+    async def big_head(stream: trio.SocketStream) -> None:
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(65536)
+        head = padded_101(request, size)
+        for at in range(0, len(head), piece):
+            await stream.send_all(head[at : at + piece])
+            await trio.sleep(0.01)  # so each piece goes out in segments of its own
+        await echo_once(stream)
+
+    port = await raw_server(nursery, big_head)
+    config = proxy_config(f"ws://127.0.0.1:{port}", security="  max_header_size: 8KiB")
+    running = await start_proxy(nursery, config)
+    with trio.fail_after(CAP):
+        if passes:
+            await echoes(running.url, "a head of the limit passes")
+        else:
+            answer = await raw_answer(running.port)
+            assert answer.startswith(b"HTTP/1.1 502 ")
+            assert answer.endswith(b"\r\n\r\nthe backend's answer head was too large\n")

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import base64
+import re
+from typing import Final
 
 import h11
 import pytest
+from hypothesis import given, settings, strategies as st
 from wsproto import ConnectionType
 from wsproto.events import AcceptConnection, Request as WsRequest
 from wsproto.extensions import PerMessageDeflate
@@ -18,6 +21,7 @@ from wsproxy.handshake import (
     accept_value,
     backend_request,
     client_accept_response,
+    host_problem,
     judge_backend_response,
     judge_request,
     new_key,
@@ -180,7 +184,7 @@ def test_handshake_without_upgrade_websocket_is_426(upgrade: Headers) -> None:
     )
 
 
-def test_handshake_plain_http_request_is_426_before_any_other_check() -> None:
+def test_handshake_plain_http_request_is_426_before_the_websocket_checks() -> None:
     request = h11.Request(method=b"POST", target=b"/", headers=[(b"host", b"x")])
     judged = judge_request(request, SECURITY)
     assert isinstance(judged, Reject)
@@ -292,6 +296,179 @@ def test_handshake_checks_run_in_order(request_: h11.Request, status: int) -> No
     judged = judge_request(request_, SECURITY)
     assert isinstance(judged, Reject)
     assert judged.status == status
+
+
+# --- the Host header ---------------------------------------------------------------------------
+
+BAD_HOST = "the Host header must be a host name or IP address, with an optional :port"
+BAD_PORT = "the Host header's port must be a number from 0 to 65535"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        b"proxy.example.com",
+        b"proxy.example.com:8080",
+        b"Proxy.Example.COM.",  # a fully qualified name, in any case
+        b"my_host-1",
+        b"localhost:0",
+        b"127.0.0.1",
+        b"127.0.0.1:65535",
+        b"999.1.1.1",  # not an IPv4 address, so a reg-name (RFC 3986 3.2.2)
+        b"example.com:00080",
+        b"[::1]",
+        b"[::1]:443",
+        b"[2001:DB8::ff00:42:8329]:9000",
+        b"[::ffff:192.0.2.1]",
+    ],
+)
+def test_handshake_valid_host_is_accepted_as_sent(host: bytes) -> None:
+    assert host_problem(host) is None
+    judged = judge_request(_request((b"host",), ((b"host", host),)), SECURITY)
+    assert isinstance(judged, UpgradeRequest)
+    assert judged.host == host.decode()
+
+
+@pytest.mark.parametrize(
+    ("host", "reason"),
+    [
+        (b"h.example.test/evil", BAD_HOST),
+        (b"h.example.test?x", BAD_HOST),
+        (b"h.example.test#x", BAD_HOST),
+        (b"evil@127.0.0.1", BAD_HOST),
+        (b"user:pass@h.example.test", BAD_PORT),
+        (b"127.0.0.1:80x", BAD_PORT),
+        (b"127.0.0.1:", BAD_PORT),  # RFC 3986 allows an empty port; we don't
+        (b"127.0.0.1:65536", BAD_PORT),
+        (b"127.0.0.1:123456", BAD_PORT),
+        (b"127.0.0.1:-1", BAD_PORT),
+        (b"127.0.0.1:+80", BAD_PORT),
+        (b"h.example.test:80:81", BAD_PORT),
+        (b"::1", BAD_HOST),  # an IPv6 address must be in brackets
+        (b"[::1", BAD_HOST),
+        (b"[::1]x", BAD_HOST),
+        (b"[::1]]", BAD_HOST),
+        (b"[]", BAD_HOST),
+        (b"[127.0.0.1]", BAD_HOST),
+        (b"[::g]", BAD_HOST),
+        (b"[1:2:3:4:5:6:7:8:9]", BAD_HOST),
+        (b"[fe80::1%25eth0]", BAD_HOST),  # zone IDs are refused
+        (b"[v1.fe]", BAD_HOST),  # IPvFuture is refused
+        (b"h%2eexample.test", BAD_HOST),  # pct-encoded: no real name needs it
+        (b"h!example.test", BAD_HOST),  # sub-delims likewise
+        (b"a b", BAD_HOST),
+        (b"a\tb", BAD_HOST),
+        (b"caf\xc3\xa9.test", BAD_HOST),  # an IDN goes as its A-label (xn--caf-dma.test)
+        (b":80", BAD_HOST),
+        (b"", "the Host header is empty"),
+    ],
+)
+def test_handshake_invalid_host_is_400(host: bytes, reason: str) -> None:
+    assert host_problem(host) == reason
+    request = _request((b"host",), ((b"host", host),))
+    assert judge_request(request, SECURITY) == Reject(400, reason)
+
+
+@pytest.mark.parametrize(
+    "host", [b"a\r\nX-Evil: 1", b"a\rb", b"a\nb", b"a\x00", b" a", b"a ", b"\x7f", b"a\x0bb"]
+)
+def test_handshake_host_with_control_bytes_or_outer_whitespace_is_refused(host: bytes) -> None:
+    """h11 refuses most of these before `judge_request`; `host_problem` refuses them itself."""
+    assert host_problem(host) == BAD_HOST
+
+
+def test_handshake_missing_host_is_400() -> None:
+    """HTTP/1.1 without Host never reaches `judge_request` (h11 refuses it); 1.0 does."""
+    request = _request((b"host",), http_version=b"1.0")
+    assert judge_request(request, SECURITY) == Reject(400, "the Host header is missing")
+
+
+def test_handshake_repeated_host_is_400() -> None:
+    """h11 refuses to parse or build such a request; `judge_request` does not rely on that."""
+    with pytest.raises(h11.LocalProtocolError):
+        _request(add=((b"host", b"other.example.com"),))
+    request = _request()
+    object.__setattr__(request, "headers", (*_headers(), (b"host", b"other.example.com")))
+    assert judge_request(request, SECURITY) == Reject(400, "more than one Host header")
+
+
+def test_handshake_bad_host_is_400_even_for_plain_http() -> None:
+    """RFC 9112 3.2: an invalid Host is a 400 for any request, before the 426 of a plain one."""
+    request = h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"a/b")])
+    assert judge_request(request, SECURITY) == Reject(400, BAD_HOST)
+
+
+# The reference grammar: RFC 3986 3.2.2 (host, IP-literal, IPv6address, IPv4address, reg-name)
+# and 3.2.3 (port), transcribed from the ABNF, with the restrictions `host_problem` documents:
+# reg-name is 1*( ALPHA / DIGIT / "-" / "." / "_" ), IP-literal holds IPv6address only, and
+# port is 1*5DIGIT no greater than 65535.
+_H16: Final = "[0-9A-Fa-f]{1,4}"
+_DEC_OCTET: Final = "(?:[0-9]|[1-9][0-9]|1[0-9]{2}|2[0-4][0-9]|25[0-5])"
+_IPV4: Final = rf"{_DEC_OCTET}\.{_DEC_OCTET}\.{_DEC_OCTET}\.{_DEC_OCTET}"
+_LS32: Final = f"(?:{_H16}:{_H16}|{_IPV4})"
+
+
+def _groups(count: int) -> str:
+    return f"(?:{_H16}:){{{count}}}"
+
+
+def _prefix(most: int) -> str:
+    """`[ *most( h16 ":" ) h16 ]`"""
+    return f"(?:(?:{_H16}:){{0,{most}}}{_H16})?"
+
+
+_IPV6: Final = "|".join(
+    [
+        f"{_groups(6)}{_LS32}",
+        f"::{_groups(5)}{_LS32}",
+        f"(?:{_H16})?::{_groups(4)}{_LS32}",
+        f"{_prefix(1)}::{_groups(3)}{_LS32}",
+        f"{_prefix(2)}::{_groups(2)}{_LS32}",
+        f"{_prefix(3)}::{_H16}:{_LS32}",
+        f"{_prefix(4)}::{_LS32}",
+        f"{_prefix(5)}::{_H16}",
+        f"{_prefix(6)}::",
+    ]
+)
+_REG_NAME: Final = "[A-Za-z0-9._-]+"
+_PORT: Final = "(?:[0-9]{1,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+REFERENCE_HOST: Final = re.compile(
+    f"(?:\\[(?:{_IPV6})\\]|{_IPV4}|{_REG_NAME})(?::{_PORT})?".encode(), re.ASCII
+)
+HOSTISH: Final = "abcfAF0123456789.-_:[]@/%!~ v\t\r\n\x00\xe9"
+
+
+def test_handshake_reference_host_grammar_sanity() -> None:
+    """The reference is only useful if it is right: a few values from RFC 4291 and RFC 3986."""
+    good = [b"[::]", b"[1:2:3:4:5:6:7:8]", b"[1:2:3:4:5:6:1.2.3.4]", b"[1::]", b"[::1.2.3.4]"]
+    bad = [b"[1:2:3:4:5:6:7:8:9]", b"[1::2::3]", b"[::1.2.3.04]", b"[:::]", b"[1:2:3:4:5:6:7::8]"]
+    assert all(REFERENCE_HOST.fullmatch(value) for value in good)
+    assert not any(REFERENCE_HOST.fullmatch(value) for value in bad)
+
+
+HOST_PROPERTY = settings(database=None, deadline=None, max_examples=2000)
+
+
+@HOST_PROPERTY
+@given(
+    st.one_of(
+        st.text(HOSTISH, max_size=40),
+        st.text(max_size=40),
+        st.from_regex(REFERENCE_HOST, fullmatch=True).map(lambda value: value.decode("latin-1")),
+        st.tuples(st.ip_addresses(v=6), st.text(HOSTISH, max_size=4)).map(
+            lambda pair: f"[{pair[0]}{pair[1]}]"  # valid, or one with a zone or junk inside
+        ),
+        st.tuples(st.ip_addresses(v=6), st.integers(0, 99999)).map(
+            lambda pair: f"[{pair[0].exploded}]:{pair[1]}"
+        ),
+        st.tuples(st.ip_addresses(v=4), st.integers(0, 99999)).map(
+            lambda pair: f"{pair[0]}:{pair[1]}"
+        ),
+    )
+)
+def test_handshake_host_validation_agrees_with_the_rfc_3986_grammar(text: str) -> None:
+    value = text.encode("utf-8")
+    assert (host_problem(value) is None) == bool(REFERENCE_HOST.fullmatch(value))
 
 
 # --- origin_allowed ----------------------------------------------------------------------------

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import h11
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings, strategies as st
 
-from wsproxy.handshake import Reject
+from wsproxy.config import Security
+from wsproxy.handshake import Reject, UpgradeRequest, host_problem, judge_request
 from wsproxy.intake import (
     HeadTooLarge,
     Replayed,
@@ -54,7 +58,8 @@ async def test_intake_read_head_over_the_limit(chunks: tuple[bytes, ...], limit:
 
 async def test_intake_read_head_client_left_early() -> None:
     with trio.fail_after(CAP):
-        assert await read_head(await fed(b"GET /"), 1024) == (None, b"")
+        assert await read_head(await fed(b"GET /"), 1024) == (None, b"GET /")
+        assert await read_head(await fed(), 1024) == (None, b"")
 
 
 def test_intake_parse_request_refuses_what_is_not_a_request() -> None:
@@ -64,6 +69,114 @@ def test_intake_parse_request_refuses_what_is_not_a_request() -> None:
     refusal = parse_request(b"HTTP/1.1 200 OK\r\n\r\n")
     assert isinstance(refusal, Reject)
     assert refusal.status == 400
+
+
+# --- any request head gets exactly one answer --------------------------------------------------
+
+# SPEC's answers to a request head judged on its own (limits, routes and backends come later).
+HEAD_STATUSES: Final = frozenset({400, 403, 426, 431})
+SECURITIES: Final = (
+    Security(allowed_origins=("https://app.example.com",)),
+    Security(allowed_origins=("*",), require_origin=False),
+)
+PROPERTY = settings(database=None, deadline=None, max_examples=1000)
+
+_FIELDS: Final = {
+    b"Host": [b"proxy.example.com", b"proxy.example.com:8080", b"[::1]:9", b"a/b", b"", b"x@y"],
+    b"Upgrade": [b"websocket", b"WebSocket, h2c", b"h2c", b""],
+    b"Connection": [b"Upgrade", b"keep-alive, upgrade", b"close"],
+    b"Sec-WebSocket-Key": [b"dGhlIHNhbXBsZSBub25jZQ==", b"short", b""],
+    b"Sec-WebSocket-Version": [b"13", b"8", b"13, 13"],
+    b"Origin": [b"https://app.example.com", b"null", b"https://evil.test"],
+    b"Content-Length": [b"0", b"5", b"-1", b"1, 2"],
+    b"Transfer-Encoding": [b"chunked", b"gzip", b"identity"],
+    b"Sec-WebSocket-Extensions": [b"permessage-deflate; client_max_window_bits", b'x; y="'],
+}
+_VALID: Final = [(name, values[0]) for name, values in list(_FIELDS.items())[:6]]
+_LINE_ENDS: Final = [b"\n", b"\r", b"", b"\r\r\n", b"\n\r"]
+
+
+def _mostly(draw: st.DrawFn, usual: bytes, others: list[bytes]) -> bytes:
+    """`usual` about four times in five, else one of `others`."""
+    return draw(st.sampled_from([*[usual] * 4 * len(others), *others]))
+
+
+def _sometimes(draw: st.DrawFn) -> bool:
+    return draw(st.sampled_from([False, False, False, True]))
+
+
+@st.composite
+def near_valid_heads(draw: st.DrawFn) -> bytes:
+    """A request head built like a real upgrade, with some of its parts replaced by others or by
+    random bytes, repeated or dropped, odd line ends, or one byte changed."""
+    method = _mostly(draw, b"GET", [b"POST", b"get", b"CONNECT", b""])
+    target = _mostly(draw, b"/chat?room=1", [b"*", b"http://h.test/", b"", b"/\x00"])
+    version = _mostly(draw, b"HTTP/1.1", [b"HTTP/1.0", b"HTTP/2", b"HTTP/1", b"http/1.1"])
+    fields = list(_VALID)
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2, 3]))):
+        name = draw(st.sampled_from([*_FIELDS, b"X-Any", b"Bad Name", b""]))
+        value = draw(st.one_of(st.sampled_from(_FIELDS.get(name, [b"v"])), st.binary(max_size=20)))
+        index = draw(st.integers(0, len(fields)))
+        if draw(st.booleans()):
+            fields.insert(index, (name, value))
+        elif fields:
+            fields[min(index, len(fields) - 1)] = (name, value)
+    if _sometimes(draw):
+        del fields[draw(st.integers(0, len(fields) - 1))]
+    lines = [b"%s %s %s" % (method, target, version), *(b"%s: %s" % f for f in fields), b""]
+    head = b"".join(line + _mostly(draw, b"\r\n", _LINE_ENDS) for line in lines)
+    if _sometimes(draw):  # one byte changed somewhere
+        at = draw(st.integers(0, len(head) - 1))
+        head = head[:at] + bytes([draw(st.integers(0, 255))]) + head[at + 1 :]
+    return head
+
+
+def _judged(head: bytes, security: Security) -> UpgradeRequest | Reject:
+    request = parse_request(head)
+    return request if isinstance(request, Reject) else judge_request(request, security)
+
+
+@PROPERTY
+@given(
+    st.one_of(st.binary(max_size=600), near_valid_heads(), st.binary().map(lambda b: HEAD + b)),
+    st.sampled_from(SECURITIES),
+)
+def test_intake_any_request_head_gets_exactly_one_answer(head: bytes, security: Security) -> None:
+    judged = _judged(head, security)
+    if isinstance(judged, Reject):
+        assert judged.status in HEAD_STATUSES
+        assert judged.reason
+    else:
+        assert isinstance(judged, UpgradeRequest)
+        assert host_problem(judged.host.encode()) is None  # routing sees only valid hosts
+
+
+def test_intake_near_valid_heads_can_pass() -> None:
+    """The generator is not all refusals: its unchanged head is a valid upgrade."""
+    head = b"GET / HTTP/1.1\r\n" + b"".join(b"%s: %s\r\n" % f for f in _VALID) + b"\r\n"
+    assert isinstance(_judged(head, SECURITIES[0]), UpgradeRequest)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",  # obsolete folding: "a b"
+        b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: h.example.test/evil\r\n\r\n",
+    ],
+    ids=["none", "twice-same", "twice", "twice-1.0", "nul", "folded", "space", "empty", "slash"],
+)
+def test_intake_missing_repeated_or_invalid_host_is_400(head: bytes) -> None:
+    """h11 refuses a missing (HTTP/1.1) or repeated Host; `judge_request` the rest."""
+    judged = _judged(head, SECURITIES[1])
+    assert isinstance(judged, Reject)
+    assert judged.status == 400
 
 
 class _Sink(trio.abc.HalfCloseableStream):

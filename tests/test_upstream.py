@@ -1,4 +1,5 @@
-"""Reaching a backend on in-memory streams and virtual time: success, retries, 502/503/504.
+"""Reaching a backend on in-memory streams and virtual time: success, retries, 502/503/504,
+each attempt's time and the total's, and the size of the backend's answer head.
 
 Each test gives `open_backend` a fake `dial` (`FakeNet`): every call hands the proxy one end of a
 `memory_stream_pair` and runs a scripted backend on the other end, or refuses the connection.
@@ -27,7 +28,6 @@ from wsproxy.handshake import Reject, UpgradeRequest, accept_value
 from wsproxy.servers import FIRST_EJECTION
 from wsproxy.upstream import (
     MAX_PASSTHROUGH_BODY,
-    MAX_RESPONSE_HEAD,
     Backend,
     Passthrough,
     dial_tcp,
@@ -36,8 +36,13 @@ from wsproxy.upstream import (
 
 CAP = 60.0  # virtual seconds: no test may take longer
 CONNECT_TIMEOUT = 5.0
+MAX_HEAD = 16 * 1024
 CLIENT_IP = "203.0.113.7"
 PORT = 9000
+# What clients read: one plain sentence, never an address, port or error text.
+UNREACHABLE = Reject(502, "no backend could take the session")
+TOO_SLOW = Reject(504, "the backend did not answer in time")
+HEAD_TOO_LARGE = Reject(502, "the backend's answer head was too large")
 
 ProxyEnd = trio.StapledStream[trio.testing.MemorySendStream, trio.testing.MemoryReceiveStream]
 
@@ -205,6 +210,8 @@ async def attempt_open(
     net: FakeNet,
     *,
     connect_timeout: float = CONNECT_TIMEOUT,
+    connect_total: float | None = None,
+    max_head: int = MAX_HEAD,
     upgrade: UpgradeRequest | None = None,
 ) -> Backend | Passthrough | Reject:
     return await open_backend(
@@ -213,8 +220,15 @@ async def attempt_open(
         client_ip=CLIENT_IP,
         scheme="https",
         connect_timeout=connect_timeout,
+        connect_total=connect_total,
+        max_head=max_head,
         dial=net.dial,
     )
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings `open_backend` logged: one per failed server, with the details."""
+    return [r.getMessage() for r in caplog.records if r.name == "wsproxy.upstream"]
 
 
 async def expect_closed(attempt: Attempt) -> None:
@@ -384,17 +398,19 @@ async def test_open_backend_refused_connect_tries_the_next_server(
         await result.stream.aclose()
 
 
-async def test_open_backend_gives_up_after_retries_with_502_and_the_last_reason(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+async def test_open_backend_gives_up_after_retries_with_502_and_logs_each_reason(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         start = trio.current_time()
         net = FakeNet(nursery, {host: REFUSE for host in "abcd"})
         balancer = make_balancer("a", "b", "c", "d", retries=2)
         result = await attempt_open(balancer, net)
-        assert result == Reject(
-            502, "could not reach a backend: connect to c:9000: Connection refused"
-        )
+        assert result == UNREACHABLE
+        assert logged(caplog) == [
+            f"backend ws://{host}:9000 failed: connect to {host}:9000: Connection refused"
+            for host in "abc"
+        ]
         assert net.hosts == ["a", "b", "c"]  # one try and two retries; d is never dialled
         for host in "abc":
             assert state(balancer, host) == (1, start + FIRST_EJECTION)
@@ -418,14 +434,12 @@ async def test_open_backend_never_tries_the_same_server_twice(
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": REFUSE, "b": REFUSE})
         result = await attempt_open(make_balancer("a", "b", retries=5), net)
-        assert result == Reject(
-            502, "could not reach a backend: connect to b:9000: Connection refused"
-        )
+        assert result == UNREACHABLE
         assert net.hosts == ["a", "b"]
 
 
-async def test_open_backend_oserror_without_strerror_uses_its_message(
-    autojump_clock: trio.testing.MockClock,
+async def test_open_backend_oserror_without_strerror_logs_its_message(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def dial(host: str, port: int) -> trio.abc.Stream:
         raise OSError(f"all attempts to connect to {host}:{port} failed")
@@ -437,13 +451,14 @@ async def test_open_backend_oserror_without_strerror_uses_its_message(
             client_ip=CLIENT_IP,
             scheme="http",
             connect_timeout=CONNECT_TIMEOUT,
+            max_head=MAX_HEAD,
             dial=dial,
         )
-        assert result == Reject(
-            502,
-            "could not reach a backend: connect to a:9000: "
-            "all attempts to connect to a:9000 failed",
-        )
+        assert result == UNREACHABLE
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: connect to a:9000: "
+            "all attempts to connect to a:9000 failed"
+        ]
 
 
 async def test_open_backend_all_servers_ejected_is_503_without_dialling(
@@ -475,18 +490,18 @@ async def test_open_backend_skips_an_ejected_server(
 
 
 async def test_open_backend_invalid_101_fails_ejects_and_closes_the_stream(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         start = trio.current_time()
         net = FakeNet(nursery, {"a": Fake(accepting(wrong_accept=True))})
         balancer = make_balancer("a")
         result = await attempt_open(balancer, net)
-        assert result == Reject(
-            502,
-            "could not reach a backend: the backend's handshake answer was not valid WebSocket: "
-            "Sec-WebSocket-Accept does not match the key",
-        )
+        assert result == UNREACHABLE
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: the backend's handshake answer was not valid WebSocket: "
+            "Sec-WebSocket-Accept does not match the key"
+        ]
         assert state(balancer, "a") == (1, start + FIRST_EJECTION)
         assert not balancer.any_healthy(trio.current_time())
         await expect_closed(net.attempts[0])
@@ -510,71 +525,60 @@ async def test_open_backend_invalid_101_then_a_good_server(
 
 
 async def test_open_backend_garbage_answer_is_502(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": Fake(sending(b"SSH-2.0-OpenSSH_9.6\r\n\r\n"))})
         balancer = make_balancer("a")
         result = await attempt_open(balancer, net)
-        assert isinstance(result, Reject)
-        assert result.status == 502
-        assert result.reason == "could not reach a backend: the backend's answer was not valid HTTP"
+        assert result == UNREACHABLE
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: the backend's answer was not valid HTTP"
+        ]
         assert state(balancer, "a")[0] == 1
         await expect_closed(net.attempts[0])
 
 
-async def test_open_backend_oversized_response_head_is_502(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
-) -> None:
-    endless = b"HTTP/1.1 101 Switching Protocols\r\nX-Pad: " + b"a" * (MAX_RESPONSE_HEAD + 1)
-    with trio.fail_after(CAP):
-        net = FakeNet(nursery, {"a": Fake(sending(endless))})
-        result = await attempt_open(make_balancer("a"), net)
-        assert isinstance(result, Reject)
-        assert result.status == 502
-        assert result.reason == "could not reach a backend: the backend's answer was not valid HTTP"
-        await expect_closed(net.attempts[0])
-
-
 async def test_open_backend_backend_closing_without_an_answer_is_502(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The reason is the one `_handshake` has for this case, not h11's state-machine message."""
+    """The logged reason is the one `_handshake` has for this case, not h11's message."""
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": Fake(CLOSING)})
         balancer = make_balancer("a")
         result = await attempt_open(balancer, net)
-        assert isinstance(result, Reject)
-        assert result.status == 502
+        assert result == UNREACHABLE
         assert state(balancer, "a")[0] == 1
         proxy_end = net.attempts[0].proxy_end
         assert proxy_end is not None
         with pytest.raises(trio.ClosedResourceError):
             await proxy_end.send_all(b"x")  # the proxy closed its end too
-        assert result.reason == (
-            "could not reach a backend: the backend closed the connection without answering"
-        )
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: the backend closed the connection without answering"
+        ]
 
 
 async def test_open_backend_backend_closing_mid_answer_is_502(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": Fake(sending(b"HTTP/1.1 101 Swi", then_close=True))})
         result = await attempt_open(make_balancer("a"), net)
-        assert isinstance(result, Reject)
-        assert result.status == 502
-        assert result.reason == "could not reach a backend: the backend's answer was not valid HTTP"
+        assert result == UNREACHABLE
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: the backend's answer was not valid HTTP"
+        ]
 
 
 async def test_open_backend_reset_before_the_request_is_502(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         net = FakeNet(nursery, {"a": Fake(accepting(), closed_at_dial=True)})
         balancer = make_balancer("a")
         result = await attempt_open(balancer, net)
-        assert result == Reject(502, "could not reach a backend: the backend reset the connection")
+        assert result == UNREACHABLE
+        assert logged(caplog) == ["backend ws://a:9000 failed: the backend reset the connection"]
         assert state(balancer, "a")[0] == 1
 
 
@@ -655,7 +659,7 @@ async def test_open_backend_passthrough_body_of_the_maximum_size_is_kept(
 
 
 async def test_open_backend_passthrough_body_over_the_maximum_is_a_failure(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         start = trio.current_time()
@@ -663,27 +667,31 @@ async def test_open_backend_passthrough_body_over_the_maximum_is_a_failure(
         net = FakeNet(nursery, {"a": Fake(refusing(400, [], body))})
         balancer = make_balancer("a")
         result = await attempt_open(balancer, net)
-        assert result == Reject(
-            502, "could not reach a backend: the backend's refusal had an oversized body"
-        )
+        assert result == UNREACHABLE
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: the backend's refusal had an oversized body"
+        ]
         assert state(balancer, "a") == (1, start + FIRST_EJECTION)
         await expect_closed(net.attempts[0])
 
 
-# --- the connect deadline: 504 -----------------------------------------------------------------
+# --- each attempt's time, the total, and 504 ---------------------------------------------------
 
 
 async def test_open_backend_silent_backend_is_504_exactly_at_the_connect_timeout(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
         start = trio.current_time()
         net = FakeNet(nursery, {"a": Fake(SILENT)})
         balancer = make_balancer("a")
         result = await attempt_open(balancer, net)
-        assert result == Reject(504, "the backend did not answer within 5s")
+        assert result == TOO_SLOW
         assert trio.current_time() == start + CONNECT_TIMEOUT
         assert state(balancer, "a") == (1, start + CONNECT_TIMEOUT + FIRST_EJECTION)
+        assert logged(caplog) == [
+            "backend ws://a:9000 failed: no answer within 5s (timeouts.connect)"
+        ]
         await expect_closed(net.attempts[0])
 
 
@@ -694,12 +702,36 @@ async def test_open_backend_hanging_dial_is_504_at_the_connect_timeout(
         start = trio.current_time()
         net = FakeNet(nursery, {"a": Fake(accepting(), dial_delay=3600.0)})
         result = await attempt_open(make_balancer("a"), net, connect_timeout=2.5)
-        assert result == Reject(504, "the backend did not answer within 2.5s")
+        assert result == TOO_SLOW
         assert trio.current_time() == start + 2.5
         assert net.attempts[0].proxy_end is None
 
 
-async def test_open_backend_retries_share_one_deadline(
+@pytest.mark.parametrize("hung", [Fake(SILENT), Fake(accepting(), dial_delay=3600.0)])
+async def test_open_backend_hung_server_costs_one_connect_timeout_then_the_next_answers(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, hung: Fake
+) -> None:
+    """A frozen server (accepts, never answers; or never accepts) no longer eats the budget."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": hung, "b": Fake(accepting(trailing=b"ws"))})
+        balancer = make_balancer("a", "b")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Backend)
+        assert result.server.host == "b"
+        assert result.trailing == b"ws"
+        assert trio.current_time() == start + CONNECT_TIMEOUT
+        assert result.connect_seconds == CONNECT_TIMEOUT
+        assert [(attempt.host, attempt.at) for attempt in net.attempts] == [
+            ("a", start),
+            ("b", start + CONNECT_TIMEOUT),
+        ]
+        assert state(balancer, "a") == (1, start + CONNECT_TIMEOUT + FIRST_EJECTION)
+        assert state(balancer, "b") == (0, 0.0)
+        await result.stream.aclose()
+
+
+async def test_open_backend_each_retry_gets_its_own_connect_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(CAP):
@@ -710,16 +742,90 @@ async def test_open_backend_retries_share_one_deadline(
         )
         balancer = make_balancer("a", "b", "c")
         result = await attempt_open(balancer, net)
-        assert result == Reject(504, "the backend did not answer within 5s")
-        assert trio.current_time() == start + CONNECT_TIMEOUT  # not 3 s + a fresh 5 s
+        assert isinstance(result, Backend)
+        assert result.server.host == "c"
+        assert trio.current_time() == start + 3.0 + CONNECT_TIMEOUT  # b had a whole 5 s
         assert [(attempt.host, attempt.at) for attempt in net.attempts] == [
             ("a", start),
             ("b", start + 3.0),
+            ("c", start + 3.0 + CONNECT_TIMEOUT),
         ]
         assert state(balancer, "a") == (1, start + 3.0 + FIRST_EJECTION)
-        assert state(balancer, "b") == (1, start + CONNECT_TIMEOUT + FIRST_EJECTION)
-        assert state(balancer, "c") == (0, 0.0)
+        assert state(balancer, "b") == (1, start + 3.0 + CONNECT_TIMEOUT + FIRST_EJECTION)
         await expect_closed(net.attempts[1])
+        await result.stream.aclose()
+
+
+async def test_open_backend_default_total_lets_every_attempt_use_its_whole_time(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Unset, `connect_total` is connect * (1 + retries): three silent servers, 15 s, 504."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {host: Fake(SILENT) for host in "abcd"})
+        balancer = make_balancer("a", "b", "c", "d", retries=2)
+        result = await attempt_open(balancer, net)
+        assert result == TOO_SLOW
+        assert trio.current_time() == start + 3 * CONNECT_TIMEOUT
+        assert [attempt.at for attempt in net.attempts] == [start, start + 5.0, start + 10.0]
+        for host, failed_at in (("a", 5.0), ("b", 10.0), ("c", 15.0)):
+            assert state(balancer, host) == (1, start + failed_at + FIRST_EJECTION)
+        assert state(balancer, "d") == (0, 0.0)
+        for attempt in net.attempts:
+            await expect_closed(attempt)
+
+
+async def test_open_backend_total_exhausted_is_504_and_fails_the_server_it_cut_short(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {host: Fake(SILENT) for host in "abc"})
+        balancer = make_balancer("a", "b", "c", retries=2)
+        result = await attempt_open(balancer, net, connect_total=12.0)
+        assert result == TOO_SLOW
+        assert trio.current_time() == start + 12.0
+        assert [attempt.at for attempt in net.attempts] == [start, start + 5.0, start + 10.0]
+        assert state(balancer, "c") == (1, start + 12.0 + FIRST_EJECTION)
+        assert logged(caplog)[-1] == (
+            "backend ws://c:9000 failed: no answer within the 12s of timeouts.connect_total"
+        )
+        await expect_closed(net.attempts[2])
+
+
+async def test_open_backend_total_shorter_than_one_attempt_cuts_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": Fake(SILENT), "b": Fake(accepting())})
+        balancer = make_balancer("a", "b")
+        result = await attempt_open(balancer, net, connect_total=2.0)
+        assert result == TOO_SLOW
+        assert trio.current_time() == start + 2.0
+        assert net.hosts == ["a"]
+        assert state(balancer, "a") == (1, start + 2.0 + FIRST_EJECTION)
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "answer"),
+    [(Fake(SILENT), REFUSE, UNREACHABLE), (REFUSE, Fake(SILENT), TOO_SLOW)],
+    ids=["timeout-then-refused", "refused-then-timeout"],
+)
+async def test_open_backend_answer_follows_the_last_failure(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    first: Fake,
+    last: Fake,
+    answer: Reject,
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": first, "b": last})
+        result = await attempt_open(make_balancer("a", "b"), net)
+        assert result == answer
+        assert trio.current_time() == start + CONNECT_TIMEOUT
+        assert net.hosts == ["a", "b"]
 
 
 async def test_open_backend_connect_seconds_covers_the_failed_tries(
@@ -731,6 +837,100 @@ async def test_open_backend_connect_seconds_covers_the_failed_tries(
         assert isinstance(result, Backend)
         assert result.connect_seconds == 2.0
         await result.stream.aclose()
+
+
+# --- the size of the backend's answer head -----------------------------------------------------
+
+
+def padded_101(key: bytes, size: int, *, status: bytes = b"101 Switching Protocols") -> bytes:
+    """A valid answer head for `key` of exactly `size` bytes, blank line included."""
+    head = (
+        b"HTTP/1.1 " + status + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\nX-Pad: "
+    )
+    pad = size - len(head) - 4
+    assert pad >= 1
+    return head + b"p" * pad + b"\r\n\r\n"
+
+
+def sending_head(size: int, piece: int, *, after: bytes = b"\x81\x00") -> Script:
+    """A backend whose 101 head is `size` bytes, sent in pieces of `piece` bytes, then `after`."""
+
+    async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
+        await read_request(stream, attempt)
+        data = padded_101(header(attempt.request, b"sec-websocket-key"), size) + after
+        for at in range(0, len(data), piece):
+            await stream.send_all(data[at : at + piece])
+            await trio.sleep(0.001)  # each piece is its own read
+
+    return script
+
+
+@pytest.mark.parametrize("piece", [1_000_000, 4096, 1], ids=["one-write", "4KiB", "1-byte"])
+async def test_open_backend_answer_head_over_max_head_is_502_however_it_arrives(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    piece: int,
+) -> None:
+    size = (MAX_HEAD + 1) if piece != 1 else 2049
+    max_head = MAX_HEAD if piece != 1 else 2048
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        net = FakeNet(nursery, {"a": Fake(sending_head(size, piece))})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net, max_head=max_head)
+        assert result == HEAD_TOO_LARGE
+        assert logged(caplog) == [
+            f"backend ws://a:9000 failed: its answer head was over {max_head} bytes "
+            "(security.max_header_size)"
+        ]
+        assert state(balancer, "a") == (1, trio.current_time() + FIRST_EJECTION)
+        assert trio.current_time() - start < CONNECT_TIMEOUT
+        proxy_end = net.attempts[0].proxy_end
+        assert proxy_end is not None
+        with pytest.raises(trio.ClosedResourceError):
+            await proxy_end.send_all(b"x")  # the proxy closed its end
+
+
+@pytest.mark.parametrize("piece", [1_000_000, 4096, 1], ids=["one-write", "4KiB", "1-byte"])
+async def test_open_backend_answer_head_of_exactly_max_head_passes_however_it_arrives(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, piece: int
+) -> None:
+    size = MAX_HEAD if piece != 1 else 2048
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending_head(size, piece))})
+        result = await attempt_open(make_balancer("a"), net, max_head=size)
+        assert isinstance(result, Backend)
+        assert [name for name, _ in result.accept.headers] == [b"x-pad"]
+        assert result.trailing == b"\x81\x00"[: len(result.trailing)]  # what came behind it
+        await result.stream.aclose()
+
+
+async def test_open_backend_each_interim_head_has_the_limit_of_its_own(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
+        await read_request(stream, attempt)
+        key = header(attempt.request, b"sec-websocket-key")
+        interim = b"HTTP/1.1 103 Early Hints\r\nLink: " + b"l" * 1500 + b"\r\n\r\n"
+        await stream.send_all(interim + padded_101(key, 2000))
+
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(script)})
+        result = await attempt_open(make_balancer("a"), net, max_head=2048)
+        assert isinstance(result, Backend)
+        await result.stream.aclose()
+
+
+async def test_open_backend_oversized_refusal_head_is_502_too(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    raw = b"HTTP/1.1 401 Unauthorized\r\nX-Pad: " + b"p" * MAX_HEAD + b"\r\n\r\n"
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(raw))})
+        result = await attempt_open(make_balancer("a"), net)
+        assert result == HEAD_TOO_LARGE
 
 
 # --- the real dial -----------------------------------------------------------------------------
@@ -781,7 +981,9 @@ async def test_dial_tcp_refused_address_raises_oserror_and_leaks_no_socket() -> 
         assert len(os.listdir("/proc/self/fd")) == before
 
 
-async def test_open_backend_default_dial_refused_is_502() -> None:
+async def test_open_backend_default_dial_refused_is_502_naming_no_address(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     with trio.fail_after(10):
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
@@ -789,8 +991,16 @@ async def test_open_backend_default_dial_refused_is_502() -> None:
         server = Server(url=f"ws://127.0.0.1:{port}", host="127.0.0.1", port=port)
         balancer = PoolBalancer(Pool(name="main", servers=(server,), retries=0))
         result = await open_backend(
-            balancer, make_upgrade(), client_ip=CLIENT_IP, scheme="http", connect_timeout=5.0
+            balancer,
+            make_upgrade(),
+            client_ip=CLIENT_IP,
+            scheme="http",
+            connect_timeout=5.0,
+            max_head=MAX_HEAD,
         )
-        assert isinstance(result, Reject)
-        assert result.status == 502
-        assert result.reason.startswith(f"could not reach a backend: connect to 127.0.0.1:{port}:")
+    assert result == UNREACHABLE
+    assert "127.0.0.1" not in result.reason
+    assert str(port) not in result.reason
+    (line,) = logged(caplog)
+    assert line.startswith(f"backend ws://127.0.0.1:{port} failed: connect to 127.0.0.1:{port}: ")
+    assert line.endswith("Connection refused")

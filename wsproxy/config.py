@@ -102,7 +102,9 @@ class Security:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
-    connect: float = 5.0
+    connect: float = 5.0  # each attempt: TCP (+TLS) and the WebSocket handshake with one server
+    # All attempts of one handshake together; None = connect * (1 + the pool's retries).
+    connect_total: float | None = None
     idle: float = 600.0  # 0 = never close a quiet session
 
 
@@ -372,7 +374,14 @@ class _Checker(Problems):
             "admin": self.admin,
             "security": self.security,
             "timeouts": lambda v, p: self.build(
-                Timeouts, v, p, {"connect": scalar(_positive), "idle": scalar(duration)}
+                Timeouts,
+                v,
+                p,
+                {
+                    "connect": scalar(_positive),
+                    "connect_total": scalar(_positive),
+                    "idle": scalar(duration),
+                },
             ),
             "keepalive": lambda v, p: self.build(
                 Keepalive, v, p, {"interval": scalar(duration), "timeout": scalar(_positive)}

@@ -7,6 +7,8 @@ Invariants:
   leg, never copied. Everything else is end to end.
 - Only `permessage-deflate` offers are forwarded, because the relay forwards frames untouched and
   so must know which RSV bits the negotiated extensions allow.
+- The Host of an `UpgradeRequest` passed `host_problem`: routing, the backend's `Host` and
+  `X-Forwarded-Host` never see a value outside that grammar.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Final
@@ -39,7 +42,7 @@ class UpgradeRequest:
     """A client's upgrade request that passed every check."""
 
     target: bytes  # path and query, as sent
-    host: str  # the Host header, as sent ("" if absent)
+    host: str  # the Host header, as sent; always valid (see `host_problem`)
     origin: str | None
     key: bytes  # the client's Sec-WebSocket-Key
     headers: Headers  # the request's headers, names lower-cased, as h11 gives them
@@ -90,14 +93,27 @@ _FORWARDING: Final = frozenset(
 _DEFLATE: Final = b"permessage-deflate"
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _MAX_ECHO: Final = 100  # characters of client input quoted back in a reason
+# RFC 3986 reg-name, restricted to what DNS names and the other names hosts are reached by use
+# (letters, digits, "-", ".", "_"): no pct-encoded or sub-delims, which no real host name has.
+_NAME_BYTES: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+_HEX_BYTES: Final = frozenset(b"0123456789abcdefABCDEF:.")
+_BAD_HOST: Final = "the Host header must be a host name or IP address, with an optional :port"
+_BAD_PORT: Final = "the Host header's port must be a number from 0 to 65535"
 
 
 # --- the client's request ----------------------------------------------------------------------
 
 
 def judge_request(request: h11.Request, security: Security) -> UpgradeRequest | Reject:
-    """Check a client's upgrade request (RFC 6455 4.2.1) and the Origin policy, in that order."""
+    """Check a client's Host (RFC 9112 3.2: a bad one is a 400 for any request), its upgrade
+    request (RFC 6455 4.2.1) and the Origin policy, in that order."""
     headers: Headers = tuple(request.headers)
+    hosts = _values(headers, b"host")
+    if len(hosts) != 1:
+        return Reject(400, "more than one Host header" if hosts else "the Host header is missing")
+    problem = host_problem(hosts[0])
+    if problem is not None:
+        return Reject(400, problem)
     if b"websocket" not in _tokens(headers, b"upgrade"):
         return Reject(
             426,
@@ -135,14 +151,50 @@ def judge_request(request: h11.Request, security: Security) -> UpgradeRequest | 
             return Reject(403, "an Origin header is required")
     elif not origin_allowed(origin, security.allowed_origins):
         return Reject(403, f"Origin {_clip(origin)} is not allowed")
-    hosts = _values(headers, b"host")
     return UpgradeRequest(
         target=request.target,
-        host=hosts[0].decode("latin-1") if hosts else "",
+        host=hosts[0].decode("ascii"),
         origin=origin,
         key=keys[0],
         headers=headers,
     )
+
+
+def host_problem(value: bytes) -> str | None:
+    """Why `value` is not a valid Host header value (RFC 9110 7.2, RFC 3986 3.2.2), or None.
+
+    Accepted: `host [":" port]`, where host is
+    - a name of letters, digits, "-", "." and "_" (RFC 3986's reg-name, without the
+      percent-encoding and sub-delims no real host name uses; it covers every IPv4 address);
+    - or an IPv6 address in brackets, without a zone ID (IPvFuture is refused);
+    and port is 1 to 5 digits worth 0 to 65535 (an empty port, which RFC 3986 allows, is
+    refused: no client sends one, and backends disagree on what it means).
+    An empty value (RFC 9110 allows it for URIs without an authority, never a ws: URI) is refused.
+    """
+    if not value:
+        return "the Host header is empty"
+    if value.startswith(b"["):
+        end = value.find(b"]")
+        literal, port = value[1:end], value[end + 1 :]
+        if end < 0 or not literal or not _HEX_BYTES.issuperset(literal):
+            return _BAD_HOST
+        try:
+            ipaddress.IPv6Address(literal.decode("ascii"))
+        except ValueError:
+            return _BAD_HOST
+    else:
+        name, colon, digits = value.partition(b":")
+        port = colon + digits
+        if not name or not _NAME_BYTES.issuperset(name):
+            return _BAD_HOST
+    if not port:
+        return None
+    if port[:1] != b":":
+        return _BAD_HOST
+    digits = port[1:]
+    if not (digits.isdigit() and len(digits) <= 5 and int(digits) <= 65535):
+        return _BAD_PORT
+    return None
 
 
 def origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:

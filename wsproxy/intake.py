@@ -2,8 +2,9 @@
 
 Invariants:
 - A PROXY protocol header is read whole, with nothing read past its end that is not returned;
-  a request head is read up to its blank line and at most `limit` bytes, and the bytes behind
-  it are returned, as they belong to the WebSocket stream.
+  a head (a client's request here, a backend's answer in `upstream`) is read up to its blank
+  line and at most `limit` bytes, counted the same however the bytes arrive, and the bytes
+  behind it are returned, as they belong to the WebSocket stream.
 - A refusal is an HTTP/1.1 answer with a short plain-text body, then a polite close: send, shut
   our side, read what the client still sends for at most `LINGER` seconds, then close, so the
   client reads the answer instead of a reset.
@@ -12,21 +13,23 @@ Invariants:
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
 
 from wsproxy.handshake import Headers, Reject, reject_from_h11_error, reject_response
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
-from wsproxy.upstream import Passthrough
+
+if TYPE_CHECKING:  # upstream reads its backends' answers with `read_head`
+    from wsproxy.upstream import Passthrough
 
 _CHUNK: Final = 16384
 LINGER: Final = 1.0  # seconds spent reading what a refused client still sends, before closing
 
 
 class HeadTooLarge(Exception):
-    """The request head is longer than `max_header_size`."""
+    """The head is longer than its limit (`max_header_size`)."""
 
 
 async def read_proxy_header(
@@ -55,9 +58,11 @@ async def read_proxy_header(
 async def read_head(
     stream: trio.abc.ReceiveStream, limit: int, early: bytes = b""
 ) -> tuple[bytes | None, bytes]:
-    """Read up to the blank line that ends a request head: (head, the bytes behind it).
+    """Read up to the blank line that ends an HTTP head (a client's request, a backend's
+    answer): (head, the bytes behind it), or (None, every byte read) if the peer closed first.
 
-    `early` holds bytes of the request already read."""
+    `early` holds bytes of the head already read. A head longer than `limit` bytes, blank line
+    included, raises `HeadTooLarge`, however its bytes are split into reads."""
     buffer = bytearray(early)
     searched_from = 0
     while True:
@@ -70,7 +75,7 @@ async def read_head(
             raise HeadTooLarge
         data = await stream.receive_some(_CHUNK)
         if not data:
-            return None, b""
+            return None, bytes(buffer)
         searched_from = max(len(buffer) - 3, 0)
         buffer += data
 

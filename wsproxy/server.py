@@ -539,6 +539,8 @@ class Proxy:
             client_ip=ip,
             scheme="https" if secure else "http",
             connect_timeout=config.timeouts.connect,
+            connect_total=config.timeouts.connect_total,
+            max_head=security.max_header_size,
             dial=self._dial,
             pick=pick,
             tls=pool_tls.get(balancer.name),

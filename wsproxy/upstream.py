@@ -1,10 +1,16 @@
 """Reaching a backend: dial a server of the pool, run the client side of its handshake, retry.
 
 Invariants:
-- The whole attempt, every retry included, runs under one `timeouts.connect` deadline; running
-  out of it is a 504, every other failure a 502, and a pool with no healthy server a 503.
-- A server is tried at most once per attempt; each failure ejects it (see `balancer`), and a
+- Each attempt (TCP, TLS and the WebSocket handshake with one server) has its own
+  `timeouts.connect`; all attempts together are bounded by `timeouts.connect_total`. A server
+  that runs out of its time has failed, like one that refused, and the next one is tried.
+- The client's answer follows the last failure: 504 if it was a timeout (the attempt's or the
+  total's), else 502; 503 when no server could be chosen at all. Its body is one plain sentence
+  that names no address, port, URL or error text: those go to the log, at warning.
+- A server is tried at most once per handshake; each failure ejects it (see `balancer`), and a
   completed HTTP answer, 101 or not, counts as the server being alive.
+- Every head of a backend's answer is at most `max_head` bytes (`security.max_header_size`),
+  counted by `intake.read_head` as for a client's request, however the bytes arrive.
 - A backend's non-101 answer is returned whole (status, end-to-end headers, a body of at most
   `MAX_PASSTHROUGH_BODY` bytes) for the client; the stream is closed here in that case.
 - On success the caller owns the returned stream and must close it; bytes that came right behind
@@ -34,6 +40,7 @@ from wsproxy.handshake import (
     new_key,
     passthrough_headers,
 )
+from wsproxy.intake import HeadTooLarge, read_head
 from wsproxy.servers import ServerState
 from wsproxy.tls import backend_context
 from wsproxy.units import is_address
@@ -43,8 +50,12 @@ log = logging.getLogger(__name__)
 Dial = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 MAX_PASSTHROUGH_BODY: Final = 64 * 1024
-MAX_RESPONSE_HEAD: Final = 64 * 1024
 _CHUNK: Final = 65536
+
+# What the client reads when no backend took its session; the details are logged instead.
+UNREACHABLE: Final = Reject(502, "no backend could take the session")
+TOO_SLOW: Final = Reject(504, "the backend did not answer in time")
+HEAD_TOO_LARGE: Final = Reject(502, "the backend's answer head was too large")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +81,12 @@ class Passthrough:
 
 
 class _HandshakeFailed(Exception):
-    """This server could not be used: connect refused, reset, or a broken answer."""
+    """This server could not be used: connect refused, reset, a broken answer, or no answer in
+    time. The message is for the log; `answer` is what the client gets if no server works."""
+
+    def __init__(self, detail: str, answer: Reject = UNREACHABLE) -> None:
+        super().__init__(detail)
+        self.answer = answer
 
 
 async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
@@ -131,19 +147,25 @@ async def open_backend(
     client_ip: str,
     scheme: str,
     connect_timeout: float,
+    connect_total: float | None = None,
+    max_head: int,
     dial: Dial = dial_tcp,
     pick: Pick = ANY,
     tls: ssl.SSLContext | None = None,
 ) -> Backend | Passthrough | Reject:
-    """Find a server of `balancer`'s pool that takes the upgrade, within `connect_timeout`.
+    """Find a server of `balancer`'s pool that takes the upgrade: each try within
+    `connect_timeout`, all of them within `connect_total` (None: every try may use its whole
+    time, so `connect_timeout` * (1 + `retries`)).
 
     The server is counted as `connecting` while its handshake runs, so other handshakes see
     its load; the caller counts the session (`balancer.started`) once it owns the stream.
     """
     start = trio.current_time()
+    if connect_total is None:
+        connect_total = connect_timeout * (1 + balancer.retries)
     tried: list[ServerState] = []
-    last_problem = ""
-    with trio.move_on_after(connect_timeout) as scope:
+    failure: _HandshakeFailed | None = None
+    with trio.move_on_after(connect_total) as total:
         while len(tried) <= balancer.retries:
             server = balancer.choose(trio.current_time(), pick, exclude=tried)
             if server is None:
@@ -151,31 +173,40 @@ async def open_backend(
             tried.append(server)
             server.connecting += 1
             try:
-                result = await _try_server(server, upgrade, client_ip, scheme, dial, tls)
+                with trio.fail_after(connect_timeout):
+                    result = await _try_server(
+                        server, upgrade, client_ip, scheme, dial, tls, max_head
+                    )
+            except trio.TooSlowError:
+                failure = _HandshakeFailed(
+                    f"no answer within {connect_timeout:g}s (timeouts.connect)", TOO_SLOW
+                )
             except _HandshakeFailed as exc:
-                last_problem = str(exc)
-                log.warning("backend %s failed: %s", server.key, exc)
-                server.failed(trio.current_time())
-                continue
+                failure = exc
+            else:
+                server.succeeded()
+                if isinstance(result, Backend):
+                    return Backend(
+                        server,
+                        result.stream,
+                        result.accept,
+                        result.trailing,
+                        trio.current_time() - start,
+                    )
+                return result
             finally:
                 server.connecting -= 1
-            server.succeeded()
-            if isinstance(result, Backend):
-                return Backend(
-                    server,
-                    result.stream,
-                    result.accept,
-                    result.trailing,
-                    trio.current_time() - start,
-                )
-            return result
-    if scope.cancelled_caught:
-        if tried:
-            tried[-1].failed(trio.current_time())
-        return Reject(504, f"the backend did not answer within {connect_timeout:g}s")
-    if not tried:
+            log.warning("backend %s failed: %s", server.key, failure)
+            server.failed(trio.current_time())
+    if total.cancelled_caught and tried:
+        failure = _HandshakeFailed(
+            f"no answer within the {connect_total:g}s of timeouts.connect_total", TOO_SLOW
+        )
+        log.warning("backend %s failed: %s", tried[-1].key, failure)
+        tried[-1].failed(trio.current_time())
+    if failure is None:
         return balancer.refusal(trio.current_time())
-    return Reject(502, f"could not reach a backend: {last_problem}")
+    return failure.answer
 
 
 async def _try_server(
@@ -185,6 +216,7 @@ async def _try_server(
     scheme: str,
     dial: Dial,
     tls: ssl.SSLContext | None,
+    max_head: int,
 ) -> Backend | Passthrough:
     try:
         stream = await connect(server, dial, tls)
@@ -194,7 +226,7 @@ async def _try_server(
         ) from None
     ok = False
     try:
-        result = await _handshake(server, stream, upgrade, client_ip, scheme)
+        result = await _handshake(server, stream, upgrade, client_ip, scheme, max_head)
         ok = isinstance(result, Backend)
         return result
     finally:
@@ -208,22 +240,20 @@ async def _handshake(
     upgrade: UpgradeRequest,
     client_ip: str,
     scheme: str,
+    max_head: int,
 ) -> Backend | Passthrough:
     key = new_key(os.urandom(16))
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
     request = backend_request(upgrade, key=key, client_ip=client_ip, scheme=scheme)
     try:
         await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-        head = await _next_event(stream, conn)
-        while isinstance(head, h11.InformationalResponse) and head.status_code != 101:
-            head = await _next_event(stream, conn)
+        head, behind = await _answer_head(stream, conn, max_head)
         if isinstance(head, h11.InformationalResponse):
             verdict = judge_backend_response(head, key=key, upgrade=upgrade)
             if isinstance(verdict, Reject):
                 raise _HandshakeFailed(verdict.reason)
-            trailing = bytes(conn.trailing_data[0])
-            return Backend(server, stream, verdict, trailing, 0.0)
-        assert isinstance(head, h11.Response)  # h11 raises on EOF before a response head
+            return Backend(server, stream, verdict, behind, 0.0)
+        conn.receive_data(behind)
         body = bytearray()
         while True:
             event = await _next_event(stream, conn)
@@ -241,13 +271,40 @@ async def _handshake(
             bytes(body),
         )
     except h11.ProtocolError:
-        # h11's message may quote the backend's bytes, which are not for the client's eyes.
-        received, closed = conn.trailing_data
-        if closed and not received:
-            raise _HandshakeFailed("the backend closed the connection without answering") from None
+        # h11's message may quote the backend's raw bytes; the log gets a plain description.
         raise _HandshakeFailed("the backend's answer was not valid HTTP") from None
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         raise _HandshakeFailed("the backend reset the connection") from None
+
+
+async def _answer_head(
+    stream: trio.abc.Stream, conn: h11.Connection, max_head: int
+) -> tuple[h11.InformationalResponse | h11.Response, bytes]:
+    """The backend's 101 or final answer head, past any other 1xx, and the bytes behind it.
+
+    Each head is read whole by `read_head` before h11 sees it, so its size limit does not depend
+    on how the backend's bytes were split."""
+    behind = b""
+    while True:
+        try:
+            raw, behind = await read_head(stream, max_head, behind)
+        except HeadTooLarge:
+            raise _HandshakeFailed(
+                f"its answer head was over {max_head} bytes (security.max_header_size)",
+                HEAD_TOO_LARGE,
+            ) from None
+        if raw is None:
+            if behind:
+                raise _HandshakeFailed("the backend's answer was not valid HTTP")
+            raise _HandshakeFailed("the backend closed the connection without answering")
+        conn.receive_data(raw)
+        head = conn.next_event()
+        if isinstance(head, h11.Response) or (
+            isinstance(head, h11.InformationalResponse) and head.status_code == 101
+        ):
+            return head, behind
+        if not isinstance(head, h11.InformationalResponse):
+            raise _HandshakeFailed("the backend's answer was not valid HTTP")
 
 
 async def _next_event(
