@@ -44,6 +44,7 @@ LAYERS: Final = {
     "health": 3,
     "discovery": 3,
     "tls": 3,
+    "listening": 3,
     "server": 4,
     "echo": 4,
     "admin": 4,
