@@ -521,6 +521,12 @@ GOOD_AFTER = frame(OP_TEXT, b"never forwarded", mask=KEY)
             for length in (1 << 63, (1 << 64) - 1)
         ),
         pytest.param(
+            header(OP_PING, 1 << 63, mask=KEY),
+            1002,
+            "64-bit length with its top bit set",
+            id="64_bit_top_bit_ping",
+        ),
+        pytest.param(
             frame(OP_CLOSE, b"\x03", mask=KEY),
             1002,
             "close frame with a 1-byte payload",

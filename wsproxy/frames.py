@@ -53,6 +53,9 @@ class Violation:
     reason: str
 
 
+_TOP_BIT_LENGTH: Final = Violation(CLOSE_PROTOCOL_ERROR, "64-bit length with its top bit set")
+
+
 @dataclass(frozen=True, slots=True)
 class ControlFrame:
     """A whole control frame: unmasked payload, and its place in the bytes `feed` returned."""
@@ -177,6 +180,9 @@ class FrameReader:
                 length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             elif length == 127:
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                if length > _MAX_PAYLOAD_LENGTH:
+                    self.payload_left = left
+                    return self._stop(buf, pos, _TOP_BIT_LENGTH)
             problem = self._check(b0, b1, length)
             if problem is not None:
                 self.payload_left = left
@@ -228,8 +234,6 @@ class FrameReader:
             return None
         if opcode > OP_BINARY:
             return Violation(CLOSE_PROTOCOL_ERROR, f"reserved opcode {opcode}")
-        if length > _MAX_PAYLOAD_LENGTH:
-            return Violation(CLOSE_PROTOCOL_ERROR, "64-bit length with its top bit set")
         rsv = b0 & RSV_ALL
         if opcode == OP_CONTINUATION:
             if not self.in_message:
