@@ -15,6 +15,7 @@ import trio
 import websockets
 from websockets.frames import Close
 from websockets.trio.client import ClientConnection, connect
+from wsproto.frame_protocol import FrameProtocol, Opcode
 
 from tests.conftest import (
     ORIGIN,
@@ -162,6 +163,38 @@ async def test_e2e_client_protocol_violation_is_1002_and_1001_to_backend(
     assert code == 1002
     assert why in reason
     assert backend.closes[0][0] == 1001
+
+
+async def test_e2e_backend_close_code_kept_off_the_wire_is_1011_to_client_1002_to_backend(
+    nursery: trio.Nursery,
+) -> None:
+    """A backend's close with 1006 never reaches the client (a real `websockets` client, which
+    would refuse it); the client hears 1011, the backend 1002, then its connection is dropped."""
+    bad_close = b"\x88\x02\x03\xee"  # 1006: "no close frame", never to be sent
+    heard = bytearray()
+    backend_done = trio.Event()
+
+    async def close_badly(stream: trio.SocketStream) -> None:
+        await accept_upgrade(stream)
+        await stream.send_all(b"\x81\x06before" + bad_close)
+        with contextlib.suppress(trio.BrokenResourceError):
+            while data := await stream.receive_some(65536):
+                heard.extend(data)
+        backend_done.set()
+
+    port = await raw_server(nursery, close_badly)
+    running = await start_proxy(nursery, proxy_config(f"ws://127.0.0.1:{port}"))
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            assert await ws.recv() == "before"
+            close = await closed_by_peer(ws)
+        await backend_done.wait()
+    assert (close.code, close.reason) == (1011, "backend broke the WebSocket protocol")
+    as_server = FrameProtocol(client=False, extensions=[])
+    as_server.receive_bytes(bytes(heard))
+    assert [(f.opcode, f.payload) for f in as_server.received_frames()] == [
+        (Opcode.CLOSE, (1002, "close code 1006 is not allowed on the wire"))
+    ]
 
 
 async def test_e2e_keepalive_drops_a_client_that_never_answers(

@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode
 
 from wsproxy.frames import (
+    CLOSE_INVALID_DATA,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_NO_STATUS,
     CLOSE_NORMAL,
@@ -25,7 +26,9 @@ from wsproxy.frames import (
     Buffer,
     FrameReader,
     Violation,
+    close_code_allowed,
     close_payload,
+    close_violation,
     control_frame,
     unmask,
 )
@@ -219,9 +222,15 @@ def test_frames_wsproto_stream_every_split_point(mask: bytes | None) -> None:
         assert reader.messages == 2
 
 
+# Every close code RFC 6455 lets on the wire, drawn evenly from its three ranges.
+wire_codes = st.one_of(st.integers(1000, 1003), st.integers(1007, 1014), st.integers(3000, 4999))
+
+
 @st.composite
-def valid_streams(draw: st.DrawFn, masked: bool) -> list[Part]:
-    """A random valid stream: whole and fragmented messages with controls between frames."""
+def valid_streams(draw: st.DrawFn, masked: bool, compressed: bool = False) -> list[Part]:
+    """A random valid stream: whole and fragmented messages with controls between frames,
+    perhaps ended by a close (empty, or any code allowed on the wire and a UTF-8 reason).
+    With `compressed`, a message's first frame may carry RSV1."""
     parts: list[Part] = []
     payloads = st.binary(max_size=300)
 
@@ -238,14 +247,21 @@ def valid_streams(draw: st.DrawFn, masked: bool) -> list[Part]:
             continue
         fragments = draw(st.lists(payloads, min_size=1, max_size=4))
         opcode = draw(st.sampled_from([OP_TEXT, OP_BINARY]))
+        rsv = RSV1 if compressed and draw(st.booleans()) else 0
         for i, payload in enumerate(fragments):
             last = i == len(fragments) - 1
-            parts.append(part(OP_CONTINUATION if i else opcode, payload, fin=last, mask=key()))
+            if i:
+                parts.append(part(OP_CONTINUATION, payload, fin=last, mask=key()))
+            else:
+                parts.append(part(opcode, payload, fin=last, rsv=rsv, mask=key()))
             if not last and draw(st.booleans()):
                 parts.append(control())
     if draw(st.booleans()):
-        reason = draw(st.text(max_size=20))
-        parts.append(part(OP_CLOSE, close_payload(CLOSE_NORMAL, reason), mask=key()))
+        if draw(st.booleans()):
+            payload = close_payload(draw(wire_codes), draw(st.text(max_size=20)))
+        else:
+            payload = b""
+        parts.append(part(OP_CLOSE, payload, mask=key()))
     return parts
 
 
@@ -269,6 +285,101 @@ def test_frames_random_streams_in_random_chunks_reassemble(
     assert reader.violation is None
     assert reader.at_boundary
     assert reader.stopped == (bool(parts) and parts[-1].opcode == OP_CLOSE)
+
+
+def chunked(data: st.DataObject, stream: bytes) -> list[Buffer]:
+    """`stream` cut at random points (empty chunks included), some chunks as bytearrays."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    bounds = [0, *cuts, len(stream)]
+    return [
+        bytearray(stream[a:b]) if data.draw(st.booleans()) else stream[a:b]
+        for a, b in itertools.pairwise(bounds)
+    ]
+
+
+def outcome(reader: FrameReader, chunks: list[Buffer]) -> tuple[object, ...]:
+    """All a reader tells its relay after `chunks`: bytes, controls, counts and state."""
+    out, found = feed_all(reader, chunks)
+    return (
+        out,
+        found,
+        reader.messages,
+        reader.in_message,
+        reader.payload_left,
+        reader.stopped,
+        reader.violation,
+    )
+
+
+@HYPOTHESIS
+@given(st.data(), st.booleans(), st.booleans())
+def test_frames_any_split_of_a_valid_stream_matches_feeding_it_whole(
+    data: st.DataObject, masked: bool, compressed: bool
+) -> None:
+    """Same forwarded bytes, same control frames, same message counts, however it is cut."""
+    parts = data.draw(valid_streams(masked, compressed))
+    stream = stream_of(parts)
+    chunks = chunked(data, stream)
+
+    def reader() -> FrameReader:
+        return FrameReader(masked=masked, compressed=compressed, max_message_size=LIMIT)
+
+    whole = outcome(reader(), [stream])
+    assert outcome(reader(), chunks) == whole
+    assert whole[:3] == (stream, expected_controls(parts), expected_messages(parts))
+    assert whole[-1] is None
+
+
+@st.composite
+def hostile_bytes(draw: st.DrawFn, masked: bool) -> bytes:
+    """Random bytes: plain noise, or a valid stream with bytes overwritten, cut or added."""
+    if draw(st.booleans()):
+        return draw(st.binary(max_size=400))
+    stream = bytearray(stream_of(draw(valid_streams(masked, compressed=True))))
+    for _ in range(draw(st.integers(0, 3))):
+        if stream:
+            stream[draw(st.integers(0, len(stream) - 1))] = draw(st.integers(0, 255))
+    stream = stream[: draw(st.integers(0, len(stream)))]
+    return bytes(stream) + draw(st.binary(max_size=40))
+
+
+@HYPOTHESIS
+@given(st.data(), st.booleans(), st.booleans(), st.integers(0, 400))
+def test_frames_any_bytes_give_frames_or_one_clean_violation(
+    data: st.DataObject, masked: bool, compressed: bool, limit: int
+) -> None:
+    """Never an exception; what comes out is a prefix of what went in, made of whole frames
+    (and a data frame's start), the same for every split; a violation ends it for good."""
+    stream = data.draw(hostile_bytes(masked))
+    chunks = chunked(data, stream)
+
+    def reader() -> FrameReader:
+        return FrameReader(masked=masked, compressed=compressed, max_message_size=limit)
+
+    split = reader()
+    out = bytearray()
+    violation: Violation | None = None
+    for chunk in chunks:
+        got = split.feed(chunk)
+        if violation is not None:
+            assert (got, split.controls, split.violation) == (b"", [], violation)
+            continue
+        out += got
+        violation = split.violation
+    assert stream.startswith(out)
+    assert outcome(reader(), [stream]) == outcome(reader(), chunks)
+    if violation is not None:
+        assert split.stopped
+        assert violation.code in (CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA, CLOSE_MESSAGE_TOO_BIG)
+    elif not split.stopped:
+        assert len(stream) - len(out) <= 14 + 125  # only a header or a control frame withheld
+    # What was forwarded is frames only: a fresh reader takes all of it without complaint.
+    again = reader()
+    forwarded, found = feed_all(again, [bytes(out)])
+    assert (forwarded, again.violation) == (bytes(out), None)
+    for opcode, payload, _, _ in found:
+        if opcode == OP_CLOSE:
+            assert close_violation(payload) is None
 
 
 def test_frames_chunk_with_nothing_withheld_is_returned_uncopied() -> None:
@@ -395,7 +506,43 @@ GOOD_AFTER = frame(OP_TEXT, b"never forwarded", mask=KEY)
         ),
         pytest.param(header(OP_BINARY, LIMIT + 1, mask=KEY), 1009, "message too big", id="too_big"),
         pytest.param(
-            header(OP_BINARY, 1 << 63, mask=KEY), 1009, "message too big", id="64_bit_max"
+            header(OP_BINARY, (1 << 63) - 1, mask=KEY),
+            1009,
+            "message too big",
+            id="64_bit_max",
+        ),
+        *(
+            pytest.param(
+                header(OP_BINARY, length, mask=KEY),
+                1002,
+                "64-bit length with its top bit set",
+                id=f"64_bit_top_bit_{length:#x}",
+            )
+            for length in (1 << 63, (1 << 64) - 1)
+        ),
+        pytest.param(
+            header(OP_PING, 1 << 63, mask=KEY),
+            1002,
+            "64-bit length with its top bit set",
+            id="64_bit_top_bit_ping",
+        ),
+        pytest.param(
+            frame(OP_CLOSE, b"\x03", mask=KEY),
+            1002,
+            "close frame with a 1-byte payload",
+            id="close_1_byte",
+        ),
+        pytest.param(
+            frame(OP_CLOSE, b"\x03\xed", mask=KEY),
+            1002,
+            "close code 1005 is not allowed on the wire",
+            id="close_1005",
+        ),
+        pytest.param(
+            frame(OP_CLOSE, b"\x03\xe8\xff", mask=KEY),
+            1007,
+            "close reason is not valid UTF-8",
+            id="close_not_utf8",
         ),
     ],
 )
@@ -610,9 +757,8 @@ def test_frames_close_stops_the_reader() -> None:
         (b"\x03\xe8", 1000, ""),
         (b"\x03\xe9bye", 1001, "bye"),
         (b"\x0f\xa0" + "héllo €".encode(), 4000, "héllo €"),
-        (b"\x03\xe8\xff\xfe", 1000, "\ufffd\ufffd"),
     ],
-    ids=["empty", "code_only", "code_and_reason", "utf8_reason", "invalid_utf8"],
+    ids=["empty", "code_only", "code_and_reason", "utf8_reason"],
 )
 def test_frames_close_code_and_reason(payload: bytes, code: int, reason: str) -> None:
     reader = reader_for(None)
@@ -643,7 +789,126 @@ def test_frames_empty_feed_returns_nothing() -> None:
     assert reader.messages == 1
 
 
+# --- close frames: only what RFC 6455 lets on the wire ---------------------------------------
+
+# RFC 6455 7.4 and IANA's registry, written out as sets: a reference for `close_code_allowed`.
+WIRE_CODES = {*range(1000, 1004), *range(1007, 1015), *range(3000, 5000)}
+CODE_BOUNDARIES = [
+    (0, False),
+    (999, False),
+    (1000, True),
+    (1003, True),
+    (1004, False),
+    (1005, False),
+    (1006, False),
+    (1007, True),
+    (1011, True),
+    (1012, True),
+    (1014, True),
+    (1015, False),
+    (1016, False),
+    (2999, False),
+    (3000, True),
+    (4999, True),
+    (5000, False),
+    (65535, False),
+]
+BOTH_SIDES = pytest.mark.parametrize("mask", [KEY, None], ids=["from_client", "from_server"])
+
+
+def test_frames_close_code_allowed_agrees_with_the_registry_for_every_code() -> None:
+    assert [code for code in range(1 << 16) if close_code_allowed(code)] == sorted(WIRE_CODES)
+
+
+@pytest.mark.parametrize(("code", "allowed"), CODE_BOUNDARIES, ids=lambda v: str(v))
+def test_frames_close_code_allowed_at_range_boundaries(code: int, allowed: bool) -> None:
+    assert close_code_allowed(code) is allowed
+    assert (code in WIRE_CODES) is allowed
+
+
+@BOTH_SIDES
+@pytest.mark.parametrize(("code", "allowed"), CODE_BOUNDARIES, ids=lambda v: str(v))
+def test_frames_close_with_a_code_off_the_wire_is_1002_and_never_returned(
+    mask: bytes | None, code: int, allowed: bool
+) -> None:
+    """A close with an allowed code is relayed; any other is withheld, at every split point."""
+    before = [part(OP_TEXT, b"ok", mask=mask), part(OP_PING, b"p", mask=mask)]
+    close = part(OP_CLOSE, code.to_bytes(2, "big") + b"bye", mask=mask)
+    stream = stream_of([*before, close]) + frame(OP_TEXT, b"after", mask=mask)
+    for cut in range(len(stream) + 1):
+        reader = reader_for(mask)
+        out, found = feed_all(reader, [stream[:cut], stream[cut:]])
+        assert reader.stopped
+        if allowed:
+            assert out == stream_of([*before, close])
+            assert found == expected_controls([*before, close])
+            assert reader.violation is None
+        else:
+            assert out == stream_of(before), cut
+            assert found == expected_controls(before)
+            assert reader.violation == Violation(
+                CLOSE_PROTOCOL_ERROR, f"close code {code} is not allowed on the wire"
+            )
+
+
+@BOTH_SIDES
+@pytest.mark.parametrize(
+    ("payload", "violation"),
+    [
+        (b"", None),
+        (b"\x03", Violation(1002, "close frame with a 1-byte payload")),
+        (b"\xff", Violation(1002, "close frame with a 1-byte payload")),
+        (b"\x03\xe8", None),
+        (b"\x03\xe8" + "héllo € 😀".encode(), None),
+        (b"\x03\xe8\xff", Violation(1007, "close reason is not valid UTF-8")),
+        (b"\x03\xe8ok\xc3", Violation(1007, "close reason is not valid UTF-8")),  # cut short
+        (b"\x03\xe8\xc0\xaf", Violation(1007, "close reason is not valid UTF-8")),  # overlong
+        (b"\x03\xe8\xed\xa0\x80", Violation(1007, "close reason is not valid UTF-8")),  # surrogate
+        (b"\x03\xe8\xf4\x90\x80\x80", Violation(1007, "close reason is not valid UTF-8")),
+        (b"\x03\xe7\xff", Violation(1002, "close code 999 is not allowed on the wire")),
+    ],
+    ids=["empty", "one_byte", "one_byte_ff", "code_only", "utf8", "ff", "truncated", "overlong",
+         "surrogate", "above_max", "bad_code_before_bad_reason"],
+)  # fmt: skip
+def test_frames_close_length_and_reason_are_checked(
+    mask: bytes | None, payload: bytes, violation: Violation | None
+) -> None:
+    close = frame(OP_CLOSE, payload, mask=mask)
+    reader = reader_for(mask)
+    assert close_violation(payload) == violation
+    if violation is None:
+        assert reader.feed(close) == close
+        assert [(c.opcode, c.payload) for c in reader.controls] == [(OP_CLOSE, payload)]
+    else:
+        assert reader.feed(close) == b""
+        assert reader.controls == []
+    assert reader.violation == violation
+    assert reader.stopped
+
+
+def test_frames_data_payload_is_never_validated() -> None:
+    """Only close frames are inspected: text that is not UTF-8 flows (the endpoints judge it)."""
+    data = frame(OP_TEXT, b"\xff\xfe", mask=KEY) + frame(OP_BINARY, b"\x03", mask=KEY)
+    reader = client_reader()
+    assert reader.feed(data) == data
+    assert reader.violation is None
+
+
 # --- builders ------------------------------------------------------------------------------
+
+
+# Empty, short and 125-byte payloads; a close's must be one RFC 6455 lets on the wire.
+CONTROL_PAYLOADS = pytest.mark.parametrize(
+    ("opcode", "payload"),
+    [
+        *((op, payload) for op in (OP_PING, OP_PONG) for payload in (b"", b"x", bytes(range(125)))),
+        (OP_CLOSE, b""),
+        (OP_CLOSE, close_payload(CLOSE_NORMAL, "")),
+        (OP_CLOSE, close_payload(4999, "r" * 123)),
+    ],
+    ids=[*(f"{kind}_{size}" for kind in ("ping", "pong") for size in ("empty", "one", "max")),
+         "close_empty", "close_code", "close_max"],
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -663,8 +928,7 @@ def test_frames_unmask_round_trips(payload: bytes, key: bytes) -> None:
     assert unmask(masked, key) == payload
 
 
-@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
-@pytest.mark.parametrize("payload", [b"", b"x", bytes(range(125))], ids=["empty", "one", "max"])
+@CONTROL_PAYLOADS
 def test_frames_control_frame_unmasked_parses_back(opcode: int, payload: bytes) -> None:
     built = control_frame(opcode, payload, None)
     assert built == frame(opcode, payload)
@@ -673,8 +937,7 @@ def test_frames_control_frame_unmasked_parses_back(opcode: int, payload: bytes) 
     assert [(c.opcode, c.payload) for c in reader.controls] == [(opcode, payload)]
 
 
-@pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
-@pytest.mark.parametrize("payload", [b"", b"x", bytes(range(125))], ids=["empty", "one", "max"])
+@CONTROL_PAYLOADS
 def test_frames_control_frame_masked_parses_back(opcode: int, payload: bytes) -> None:
     built = control_frame(opcode, payload, KEY)
     assert built == frame(opcode, payload, mask=KEY)

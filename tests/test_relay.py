@@ -22,6 +22,7 @@ from tests.helpers import Peer
 from wsproxy import closes
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config, Keepalive, Listener, Pool, Route, Security, Server, Timeouts
+from wsproxy.frames import OP_CLOSE, control_frame
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 
 INTERVAL: Final = 20.0
@@ -526,6 +527,87 @@ async def test_relay_oversized_message_is_1009_to_sender_1001_to_other(
         await rig.backend.send_binary(b"x" * 1001)
         assert (await rig.backend.expect_close())[0] == 1009
         assert (await rig.client.expect_close())[0] == 1001
+
+
+# Close frames RFC 6455 keeps off the wire (5.5.1, 7.4), the code their sender hears, and why.
+INVALID_CLOSES = pytest.mark.parametrize(
+    ("payload", "code", "reason"),
+    [
+        (b"\x03", 1002, "close frame with a 1-byte payload"),
+        (b"\x03\xed", 1002, "close code 1005 is not allowed on the wire"),
+        (b"\x03\xeebye", 1002, "close code 1006 is not allowed on the wire"),
+        (b"\x13\x88", 1002, "close code 5000 is not allowed on the wire"),
+        (b"\x03\xe8\xff", 1007, "close reason is not valid UTF-8"),
+    ],
+    ids=["one-byte", "1005", "1006", "5000", "not-utf8"],
+)
+
+
+def frames_in(data: bytes, *, from_client: bool) -> list[tuple[Opcode, object]]:
+    """The frames in raw bytes a peer received, parsed by wsproto (which refuses invalid closes)."""
+    protocol = FrameProtocol(client=not from_client, extensions=[])
+    protocol.receive_bytes(data)
+    return [(frame.opcode, frame.payload) for frame in protocol.received_frames()]
+
+
+@INVALID_CLOSES
+async def test_relay_client_invalid_close_is_its_violation_and_never_reaches_the_backend(
+    rig: Rig, autojump_clock: trio.testing.MockClock, payload: bytes, code: int, reason: str
+) -> None:
+    """The client hears 1002 (1007 for a bad reason) and is dropped; the backend hears 1001."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        bad = control_frame(OP_CLOSE, payload, b"\x01\x02\x03\x04")
+        await rig.client.send(bytes(rig.client.protocol.send_data("before", True)) + bad)
+        assert await rig.client.expect_close() == (code, reason)
+        await rig.client.expect_eof()  # dropped at once: a client that broke the rules
+        data, eof_at = await read_raw_to_eof(rig.backend.stream)  # the backend never answers
+        assert bad not in data
+        assert frames_in(data, from_client=True) == [
+            (Opcode.TEXT, "before"),
+            (Opcode.CLOSE, (1001, "peer closed: " + reason)),
+        ]
+        assert eof_at == start + CLOSE_TIMEOUT
+        await rig.done.wait()
+        assert (rig.session.close, rig.session.closed_by) == (Close(code, reason), Side.PROXY)
+
+
+@INVALID_CLOSES
+async def test_relay_backend_invalid_close_is_its_violation_and_the_client_hears_1011(
+    rig: Rig, autojump_clock: trio.testing.MockClock, payload: bytes, code: int, reason: str
+) -> None:
+    """The backend hears 1002 (1007 for a bad reason) and is dropped; the client hears 1011."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        bad = control_frame(OP_CLOSE, payload, None)
+        await rig.backend.send(bytes(rig.backend.protocol.send_data("before", True)) + bad)
+        assert await rig.backend.expect_close() == (code, reason)
+        await rig.backend.expect_eof()
+        data, eof_at = await read_raw_to_eof(rig.client.stream)  # the client never answers
+        assert bad not in data
+        assert frames_in(data, from_client=False) == [
+            (Opcode.TEXT, "before"),
+            (Opcode.CLOSE, (1011, "backend broke the WebSocket protocol")),
+        ]
+        assert eof_at == start + CLOSE_TIMEOUT
+        await rig.done.wait()
+        assert (rig.session.close, rig.session.closed_by) == (Close(code, reason), Side.PROXY)
+
+
+async def test_relay_invalid_close_answering_a_valid_one_is_still_a_violation(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The client closes 1000; the backend answers with 1005: the backend is dropped, the client
+    hears 1011, not 1005, and the session stays recorded as closed by the client."""
+    with trio.fail_after(CAP):
+        await rig.client.close(1000, "done")
+        assert await rig.backend.expect_close() == (1000, "done")
+        await rig.backend.send(control_frame(OP_CLOSE, b"\x03\xed", None))
+        await rig.backend.expect_eof()  # it had our close already: nothing may follow it
+        assert await rig.client.expect_close() == (1011, "backend broke the WebSocket protocol")
+        await rig.client.expect_eof()  # its close handshake is complete: we close its TCP
+        await rig.done.wait()
+        assert (rig.session.close, rig.session.closed_by) == (Close(1000, "done"), Side.CLIENT)
 
 
 # ---------------------------------------------------------------- keepalive and idle

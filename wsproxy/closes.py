@@ -2,8 +2,10 @@
 
 Invariants:
 - Codes that RFC 6455 keeps off the wire (1005, 1006, 1015) are never chosen here.
-- A side that broke a rule hears why (1002, 1009); the innocent side hears 1001 "going away",
-  except that a client whose backend failed hears 1011, the code browsers report as a server error.
+- A side that broke a rule hears why (1002, 1007, 1009); the innocent side hears 1001 "going
+  away", except that a client whose backend failed (went away, or broke the protocol: 1002 or
+  1007, an invalid close frame included) hears 1011, the code browsers report as a server error.
+  A backend's message over the size limit is a limit, not a failure: the client hears 1001.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from enum import Enum
 from wsproxy.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
     Violation,
 )
+
+_PROTOCOL_BREACHES = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA})
 
 
 class Side(Enum):
@@ -41,7 +46,7 @@ def for_survivor_of(lost: Side) -> Close:
 def for_violation(sender: Side, violation: Violation) -> tuple[Close, Close]:
     """(to the sender, to the other side) after `sender` broke the protocol or a limit."""
     to_sender = Close(violation.code, violation.reason)
-    if sender is Side.BACKEND and violation.code == CLOSE_PROTOCOL_ERROR:
+    if sender is Side.BACKEND and violation.code in _PROTOCOL_BREACHES:
         return to_sender, Close(CLOSE_INTERNAL_ERROR, "backend broke the WebSocket protocol")
     return to_sender, Close(CLOSE_GOING_AWAY, "peer closed: " + violation.reason)
 

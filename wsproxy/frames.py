@@ -7,6 +7,11 @@ Invariants:
 - Data payload bytes are counted and skipped, never copied or unmasked; control frames (at most
   125 payload bytes) are read whole, so closes and pongs can be understood.
 - After a violation or a close frame the reader stops: nothing behind it is returned.
+- A close frame is returned only when RFC 6455 lets it on the wire (5.5.1, 7.4): no payload, or a
+  code `close_code_allowed` accepts and a UTF-8 reason. Any other close is a violation of its
+  sender and is never returned. Data frames are never inspected beyond their header.
+- A 64-bit length with its most significant bit set (5.2) is a protocol violation, whatever the
+  message size limit.
 - The builders make the proxy's own control frames, masked when they go to a backend.
 """
 
@@ -30,10 +35,12 @@ CLOSE_GOING_AWAY: Final = 1001
 CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_NO_STATUS: Final = 1005  # never on the wire: a close frame without a code
 CLOSE_ABNORMAL: Final = 1006  # never on the wire: the connection dropped without a close frame
+CLOSE_INVALID_DATA: Final = 1007  # e.g. text, or a close reason, that is not UTF-8
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
 
 _MAX_CONTROL_PAYLOAD: Final = 125
+_MAX_PAYLOAD_LENGTH: Final = (1 << 63) - 1  # RFC 6455 5.2: a 64-bit length's top bit is 0
 
 Buffer = bytes | bytearray  # what a trio stream's receive_some may return
 
@@ -44,6 +51,9 @@ class Violation:
 
     code: int
     reason: str
+
+
+_TOP_BIT_LENGTH: Final = Violation(CLOSE_PROTOCOL_ERROR, "64-bit length with its top bit set")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,32 @@ class ControlFrame:
 
     def close_reason(self) -> str:
         return self.payload[2:].decode("utf-8", "replace")
+
+
+def close_code_allowed(code: int) -> bool:
+    """Whether a close frame may carry `code` on the wire (RFC 6455 7.4 and IANA's registry).
+
+    1000-1003 and 1007-1014 are defined (1012-1014 registered with IANA), 3000-4999 belong to
+    libraries and applications. 1004 is reserved; 1005, 1006 and 1015 stand for "no close frame"
+    and must never be sent; everything else below 3000 is unassigned, and 5000 up does not exist.
+    """
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_violation(payload: bytes) -> Violation | None:
+    """What is wrong with a close frame's (unmasked) `payload`, or None if it may be relayed."""
+    if not payload:
+        return None
+    if len(payload) == 1:
+        return Violation(CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
+    code = int.from_bytes(payload[:2], "big")
+    if not close_code_allowed(code):
+        return Violation(CLOSE_PROTOCOL_ERROR, f"close code {code} is not allowed on the wire")
+    try:
+        payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return Violation(CLOSE_INVALID_DATA, "close reason is not valid UTF-8")
+    return None
 
 
 class FrameReader:
@@ -144,6 +180,9 @@ class FrameReader:
                 length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
             elif length == 127:
                 length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                if length > _MAX_PAYLOAD_LENGTH:
+                    self.payload_left = left
+                    return self._stop(buf, pos, _TOP_BIT_LENGTH)
             problem = self._check(b0, b1, length)
             if problem is not None:
                 self.payload_left = left
@@ -156,6 +195,11 @@ class FrameReader:
                 payload = bytes(buf[pos + header : end])
                 if b1 & 0x80:
                     payload = unmask(payload, bytes(buf[pos + header - 4 : pos + header]))
+                if opcode == OP_CLOSE:
+                    problem = close_violation(payload)
+                    if problem is not None:
+                        self.payload_left = 0
+                        return self._stop(buf, pos, problem)
                 self.controls.append(ControlFrame(opcode, payload, pos, end))
                 pos = end
                 if opcode == OP_CLOSE:

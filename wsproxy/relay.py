@@ -6,7 +6,9 @@ Invariants:
   proxy's own pings and closes, which take the lock, always land on a frame boundary. (A chunk
   of whole frames that the kernel takes at once, while nobody holds the lock, skips it.)
 - Frames are forwarded as they arrived (payload bytes untouched, so compression negotiated end to
-  end keeps working); only our own keepalive pongs are dropped.
+  end keeps working); only our own keepalive pongs are dropped. A close frame the reader refuses
+  (RFC 6455 keeps it off the wire) is a violation like any other: never forwarded, and never
+  taken for the session's close (which, unless one came before, is the proxy's answer to it).
 - A pump forwards a chunk before it reads the next one: a peer that stops reading stops its
   sender, and a session holds at most one chunk per direction in memory.
 - After a close frame has been written to a leg, nothing else is. The session ends when both
