@@ -20,6 +20,8 @@ from collections.abc import Container, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Final
 
+from wsproxy.frames import CLOSE_ABNORMAL, CLOSE_NO_STATUS, close_code_allowed
+
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds. Connects to a healthy backend take well under 10 ms on a LAN; the top buckets show
@@ -29,9 +31,6 @@ CONNECT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.
 SESSION_BUCKETS: Final = (1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0)
 
 Labels = tuple[str, ...]
-
-_CODE_NO_STATUS: Final = 1005  # a close frame without a code
-_CODE_ABNORMAL: Final = 1006  # no close frame: the connection was lost
 
 
 def close_code_label(code: int, listed: Container[int] = ()) -> str:
@@ -43,15 +42,9 @@ def close_code_label(code: int, listed: Container[int] = ()) -> str:
     """
     if 3000 <= code <= 4999:
         return str(code) if code in listed else f"{code // 1000}xxx"
-    if _sendable(code) or code in (_CODE_NO_STATUS, _CODE_ABNORMAL):
+    if close_code_allowed(code) or code in (CLOSE_NO_STATUS, CLOSE_ABNORMAL):
         return str(code)
     return "other"
-
-
-def _sendable(code: int) -> bool:
-    """Whether a close frame may carry `code`, as RFC 6455 §7.4 (and its IANA registry) has
-    it: 1000-1003, 1007-1014 and 3000-4999."""
-    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 @dataclass
