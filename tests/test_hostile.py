@@ -30,7 +30,7 @@ backend start in a few milliseconds.
 from __future__ import annotations
 
 import base64
-import os
+import contextlib
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -216,12 +216,10 @@ class Reply:
     stream: trio.SocketStream
 
 
-async def _send_quietly(stream: trio.SocketStream, data: bytes) -> None:
+async def _send_quietly(stream: trio.abc.SendStream, data: bytes) -> None:
     """Send what a refusing proxy may stop reading halfway: a reset is an acceptable end."""
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
 
 
 async def ask(port: int, data: bytes) -> Reply:
@@ -286,10 +284,8 @@ async def open_raw(port: int, path: bytes = b"/") -> Peer:
 async def close_heard(peer: Peer) -> int:
     """The code of the close frame the proxy sends `peer`, which then answers it."""
     code, _ = await peer.expect_close()
-    try:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await peer.send(frame(0x8, close_body(1000)))
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
     await peer.stream.aclose()
     return code
 
@@ -359,18 +355,15 @@ def _header(name: str, value: str) -> Callable[[websockets.Request], None]:
 
 
 def _filler(total: int) -> bytes:
-    """Header lines of 1,000 bytes or less (what a backend's line limit allows) making a head of
+    """Header lines of at most 1,000 bytes (what a backend's line limit allows) making a head of
     exactly `total` bytes with the default headers."""
     room = total - len(head())
-    lines = []
-    index = 0
-    while room > 0:
-        size = min(room, 1000)
-        name = b"X-Fill-%03d: " % index
-        lines.append(name + b"a" * (size - len(name) - 2) + b"\r\n")
-        room -= size
-        index += 1
-    assert room == 0 and len(lines[-1]) > len(b"X-Fill-000: \r\n")
+    count = -(-room // 1000)
+    sizes = [room // count + (index < room % count) for index in range(count)]
+    lines = [
+        b"X-Fill-%03d: " % index + b"a" * (size - 14) + b"\r\n" for index, size in enumerate(sizes)
+    ]
+    assert len(b"".join(lines)) == room
     return b"".join(lines)
 
 
@@ -603,3 +596,331 @@ async def _judge_head(front: Front, case: Head, reply: Reply) -> None:
         assert len(front.backend.requests) == 2  # the witness's and this one's
         if case.seen is not None:
             case.seen(front.backend.requests[1])
+
+
+# -------------------------------------------------------------------------- frames from a client
+
+
+@dataclass(frozen=True)
+class FromClient:
+    """Bytes a client sends once its session is open; the close codes each side then hears."""
+
+    data: bytes
+    client: int
+    backend: int | None = 1001  # None: not checked (the backend itself chose how to close)
+
+
+def _violation(data: bytes) -> FromClient:
+    return FromClient(data, 1002)
+
+
+TEXT: Final = 0x1
+BINARY: Final = 0x2
+CLOSE: Final = 0x8
+PING: Final = 0x9
+PONG: Final = 0xA
+RSV1, RSV2, RSV3 = 0x40, 0x20, 0x10
+
+FROM_CLIENT: Final[dict[str, FromClient]] = {
+    "unmasked-text": _violation(frame(TEXT, b"hi", mask=False)),
+    "unmasked-binary": _violation(frame(BINARY, b"hi", mask=False)),
+    "unmasked-ping": _violation(frame(PING, b"", mask=False)),
+    "unmasked-close": _violation(frame(CLOSE, close_body(1000), mask=False)),
+    **{f"reserved-opcode-{op:x}": _violation(frame(op, b"x")) for op in (3, 4, 5, 6, 7)},
+    **{f"reserved-opcode-{op:x}": _violation(frame(op)) for op in (0xB, 0xC, 0xD, 0xE, 0xF)},
+    "rsv1-on-text-without-extension": _violation(frame(TEXT, b"hi", rsv=RSV1)),
+    "rsv2-on-text": _violation(frame(TEXT, b"hi", rsv=RSV2)),
+    "rsv3-on-binary": _violation(frame(BINARY, b"hi", rsv=RSV3)),
+    "rsv1-on-ping": _violation(frame(PING, rsv=RSV1)),
+    "rsv2-on-close": _violation(frame(CLOSE, close_body(1000), rsv=RSV2)),
+    "rsv1-on-continuation": _violation(frame(TEXT, b"a", fin=False) + frame(0x0, b"b", rsv=RSV1)),
+    "fragmented-ping": _violation(frame(PING, b"p", fin=False)),
+    "fragmented-pong": _violation(frame(PONG, b"p", fin=False)),
+    "fragmented-close": _violation(frame(CLOSE, close_body(1000), fin=False)),
+    "ping-of-126-bytes": _violation(frame(PING, b"p" * 126)),
+    "pong-of-200-bytes": _violation(frame(PONG, b"p" * 200)),
+    "close-of-126-bytes": _violation(frame(CLOSE, close_body(1000, b"r" * 124))),
+    "ping-announcing-64KiB": _violation(frame(PING, length=65536)),
+    "continuation-without-start": _violation(frame(0x0, b"lost")),
+    "final-continuation-without-start": _violation(frame(0x0, b"lost", fin=True)),
+    "text-inside-fragmented-message": _violation(frame(TEXT, b"a", fin=False) + frame(TEXT, b"b")),
+    "binary-inside-fragmented-message": _violation(
+        frame(BINARY, b"a", fin=False) + frame(BINARY, b"b")
+    ),
+    "close-body-of-1-byte": _violation(frame(CLOSE, b"\x03")),
+    **{
+        f"close-code-{code}": _violation(frame(CLOSE, close_body(code)))
+        for code in (0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535)
+    },
+    "close-reason-not-utf8": FromClient(frame(CLOSE, close_body(1000, b"\xff\xfe")), 1007),
+    "close-reason-cut-utf8": FromClient(frame(CLOSE, close_body(1000, "é".encode()[:1])), 1007),
+    "length-with-top-bit": _violation(frame(BINARY, length=1 << 63)),
+    "length-all-ones": _violation(frame(BINARY, length=(1 << 64) - 1)),
+    "length-1TiB": FromClient(frame(BINARY, length=1 << 40), 1009),
+    "length-one-over-max-message": FromClient(frame(TEXT, length=MAX_MESSAGE + 1), 1009),
+    "fragments-over-max-message": FromClient(
+        frame(BINARY, b"a" * 40_000, fin=False) + frame(0x0, length=30_000), 1009
+    ),
+    # What a client may send: relayed, and the backend's answer comes back.
+    **{
+        f"valid-close-{code}": FromClient(frame(CLOSE, close_body(code, b"bye")), code, code)
+        for code in (1000, 1001, 1003, 1007, 1011, 1012, 1013, 3000, 4999)
+    },
+    "valid-close-without-code": FromClient(frame(CLOSE), 1005, 1005),
+    # Not the proxy's business (it never decodes payloads): the backend refuses it, 1007.
+    "text-not-utf8": FromClient(frame(TEXT, b"\xff\xfe"), 1007, None),
+}
+
+
+@pytest.mark.parametrize("case", FROM_CLIENT.values(), ids=FROM_CLIENT.keys())
+async def test_hostile_client_frames(front: Front, witness: Witness, case: FromClient) -> None:
+    with trio.fail_after(CAP):
+        peer = await open_raw(front.port)
+        async with peer.stream:
+            await echoes(peer, "before the attack")
+            await _send_quietly(peer.stream, case.data)
+            assert await close_heard(peer) == case.client
+        if case.backend is not None:
+            assert await backend_heard(front) == case.backend
+    await witness.check()
+
+
+@pytest.mark.parametrize("size", [0, 1, 125])
+async def test_hostile_client_ping_up_to_125_bytes_is_answered(
+    front: Front, witness: Witness, size: int
+) -> None:
+    with trio.fail_after(CAP):
+        peer = await open_raw(front.port)
+        async with peer.stream:
+            await peer.send(frame(PING, b"p" * size))
+            pong = await peer.receive()
+            assert pong is not None
+            assert (int(pong.opcode), pong.payload) == (PONG, b"p" * size)
+            await echoes(peer)
+    await witness.check()
+
+
+# ------------------------------------------------------------------------- frames from a backend
+
+
+@dataclass(frozen=True)
+class FromBackend:
+    """Bytes a backend sends right behind its 101; the close codes each side then hears
+    (`backend` None: the proxy just drops the connection)."""
+
+    data: bytes
+    client: int = 1011
+    backend: int | None = 1002
+
+
+def _unmasked(
+    opcode: int, payload: bytes = b"", *, fin: bool = True, rsv: int = 0, length: int | None = None
+) -> bytes:
+    return frame(opcode, payload, fin=fin, rsv=rsv, mask=False, length=length)
+
+
+FROM_BACKEND: Final[dict[str, FromBackend]] = {
+    "masked-text": FromBackend(frame(TEXT, b"hi")),
+    "masked-close": FromBackend(frame(CLOSE, close_body(1000))),
+    **{f"reserved-opcode-{op:x}": FromBackend(_unmasked(op, b"x")) for op in (3, 4, 5, 6, 7)},
+    **{f"reserved-opcode-{op:x}": FromBackend(_unmasked(op)) for op in (0xB, 0xC, 0xD, 0xE, 0xF)},
+    "rsv1-on-text-without-extension": FromBackend(_unmasked(TEXT, b"hi", rsv=RSV1)),
+    "rsv2-on-binary": FromBackend(_unmasked(BINARY, b"hi", rsv=RSV2)),
+    "rsv3-on-ping": FromBackend(_unmasked(PING, rsv=RSV3)),
+    "fragmented-ping": FromBackend(_unmasked(PING, b"p", fin=False)),
+    "ping-of-126-bytes": FromBackend(_unmasked(PING, b"p" * 126)),
+    "continuation-without-start": FromBackend(_unmasked(0x0, b"lost")),
+    "text-inside-fragmented-message": FromBackend(
+        _unmasked(TEXT, b"a", fin=False) + _unmasked(TEXT, b"b")
+    ),
+    "close-body-of-1-byte": FromBackend(_unmasked(CLOSE, b"\x03")),
+    **{
+        f"close-code-{code}": FromBackend(_unmasked(CLOSE, close_body(code)))
+        for code in (0, 999, 1004, 1005, 1006, 1015, 2000, 5000)
+    },
+    "close-reason-not-utf8": FromBackend(_unmasked(CLOSE, close_body(1000, b"\xff")), 1011, 1007),
+    "length-with-top-bit": FromBackend(_unmasked(BINARY, length=1 << 63)),
+    "length-one-over-max-message": FromBackend(_unmasked(TEXT, length=MAX_MESSAGE + 1), 1001, 1009),
+    # A backend's own close is relayed; the client's answer goes back to it.
+    "valid-close-4001": FromBackend(_unmasked(CLOSE, close_body(4001, b"bye")), 4001, 1000),
+    "valid-close-1000": FromBackend(_unmasked(CLOSE, close_body(1000)), 1000, 1000),
+    "connection-dropped": FromBackend(b"", 1011, None),
+}
+
+
+async def _hear_close(stream: trio.SocketStream) -> int | None:
+    """As a backend: the code of the close frame the proxy sends (answered), or None at EOF."""
+    peer = Peer(stream, client=False)
+    while (received := await peer.receive()) is not None:
+        if received.opcode == CLOSE:
+            assert isinstance(received.payload, tuple)
+            code = int(received.payload[0])
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await peer.send(_unmasked(CLOSE, close_body(1000)))
+            return code
+    return None
+
+
+@pytest.mark.parametrize("case", FROM_BACKEND.values(), ids=FROM_BACKEND.keys())
+async def test_hostile_backend_frames(front: Front, witness: Witness, case: FromBackend) -> None:
+    async def misbehave(stream: trio.SocketStream) -> None:
+        await accept_upgrade(stream, case.data)
+        if case.backend is not None:
+            front.hostile.heard.append(await _hear_close(stream))
+
+    front.hostile.act = misbehave
+    with trio.fail_after(CAP):
+        peer = await open_raw(front.port, b"/hostile")
+        async with peer.stream:
+            assert await close_heard(peer) == case.client
+        await front.hostile.done.wait()
+    assert front.hostile.heard == ([] if case.backend is None else [case.backend])
+    await witness.check()
+
+
+# ------------------------------------------------------------------------------ bad backend answers
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a backend answers to the upgrade (`answer(key)`), sent in `pieces` of that size;
+    the status the client gets, and for a backend's own refusal the body passed on."""
+
+    answer: Callable[[bytes], bytes]
+    status: int
+    body: bytes | None = None  # None: the proxy's own one-line refusal
+    pieces: int = 0
+
+
+def _switching(*headers: bytes, accept: bool = True, pad: int = 0) -> Callable[[bytes], bytes]:
+    """A 101 with the usual headers (minus a wrong Accept if not `accept`), `headers` added and
+    `pad` bytes of filler header lines of 1,000 bytes."""
+
+    def answer(key: bytes) -> bytes:
+        lines = [b"HTTP/1.1 101 Switching Protocols", b"Upgrade: websocket", b"Connection: Upgrade"]
+        lines.append(b"Sec-WebSocket-Accept: " + (accept_value(key) if accept else b"d3Jvbmc="))
+        lines += headers
+        lines += [b"X-Pad-%05d: " % i + b"p" * 986 for i in range(pad // 1000)]
+        return b"\r\n".join(lines) + b"\r\n\r\n"
+
+    return answer
+
+
+def _fixed(data: bytes) -> Callable[[bytes], bytes]:
+    return lambda key: data
+
+
+ANSWERS: Final[dict[str, Answer]] = {
+    "status-200-is-passed-on": Answer(
+        _fixed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"), 200, b"hello"
+    ),
+    "status-401-is-passed-on": Answer(
+        _fixed(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nwho?"), 401, b"who?"
+    ),
+    "status-403-chunked-is-passed-on": Answer(
+        _fixed(b"HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n"),
+        403,
+        b"no",
+    ),
+    "refusal-body-over-64KiB": Answer(
+        _fixed(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 70000\r\n\r\n" + b"n" * 70000), 502
+    ),
+    "100-continue-then-101": Answer(
+        lambda key: b"HTTP/1.1 100 Continue\r\n\r\n" + _switching()(key), 101
+    ),
+    "no-upgrade-header": Answer(
+        lambda key: _switching()(key).replace(b"Upgrade: websocket\r\n", b""), 502
+    ),
+    "upgrade-to-something-else": Answer(
+        lambda key: _switching()(key).replace(b"Upgrade: websocket", b"Upgrade: h2c"), 502
+    ),
+    "no-connection-header": Answer(
+        lambda key: _switching()(key).replace(b"Connection: Upgrade\r\n", b""), 502
+    ),
+    "accept-missing": Answer(
+        lambda key: _switching()(key).replace(b"Sec-WebSocket-Accept", b"X-Nothing"), 502
+    ),
+    "accept-wrong": Answer(_switching(accept=False), 502),
+    "accept-twice": Answer(
+        lambda key: _switching(b"Sec-WebSocket-Accept: " + accept_value(key))(key), 502
+    ),
+    "subprotocol-not-offered": Answer(_switching(b"Sec-WebSocket-Protocol: chat"), 502),
+    "extension-not-offered": Answer(_switching(b"Sec-WebSocket-Extensions: x-evil"), 502),
+    "deflate-not-offered": Answer(_switching(b"Sec-WebSocket-Extensions: permessage-deflate"), 502),
+    "nul-in-a-header": Answer(_switching(b"X-Evil: a\0b"), 502),
+    "garbage": Answer(_fixed(b"\x00\xffnot HTTP at all\r\n\r\n"), 502),
+    "status-line-only-then-close": Answer(_fixed(b"HTTP/1.1 101 Switching Protocols\r\n"), 502),
+    "close-before-answering": Answer(_fixed(b""), 502),
+    "head-8KiB-in-pieces": Answer(_switching(pad=8000), 101, pieces=4096),
+    "head-over-max-header-size-at-once": Answer(_switching(pad=20_000), 502),
+    "head-over-max-header-size-in-pieces": Answer(_switching(pad=20_000), 502, pieces=4096),
+    "head-of-100KiB-at-once": Answer(_switching(pad=100_000), 502),
+    "head-of-100KiB-in-pieces": Answer(_switching(pad=100_000), 502, pieces=4096),
+}
+
+
+async def _read_request(stream: trio.SocketStream) -> bytes:
+    """As a backend: the proxy's request head; the Sec-WebSocket-Key it carries."""
+    request = b""
+    while b"\r\n\r\n" not in request:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return b""
+        request += chunk
+    return next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+
+
+@pytest.mark.parametrize("case", ANSWERS.values(), ids=ANSWERS.keys())
+async def test_hostile_backend_answer(front: Front, witness: Witness, case: Answer) -> None:
+    async def answer(stream: trio.SocketStream) -> None:
+        key = await _read_request(stream)
+        data = case.answer(key)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            if not case.pieces:
+                await stream.send_all(data)
+            for start in range(0, len(data) if case.pieces else 0, case.pieces or 1):
+                await stream.send_all(data[start : start + case.pieces])
+                await trio.sleep(0.002)  # so that the pieces arrive as separate segments
+            if case.status == 101:
+                front.hostile.heard.append(await _hear_close(stream))
+
+    front.hostile.act = answer
+    with trio.fail_after(CAP):
+        reply = await ask(front.port, head(line=b"GET /hostile HTTP/1.1"))
+        async with reply.stream:
+            if case.status == 101:
+                assert reply.status == 101
+                peer = Peer(reply.stream, client=True)
+                await peer.send(frame(CLOSE, close_body(1000)))
+                assert (await peer.expect_close())[0] == 1000
+                await front.hostile.done.wait()
+                assert front.hostile.heard == [1000]
+            elif case.body is not None:
+                assert (reply.status, reply.body) == (case.status, case.body)
+            else:
+                assert_refusal(reply, case.status, addresses=(front.hostile_port,))
+    await witness.check()
+
+
+async def test_hostile_backend_that_never_answers_is_504(front: Front, witness: Witness) -> None:
+    async def say_nothing(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    front.hostile.act = say_nothing
+    with trio.fail_after(CAP):
+        reply = await ask(front.port, head(line=b"GET /hostile HTTP/1.1"))
+    assert_refusal(reply, 504, addresses=(front.hostile_port,))
+    await witness.check()
+
+
+async def test_hostile_backend_that_refuses_tcp_is_502_without_its_address(
+    front: Front, witness: Witness
+) -> None:
+    with trio.fail_after(CAP):
+        reply = await ask(front.port, head(line=b"GET /refused HTTP/1.1"))
+    assert_refusal(reply, 502, addresses=(front.refused_port,))
+    await witness.check()
