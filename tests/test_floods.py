@@ -144,21 +144,25 @@ class Talker:
     reordered: int = 0
     corrupted: int = 0
     stopping: bool = False
+    done_sending: trio.Event = field(default_factory=trio.Event)
 
     def message(self, seq: int) -> str:
         return f"session {self.number} message {seq} " + "x" * (seq % 64)
 
     async def send(self, window: trio.Semaphore) -> None:
-        while True:
-            await window.acquire()
-            if self.stopping:
-                return
-            await self.ws.send(self.message(self.sent))
-            self.sent += 1
-            await trio.sleep(PACE)  # pacing the load, not waiting for anything
+        try:
+            while True:
+                await window.acquire()
+                if self.stopping:
+                    return
+                await self.ws.send(self.message(self.sent))
+                self.sent += 1
+                await trio.sleep(PACE)  # pacing the load, not waiting for anything
+        finally:
+            self.done_sending.set()
 
     async def receive(self, window: trio.Semaphore) -> None:
-        while not (self.stopping and self.received == self.sent):
+        while True:  # until cancelled, once every echo has been counted
             echo = await self.ws.recv()
             assert isinstance(echo, str)
             seq = int(echo.split()[3]) if echo.startswith(f"session {self.number} ") else -1
@@ -358,9 +362,12 @@ async def _sessions_through_floods(
             for talker in talkers:
                 talker.stopping = True
             with trio.move_on_after(CAP):
+                for talker in talkers:
+                    await talker.done_sending.wait()
                 while any(t.received < t.sent for t in talkers):
                     await progress.changed.wait()
-            nursery.cancel_scope.cancel()  # senders still pacing
+            assert all(t.done_sending.is_set() for t in talkers), "a sender did not stop"
+            nursery.cancel_scope.cancel()  # the receivers
     lost = sum(t.sent - t.received for t in talkers)
     assert (lost, sum(t.reordered for t in talkers), sum(t.corrupted for t in talkers)) == (0, 0, 0)
     assert all(t.ws.close_code == 1000 for t in talkers)
