@@ -205,6 +205,28 @@ def test_handshake_http_1_0_is_400() -> None:
 
 
 @pytest.mark.parametrize(
+    "framing",
+    [
+        ((b"transfer-encoding", b"chunked"),),
+        ((b"content-length", b"5"),),
+        ((b"content-length", b"0"), (b"transfer-encoding", b"chunked")),
+    ],
+    ids=["chunked", "length-5", "length-0-and-chunked"],
+)
+def test_handshake_upgrade_announcing_a_body_is_400(framing: Headers) -> None:
+    """Bytes behind such a head would be a body to one reader and frames to another."""
+    assert judge_request(_request(add=framing), SECURITY) == Reject(
+        400, "a WebSocket handshake has no body"
+    )
+
+
+@pytest.mark.parametrize("length", [b"0", b"00"])
+def test_handshake_content_length_0_is_accepted(length: bytes) -> None:
+    upgrade = judge_request(_request(add=((b"content-length", length),)), SECURITY)
+    assert isinstance(upgrade, UpgradeRequest)
+
+
+@pytest.mark.parametrize(
     "connection",
     [(), ((b"connection", b"keep-alive"),), ((b"connection", b"upgraded, close"),)],
 )

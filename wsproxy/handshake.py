@@ -129,6 +129,11 @@ def judge_request(request: h11.Request, security: Security) -> UpgradeRequest | 
         return Reject(400, f"a WebSocket handshake needs HTTP/1.1, not HTTP/{version}")
     if b"upgrade" not in _tokens(headers, b"connection"):
         return Reject(400, "the Connection header must include upgrade")
+    if _values(headers, b"transfer-encoding") or any(
+        value.lstrip(b"0") for value in _values(headers, b"content-length")
+    ):
+        # What follows the head would be a body to one reader and frames to another.
+        return Reject(400, "a WebSocket handshake has no body")
     if _values(headers, b"sec-websocket-version") != [b"13"]:
         return Reject(
             426,
