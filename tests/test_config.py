@@ -1005,6 +1005,34 @@ def test_config_load_file_problems_name_the_file(tmp_path: Path, text: str, prob
     assert caught.value.problems == [f"{path}: {problem}"]
 
 
+TAB_HINT = "a tab character where YAML allows none: indent with spaces, not tabs"
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ("listen:\n\t- address: 127.0.0.1:0\n", "line 2, column 1"),  # a tab-indented item
+        (MINIMAL.replace("  allowed_origins", "\tallowed_origins"), "line 9, column 1"),
+        (MINIMAL.replace("  allowed_origins", "  \tallowed_origins"), "line 9, column 3"),
+        (MINIMAL + "log:\n  level: info\n\tformat: json\n", "line 12, column 1"),
+        ('routes: [{path: /,\n\tpool: main}]\n', "line 2, column 1"),  # inside a flow mapping
+    ],
+)
+def test_config_load_a_tab_in_the_indentation_says_to_indent_with_spaces(
+    tmp_path: Path, text: str, place: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.problems == [f"{path}: {place}: {TAB_HINT}"]
+
+
+def test_config_a_tab_inside_a_quoted_value_is_no_indentation_problem() -> None:
+    problems = problems_of(MINIMAL + 'log: {format: "te\txt"}\n')
+    assert problems == ["log.format: expected text or json, got 'te\\txt'"]
+
+
 def test_config_load_problems_inside_the_file_have_dotted_paths(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(MINIMAL + "log: {level: '${LEVEL}'}\n")
