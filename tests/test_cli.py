@@ -422,10 +422,22 @@ async def test_cli_serve_relays_a_websocket_client_to_the_backend(
 
 def test_cli_serve_port_in_use_exits_1_in_one_sentence(tmp_path: Path) -> None:
     with occupied_port() as port:
-        config = write_config(tmp_path / "c.yaml", listen=(f"127.0.0.1:{port}",))
+        listen = ("127.0.0.1:0", f"127.0.0.1:{port}")
+        config = write_config(tmp_path / "c.yaml", listen=listen)
         result = run_wsproxy("serve", "-c", str(config))
     assert result.returncode == 1
-    assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+    assert f"listen[1].address 127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_serve_admin_port_in_use_names_admin_address(tmp_path: Path, workers: int) -> None:
+    with occupied_port() as port:
+        extra = f"admin: {{address: 127.0.0.1:{port}}}\nworkers: {workers}"
+        config = write_config(tmp_path / "c.yaml", extra=extra)
+        result = run_wsproxy("serve", "-c", str(config))
+    assert result.returncode == 1
+    sentence = assert_one_sentence(result.stderr)
+    assert sentence.startswith(f"wsproxy: cannot listen on admin.address 127.0.0.1:{port}: ")
 
 
 def test_cli_serve_bad_config_exits_2_without_serving(tmp_path: Path) -> None:

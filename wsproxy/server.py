@@ -298,13 +298,16 @@ class Proxy:
 
     async def open_listeners(self, *, reuse_port: bool = False) -> list[Listening]:
         """Bind every configured address, the admin one included (kept for `serve`); a
-        failure is a `ListenError` naming the address. With `reuse_port` the client
+        failure is a `ListenError` naming the key and the address. With `reuse_port` the client
         listeners share their ports with other processes (SO_REUSEPORT)."""
         listening: list[Listening] = []
         admin = self.config.admin
-        wanted = [(listen.address, listen.host, listen.port) for listen in self.config.listen]
+        wanted = [
+            (f"listen[{index}].address {listen.address}", listen.host, listen.port)
+            for index, listen in enumerate(self.config.listen)
+        ]
         if admin is not None:
-            wanted.append((admin.address, admin.host, admin.port))
+            wanted.append((f"admin.address {admin.address}", admin.host, admin.port))
         for index, (address, host, port) in enumerate(wanted):
             shared = reuse_port and index < len(self.config.listen)
             try:

@@ -198,7 +198,7 @@ class Supervisor:
         held: list[trio.socket.SocketType] = []
         ports: list[int] = []
         try:
-            for listen in self.config.listen:
+            for index, listen in enumerate(self.config.listen):
                 try:
                     bound = await bind_shared(listen.host, listen.port, listen=False)
                     port = bound[0].getsockname()[1]
@@ -208,7 +208,8 @@ class Supervisor:
                         bound = await bind_shared(listen.host, port, listen=False)
                 except OSError as exc:
                     raise ListenError(
-                        f"cannot listen on {listen.address}: {exc.strerror or exc}"
+                        f"cannot listen on listen[{index}].address {listen.address}: "
+                        f"{exc.strerror or exc}"
                     ) from None
                 held += bound
                 ports.append(port)
@@ -225,7 +226,9 @@ class Supervisor:
         try:
             return (await trio.open_tcp_listeners(admin.port, host=admin.host))[0]
         except OSError as exc:
-            raise ListenError(f"cannot listen on {admin.address}: {exc.strerror or exc}") from None
+            raise ListenError(
+                f"cannot listen on admin.address {admin.address}: {exc.strerror or exc}"
+            ) from None
 
     def _write_copy(self, text: str) -> None:
         """Replace the workers' file in one step: a worker never reads half of it."""
