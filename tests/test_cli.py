@@ -376,10 +376,28 @@ def test_cli_check_falls_back_to_wsproxy_yaml_in_the_working_directory(tmp_path:
     assert "listening on 127.0.0.1:7003" in result.stdout
 
 
-def test_cli_check_without_any_config_exits_2_naming_wsproxy_yaml(tmp_path: Path) -> None:
-    result = run_wsproxy("check", cwd=tmp_path)
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_cli_without_any_config_exits_2_hinting_at_c_and_wsproxy_config(
+    tmp_path: Path, command: str
+) -> None:
+    result = run_wsproxy(command, cwd=tmp_path)  # no -c, no $WSPROXY_CONFIG, no ./wsproxy.yaml
     assert result.returncode == 2
-    assert "wsproxy.yaml" in assert_one_sentence(result.stderr)
+    assert assert_one_sentence(result.stderr) == (
+        "wsproxy: no configuration: there is no ./wsproxy.yaml here; "
+        "give a file with -c FILE or $WSPROXY_CONFIG"
+    )
+
+
+def test_cli_serve_help_says_what_it_does_its_signals_and_exit_codes() -> None:
+    result = run_wsproxy("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines as the terminal allows
+    assert "Run the proxy: accept WebSocket clients" in text
+    assert "SIGTERM, SIGINT drain: stop accepting" in text
+    assert "a second SIGTERM or SIGINT during the drain stops at once" in text
+    assert "SIGHUP reload the configuration file" in text
+    assert "exit codes: 0 stopped by a signal, cleanly 1 could not run" in text
+    assert "2 bad configuration or arguments" in text
 
 
 # ------------------------------------------------------------------------------ serve

@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 import trio
 
@@ -28,6 +29,23 @@ from wsproxy.tls import contexts_for
 from wsproxy.workers import Supervisor, for_worker, run_worker
 
 log = logging.getLogger("wsproxy")
+
+
+SERVE_DESCRIPTION: Final = """\
+Run the proxy: accept WebSocket clients on every listen address, route each one to a server of
+its pool and relay its frames both ways, until a signal stops it. Logs go to stderr."""
+
+SERVE_EPILOG: Final = """\
+signals:
+  SIGTERM, SIGINT  drain: stop accepting, let sessions run for shutdown.drain_timeout, then
+                   close the rest with shutdown.close_code over shutdown.close_window;
+                   a second SIGTERM or SIGINT during the drain stops at once
+  SIGHUP           reload the configuration file; sessions in flight keep theirs
+
+exit codes:
+  0  stopped by a signal, cleanly
+  1  could not run (a port in use, a worker that failed to start, anything else)
+  2  bad configuration or arguments"""
 
 
 class UsageError(Exception):
@@ -71,7 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "-c", "--config", help="configuration file ($WSPROXY_CONFIG, ./wsproxy.yaml)"
     )
@@ -105,7 +129,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_path(given: str | None) -> str:
-    return given or os.environ.get("WSPROXY_CONFIG") or "wsproxy.yaml"
+    path = given or os.environ.get("WSPROXY_CONFIG") or "wsproxy.yaml"
+    if not given and path == "wsproxy.yaml" and not Path(path).exists():
+        raise UsageError(
+            "no configuration: there is no ./wsproxy.yaml here; "
+            "give a file with -c FILE or $WSPROXY_CONFIG"
+        )
+    return path
 
 
 def _load(given: str | None) -> Config:
