@@ -1015,7 +1015,7 @@ TAB_HINT = "a tab character where YAML allows none: indent with spaces, not tabs
         (MINIMAL.replace("  allowed_origins", "\tallowed_origins"), "line 9, column 1"),
         (MINIMAL.replace("  allowed_origins", "  \tallowed_origins"), "line 9, column 3"),
         (MINIMAL + "log:\n  level: info\n\tformat: json\n", "line 12, column 1"),
-        ('routes: [{path: /,\n\tpool: main}]\n', "line 2, column 1"),  # inside a flow mapping
+        ("routes: [{path: /,\n\tpool: main}]\n", "line 2, column 1"),  # inside a flow mapping
     ],
 )
 def test_config_load_a_tab_in_the_indentation_says_to_indent_with_spaces(

@@ -40,6 +40,7 @@ import trio
 
 from wsproxy.admin import ProxyView, serve_admin
 from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
+from wsproxy.changes import config_changes
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, keep_resolving, resolve_pool, resolve_tcp
@@ -60,7 +61,7 @@ from wsproxy.intake import (
     refuse,
     response_head,
 )
-from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
+from wsproxy.logs import AccessRecord, change_logging, iso_time, wall_time, write_access
 from wsproxy.metrics import ProxyMetrics
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.servers import ServerState, ServerStates
@@ -211,7 +212,8 @@ class Proxy:
     async def reload(self, load: Callable[[], Config]) -> bool:
         """Serve new sessions with the configuration `load` returns; sessions in flight keep
         theirs. An unusable one is logged and counted, and the current one stays. Reloads
-        run one at a time; `stop()` abandons one still under way."""
+        run one at a time; `stop()` abandons one still under way. A reload logs each change
+        (`config_changes`), then applies the new `log` settings from the next line on."""
         async with self._switching:
             if self.stopping:
                 log.warning("reload ignored: the proxy is draining")
@@ -231,6 +233,7 @@ class Proxy:
                 for balancer in balancers.values():
                     await self._resolve_names(balancer)
                 self._retire(balancers)
+                old = self.config
                 self.config, self.balancers = config, balancers
                 self._listener_tls, self._pool_tls = listener_tls, pool_tls
                 if self._upkeep is not None:
@@ -243,6 +246,10 @@ class Proxy:
                     len(config.routes),
                     len(config.pools),
                 )
+                for change in config_changes(old, config) or ["nothing changed"]:
+                    log.info("reload: %s", change)
+                if config.log != old.log:  # after the lines above, which the old settings write
+                    change_logging(config.log.level, config.log.format, self.worker)
                 return True
             log.warning("reload abandoned: the proxy began draining while names were resolved")
             return False

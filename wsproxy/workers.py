@@ -50,6 +50,7 @@ import trio
 from wsproxy import __version__
 from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
+from wsproxy.logs import change_logging
 from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
 from wsproxy.server import ListenError, Proxy, bind_shared, host_port
 from wsproxy.tls import contexts_for
@@ -379,6 +380,7 @@ class Supervisor:
         self._write_copy(text)
         self.reloads.inc("success")
         log.info("SIGHUP: reloading the configuration in %d workers", len(self.workers))
+        change_logging(config.log.level, config.log.format)  # the supervisor's own lines
         self._forward(signal.SIGHUP)
 
     # ---------------------------------------------------------------- the admin view
