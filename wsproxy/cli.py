@@ -1,4 +1,4 @@
-"""The `wsproxy` command: serve, check, echo, demo and --version, with their exit codes.
+"""The `wsproxy` command: serve, check, client, echo, demo and --version, with their exit codes.
 
 Invariants:
 - This is the only module that turns exceptions into exit codes: 0 clean stop, 2 bad
@@ -21,6 +21,7 @@ from typing import Final
 import trio
 
 from wsproxy import __version__
+from wsproxy.client import ClientError, parse_url, run_client
 from wsproxy.config import Config, ConfigError, load_config, read_config, summary
 from wsproxy.echo import parse_address, run_echo, serve_echo
 from wsproxy.logs import setup_logging
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 2
-    except ListenError as exc:
+    except (ListenError, ClientError) as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -106,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
         "-c", "--config", help="configuration file ($WSPROXY_CONFIG, ./wsproxy.yaml)"
     )
     check.set_defaults(run=_check)
+
+    client = commands.add_parser(
+        "client",
+        help="a line-based WebSocket client: stdin lines out, messages in to stdout",
+        description="Send each line of stdin as a text message and print each message "
+        "received; at the end of stdin close the session (exit 0 after a clean close). "
+        "A refused handshake or a lost connection exits 1, a bad URL 2.",
+    )
+    client.add_argument("url", metavar="URL", help="ws://HOST[:PORT]/PATH or wss://...")
+    client.add_argument("--origin", help="the Origin header to send (a proxy may require one)")
+    client.set_defaults(run=_client)
 
     echo = commands.add_parser("echo", help="run the built-in echo backend")
     echo.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
@@ -175,6 +187,15 @@ def _worker(args: argparse.Namespace) -> int:
     setup_logging(config.log.level, config.log.format, args.index)
     proxy = Proxy(config, worker=args.index)
     trio.run(run_worker, proxy, load, args.control, args.supervisor)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> int:
+    try:
+        parse_url(args.url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    trio.run(run_client, args.url, args.origin)
     return 0
 
 
