@@ -23,7 +23,8 @@ import trio
 from wsproxy import __version__
 from wsproxy.client import ClientError, parse_url, run_client
 from wsproxy.config import Config, ConfigError, load_config, read_config, summary
-from wsproxy.echo import parse_address, run_echo, serve_echo
+from wsproxy.demo import DemoPorts, demo_config, run_demo
+from wsproxy.echo import parse_address, run_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
 from wsproxy.tls import contexts_for
@@ -124,9 +125,23 @@ def _parser() -> argparse.ArgumentParser:
     echo.set_defaults(run=_echo)
 
     demo = commands.add_parser(
-        "demo", help="echo backends for every pool server, behind the proxy, until Ctrl-C"
+        "demo",
+        help="two echo backends behind the proxy, and a page to try it from a browser",
+        description="Two echo backends, the proxy in front of them (config.example.yaml's "
+        "routes and pools, on 127.0.0.1) and a page that opens a session from a browser, "
+        "until Ctrl-C. It needs no file.",
     )
-    demo.add_argument("-c", "--config", default="config.example.yaml")
+    defaults = DemoPorts()
+    demo.add_argument("--port", type=_port, default=defaults.proxy, help="the proxy's port")
+    demo.add_argument("--page-port", type=_port, default=defaults.page, help="the page's port")
+    demo.add_argument("--admin-port", type=_port, default=defaults.admin, help="the status page's")
+    demo.add_argument(
+        "--echo-ports",
+        type=_two_ports,
+        default=defaults.echoes,
+        metavar="PORT,PORT",
+        help="the two echo backends' ports",
+    )
     demo.set_defaults(run=_demo)
 
     # Started by `serve` when `workers` > 1; not for people (see wsproxy.workers).
@@ -207,43 +222,24 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    path = Path(args.config)
-    if not path.is_file():
-        raise UsageError(f"{path} not found: run the demo from the repository root, or pass -c")
-    config = load_config(str(path), os.environ)
+    ports = DemoPorts(args.port, args.page_port, args.admin_port, args.echo_ports)
+    config = demo_config(ports)
     setup_logging(config.log.level, config.log.format)
-    trio.run(_run_demo, config)
+    trio.run(run_demo, ports)
     return 0
 
 
-async def _run_demo(config: Config) -> None:
-    backends = sorted({(s.host, s.port) for pool in config.pools.values() for s in pool.servers})
-    proxy = Proxy(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        listeners = await proxy.open_listeners()
-        async with trio.open_nursery() as nursery:
-            for host, port in backends:
-                await nursery.start(serve_echo, host, port)
-            _announce_demo(config, backends, listeners[0].listener.socket.getsockname()[1])
-            nursery.start_soon(proxy.obey, signals, nursery.cancel_scope)
-            await proxy.serve(listeners)
-            nursery.cancel_scope.cancel()
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return int(text)
 
 
-def _announce_demo(config: Config, backends: list[tuple[str, int]], port: int) -> None:
-    origin = config.security.allowed_origins[0]
-    echoes = ", ".join(f"{host}:{echo_port}" for host, echo_port in backends)
-    listening = ", ".join(listen.address for listen in config.listen)
-    print(
-        f"\nwsproxy demo: echo backends on {echoes}; the proxy on {listening}.\n"
-        "Try it (pip install websockets), in python:\n"
-        "  from websockets.sync.client import connect\n"
-        f"  with connect('ws://127.0.0.1:{port}/', origin='{origin}') as ws:\n"
-        "      ws.send('hello'); print(ws.recv())\n"
-        + (f"Status page: http://{config.admin.address}/\n" if config.admin else "")
-        + "Ctrl-C stops.\n",
-        flush=True,
-    )
+def _two_ports(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two ports, as in 9001,9002, got {text!r}")
+    return _port(parts[0]), _port(parts[1])
 
 
 async def _until_signalled(serve: Callable[[], Awaitable[object]]) -> None:
