@@ -79,8 +79,8 @@ def test_config_example_parses_with_its_summary() -> None:
     assert summary(config) == "config OK: listening on 0.0.0.0:8080; 2 routes, 2 pools, 3 servers"
     assert config.listen == (Listener(address="0.0.0.0:8080", host="0.0.0.0", port=8080),)
     assert config.security.allowed_origins == (
-        "http://localhost:8080",
-        "http://127.0.0.1:8080",
+        "http://127.0.0.1:8081",
+        "http://localhost:8081",
         "https://*.example.com",
     )
     assert config.routes == (

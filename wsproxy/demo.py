@@ -114,7 +114,7 @@ async def run_demo(ports: DemoPorts) -> None:
     proxy = Proxy(config)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         page_listener = await _listen("the demo page's address", ports.page)
-        async with page_listener, trio.open_nursery() as nursery:
+        async with page_listener, trio.open_nursery() as nursery:  # closed if a bind fails
             for port in ports.echoes:
                 await nursery.start(serve_echo, HOST, port)
             listeners = await proxy.open_listeners()
@@ -133,8 +133,9 @@ async def _listen(what: str, port: int) -> trio.SocketListener:
 
 
 async def serve_page(listener: trio.SocketListener, body: bytes) -> None:
-    """Answer every connection on `listener` with `body` at `/`, until cancelled."""
-    async with trio.open_nursery() as handlers:
+    """Answer every connection on `listener` with `body` at `/`, until cancelled; then close
+    `listener`."""
+    async with listener, trio.open_nursery() as handlers:
         while True:
             stream = await listener.accept()
             handlers.start_soon(_answer, stream, body)
