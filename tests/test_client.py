@@ -260,6 +260,42 @@ async def test_client_a_server_that_hangs_up_before_answering(nursery: trio.Nurs
     )
 
 
+async def answering(nursery: trio.Nursery, answer: bytes) -> int:
+    """A server that reads the request, writes `answer` and hangs up; returns its port."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(answer)
+
+    return await raw_server(nursery, handle)
+
+
+async def test_client_a_refusal_without_a_body(nursery: trio.Nursery) -> None:
+    port = await answering(nursery, b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+    result = await client(f"ws://127.0.0.1:{port}/")
+    assert result.returncode == 1
+    assert assert_one_sentence(result.stderr.decode()) == (
+        "wsproxy: the server refused the handshake: 401 Unauthorized"
+    )
+
+
+async def test_client_an_answer_that_is_not_http(nursery: trio.Nursery) -> None:
+    port = await answering(nursery, b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+    result = await client(f"ws://127.0.0.1:{port}/")
+    assert result.returncode == 1
+    assert assert_one_sentence(result.stderr.decode()) == (
+        "wsproxy: the server's answer is not a WebSocket handshake: Bad HTTP message"
+    )
+
+
+async def test_client_wss_to_a_server_without_tls(nursery: trio.Nursery) -> None:
+    port = await answering(nursery, b"HTTP/1.1 400 Bad Request\r\n\r\n")
+    result = await client(f"wss://127.0.0.1:{port}/")
+    assert result.returncode == 1
+    sentence = assert_one_sentence(result.stderr.decode())
+    assert sentence.startswith(f"wsproxy: TLS with 127.0.0.1:{port} failed: ")
+
+
 @pytest.mark.parametrize(
     "url", ["http://127.0.0.1/", "127.0.0.1:8080", "ws://", "ws://h:99999/", "ws://u@h/"]
 )

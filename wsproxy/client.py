@@ -128,11 +128,19 @@ async def _open(target: Target) -> trio.abc.Stream:
     where = f"{target.host}:{target.port}"
     try:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
-            if target.secure:
-                return await trio.open_ssl_over_tcp_stream(
-                    target.host, target.port, ssl_context=ssl.create_default_context()
-                )
-            return await trio.open_tcp_stream(target.host, target.port)
+            if not target.secure:
+                return await trio.open_tcp_stream(target.host, target.port)
+            stream = await trio.open_ssl_over_tcp_stream(
+                target.host, target.port, ssl_context=ssl.create_default_context()
+            )
+            try:
+                await stream.do_handshake()
+            except trio.BrokenResourceError as exc:
+                await trio.aclose_forcefully(stream)
+                cause = exc.__cause__
+                why = getattr(cause, "reason", None) or cause or "the connection ended"
+                raise ClientError(f"TLS with {where} failed: {why}") from None
+            return stream
     except trio.TooSlowError:
         raise ClientError(f"cannot connect to {where} within {HANDSHAKE_TIMEOUT:g} s") from None
     except OSError as exc:
