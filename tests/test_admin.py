@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import shutil
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import trio
 import websockets
-from websockets.trio.client import ClientConnection, connect
+from websockets.trio.client import connect
 from websockets.typing import Origin
 
 from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config, start_backend
+from tests.helpers import ask, browser_page
 from tests.test_pools import start, until
 from wsproxy.admin import metrics_text, serve_admin
 from wsproxy.config import Config, parse_config
@@ -33,13 +29,6 @@ class Admin:
     port: int
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 async def start_with_admin(nursery: trio.Nursery, config: Config) -> Admin:
     proxy = Proxy(config)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -47,28 +36,6 @@ async def start_with_admin(nursery: trio.Nursery, config: Config) -> Admin:
     await nursery.start(functools.partial(proxy.serve, listeners, admin=admin))
     running = RunningProxy(proxy, listeners[0].socket.getsockname()[1])
     return Admin(running, admin.socket.getsockname()[1])
-
-
-async def ask(port: int, path: str, method: str = "GET") -> Answer:
-    """One request; the answer is read to its Content-Length, or to the connection's end."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-        await stream.send_all(request.encode())
-        data = b""
-        while True:
-            head, blank, body = data.partition(b"\r\n\r\n")
-            if blank:
-                status_line, *lines = head.decode().split("\r\n")
-                headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
-                length = headers.get("content-length")
-                if method == "HEAD" or (length is not None and len(body) >= int(length)):
-                    return Answer(int(status_line.split()[1]), headers, body)
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                assert blank, data
-                return Answer(int(status_line.split()[1]), headers, body)
-            data += chunk
 
 
 @pytest.fixture
@@ -349,88 +316,6 @@ async def test_admin_metrics_close_codes_are_bounded_by_the_configuration(
 
 
 # --- the live page, in a real browser --------------------------------------------------------
-
-
-def chromium_or_skip() -> str:
-    """Debian's chromium; `.ci/run` installs it, so under CI its absence is a failure."""
-    found = shutil.which("chromium")
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("chromium is not installed (.ci/run installs the Debian package)")
-        pytest.skip("chromium is not installed here (.ci/run installs the Debian package)")
-    return found
-
-
-class DevTools:
-    """Just enough of the Chrome DevTools Protocol: navigate, and evaluate an expression."""
-
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
-        self.next_id = 0
-
-    async def call(self, method: str, **params: object) -> dict[str, object]:
-        self.next_id += 1
-        await self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(await self.ws.recv())
-            if message.get("id") == self.next_id:
-                assert "error" not in message, message
-                result: dict[str, object] = message["result"]
-                return result
-
-    async def evaluate(self, expression: str) -> object:
-        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        value = result["result"]
-        assert isinstance(value, dict)
-        return value.get("value")
-
-    async def until(self, expression: str, expected: object, seconds: float = 5.0) -> None:
-        """Poll `expression` in the page until it equals `expected`."""
-        seen: object = None
-        with trio.move_on_after(seconds):
-            while (seen := await self.evaluate(expression)) != expected:  # noqa: ASYNC110
-                await trio.sleep(0.05)  # the page's own state: there is no event to await
-            return
-        raise AssertionError(f"{expression} stayed {seen!r}, expected {expected!r}")
-
-
-@asynccontextmanager
-async def browser_page(tmp_path: Path) -> AsyncIterator[DevTools]:
-    """A headless Chromium (started here, stopped by its PID) and a DevTools link to its page."""
-    profile = tmp_path / "profile"
-    process = await trio.lowlevel.open_process(
-        [
-            chromium_or_skip(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "about:blank",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        active = profile / "DevToolsActivePort"
-        while not active.exists() or not active.read_text().count("\n"):  # noqa: ASYNC110
-            await trio.sleep(0.05)
-        port = int(active.read_text().split()[0])
-        (page,) = [
-            target
-            for target in json.loads((await ask(port, "/json/list")).body)
-            if target["type"] == "page"
-        ]
-        async with connect(page["webSocketDebuggerUrl"], proxy=None, max_size=None) as ws:
-            yield DevTools(ws)
-    finally:
-        process.kill()
-        with trio.CancelScope(shield=True):
-            await process.wait()
 
 
 async def test_admin_page_shows_the_status_and_follows_it_live_in_chromium(

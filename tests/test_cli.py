@@ -12,6 +12,7 @@ implementation) or with raw sockets. Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from websockets.typing import Origin
 from tests.conftest import ORIGIN, Backend
 from wsproxy import __version__
 from wsproxy.cli import main
+from wsproxy.demo import DemoPorts
 from wsproxy.logs import ACCESS_FIELDS
 
 CAP: Final = 10.0  # seconds: the longest any single wait in this module may take
@@ -376,10 +378,28 @@ def test_cli_check_falls_back_to_wsproxy_yaml_in_the_working_directory(tmp_path:
     assert "listening on 127.0.0.1:7003" in result.stdout
 
 
-def test_cli_check_without_any_config_exits_2_naming_wsproxy_yaml(tmp_path: Path) -> None:
-    result = run_wsproxy("check", cwd=tmp_path)
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_cli_without_any_config_exits_2_hinting_at_c_and_wsproxy_config(
+    tmp_path: Path, command: str
+) -> None:
+    result = run_wsproxy(command, cwd=tmp_path)  # no -c, no $WSPROXY_CONFIG, no ./wsproxy.yaml
     assert result.returncode == 2
-    assert "wsproxy.yaml" in assert_one_sentence(result.stderr)
+    assert assert_one_sentence(result.stderr) == (
+        "wsproxy: no configuration: there is no ./wsproxy.yaml here; "
+        "give a file with -c FILE or $WSPROXY_CONFIG"
+    )
+
+
+def test_cli_serve_help_says_what_it_does_its_signals_and_exit_codes() -> None:
+    result = run_wsproxy("serve", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())  # argparse wraps lines as the terminal allows
+    assert "Run the proxy: accept WebSocket clients" in text
+    assert "SIGTERM, SIGINT drain: stop accepting" in text
+    assert "a second SIGTERM or SIGINT during the drain stops at once" in text
+    assert "SIGHUP reload the configuration file" in text
+    assert "exit codes: 0 stopped by a signal, cleanly 1 could not run" in text
+    assert "2 bad configuration or arguments" in text
 
 
 # ------------------------------------------------------------------------------ serve
@@ -422,10 +442,22 @@ async def test_cli_serve_relays_a_websocket_client_to_the_backend(
 
 def test_cli_serve_port_in_use_exits_1_in_one_sentence(tmp_path: Path) -> None:
     with occupied_port() as port:
-        config = write_config(tmp_path / "c.yaml", listen=(f"127.0.0.1:{port}",))
+        listen = ("127.0.0.1:0", f"127.0.0.1:{port}")
+        config = write_config(tmp_path / "c.yaml", listen=listen)
         result = run_wsproxy("serve", "-c", str(config))
     assert result.returncode == 1
-    assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+    assert f"listen[1].address 127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_cli_serve_admin_port_in_use_names_admin_address(tmp_path: Path, workers: int) -> None:
+    with occupied_port() as port:
+        extra = f"admin: {{address: 127.0.0.1:{port}}}\nworkers: {workers}"
+        config = write_config(tmp_path / "c.yaml", extra=extra)
+        result = run_wsproxy("serve", "-c", str(config))
+    assert result.returncode == 1
+    sentence = assert_one_sentence(result.stderr)
+    assert sentence.startswith(f"wsproxy: cannot listen on admin.address 127.0.0.1:{port}: ")
 
 
 def test_cli_serve_bad_config_exits_2_without_serving(tmp_path: Path) -> None:
@@ -570,84 +602,107 @@ def test_cli_echo_port_in_use_exits_1_in_one_sentence() -> None:
 # ------------------------------------------------------------------------------- demo
 
 
-def write_demo_config(path: Path, proxy: int, first: int, second: int) -> Path:
-    """config.example.yaml's shape on free loopback ports."""
-    path.write_text(
-        f"""\
-listen:
-  - address: 127.0.0.1:{proxy}
-security:
-  allowed_origins: ["http://127.0.0.1:{proxy}", "https://*.example.com"]
-routes:
-  - {{host: chat.example.com, path: /chat, pool: chat}}
-  - {{path: /, pool: default}}
-pools:
-  default:
-    servers:
-      - ws://127.0.0.1:{first}
-      - {{url: ws://127.0.0.1:{second}, weight: 2}}
-  chat:
-    servers: [ws://127.0.0.1:{second}]
-shutdown:
-  drain_timeout: 1s
-""",
-        encoding="utf-8",
+def demo_ports() -> DemoPorts:
+    return DemoPorts(free_port(), free_port(), free_port(), (free_port(), free_port()))
+
+
+def demo_args(ports: DemoPorts) -> tuple[str, ...]:
+    return (
+        "demo",
+        "--port",
+        str(ports.proxy),
+        "--page-port",
+        str(ports.page),
+        "--admin-port",
+        str(ports.admin),
+        "--echo-ports",
+        f"{ports.echoes[0]},{ports.echoes[1]}",
     )
-    return path
 
 
-async def test_cli_demo_prints_how_to_connect_and_relays_until_sigint(tmp_path: Path) -> None:
-    proxy, first, second = free_port(), free_port(), free_port()
-    config = write_demo_config(tmp_path / "demo.yaml", proxy, first, second)
-    async with started("demo", "-c", str(config)) as child:
+async def test_cli_demo_runs_outside_the_repository_and_says_how_to_connect(
+    tmp_path: Path,
+) -> None:
+    """From an empty directory: no config.example.yaml to read, the demo carries its own."""
+    ports = demo_ports()
+    async with started(*demo_args(ports), cwd=tmp_path) as child:
         summary = await child.stdout.until("wsproxy demo:")
-        assert f"127.0.0.1:{first}" in summary
-        assert f"127.0.0.1:{second}" in summary
-        try_it = await child.stdout.until("with connect(")
-        found = re.search(r"connect\('([^']+)', origin='([^']+)'\)", try_it)
-        assert found is not None, try_it
-        url, origin = found.groups()
-        assert url == f"ws://127.0.0.1:{proxy}/"
-        assert origin == f"http://127.0.0.1:{proxy}"  # the config's first allowed origin
+        first, second = ports.echoes
+        assert summary == (
+            f"wsproxy demo: echo backends on 127.0.0.1:{first}, 127.0.0.1:{second}; "
+            f"the proxy on 127.0.0.1:{ports.proxy}."
+        )
+        page = await child.stdout.until("in a browser")
+        assert page.startswith(f"Open http://127.0.0.1:{ports.page}/ in a browser")
+        command = (await child.stdout.until("  wsproxy client ws:")).split()
+        assert command == [
+            "wsproxy",
+            "client",
+            f"ws://127.0.0.1:{ports.proxy}/",
+            "--origin",
+            f"http://127.0.0.1:{ports.page}",
+        ]
+        await child.stdout.until("Ctrl-C stops.")
+        origin = Origin(command[4])
         with trio.fail_after(CAP):
             for n in range(3):  # round robin over both echo backends
-                await echo_once(url, f"hello {n}", Origin(origin))
+                await echo_once(command[2], f"hello {n}", origin)
+            printed = await trio.run_process(
+                [*PYTHON_M, *command[1:]],
+                stdin=b"typed\n",
+                capture_stdout=True,
+                capture_stderr=True,
+                cwd=tmp_path,
+                env=_child_env(),
+            )
+        assert (printed.stdout, printed.stderr) == (b"typed\n", b"")
         child.signal(signal.SIGINT)
         assert await child.exit_code() == 0
+        assert "Traceback" not in "\n".join(await child.stderr.rest())
 
 
 async def test_cli_demo_second_sigint_during_the_drain_stops_at_once(tmp_path: Path) -> None:
-    proxy = free_port()
-    config = write_demo_config(tmp_path / "demo.yaml", proxy, free_port(), free_port())
-    config.write_text(config.read_text().replace("drain_timeout: 1s", "drain_timeout: 30s"))
-    async with started("demo", "-c", str(config)) as child:
+    ports = demo_ports()
+    async with started(*demo_args(ports), cwd=tmp_path) as child:
         await child.stdout.until("Ctrl-C stops.")
         with trio.fail_after(CAP):
-            origin = Origin(f"http://127.0.0.1:{proxy}")
-            async with connect(f"ws://127.0.0.1:{proxy}/", origin=origin, proxy=None) as ws:
+            origin = Origin(f"http://127.0.0.1:{ports.page}")
+            url = f"ws://127.0.0.1:{ports.proxy}/"
+            async with connect(url, origin=origin, proxy=None) as ws:
                 await ws.send("hello")
                 assert await ws.recv() == "hello"
                 child.signal(signal.SIGINT)
-                await refusing(proxy)  # draining
+                await refusing(ports.proxy)  # draining: the demo's drain_timeout is 5 s
                 child.signal(signal.SIGINT)
                 assert await child.exit_code(seconds=3.0) == 0
         assert "Traceback" not in "\n".join(await child.stderr.rest())
 
 
-def test_cli_demo_missing_config_exits_2_in_one_sentence(tmp_path: Path) -> None:
-    result = run_wsproxy("demo", cwd=tmp_path)  # no config.example.yaml here
-    assert result.returncode == 2
-    assert "config.example.yaml" in assert_one_sentence(result.stderr)
-
-
-@pytest.mark.parametrize("taken", ["proxy", "backend"])
-def test_cli_demo_port_in_use_exits_1_in_one_sentence(tmp_path: Path, taken: str) -> None:
+@pytest.mark.parametrize("taken", ["proxy", "page", "admin", "backend"])
+def test_cli_demo_port_in_use_exits_1_in_one_sentence(taken: str) -> None:
     with occupied_port() as port:
-        proxy, first = (port, free_port()) if taken == "proxy" else (free_port(), port)
-        config = write_demo_config(tmp_path / "demo.yaml", proxy, first, free_port())
-        result = run_wsproxy("demo", "-c", str(config))
+        ports = demo_ports()
+        if taken == "backend":
+            ports = dataclasses.replace(ports, echoes=(port, ports.echoes[1]))
+        elif taken == "page":
+            ports = dataclasses.replace(ports, page=port)
+        elif taken == "admin":
+            ports = dataclasses.replace(ports, admin=port)
+        else:
+            ports = dataclasses.replace(ports, proxy=port)
+        result = run_wsproxy(*demo_args(ports))
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in assert_one_sentence(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("--port", "0"), ("--port", "http"), ("--page-port", "70000"), ("--echo-ports", "9001")],
+)
+def test_cli_demo_bad_port_exits_2(option: str, value: str) -> None:
+    result = run_wsproxy("demo", option, value)
+    assert result.returncode == 2
+    assert f"argument {option}: expected" in result.stderr
 
 
 # ------------------------------------------------------------------------- access log

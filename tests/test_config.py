@@ -80,8 +80,8 @@ def test_config_example_parses_with_its_summary() -> None:
     assert summary(config) == "config OK: listening on 0.0.0.0:8080; 2 routes, 2 pools, 3 servers"
     assert config.listen == (Listener(address="0.0.0.0:8080", host="0.0.0.0", port=8080),)
     assert config.security.allowed_origins == (
-        "http://localhost:8080",
-        "http://127.0.0.1:8080",
+        "http://127.0.0.1:8081",
+        "http://localhost:8081",
         "https://*.example.com",
     )
     assert config.routes == (
@@ -1055,6 +1055,34 @@ def test_config_load_file_problems_name_the_file(tmp_path: Path, text: str, prob
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), {})
     assert caught.value.problems == [f"{path}: {problem}"]
+
+
+TAB_HINT = "a tab character where YAML allows none: indent with spaces, not tabs"
+
+
+@pytest.mark.parametrize(
+    ("text", "place"),
+    [
+        ("listen:\n\t- address: 127.0.0.1:0\n", "line 2, column 1"),  # a tab-indented item
+        (MINIMAL.replace("  allowed_origins", "\tallowed_origins"), "line 9, column 1"),
+        (MINIMAL.replace("  allowed_origins", "  \tallowed_origins"), "line 9, column 3"),
+        (MINIMAL + "log:\n  level: info\n\tformat: json\n", "line 12, column 1"),
+        ("routes: [{path: /,\n\tpool: main}]\n", "line 2, column 1"),  # inside a flow mapping
+    ],
+)
+def test_config_load_a_tab_in_the_indentation_says_to_indent_with_spaces(
+    tmp_path: Path, text: str, place: str
+) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert caught.value.problems == [f"{path}: {place}: {TAB_HINT}"]
+
+
+def test_config_a_tab_inside_a_quoted_value_is_no_indentation_problem() -> None:
+    problems = problems_of(MINIMAL + 'log: {format: "te\txt"}\n')
+    assert problems == ["log.format: expected text or json, got 'te\\txt'"]
 
 
 def test_config_load_problems_inside_the_file_have_dotted_paths(tmp_path: Path) -> None:

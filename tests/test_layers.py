@@ -36,6 +36,7 @@ LAYERS: Final = {
     "logs": 2,
     "metrics": 2,
     "proxyproto": 2,
+    "changes": 2,
     "wire": 3,
     "relay": 3,
     "upstream": 3,
@@ -49,6 +50,8 @@ LAYERS: Final = {
     "echo": 4,
     "admin": 4,
     "workers": 4,
+    "client": 4,
+    "demo": 4,
     "cli": 5,
     "__main__": 5,
 }

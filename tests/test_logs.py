@@ -29,6 +29,7 @@ from wsproxy.logs import (
     RefusalRecord,
     TextFormatter,
     access_log,
+    change_logging,
     iso_time,
     log_safe,
     refusal_log,
@@ -299,6 +300,37 @@ def test_setup_logging_twice_keeps_one_handler(root: logging.Logger) -> None:
     [handler] = root.handlers
     assert isinstance(handler.formatter, TextFormatter)
     assert root.level == logging.DEBUG
+
+
+def test_change_logging_switches_format_and_level_from_the_next_line(
+    root: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_logging("info", "text", worker=3)
+    logger = logging.getLogger("wsproxy.test")
+    logger.info("as text")
+    assert change_logging("warning", "json", worker=3)
+    logger.info("quiet now")
+    logger.warning("as json")
+    [text, line] = capsys.readouterr().err.splitlines()
+    assert text.endswith(" INFO wsproxy.test[worker 3]: as text")
+    assert json.loads(line) | {"time": ""} == {
+        "time": "",
+        "level": "warning",
+        "logger": "wsproxy.test",
+        "message": "as json",
+        "worker": 3,
+    }
+    [handler] = root.handlers
+    assert handler.stream is sys.stderr  # type: ignore[attr-defined]
+
+
+def test_change_logging_leaves_logging_it_did_not_set_up_alone(root: logging.Logger) -> None:
+    other = logging.NullHandler()
+    root.handlers[:] = [other]
+    root.setLevel(logging.INFO)
+    assert not change_logging("debug", "json")
+    assert root.handlers == [other]
+    assert root.level == logging.INFO
 
 
 # ----------------------------------------------------------------------------- access

@@ -7,6 +7,7 @@ with real `websockets` backends and clients on loopback; the last ones send SIGH
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -376,6 +377,23 @@ async def test_reload_reads_the_listener_certificate_again(
     assert reloads(proxy) == {("success",): 1, ("failure",): 1}
 
 
+async def test_reload_logs_what_changed(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, b = await backends(nursery, 2)
+    running = await start(nursery, config_for(a.url))
+    caplog.set_level(logging.INFO, "wsproxy.server")
+    changed = config_for(a.url, b.url, security="  max_message_size: 2MiB")
+    assert await reload_to(running.proxy, changed)
+    assert await reload_to(running.proxy, changed)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reload: ")]
+    assert lines == [
+        "reload: security.max_message_size: 1MiB -> 2MiB",
+        f"reload: pools.main.servers: added {b.url}",
+        "reload: nothing changed",  # the second time
+    ]
+
+
 # ---------------------------------------------------------------- a real process and SIGHUP
 
 
@@ -418,3 +436,32 @@ async def test_reload_on_sighup_in_a_real_process(nursery: trio.Nursery, tmp_pat
         assert 'wsproxy_config_reloads_total{result="failure"} 1' in metrics
         child.signal(signal.SIGTERM)
         assert await child.exit_code() == 0
+
+
+async def test_reload_applies_log_level_and_format_in_a_real_process(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """From text at info to JSON at warning: the reload's own lines are the last in text, then
+    info lines (SIGHUP, access) are gone and the warnings and errors are JSON objects."""
+    a = await start_backend(nursery)
+    config = tmp_path / "wsproxy.yaml"
+    config.write_text(yaml_for(a.url, extra="log: {level: info, format: text}"))
+    async with started("serve", "-c", str(config)) as child:
+        [port] = await child.ready_ports()
+        config.write_text(yaml_for(a.url, extra="log: {level: warning, format: json}"))
+        child.signal(signal.SIGHUP)
+        await child.stderr.until("reload: log.format: text -> json")
+        switched = len(child.stderr.lines)
+        async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+            await echo(ws, "an access line at info, not written now")
+        config.write_text("listen: [oops\n")
+        child.signal(signal.SIGHUP)
+        await child.stderr.until("reload refused: the configuration in use stays")
+        child.signal(signal.SIGTERM)
+        assert await child.exit_code() == 0
+        lines = await child.stderr.rest()
+    assert "reload: log.level: info -> warning" in "\n".join(lines[:switched])
+    after = [json.loads(line) for line in lines[switched:]]  # every one a JSON object
+    assert {entry["level"] for entry in after} <= {"warning", "error"}
+    assert any(entry["message"].startswith("reload refused: ") for entry in after)
+    assert not any(entry.get("type") == "access" for entry in after)

@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
 from tests.conftest import ORIGIN, start_backend
-from tests.test_admin import browser_page
+from tests.helpers import browser_page
 from tests.test_cli import (
     Child,
     assert_one_sentence,

@@ -82,8 +82,8 @@ def test_yamldata_empty_document_reads_as_none(text: str) -> None:
         ),
         (
             "\tlisten: []",
-            "line 1, column 1: while scanning for the next token, "
-            "found character '\\t' that cannot start any token",
+            "line 1, column 1: a tab character where YAML allows none: "
+            "indent with spaces, not tabs",
         ),
     ],
 )

@@ -1,4 +1,4 @@
-"""The `wsproxy` command: serve, check, echo, demo and --version, with their exit codes.
+"""The `wsproxy` command: serve, check, client, echo, demo and --version, with their exit codes.
 
 Invariants:
 - This is the only module that turns exceptions into exit codes: 0 clean stop, 2 bad
@@ -16,18 +16,38 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Final
 
 import trio
 
 from wsproxy import __version__
+from wsproxy.client import ClientError, parse_url, run_client
 from wsproxy.config import Config, ConfigError, load_config, read_config, summary
-from wsproxy.echo import parse_address, run_echo, serve_echo
+from wsproxy.demo import DemoPorts, demo_config, run_demo
+from wsproxy.echo import parse_address, run_echo
 from wsproxy.logs import setup_logging
 from wsproxy.server import ListenError, Proxy
 from wsproxy.tls import contexts_for
 from wsproxy.workers import Supervisor, for_worker, run_worker
 
 log = logging.getLogger("wsproxy")
+
+
+SERVE_DESCRIPTION: Final = """\
+Run the proxy: accept WebSocket clients on every listen address, route each one to a server of
+its pool and relay its frames both ways, until a signal stops it. Logs go to stderr."""
+
+SERVE_EPILOG: Final = """\
+signals:
+  SIGTERM, SIGINT  drain: stop accepting, let sessions run for shutdown.drain_timeout, then
+                   close the rest with shutdown.close_code over shutdown.close_window;
+                   a second SIGTERM or SIGINT during the drain stops at once
+  SIGHUP           reload the configuration file; sessions in flight keep theirs
+
+exit codes:
+  0  stopped by a signal, cleanly
+  1  could not run (a port in use, a worker that failed to start, anything else)
+  2  bad configuration or arguments"""
 
 
 class UsageError(Exception):
@@ -49,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 2
-    except ListenError as exc:
+    except (ListenError, ClientError) as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -71,7 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wsproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument(
         "-c", "--config", help="configuration file ($WSPROXY_CONFIG, ./wsproxy.yaml)"
     )
@@ -83,14 +109,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(run=_check)
 
+    client = commands.add_parser(
+        "client",
+        help="a line-based WebSocket client: stdin lines out, messages in to stdout",
+        description="Send each line of stdin as a text message and print each message "
+        "received; at the end of stdin close the session (exit 0 after a clean close). "
+        "A refused handshake or a lost connection exits 1, a bad URL 2.",
+    )
+    client.add_argument("url", metavar="URL", help="ws://HOST[:PORT]/PATH or wss://...")
+    client.add_argument("--origin", help="the Origin header to send (a proxy may require one)")
+    client.set_defaults(run=_client)
+
     echo = commands.add_parser("echo", help="run the built-in echo backend")
     echo.add_argument("--listen", default="127.0.0.1:9001", metavar="HOST:PORT")
     echo.set_defaults(run=_echo)
 
     demo = commands.add_parser(
-        "demo", help="echo backends for every pool server, behind the proxy, until Ctrl-C"
+        "demo",
+        help="two echo backends behind the proxy, and a page to try it from a browser",
+        description="Two echo backends, the proxy in front of them (config.example.yaml's "
+        "routes and pools, on 127.0.0.1) and a page that opens a session from a browser, "
+        "until Ctrl-C. It needs no file.",
     )
-    demo.add_argument("-c", "--config", default="config.example.yaml")
+    defaults = DemoPorts()
+    demo.add_argument("--port", type=_port, default=defaults.proxy, help="the proxy's port")
+    demo.add_argument("--page-port", type=_port, default=defaults.page, help="the page's port")
+    demo.add_argument("--admin-port", type=_port, default=defaults.admin, help="the status page's")
+    demo.add_argument(
+        "--echo-ports",
+        type=_two_ports,
+        default=defaults.echoes,
+        metavar="PORT,PORT",
+        help="the two echo backends' ports",
+    )
     demo.set_defaults(run=_demo)
 
     # Started by `serve` when `workers` > 1; not for people (see wsproxy.workers).
@@ -105,7 +156,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_path(given: str | None) -> str:
-    return given or os.environ.get("WSPROXY_CONFIG") or "wsproxy.yaml"
+    path = given or os.environ.get("WSPROXY_CONFIG") or "wsproxy.yaml"
+    if not given and path == "wsproxy.yaml" and not Path(path).exists():
+        raise UsageError(
+            "no configuration: there is no ./wsproxy.yaml here; "
+            "give a file with -c FILE or $WSPROXY_CONFIG"
+        )
+    return path
 
 
 def _load(given: str | None) -> Config:
@@ -148,6 +205,15 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace) -> int:
+    try:
+        parse_url(args.url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    trio.run(run_client, args.url, args.origin)
+    return 0
+
+
 def _echo(args: argparse.Namespace) -> int:
     _address(args.listen)  # a bad address is a usage error, before anything starts
     setup_logging("info", "text")
@@ -156,43 +222,24 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    path = Path(args.config)
-    if not path.is_file():
-        raise UsageError(f"{path} not found: run the demo from the repository root, or pass -c")
-    config = load_config(str(path), os.environ)
+    ports = DemoPorts(args.port, args.page_port, args.admin_port, args.echo_ports)
+    config = demo_config(ports)
     setup_logging(config.log.level, config.log.format)
-    trio.run(_run_demo, config)
+    trio.run(run_demo, ports)
     return 0
 
 
-async def _run_demo(config: Config) -> None:
-    backends = sorted({(s.host, s.port) for pool in config.pools.values() for s in pool.servers})
-    proxy = Proxy(config)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        listeners = await proxy.open_listeners()
-        async with trio.open_nursery() as nursery:
-            for host, port in backends:
-                await nursery.start(serve_echo, host, port)
-            _announce_demo(config, backends, listeners[0].listener.socket.getsockname()[1])
-            nursery.start_soon(proxy.obey, signals, nursery.cancel_scope)
-            await proxy.serve(listeners)
-            nursery.cancel_scope.cancel()
+def _port(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got {text!r}")
+    return int(text)
 
 
-def _announce_demo(config: Config, backends: list[tuple[str, int]], port: int) -> None:
-    origin = config.security.allowed_origins[0]
-    echoes = ", ".join(f"{host}:{echo_port}" for host, echo_port in backends)
-    listening = ", ".join(listen.address for listen in config.listen)
-    print(
-        f"\nwsproxy demo: echo backends on {echoes}; the proxy on {listening}.\n"
-        "Try it (pip install websockets), in python:\n"
-        "  from websockets.sync.client import connect\n"
-        f"  with connect('ws://127.0.0.1:{port}/', origin='{origin}') as ws:\n"
-        "      ws.send('hello'); print(ws.recv())\n"
-        + (f"Status page: http://{config.admin.address}/\n" if config.admin else "")
-        + "Ctrl-C stops.\n",
-        flush=True,
-    )
+def _two_ports(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected two ports, as in 9001,9002, got {text!r}")
+    return _port(parts[0]), _port(parts[1])
 
 
 async def _until_signalled(serve: Callable[[], Awaitable[object]]) -> None:

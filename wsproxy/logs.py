@@ -226,14 +226,36 @@ def _quoted(value: str) -> str:
     return '"' + value.replace('"', "\\x22") + '"'
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `setup_logging` installs, so that `change_logging` can find it again."""
+
+
 def setup_logging(level: str, form: str, worker: int | None = None) -> None:
     """Send every wsproxy log line to stderr, in `form` ("text" or "json"), from `level` up;
     a worker's lines name it."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(worker) if form == "json" else TextFormatter(worker))
+    handler = _StderrHandler(sys.stderr)
+    handler.setFormatter(_formatter(form, worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+def change_logging(level: str, form: str, worker: int | None = None) -> bool:
+    """Apply a reloaded `log.level` and `log.format` to the handler `setup_logging` installed,
+    from the next line on; False (and nothing changed) when logging was set up otherwise,
+    as in a test or an embedding program."""
+    root = logging.getLogger()
+    ours = [handler for handler in root.handlers if isinstance(handler, _StderrHandler)]
+    if not ours:
+        return False
+    for handler in ours:
+        handler.setFormatter(_formatter(form, worker))
+    root.setLevel(level.upper())
+    return True
+
+
+def _formatter(form: str, worker: int | None) -> logging.Formatter:
+    return JsonFormatter(worker) if form == "json" else TextFormatter(worker)
 
 
 def write_access(record: AccessRecord) -> None:

@@ -44,6 +44,7 @@ import trio
 
 from wsproxy.admin import ProxyView, serve_admin
 from wsproxy.balancer import PoolBalancer, PoolStatus, find_route
+from wsproxy.changes import config_changes
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, keep_resolving, resolve_pool, resolve_tcp
@@ -69,6 +70,7 @@ from wsproxy.logs import (
     REFUSAL_LINES_PER_SECOND,
     AccessRecord,
     LineLimit,
+    change_logging,
     iso_time,
     refusal_log,
     refusal_record,
@@ -234,7 +236,8 @@ class Proxy:
     async def reload(self, load: Callable[[], Config]) -> bool:
         """Serve new sessions with the configuration `load` returns; sessions in flight keep
         theirs. An unusable one is logged and counted, and the current one stays. Reloads
-        run one at a time; `stop()` abandons one still under way."""
+        run one at a time; `stop()` abandons one still under way. A reload logs each change
+        (`config_changes`), then applies the new `log` settings from the next line on."""
         async with self._switching:
             if self.stopping:
                 log.warning("reload ignored: the proxy is draining")
@@ -254,6 +257,7 @@ class Proxy:
                 for balancer in balancers.values():
                     await self._resolve_names(balancer)
                 self._retire(balancers)
+                old = self.config
                 self.config, self.balancers = config, balancers
                 self._listener_tls, self._pool_tls = listener_tls, pool_tls
                 if self._upkeep is not None:
@@ -266,6 +270,10 @@ class Proxy:
                     len(config.routes),
                     len(config.pools),
                 )
+                for change in config_changes(old, config) or ["nothing changed"]:
+                    log.info("reload: %s", change)
+                if config.log != old.log:  # after the lines above, which the old settings write
+                    change_logging(config.log.level, config.log.format, self.worker)
                 return True
             log.warning("reload abandoned: the proxy began draining while names were resolved")
             return False
@@ -321,13 +329,16 @@ class Proxy:
 
     async def open_listeners(self, *, reuse_port: bool = False) -> list[Listening]:
         """Bind every configured address, the admin one included (kept for `serve`); a
-        failure is a `ListenError` naming the address. With `reuse_port` the client
+        failure is a `ListenError` naming the key and the address. With `reuse_port` the client
         listeners share their ports with other processes (SO_REUSEPORT)."""
         listening: list[Listening] = []
         admin = self.config.admin
-        wanted = [(listen.address, listen.host, listen.port) for listen in self.config.listen]
+        wanted = [
+            (f"listen[{index}].address {listen.address}", listen.host, listen.port)
+            for index, listen in enumerate(self.config.listen)
+        ]
         if admin is not None:
-            wanted.append((admin.address, admin.host, admin.port))
+            wanted.append((f"admin.address {admin.address}", admin.host, admin.port))
         for index, (address, host, port) in enumerate(wanted):
             shared = reuse_port and index < len(self.config.listen)
             try:

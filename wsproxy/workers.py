@@ -50,6 +50,7 @@ import trio
 from wsproxy import __version__
 from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
+from wsproxy.logs import change_logging
 from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
 from wsproxy.server import ListenError, Proxy, bind_shared, host_port
 from wsproxy.tls import contexts_for
@@ -198,7 +199,7 @@ class Supervisor:
         held: list[trio.socket.SocketType] = []
         ports: list[int] = []
         try:
-            for listen in self.config.listen:
+            for index, listen in enumerate(self.config.listen):
                 try:
                     bound = await bind_shared(listen.host, listen.port, listen=False)
                     port = bound[0].getsockname()[1]
@@ -208,7 +209,8 @@ class Supervisor:
                         bound = await bind_shared(listen.host, port, listen=False)
                 except OSError as exc:
                     raise ListenError(
-                        f"cannot listen on {listen.address}: {exc.strerror or exc}"
+                        f"cannot listen on listen[{index}].address {listen.address}: "
+                        f"{exc.strerror or exc}"
                     ) from None
                 held += bound
                 ports.append(port)
@@ -225,7 +227,9 @@ class Supervisor:
         try:
             return (await trio.open_tcp_listeners(admin.port, host=admin.host))[0]
         except OSError as exc:
-            raise ListenError(f"cannot listen on {admin.address}: {exc.strerror or exc}") from None
+            raise ListenError(
+                f"cannot listen on admin.address {admin.address}: {exc.strerror or exc}"
+            ) from None
 
     def _write_copy(self, text: str) -> None:
         """Replace the workers' file in one step: a worker never reads half of it."""
@@ -376,6 +380,7 @@ class Supervisor:
         self._write_copy(text)
         self.reloads.inc("success")
         log.info("SIGHUP: reloading the configuration in %d workers", len(self.workers))
+        change_logging(config.log.level, config.log.format)  # the supervisor's own lines
         self._forward(signal.SIGHUP)
 
     # ---------------------------------------------------------------- the admin view

@@ -96,6 +96,8 @@ def _compose(text: str) -> yaml.Node:
         message = f"{exc.context}, {exc.problem}" if exc.context else str(exc.problem)
         mark = exc.problem_mark or exc.context_mark or yaml.Mark("", 0, 0, 0, None, 0)
         at = f"line {mark.line + 1}, column {mark.column + 1}"
+        if text[mark.index : mark.index + 1] == "\t":
+            message = "a tab character where YAML allows none: indent with spaces, not tabs"
         raise ComposeError(f"{at}: {message}") from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow
         line = text.count("\n", 0, exc.position) + 1
