@@ -249,11 +249,6 @@ keepalive: {{interval: 1s, timeout: 1s}}
     assert 2.0 <= heard < 2.0 + 1.5  # interval + timeout, and a margin for a busy machine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="proxy bug: keepalive counts the time the proxy itself stops reading a leg "
-    "(back-pressure from the other leg) as that leg's silence, and drops it",
-)
 async def test_faults_client_held_back_by_a_slow_backend_is_not_declared_dead(
     nursery: trio.Nursery,
 ) -> None:

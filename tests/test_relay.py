@@ -817,6 +817,34 @@ async def test_relay_keepalive_ping_stuck_on_one_leg_does_not_delay_the_other(
         assert rig.session.close is None
 
 
+async def test_relay_keepalive_never_blames_a_leg_for_the_silence_of_its_held_back_pump(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The backend streams news but reads nothing until 60 s, so the client's upload (and the
+    pongs behind it) can't be read: the client is neither pinged nor dropped meanwhile, and its
+    silence counts from the moment its pump is freed."""
+    hold = 2 * (INTERVAL + TIMEOUT)
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, backend_pair=trio.testing.lockstep_stream_pair)
+        start = trio.current_time()
+        client_pings: list[float] = []
+
+        async def backend_streams_then_reads() -> None:
+            while trio.current_time() - start < hold:
+                await rig.backend.send_text("news")
+                await trio.sleep(5)
+            assert (await next_frame(rig.backend)).payload == "upload"
+
+        await rig.client.send_text("upload")
+        with trio.move_on_at(start + hold + INTERVAL + 1):
+            async with trio.open_nursery() as peers:
+                peers.start_soon(backend_streams_then_reads)
+                peers.start_soon(answer_pings, rig.client, client_pings)
+        assert not rig.session.client.lost
+        assert rig.session.close is None
+        assert [t - start for t in client_pings] == [hold + INTERVAL]
+
+
 async def test_relay_idle_session_is_closed_1001_both_ways(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -11,6 +11,9 @@ Invariants:
   taken for the session's close (which, unless one came before, is the proxy's answer to it).
 - A pump forwards a chunk before it reads the next one: a peer that stops reading stops its
   sender, and a session holds at most one chunk per direction in memory.
+- Keepalive judges a leg only by what we could have heard: while a leg's pump waits to write to
+  the other leg (`Leg.held`), that leg is neither pinged nor declared dead, and its silence
+  counts from the moment the wait ends.
 - After a close frame has been written to a leg, nothing else is. The session ends when both
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
@@ -53,6 +56,7 @@ class Leg:
     __slots__ = (
         "bytes_in",
         "got_close",
+        "held",
         "last_rx",
         "lock",
         "lost",
@@ -74,6 +78,7 @@ class Leg:
         self.masks = side is Side.BACKEND  # frames we write to a server are masked
         self.lock = trio.StrictFIFOLock()
         self.last_rx = trio.current_time()
+        self.held = False  # its pump waits on the other leg, so nothing of it can be heard
         self.bytes_in = 0
         self.ping_payload = b""  # our latest keepalive ping's payload; its pong is not relayed
         self.pinged_at = -math.inf
@@ -192,17 +197,21 @@ class Session:
                         self.last_relay = now
                         continue
                     out = out[sent:]
-                if not holding:
-                    try:
-                        lock.acquire_nowait()
-                    except trio.WouldBlock:
-                        await lock.acquire()
-                    holding = True
+                src.held = True
                 try:
+                    if not holding:
+                        try:
+                            lock.acquire_nowait()
+                        except trio.WouldBlock:
+                            await lock.acquire()
+                        holding = True
                     await send_all(out)
                 except _GONE:
                     await self._lose(dst)
                     continue
+                finally:
+                    src.held = False
+                    src.last_rx = trio.current_time()
                 self.last_relay = now
                 if not reader.payload_left:
                     lock.release()
@@ -231,10 +240,15 @@ class Session:
                 self._begin_close(Close(control.close_code(), control.close_reason()), src.side)
         pieces.append(out[start:])
         payload = b"".join(pieces)
-        if not holding:
-            await dst.lock.acquire()
+        src.held = True
+        try:
+            if not holding:
+                await dst.lock.acquire()
+        finally:
+            src.held = False
         try:
             if payload and not dst.sent_close and not dst.lost:
+                src.held = True
                 try:
                     await dst.wire.send_all(payload)
                 except _GONE:
@@ -242,6 +256,9 @@ class Session:
                 else:
                     self.last_relay = trio.current_time()
                     dst.sent_close = src.got_close
+                finally:
+                    src.held = False
+                    src.last_rx = trio.current_time()
             if violation is not None:
                 to_src, to_dst = closes.for_violation(src.side, violation)
                 self._begin_close(to_src, Side.PROXY)
@@ -333,6 +350,9 @@ class Session:
             if interval:
                 for leg in legs:
                     if leg.lost or leg.sent_close:
+                        continue
+                    if leg.held:  # its silence is ours; its clock restarts once it is freed
+                        wake = min(wake, now + interval)
                         continue
                     ping_at = leg.last_rx + interval
                     dead_at = ping_at + timeout
