@@ -51,7 +51,8 @@ async def start_backend(
         backend.requests.append(ws.request)
         backend.connections.append(ws)
         try:
-            async for message in ws:
+            while True:  # recv, not `async for`: a failed send must leave no iterator to the GC
+                message = await ws.recv()
                 if message == "close please":
                     await ws.aclose(4001, "server bye")
                 elif message == "drop please":
