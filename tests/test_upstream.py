@@ -176,13 +176,21 @@ def refusing(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Sc
     return script
 
 
-def sending(raw: bytes, *, then_close: bool = False) -> Script:
-    """A backend that answers with `raw` bytes, then maybe closes its end."""
+def sending(raw: bytes, *, then_close: bool = False, pause_after: bytes = b"") -> Script:
+    """A backend that answers with `raw` bytes, then maybe closes its end. With `pause_after`,
+    the bytes up to and including it go first, and the rest a second later."""
 
     async def script(stream: trio.abc.Stream, attempt: Attempt) -> None:
         await read_request(stream, attempt)
-        if raw:
-            await stream.send_all(raw)
+        first, rest = raw, b""
+        if pause_after:
+            cut = raw.index(pause_after) + len(pause_after)
+            first, rest = raw[:cut], raw[cut:]
+        if first:
+            await stream.send_all(first)
+        if rest:
+            await trio.sleep(1.0)
+            await stream.send_all(rest)
         if then_close:
             await stream.aclose()
 
@@ -635,6 +643,39 @@ async def test_open_backend_passthrough_keeps_the_reason_phrase_and_is_not_retri
         await expect_closed(net.attempts[0])
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 403 Go Away\r\nContent-Length: 3\r\n\r\nno\n",
+        b"HTTP/1.1 403 Go Away\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nno\n\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_open_backend_passthrough_body_behind_a_head_sent_alone(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, raw: bytes
+) -> None:
+    """The body comes a second after the head: it is waited for, and the server is alive."""
+    with trio.fail_after(CAP):
+        net = FakeNet(nursery, {"a": Fake(sending(raw, pause_after=b"\r\n\r\n"))})
+        balancer = make_balancer("a")
+        result = await attempt_open(balancer, net)
+        assert isinstance(result, Passthrough)
+        assert (result.status, result.body) == (403, b"no\n")
+        assert state(balancer, "a") == (0, 0.0)
+
+
+async def test_open_backend_passthrough_body_until_close_behind_a_head_sent_alone(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    raw = b"HTTP/1.1 503 Busy\r\nConnection: close\r\n\r\ntry later"
+    with trio.fail_after(CAP):
+        script = sending(raw, then_close=True, pause_after=b"\r\n\r\n")
+        net = FakeNet(nursery, {"a": Fake(script)})
+        result = await attempt_open(make_balancer("a"), net)
+        assert isinstance(result, Passthrough)
+        assert (result.status, result.body) == (503, b"try later")
+
+
 async def test_open_backend_passthrough_body_until_close(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
@@ -775,7 +816,7 @@ async def test_open_backend_default_total_lets_every_attempt_use_its_whole_time(
             await expect_closed(attempt)
 
 
-async def test_open_backend_total_exhausted_is_504_and_fails_the_server_it_cut_short(
+async def test_open_backend_total_exhausted_is_504_and_spares_the_server_it_cut_short(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(CAP):
@@ -786,7 +827,7 @@ async def test_open_backend_total_exhausted_is_504_and_fails_the_server_it_cut_s
         assert result == TOO_SLOW
         assert trio.current_time() == start + 12.0
         assert [attempt.at for attempt in net.attempts] == [start, start + 5.0, start + 10.0]
-        assert state(balancer, "c") == (1, start + 12.0 + FIRST_EJECTION)
+        assert state(balancer, "c") == (0, 0.0)  # 2 s of its 5: the client's budget ran out
         assert logged(caplog)[-1] == (
             "backend ws://c:9000 failed: no answer within the 12s of timeouts.connect_total"
         )

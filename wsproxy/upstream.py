@@ -172,6 +172,7 @@ async def open_backend(
                 break
             tried.append(server)
             server.connecting += 1
+            began = trio.current_time()
             try:
                 with trio.fail_after(connect_timeout):
                     result = await _try_server(
@@ -203,7 +204,10 @@ async def open_backend(
             f"no answer within the {connect_total:g}s of timeouts.connect_total", TOO_SLOW
         )
         log.warning("backend %s failed: %s", tried[-1].key, failure)
-        tried[-1].failed(trio.current_time())
+        # The total is the client's budget: a server cut off before it had a whole attempt's
+        # time (or the whole total) has not failed.
+        if trio.current_time() - began >= min(connect_timeout, connect_total):
+            tried[-1].failed(trio.current_time())
     if failure is None:
         return balancer.refusal(trio.current_time())
     return failure.answer
@@ -253,7 +257,8 @@ async def _handshake(
             if isinstance(verdict, Reject):
                 raise _HandshakeFailed(verdict.reason)
             return Backend(server, stream, verdict, behind, 0.0)
-        conn.receive_data(behind)
+        if behind:  # to h11, no bytes at all would mean the connection ended
+            conn.receive_data(behind)
         body = bytearray()
         while True:
             event = await _next_event(stream, conn)
