@@ -809,6 +809,12 @@ ANSWERS: Final[dict[str, Answer]] = {
         403,
         b"no",
     ),
+    "status-401-in-pieces-is-passed-on": Answer(
+        _fixed(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 4\r\n\r\nwho?"),
+        401,
+        b"who?",
+        pieces=7,
+    ),
     "refusal-body-over-64KiB": Answer(
         _fixed(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 70000\r\n\r\n" + b"n" * 70000), 502
     ),

@@ -845,6 +845,27 @@ async def test_relay_keepalive_never_blames_a_leg_for_the_silence_of_its_held_ba
         assert [t - start for t in client_pings] == [hold + INTERVAL]
 
 
+async def test_relay_keepalive_judges_both_legs_when_neither_peer_reads(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Both pumps wait on each other's peer: with no idle timeout, keepalive still ends it."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(
+            nursery,
+            make_config(timeouts=Timeouts(connect=5.0, idle=0)),
+            client_pair=trio.testing.lockstep_stream_pair,
+            backend_pair=trio.testing.lockstep_stream_pair,
+        )
+        start = trio.current_time()
+        await rig.client.send_text("upload")
+        await rig.backend.send_text("download")
+        await trio.testing.wait_all_tasks_blocked()
+        assert rig.session.client.held
+        assert rig.session.backend.held
+        await rig.done.wait()
+        assert trio.current_time() - start <= INTERVAL + TIMEOUT + CLOSE_TIMEOUT
+
+
 async def test_relay_idle_session_is_closed_1001_both_ways(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:

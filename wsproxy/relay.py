@@ -13,7 +13,8 @@ Invariants:
   sender, and a session holds at most one chunk per direction in memory.
 - Keepalive judges a leg only by what we could have heard: while a leg's pump waits to write to
   the other leg (`Leg.held`), that leg is neither pinged nor declared dead, and its silence
-  counts from the moment the wait ends.
+  counts from the moment the wait ends. When both legs are held (neither peer reads), both are
+  judged as usual, so two stalled peers cannot hold a session for ever.
 - After a close frame has been written to a leg, nothing else is. The session ends when both
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
@@ -240,12 +241,17 @@ class Session:
                 self._begin_close(Close(control.close_code(), control.close_reason()), src.side)
         pieces.append(out[start:])
         payload = b"".join(pieces)
+        if not payload and violation is None:  # only our own pong: nothing to write, no lock
+            await self._settle(src)
+            await self._settle(dst)
+            return holding
         src.held = True
         try:
             if not holding:
                 await dst.lock.acquire()
         finally:
             src.held = False
+            src.last_rx = trio.current_time()
         try:
             if payload and not dst.sent_close and not dst.lost:
                 src.held = True
@@ -351,7 +357,7 @@ class Session:
                 for leg in legs:
                     if leg.lost or leg.sent_close:
                         continue
-                    if leg.held:  # its silence is ours; its clock restarts once it is freed
+                    if leg.held and not self._other(leg).held:  # its silence is ours
                         wake = min(wake, now + interval)
                         continue
                     ping_at = leg.last_rx + interval
