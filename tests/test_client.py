@@ -352,6 +352,7 @@ def test_client_parse_url_refuses(url: str, problem: str) -> None:
         (404, b"first line\nsecond line\n", "404 Not Found: first line"),
         (599, b"odd", "599: odd"),
         (400, b"\xff bad bytes", "400 Bad Request: \ufffd bad bytes"),
+        (403, b"\x1b[2Jcleared\x07", "403 Forbidden: \\x1b[2Jcleared\\x07"),
     ],
 )
 def test_client_refusal_sentence(status: int, body: bytes, sentence: str) -> None:

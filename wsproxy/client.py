@@ -42,6 +42,8 @@ from wsproto.events import (
 )
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from wsproxy.logs import log_safe
+
 CHUNK: Final = 65536
 CLOSE_TIMEOUT: Final = 5.0  # after our close, how long the server has to answer it
 HANDSHAKE_TIMEOUT: Final = 10.0  # for the TCP (and TLS) connection and the server's answer
@@ -97,7 +99,8 @@ def refusal(status: int, body: bytes) -> str:
         phrase = f" {HTTPStatus(status).phrase}"
     except ValueError:
         phrase = ""
-    return f"the server refused the handshake: {status}{phrase}" + (f": {first}" if first else "")
+    shown = f": {log_safe(first)}" if first else ""  # the server's bytes: no terminal escapes
+    return f"the server refused the handshake: {status}{phrase}{shown}"
 
 
 def shown(message: str | bytes) -> str:
@@ -140,6 +143,9 @@ async def _open(target: Target) -> trio.abc.Stream:
                 cause = exc.__cause__
                 why = getattr(cause, "reason", None) or cause or "the connection ended"
                 raise ClientError(f"TLS with {where} failed: {why}") from None
+            except BaseException:  # the deadline, mostly
+                await trio.aclose_forcefully(stream)
+                raise
             return stream
     except trio.TooSlowError:
         raise ClientError(f"cannot connect to {where} within {HANDSHAKE_TIMEOUT:g} s") from None

@@ -16,6 +16,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import trio
 
 from wsproxy.config import Config, parse_config
 from wsproxy.echo import serve_echo
+from wsproxy.listening import accept_forever
 from wsproxy.server import ListenError, Proxy
 
 log = logging.getLogger(__name__)
@@ -136,9 +138,7 @@ async def serve_page(listener: trio.SocketListener, body: bytes) -> None:
     """Answer every connection on `listener` with `body` at `/`, until cancelled; then close
     `listener`."""
     async with listener, trio.open_nursery() as handlers:
-        while True:
-            stream = await listener.accept()
-            handlers.start_soon(_answer, stream, body)
+        await accept_forever(listener, handlers, functools.partial(_answer, page_body=body), "page")
 
 
 def respond(request: h11.Request, body: bytes) -> tuple[int, str, bytes]:
