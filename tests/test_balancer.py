@@ -220,9 +220,21 @@ def test_balancer_known_state_survives_a_reload() -> None:
     assert a.sessions == 3, "a server dropped from the config keeps its state for its sessions"
 
 
-def test_balancer_fresh_registry_makes_fresh_states() -> None:
-    balancer = PoolBalancer(pool(server("a")), ServerStates())
-    assert balancer.servers[0].sessions == 0
+@pytest.mark.parametrize("registry", ["default", "fresh"])
+def test_balancer_with_another_registry_shares_no_state(registry: str) -> None:
+    """Without a registry (or with a fresh one) a balancer starts clean: a server that failed
+    and carries sessions under another balancer is healthy and unloaded under this one."""
+    old = PoolBalancer(pool(server("a"), server("b")))
+    a, _ = old.servers
+    a.sessions = 5
+    a.failed(0.0)
+    assert old.choose(0.0) is not a
+    states = None if registry == "default" else ServerStates()
+    new = PoolBalancer(pool(server("a"), server("b")), states)
+    chosen = new.choose(0.0)
+    assert chosen is not None
+    assert (chosen.host, chosen.sessions, chosen.failures) == ("a", 0, 0)
+    assert chosen is not a
 
 
 # --- least connections ----------------------------------------------------------------------

@@ -150,6 +150,12 @@ class Child:
         with trio.fail_after(seconds):
             return await self.process.wait()
 
+    async def echo_port(self) -> int:
+        """Wait for `wsproxy echo` to announce its listener; return its port."""
+        line = await self.stderr.until("echo backend listening on")
+        [port] = re.findall(r"ws://127\.0\.0\.1:(\d+)$", line)
+        return int(port)
+
     async def ready_ports(self) -> list[int]:
         """Wait for the line naming the addresses the proxy listens on; return their ports."""
         line = await self.stderr.until("listening on")
@@ -240,20 +246,9 @@ async def echo_once(url: str, text: str, origin: Origin = ORIGIN) -> None:
         assert await ws.recv() == text
 
 
-async def accepting(port: int) -> None:
-    """Wait until something accepts connections on `port`."""
-    while True:
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            await trio.sleep(0.05)
-        else:
-            await stream.aclose()
-            return
-
-
 async def refusing(port: int) -> None:
-    """Wait until nothing accepts connections on `port` any more."""
+    """Wait until nothing accepts connections on `port` any more. A poll, bounded by the
+    caller: another process closing its listener is nothing this one can await."""
     while True:
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -577,10 +572,9 @@ async def test_cli_serve_second_sigint_during_the_drain_stops_at_once(
 
 
 async def test_cli_echo_serves_a_websocket_echo_until_sigterm() -> None:
-    port = free_port()
-    async with started("echo", "--listen", f"127.0.0.1:{port}") as child:
+    async with started("echo", "--listen", "127.0.0.1:0") as child:
         with trio.fail_after(CAP):
-            await accepting(port)  # `wsproxy echo` announces nothing: wait for its port
+            port = await child.echo_port()
             await echo_once(f"ws://127.0.0.1:{port}/any/path", "ping?")
         child.signal(signal.SIGTERM)
         assert await child.exit_code() == 0

@@ -3,6 +3,7 @@ grace period agree with that configuration."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,24 @@ def test_deploy_service_sends_to_the_proxy_port_only(
     assert [p["name"] for p in container["ports"]] == ["ws", "admin"]
 
 
-def test_deploy_runs_as_the_images_non_root_user(manifest: dict[str, dict[str, Any]]) -> None:
+def dockerfile_user() -> tuple[str, int]:
+    """The Dockerfile's last `USER`, and the uid its `useradd --uid` gives that user."""
     dockerfile = (MANIFEST.parents[1] / "Dockerfile").read_text()
-    user = manifest["Deployment"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
-    assert f"{user}" in dockerfile
+    instructions = [line.strip().partition(" ")[::2] for line in dockerfile.splitlines()]
+    name = [rest.strip() for word, rest in instructions if word == "USER"][-1]
+    uids: dict[str, int] = {}
+    for word, rest in instructions:
+        for command in rest.split("&&") if word == "RUN" else ():
+            args = shlex.split(command)
+            if args[:1] == ["useradd"]:
+                uids[args[-1]] = int(args[args.index("--uid") + 1])
+    return name, uids[name]
+
+
+def test_deploy_runs_as_the_images_non_root_user(manifest: dict[str, dict[str, Any]]) -> None:
+    """The pod runs as the uid the image creates its user with, and that uid is not root's."""
+    _, uid = dockerfile_user()
+    assert uid != 0
+    context = manifest["Deployment"]["spec"]["template"]["spec"]["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert context["runAsUser"] == uid

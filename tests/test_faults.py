@@ -27,7 +27,7 @@ from wsproto.frame_protocol import Opcode
 
 from tests.conftest import ORIGIN, Backend, accept_upgrade, proxy_config, raw_server, start_proxy
 from tests.helpers import Peer
-from tests.test_cli import CAP, Lines, _child_env, accepting, echo_once, free_port, started
+from tests.test_cli import CAP, Lines, _child_env, echo_once, free_port, started
 from tests.test_e2e import raw_client
 
 pytestmark = pytest.mark.e2e
@@ -201,7 +201,7 @@ async def test_faults_stopped_backend_holds_the_proxys_memory_and_keepalive_find
     echo_port = free_port()
     async with started("echo", "--listen", f"127.0.0.1:{echo_port}") as echo:
         with trio.fail_after(CAP):
-            await accepting(echo_port)
+            assert await echo.echo_port() == echo_port
         config = write_faults_config(
             tmp_path / "c.yaml",
             f"""\
@@ -443,9 +443,9 @@ shutdown: {{drain_timeout: 500ms, close_window: 500ms, close_code: 1012}}
             except ConnectionClosed as closed:
                 ends[index] = (closed.rcvd.code if closed.rcvd else None, sequence)
 
-    async with started("echo", "--listen", f"127.0.0.1:{echo_port}"):
+    async with started("echo", "--listen", f"127.0.0.1:{echo_port}") as echo:
         with trio.fail_after(CAP):
-            await accepting(echo_port)
+            assert await echo.echo_port() == echo_port
         async with started("serve", "-c", str(config)) as proxy:
             assert await proxy.ready_ports() == [port]
             with trio.fail_after(CAP):

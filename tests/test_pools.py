@@ -22,7 +22,7 @@ import websockets
 from websockets.trio.client import ClientConnection, connect
 
 from tests.conftest import ORIGIN, Backend, RunningProxy, start_backend
-from tests.test_cli import accepting, free_port, started
+from tests.test_cli import free_port, started
 from wsproxy.config import Config, parse_config
 from wsproxy.server import Proxy
 
@@ -366,11 +366,10 @@ async def test_pools_failover_when_a_backend_process_is_killed(
     with trio.fail_after(CAP):
         async with (
             started("echo", "--listen", f"127.0.0.1:{ports[0]}") as first,
-            started("echo", "--listen", f"127.0.0.1:{ports[1]}"),
-            started("echo", "--listen", f"127.0.0.1:{ports[2]}"),
+            started("echo", "--listen", f"127.0.0.1:{ports[1]}") as second,
+            started("echo", "--listen", f"127.0.0.1:{ports[2]}") as third,
         ):
-            for port in ports:
-                await accepting(port)
+            assert [await echo.echo_port() for echo in (first, second, third)] == ports
             proxy = await start(nursery, config)
             for number in range(60):
                 if number == 20:

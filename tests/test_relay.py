@@ -4,6 +4,10 @@ Every test runs on the autojump clock under an absolute `trio.fail_after` cap (`
 seconds, above every instant the test asserts), so a hang fails at once instead of stalling.
 Faults are injected by wrapping the proxy's end of a leg (`FaultyStream`) or by pairing it with
 a `lockstep_stream_pair`, whose sends block until the other end reads.
+
+The `rig` fixture runs each test twice: on trio's memory streams, where every write takes the
+relay's locked path, and on modelled sockets (tests/memsocket.py), which the relay writes to as
+to a real socket, so whole frames take the immediate write that skips the lock.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import trio.testing
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 from tests.helpers import Peer
+from tests.memsocket import SocketEnd, socket_pair
 from wsproxy import closes
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config, Keepalive, Listener, Pool, Route, Security, Server, Timeouts
 from wsproxy.frames import OP_CLOSE, control_frame
 from wsproxy.relay import CLOSE_TIMEOUT, Session
+from wsproxy.wire import ImmediateStream, ImmediateWire
 
 INTERVAL: Final = 20.0
 TIMEOUT: Final = 10.0
@@ -56,7 +62,7 @@ class FaultyStream(trio.abc.Stream):
     """
 
     def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
+        self.inner: trio.abc.Stream = inner
         self.broken = False
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -75,6 +81,22 @@ class FaultyStream(trio.abc.Stream):
         await self.inner.aclose()
 
 
+class FaultyImmediateStream(FaultyStream, ImmediateStream):
+    """A `FaultyStream` around a modelled socket's end: the relay writes to it as to a socket,
+    and a broken one refuses the immediate write too, as a reset socket does."""
+
+    inner: SocketEnd
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        if self.broken:
+            raise trio.BrokenResourceError("connection reset (injected)")
+        return self.inner.send_now(data)
+
+
+def faulty(inner: trio.abc.Stream) -> FaultyStream:
+    return FaultyImmediateStream(inner) if isinstance(inner, SocketEnd) else FaultyStream(inner)
+
+
 @dataclass
 class Rig:
     session: Session
@@ -85,9 +107,12 @@ class Rig:
     done: trio.Event
 
 
-@pytest.fixture
-async def rig(nursery: trio.Nursery) -> Rig:
-    return await start_rig(nursery)
+@pytest.fixture(params=[trio.testing.memory_stream_pair, socket_pair], ids=["memory", "socket"])
+async def rig(nursery: trio.Nursery, request: pytest.FixtureRequest) -> Rig:
+    """A session between two peers, on trio's memory streams (every write takes the locked
+    path) or on modelled sockets (whole frames take the immediate path, as in production)."""
+    pair: Pair = request.param
+    return await start_rig(nursery, client_pair=pair, backend_pair=pair)
 
 
 async def start_rig(
@@ -101,8 +126,8 @@ async def start_rig(
 ) -> Rig:
     client_end, proxy_client_end = client_pair()
     backend_end, proxy_backend_end = backend_pair()
-    proxy_client = FaultyStream(proxy_client_end)
-    proxy_backend = FaultyStream(proxy_backend_end)
+    proxy_client = faulty(proxy_client_end)
+    proxy_backend = faulty(proxy_backend_end)
     session = Session(
         make_config() if config is None else config,
         proxy_client,
@@ -182,6 +207,16 @@ async def read_raw_to_eof(stream: trio.abc.Stream) -> tuple[bytes, float]:
             received += data
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    return bytes(received), trio.current_time()
+
+
+async def read_raw_until_size(stream: trio.abc.Stream, size: int) -> tuple[bytes, float]:
+    """Exactly `size` bytes from the stream, and the instant the last of them arrived."""
+    received = bytearray()
+    while len(received) < size:
+        data = await stream.receive_some(size - len(received))
+        assert data, f"EOF after {len(received)} of {size} bytes"
+        received += data
     return bytes(received), trio.current_time()
 
 
@@ -307,6 +342,120 @@ async def test_relay_slow_reader_holds_back_the_sender(
             frame = await next_frame(rig.backend)
             assert frame.payload == expected
         await sent.wait()
+
+
+# ---------------------------------------------------------------- the immediate write path
+
+
+class RecordingWire:
+    """A leg's wire that notes each write the relay makes: ("now", size, taken) for an
+    immediate write, ("all", size) for one through the locked path."""
+
+    def __init__(self, wire: ImmediateWire) -> None:
+        self.wire = wire
+        self.writes: list[tuple[str, int] | tuple[str, int, int]] = []
+
+    async def receive(self) -> bytes | bytearray:
+        return await self.wire.receive()
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        taken = self.wire.send_now(data)
+        self.writes.append(("now", len(data), taken))
+        return taken
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(("all", len(data)))
+        await self.wire.send_all(data)
+
+
+async def socket_rig(nursery: trio.Nursery, capacity: int) -> tuple[Rig, RecordingWire]:
+    """A rig on modelled sockets, the backend's buffering `capacity` bytes each way; the writes
+    to the backend leg are recorded. (The session's pumps bind the wire when they first run,
+    which is after this returns: `start_soon` runs nothing before the caller's next checkpoint.)"""
+    rig = await start_rig(
+        nursery, client_pair=socket_pair, backend_pair=functools.partial(socket_pair, capacity)
+    )
+    wire = rig.session.backend.wire
+    assert isinstance(wire, ImmediateWire)
+    recording = RecordingWire(wire)
+    rig.session.backend.wire = recording  # type: ignore[assignment]
+    return rig, recording
+
+
+async def test_relay_whole_frames_take_the_immediate_write_and_part_frames_the_lock(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        rig, backend_wire = await socket_rig(nursery, capacity=65536)
+        protocol = rig.client.protocol
+        whole = [bytes(protocol.send_data(text, True)) for text in ("one", "two", "three")]
+        split = bytes(protocol.send_data(b"x" * 900, True))
+        for frame in whole:
+            await rig.client.send(frame)
+            await trio.testing.wait_all_tasks_blocked()  # one chunk per frame
+        await rig.client.send(split[:300])
+        await trio.testing.wait_all_tasks_blocked()
+        await rig.client.send(split[300:])
+        received, _ = await read_raw_until_size(rig.backend.stream, sum(map(len, whole)) + 900 + 8)
+        assert received == b"".join(whole) + split
+        assert backend_wire.writes == [
+            *(("now", len(frame), len(frame)) for frame in whole),
+            ("all", 300),  # the frame goes on: the lock is held to its last byte
+            ("all", len(split) - 300),
+        ]
+        assert not rig.session.backend.lock.locked()
+
+
+async def test_relay_partial_immediate_write_finishes_under_the_lock_in_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The backend's buffer takes 1000 bytes; it reads nothing until 5 s. The second frame is
+    taken in part at once, the rest waits, holding the lock; the third waits behind it."""
+    with trio.fail_after(CAP):
+        rig, backend_wire = await socket_rig(nursery, capacity=1000)
+        start = trio.current_time()
+        protocol = rig.client.protocol
+        frames = [bytes(protocol.send_data(bytes([n]) * 900, True)) for n in range(3)]
+        for frame in frames:
+            await rig.client.send(frame)
+            await trio.testing.wait_all_tasks_blocked()  # one chunk per frame
+        size = len(frames[0])  # 908: a 900-byte payload, 2 + 2 length bytes, 4 mask bytes
+        rest = 2 * size - 1000
+        assert backend_wire.writes == [
+            ("now", size, size),
+            ("now", size, 1000 - size),
+            ("all", rest),
+        ]
+        assert rig.session.backend.lock.locked()
+        await trio.sleep(5)
+        received, at = await read_raw_until_size(rig.backend.stream, 3 * size)
+        assert received == b"".join(frames)
+        assert at == start + 5
+        assert backend_wire.writes[3][:2] == ("now", size)  # whole again: immediate first
+        assert not rig.session.backend.lock.locked()
+
+
+async def test_relay_keepalive_ping_queued_behind_a_partial_immediate_write_lands_after_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The backend takes 512 bytes of a 908-byte frame at once and reads nothing until 25 s;
+    its ping, due at 20 s, waits for the frame's last byte."""
+    with trio.fail_after(CAP):
+        rig, backend_wire = await socket_rig(nursery, capacity=512)
+        start = trio.current_time()
+        frame = bytes(rig.client.protocol.send_data(b"x" * 900, True))
+        await rig.client.send(frame)
+        await trio.sleep(25)
+        chunks = await read_raw_until(rig.backend.stream, start + INTERVAL + TIMEOUT - 1)
+        received = b"".join(chunk for _, chunk in chunks)
+        assert received[: len(frame)] == frame
+        parser = FrameProtocol(client=False, extensions=[])
+        parser.receive_bytes(received[len(frame) :])
+        [ping] = list(parser.received_frames())
+        assert ping.opcode is Opcode.PING
+        assert payload_of(ping).startswith(b"wsproxy keepalive")
+        assert arrival_of(chunks, len(frame)) - start == 25
+        assert backend_wire.writes[:2] == [("now", len(frame), 512), ("all", len(frame) - 512)]
 
 
 # ---------------------------------------------------------------- closes

@@ -1,4 +1,5 @@
-"""SocketWire on real connected sockets, and StreamWire's delegation on memory streams.
+"""SocketWire on real connected sockets, StreamWire's delegation on memory streams, and
+ImmediateWire on the modelled sockets of tests/memsocket.py.
 
 `SocketWire` bypasses trio's stream and talks to the descriptor, so these tests use real sockets
 (a loopback TCP pair, or a Unix socketpair where TCP is not needed) and the real clock. Every
@@ -18,7 +19,8 @@ import pytest
 import trio
 import trio.testing
 
-from wsproxy.wire import CHUNK, SocketWire, StreamWire, wire_for
+from tests.memsocket import socket_pair
+from wsproxy.wire import CHUNK, ImmediateWire, SocketWire, StreamWire, wire_for
 
 CAP = 10.0  # seconds of real time: no test may take longer
 SMALL_BUFFER = 16 * 1024  # socket buffers kept small so large writes are partial
@@ -381,3 +383,70 @@ async def test_streamwire_receive_reads_at_most_a_chunk() -> None:
             await right.send_all(bytes(CHUNK + 1))
             assert len(await StreamWire(left).receive()) == CHUNK
             assert len(await StreamWire(left).receive()) == 1
+
+
+# --- ImmediateWire, on the modelled sockets of tests/memsocket.py ----------------------------
+
+
+async def test_wire_for_an_immediate_stream_is_an_immediatewire() -> None:
+    ours, peer = socket_pair()
+    async with ours, peer:
+        assert isinstance(wire_for(ours), ImmediateWire)
+
+
+async def test_immediatewire_send_all_that_fits_takes_no_checkpoint() -> None:
+    """Like `SocketWire`: what the buffer takes at once goes without letting another task run."""
+    with trio.fail_after(CAP):
+        ours, peer = socket_pair(capacity=100)
+        async with ours, peer:
+            wire = wire_for(ours)
+            with trio.testing.assert_no_checkpoints():
+                await wire.send_all(b"x" * 100)
+            assert (ours.outgoing.sent_now, ours.outgoing.sent_later) == (100, 0)
+            assert await peer.receive_some() == b"x" * 100
+
+
+async def test_immediatewire_send_all_waits_for_room_for_the_rest() -> None:
+    with trio.fail_after(CAP):
+        ours, peer = socket_pair(capacity=100)
+        async with ours, peer:
+            wire = wire_for(ours)
+            data = bytes(range(250))
+            received = bytearray()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wire.send_all, data)
+                await trio.testing.wait_all_tasks_blocked()
+                assert bytes(ours.outgoing.buffer) == data[:100]
+                while len(received) < len(data):
+                    received += await peer.receive_some()
+            assert received == data
+            assert wire.send_now(b"") == 0
+
+
+async def test_immediatewire_to_a_closed_peer_is_broken() -> None:
+    with trio.fail_after(CAP):
+        ours, peer = socket_pair(capacity=100)
+        async with ours:
+            wire = wire_for(ours)
+            await peer.aclose()
+            with pytest.raises(trio.BrokenResourceError):
+                wire.send_now(b"x")
+            with pytest.raises(trio.BrokenResourceError):
+                await wire.send_all(b"x")
+            assert await wire.receive() == b""
+
+
+async def test_memsocket_honours_the_stream_contract() -> None:
+    """The relay tests' socket model is a faithful trio stream: what they see is the relay's."""
+
+    async def pair() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        return socket_pair(capacity=1000)
+
+    async def clogged() -> tuple[trio.abc.Stream, trio.abc.Stream]:
+        left, right = socket_pair(capacity=1000)
+        left.send_now(bytes(1000))
+        right.send_now(bytes(1000))
+        return left, right
+
+    with trio.fail_after(CAP):
+        await trio.testing.check_two_way_stream(pair, clogged)

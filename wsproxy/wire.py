@@ -1,5 +1,9 @@
 """Moving a leg's bytes: straight on the socket when it is one, through the trio stream otherwise.
 
+A stream that is not a socket but can also take bytes without waiting (an `ImmediateStream`,
+such as the relay tests' in-memory socket model) is driven the way a socket is: `send_now`
+first, and a wait for room only for what it did not take.
+
 Invariants:
 - `receive` always waits for readiness first, so it is a checkpoint on every call: a pump that
   finds data every time still lets other tasks run.
@@ -14,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import abc
 import os
 from typing import Final
 
@@ -92,7 +97,43 @@ class StreamWire:
         await self._stream.send_all(data)
 
 
-def wire_for(stream: trio.abc.Stream) -> SocketWire | StreamWire:
+class ImmediateStream(trio.abc.Stream):
+    """A stream that, like a socket, can take bytes at once without a checkpoint."""
+
+    @abc.abstractmethod
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        """Take what fits at once, without waiting or a checkpoint; return how many bytes."""
+
+
+class ImmediateWire:
+    """An `ImmediateStream` driven as `SocketWire` drives a socket: what `send_now` takes needs
+    no checkpoint; `wait_send_all_might_not_block` stands in for waiting until writable."""
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: ImmediateStream) -> None:
+        self._stream = stream
+
+    async def receive(self) -> bytes | bytearray:
+        return await self._stream.receive_some(CHUNK)
+
+    def send_now(self, data: bytes | bytearray | memoryview) -> int:
+        return self._stream.send_now(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sent = self._stream.send_now(data)
+        size = len(data)
+        if sent == size:
+            return
+        view = memoryview(data)
+        while sent < size:
+            await self._stream.wait_send_all_might_not_block()
+            sent += self._stream.send_now(view[sent:])
+
+
+def wire_for(stream: trio.abc.Stream) -> SocketWire | StreamWire | ImmediateWire:
     if isinstance(stream, trio.SocketStream):
         return SocketWire(stream)
+    if isinstance(stream, ImmediateStream):
+        return ImmediateWire(stream)
     return StreamWire(stream)
