@@ -27,7 +27,8 @@ import trio
 
 from wsproxy.config import Config, parse_config
 from wsproxy.echo import serve_echo
-from wsproxy.server import ListenError, Proxy
+from wsproxy.listening import ListenError, open_listeners
+from wsproxy.server import Proxy
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +118,11 @@ async def run_demo(ports: DemoPorts) -> None:
         async with page_listener, trio.open_nursery() as nursery:  # closed if a bind fails
             for port in ports.echoes:
                 await nursery.start(serve_echo, HOST, port)
-            listeners = await proxy.open_listeners()
+            listeners, admin = await open_listeners(config)
             nursery.start_soon(serve_page, page_listener, page(ports))
             print(announcement(ports), flush=True)
             nursery.start_soon(proxy.obey, signals, nursery.cancel_scope)
-            await proxy.serve(listeners)
+            await proxy.serve(listeners, admin=admin)
             nursery.cancel_scope.cancel()
 
 
