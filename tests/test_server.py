@@ -33,7 +33,6 @@ from wsproxy.handshake import accept_value
 from wsproxy.listening import Listening
 from wsproxy.logs import REFUSAL_LINES_PER_SECOND, RefusalRecord
 from wsproxy.proxyproto import V2_SIGNATURE
-from wsproxy.registry import close_times
 from wsproxy.server import Proxy
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
@@ -542,21 +541,6 @@ async def test_server_proxy_protocol_client_is_the_hash_key_and_in_the_access_lo
 
 
 # ---------------------------------------------------------------- the paced drain
-
-
-@pytest.mark.parametrize(
-    ("count", "window", "times"),
-    [
-        (4, 2.0, [0.0, 0.5, 1.0, 1.5]),
-        (1, 5.0, [0.0]),
-        (3, 0.0, [0.0, 0.0, 0.0]),
-        (0, 5.0, []),
-    ],
-)
-def test_server_close_times_are_spread_evenly_over_the_window(
-    count: int, window: float, times: list[float]
-) -> None:
-    assert close_times(count, window) == times
 
 
 async def test_server_drain_closes_the_rest_spread_over_the_window_with_the_code(
