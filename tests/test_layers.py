@@ -41,6 +41,7 @@ LAYERS: Final = {
     "relay": 3,
     "upstream": 3,
     "intake": 3,
+    "http1": 3,
     "keepalive": 3,  # STYLE.md names it; not written yet
     "health": 3,
     "discovery": 3,

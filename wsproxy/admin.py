@@ -28,6 +28,7 @@ import h11
 import trio
 
 from wsproxy import __version__
+from wsproxy.http1 import next_event, response_head
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
 from wsproxy.registry import LiveSession
@@ -36,7 +37,6 @@ from wsproxy.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT: Final = 10.0
-_CHUNK: Final = 16384
 _STARTED: Final = time.time()
 
 
@@ -124,19 +124,14 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
             except Exception:  # a bug in one answer must stop neither the endpoint nor the proxy
                 log.exception("admin request for %s failed", request.target.decode("latin-1"))
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-            headers = [
+            headers = (
                 (b"content-type", content_type.encode()),
                 (b"content-length", b"%d" % len(body)),
                 (b"cache-control", b"no-store"),
                 (b"connection", b"close"),
-            ]
-            response = h11.Response(
-                status_code=status, headers=headers, reason=HTTPStatus(status).phrase
             )
-            data = conn.send(response) or b""
-            if request.method != b"HEAD":
-                data += conn.send(h11.Data(data=body)) or b""
-            await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+            head = response_head(status, HTTPStatus(status).phrase.encode(), headers)
+            await stream.send_all(head + (b"" if request.method == b"HEAD" else body))
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
@@ -144,13 +139,8 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
 
 
 async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
-    while True:
-        event = conn.next_event()
-        if isinstance(event, h11.Request):
-            return event
-        if event is not h11.NEED_DATA:
-            return None
-        conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
+    event = await next_event(stream, conn)
+    return event if isinstance(event, h11.Request) else None
 
 
 async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, bytes]:

@@ -30,6 +30,7 @@ import trio
 
 from wsproxy.balancer import find_route
 from wsproxy.handshake import Reject, client_accept_response, judge_request
+from wsproxy.http1 import response_head
 from wsproxy.intake import (
     HeadTooLarge,
     Replayed,
@@ -38,7 +39,6 @@ from wsproxy.intake import (
     read_head,
     read_proxy_header,
     refuse,
-    response_head,
 )
 from wsproxy.listening import Listening
 from wsproxy.logs import (
