@@ -64,7 +64,7 @@ async def test_admin_readyz_is_200_then_503_from_the_first_moment_of_the_drain(
 
 
 async def test_admin_readyz_is_503_when_a_pool_has_no_healthy_server(admin: Admin) -> None:
-    (balancer,) = admin.running.proxy.balancers.values()
+    (balancer,) = admin.running.proxy.snapshot.balancers.values()
     balancer.servers[0].failed(trio.current_time())
     with trio.fail_after(CAP):
         answer = await ask(admin.port, "/readyz")
@@ -249,7 +249,7 @@ async def test_admin_metrics_gauges_go_back_to_zero_when_the_session_ends(
             await ws.send("one")
             await ws.recv()
             during = (await ask(admin.port, "/metrics")).body.decode()
-        await until(lambda: not admin.running.proxy.sessions, "the session ends")
+        await until(lambda: not admin.running.proxy.registry.sessions, "the session ends")
         after = (await ask(admin.port, "/metrics")).body.decode()
     assert series(during, "wsproxy_sessions_active") == {route: 1.0}
     assert series(during, "wsproxy_backend_sessions_active") == {server: 1.0}
@@ -280,7 +280,7 @@ pools:
             await ws.send("still here")
             assert await ws.recv() == "still here"
             busy = metrics_text(running.proxy)
-        await until(lambda: not running.proxy.sessions, "the session ends")
+        await until(lambda: not running.proxy.registry.sessions, "the session ends")
         idle = metrics_text(running.proxy)
     assert series(busy, "wsproxy_sessions_active") == {
         '{route="/",pool="main"}': 1.0,
@@ -307,7 +307,7 @@ async def test_admin_metrics_close_codes_are_bounded_by_the_configuration(
                 await ws.send("hello")
                 await ws.recv()
                 await ws.aclose(code)
-        await until(lambda: not admin.running.proxy.sessions, "the sessions end")
+        await until(lambda: not admin.running.proxy.registry.sessions, "the sessions end")
         text = (await ask(admin.port, "/metrics")).body.decode()
     assert series(text, "wsproxy_closes_total") == {
         '{side="client",code="4xxx"}': 2.0,

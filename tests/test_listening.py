@@ -3,6 +3,7 @@ and the proxy and the admin endpoint, which use it, stopping on an error no paus
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import socket
@@ -13,7 +14,14 @@ import trio.testing
 
 from tests.conftest import proxy_config
 from wsproxy.admin import ProxyView, serve_admin
-from wsproxy.listening import CAPACITY_PAUSE, accept_forever
+from wsproxy.listening import (
+    CAPACITY_PAUSE,
+    ListenError,
+    accept_forever,
+    bind_shared,
+    host_port,
+    open_listeners,
+)
 from wsproxy.server import Proxy
 
 
@@ -190,3 +198,37 @@ async def test_listening_the_admin_endpoint_stops_on_an_accept_error_no_pause_cu
     with trio.fail_after(5), pytest.raises(ExceptionGroup) as caught:
         await serve_admin(ProxyView(proxy), await broken_listener())
     assert only_einval(caught.value)
+
+
+# --- binding -----------------------------------------------------------------------------------
+
+
+async def test_listening_bind_shared_lets_two_binds_share_one_port() -> None:
+    first = await bind_shared("127.0.0.1", 0)
+    port = first[0].getsockname()[1]
+    second = await bind_shared("127.0.0.1", port)  # SO_REUSEPORT: no EADDRINUSE
+    try:
+        assert [s.getsockname() for s in second] == [("127.0.0.1", port)]
+    finally:
+        for sock in (*first, *second):
+            sock.close()
+
+
+async def test_listening_open_listeners_failure_names_the_key_and_address() -> None:
+    taken = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = taken.socket.getsockname()[1]
+    config = proxy_config("ws://127.0.0.1:9")
+    config = dataclasses.replace(
+        config, listen=(*config.listen, dataclasses.replace(config.listen[0], port=port))
+    )
+    async with taken:
+        with pytest.raises(ListenError, match=r"^cannot listen on listen\[1\]\.address "):
+            await open_listeners(config)
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "written"),
+    [("127.0.0.1", 80, "127.0.0.1:80"), ("::1", 8080, "[::1]:8080"), ("", 1, ":1")],
+)
+def test_listening_host_port_brackets_ipv6(host: str, port: int, written: str) -> None:
+    assert host_port(host, port) == written

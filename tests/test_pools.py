@@ -166,7 +166,7 @@ async def test_pools_random_3000_handshakes_within_10_percent_of_weights_1_2_3(
 
 def statuses(proxy: RunningProxy) -> list[tuple[str, str, bool, int, int]]:
     """(address, health, listed, live sessions, sessions in total) of each server of the pool."""
-    (pool,) = proxy.proxy.status()
+    (pool,) = proxy.proxy.snapshot.status(trio.current_time())
     return [(s.address, s.health, s.listed, s.sessions, s.sessions_total) for s in pool.servers]
 
 
@@ -377,7 +377,7 @@ async def test_pools_failover_when_a_backend_process_is_killed(
                     await first.process.wait()
                 async with connect(proxy.url, origin=ORIGIN, proxy=None) as ws:
                     await echo(ws, f"message {number}")
-            (pool,) = proxy.proxy.status()
+            (pool,) = proxy.proxy.snapshot.status(trio.current_time())
             dead = pool.servers[0]
             assert dead.health in ("ejected", "down")
             assert dead.sessions_total <= 7, "it took its turns only before it died"

@@ -24,6 +24,7 @@ from tests.test_cli import free_port, http_get, started
 from tests.test_pools import backends, start, until
 from tests.test_tls import Certs, make_certs
 from wsproxy.config import Config, HealthCheck, parse_config
+from wsproxy.listening import open_listeners
 from wsproxy.server import Proxy
 
 pytestmark = pytest.mark.e2e
@@ -64,11 +65,15 @@ async def reload_to(proxy: Proxy, config: Config) -> bool:
 
 def server_rows(proxy: Proxy) -> dict[str, tuple[bool, int]]:
     """server → (listed, live sessions), as /status shows them."""
-    return {s.server: (s.listed, s.sessions) for pool in proxy.status() for s in pool.servers}
+    return {
+        s.server: (s.listed, s.sessions)
+        for pool in proxy.snapshot.status(trio.current_time())
+        for s in pool.servers
+    }
 
 
 def reloads(proxy: Proxy) -> dict[tuple[str, ...], float]:
-    return dict(proxy.metrics.config_reloads.values)
+    return dict(proxy.registry.metrics.config_reloads.values)
 
 
 async def test_reload_new_sessions_use_the_new_pool_and_old_ones_go_on(
@@ -98,15 +103,15 @@ async def test_reload_keeps_the_counts_and_health_of_servers_that_stay(
     a, b, c = await backends(nursery, 3)
     running = await start(nursery, config_for(a.url, b.url))
     proxy = running.proxy
-    state_a = proxy.balancers["main"].servers[0]
+    state_a = proxy.snapshot.balancers["main"].servers[0]
     async with connect(running.url, origin=ORIGIN, proxy=None) as on_a:
         await echo(on_a, "x")
         state_a.failures_total = 7  # as if it had failed before: must survive the reload
         assert await reload_to(proxy, config_for(a.url, c.url, pool="    balance: random"))
-        kept = proxy.balancers["main"].servers[0]
+        kept = proxy.snapshot.balancers["main"].servers[0]
         assert kept is state_a
         assert (kept.sessions, kept.sessions_total, kept.failures_total) == (1, 1, 7)
-        assert proxy.balancers["main"].pool.balance == "random"
+        assert proxy.snapshot.balancers["main"].pool.balance == "random"
         await echo(on_a, "y")
     await until(lambda: state_a.sessions == 0, "the session's end is counted on the kept state")
     assert b.url not in server_rows(proxy)
@@ -233,10 +238,10 @@ async def test_reload_health_checks_start_stop_and_keep_their_verdict(
     dead = f"ws://127.0.0.1:{free_port()}"
     running = await start(nursery, config_for(a.url, dead, pool=check))
     proxy = running.proxy
-    state = next(s for s in proxy.balancers["main"].servers if s.url == dead)
+    state = next(s for s in proxy.snapshot.balancers["main"].servers if s.url == dead)
     await until(lambda: not state.checked_up, "the dead server is found down")
     assert await reload_to(proxy, config_for(a.url, dead, b.url, pool=check))
-    assert proxy.balancers["main"].servers[1] is state
+    assert proxy.snapshot.balancers["main"].servers[1] is state
     assert not state.checked_up  # the verdict survives the reload
     assert await reload_to(proxy, config_for(a.url, dead))
     assert state.checked_up  # no checks any more: only passive health counts
@@ -354,7 +359,7 @@ async def test_reload_reads_the_listener_certificate_again(
         "{address: 127.0.0.1:0}", f"{{address: 127.0.0.1:0, tls: {{cert: {cert}, key: {key}}}}}"
     )
     proxy = Proxy(parse_config(text, {}))
-    listening = await proxy.open_listeners()
+    listening, _ = await open_listeners(proxy.config)
     await nursery.start(proxy.serve, listening)
     url = f"wss://localhost:{listening[0].listener.socket.getsockname()[1]}/"
 

@@ -30,9 +30,10 @@ from tests.conftest import (
 )
 from wsproxy.config import parse_config
 from wsproxy.handshake import accept_value
+from wsproxy.listening import Listening
 from wsproxy.logs import REFUSAL_LINES_PER_SECOND, RefusalRecord
 from wsproxy.proxyproto import V2_SIGNATURE
-from wsproxy.server import Listening, Proxy, close_times
+from wsproxy.server import Proxy
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -220,7 +221,7 @@ async def test_server_max_connections_per_ip_is_429_with_retry_after(
         async with connect(running.url, origin=ORIGIN, proxy=None):
             async with connect(running.url, origin=ORIGIN, proxy=None):
                 answer = await exchange(running.port, upgrade_request())
-            while running.proxy.connections > 1:  # noqa: ASYNC110 (the backend's TCP close is not an event we can await)
+            while running.proxy.registry.connections > 1:  # noqa: ASYNC110 (the backend's TCP close is not an event we can await)
                 await trio.sleep(0.01)
             async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
                 await ws.send("room again")
@@ -483,7 +484,7 @@ async def test_server_proxy_protocol_client_that_leaves_during_the_header_is_let
         stream = await trio.open_tcp_stream("127.0.0.1", running.port)
         await stream.send_all(b"PROXY TCP4 ")
         await stream.aclose()
-        while running.proxy.connections:  # noqa: ASYNC110 (the proxy's side of a TCP close)
+        while running.proxy.registry.connections:  # noqa: ASYNC110 (the proxy's side of a TCP close)
             await trio.sleep(0.01)
     assert backend.requests == []
 
@@ -540,21 +541,6 @@ async def test_server_proxy_protocol_client_is_the_hash_key_and_in_the_access_lo
 
 
 # ---------------------------------------------------------------- the paced drain
-
-
-@pytest.mark.parametrize(
-    ("count", "window", "times"),
-    [
-        (4, 2.0, [0.0, 0.5, 1.0, 1.5]),
-        (1, 5.0, [0.0]),
-        (3, 0.0, [0.0, 0.0, 0.0]),
-        (0, 5.0, []),
-    ],
-)
-def test_server_close_times_are_spread_evenly_over_the_window(
-    count: int, window: float, times: list[float]
-) -> None:
-    assert close_times(count, window) == times
 
 
 async def test_server_drain_closes_the_rest_spread_over_the_window_with_the_code(

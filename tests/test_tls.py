@@ -24,6 +24,7 @@ from tests.conftest import ORIGIN, Backend
 from tests.test_cli import assert_one_sentence, run_wsproxy, write_config
 from wsproxy.config import BackendTLS, Config, ConfigError, HealthCheck, ListenerTLS, parse_config
 from wsproxy.health import probe_server
+from wsproxy.listening import open_listeners
 from wsproxy.server import Proxy
 from wsproxy.servers import ServerState
 from wsproxy.tls import TLSError, backend_context, contexts_for, listener_context
@@ -88,7 +89,7 @@ pools:
 async def start_tls_proxy(nursery: trio.Nursery, config: Config) -> tuple[Proxy, int]:
     """The proxy on the configuration's own listeners (which carry its TLS), and its port."""
     proxy = Proxy(config)
-    listening = await proxy.open_listeners()
+    listening, _ = await open_listeners(proxy.config)
     await nursery.start(proxy.serve, listening)
     return proxy, listening[0].listener.socket.getsockname()[1]
 

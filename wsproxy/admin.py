@@ -5,8 +5,9 @@ Invariants:
   `REQUEST_TIMEOUT`; it runs for as long as the proxy does, the drain included, so that a
   load balancer sees `/readyz` turn 503 the moment the drain starts.
 - `/readyz` is 200 only while the proxy accepts sessions and every pool has a healthy server.
-- Every figure is read when asked, from an `AdminView`: one proxy (`ProxyView`), or with
-  `workers` > 1 the supervisor's sum over its workers; nothing here keeps state of its own.
+- Every figure is read when asked, from an `AdminView`: one proxy (`ProxyView`, which reads a
+  `Served` process), or with `workers` > 1 the supervisor's sum over its workers; nothing here
+  keeps state of its own, and nothing here knows the server's class.
 """
 
 from __future__ import annotations
@@ -18,24 +19,24 @@ import os
 import resource
 import time
 from collections import Counter as Tally
+from collections.abc import Collection
 from dataclasses import asdict
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 import h11
 import trio
 
 from wsproxy import __version__
+from wsproxy.http1 import next_event, response_head
 from wsproxy.listening import accept_forever
-from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, render
-
-if TYPE_CHECKING:
-    from wsproxy.server import Proxy
+from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
+from wsproxy.registry import LiveSession
+from wsproxy.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT: Final = 10.0
-_CHUNK: Final = 16384
 _STARTED: Final = time.time()
 
 
@@ -52,10 +53,41 @@ class AdminView(Protocol):
         """The `/metrics` text."""
 
 
+class Sessions(Protocol):
+    """The sessions of one process as the admin endpoint reads them (`registry.Registry`)."""
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now, admitted or not."""
+
+    @property
+    def metrics(self) -> ProxyMetrics:
+        """The counters and histograms of ended sessions and refusals."""
+
+    def live(self) -> Collection[LiveSession]:
+        """The sessions being relayed now."""
+
+
+class Served(Protocol):
+    """One proxy process as the admin endpoint reads it (`server.Proxy`)."""
+
+    @property
+    def stopping(self) -> bool:
+        """True once the drain has begun."""
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """What new sessions are served with."""
+
+    @property
+    def registry(self) -> Sessions:
+        """Its sessions."""
+
+
 class ProxyView:
     """The admin view of one proxy process."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Served) -> None:
         self.proxy = proxy
 
     async def not_ready(self) -> str:
@@ -92,19 +124,14 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
             except Exception:  # a bug in one answer must stop neither the endpoint nor the proxy
                 log.exception("admin request for %s failed", request.target.decode("latin-1"))
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-            headers = [
+            headers = (
                 (b"content-type", content_type.encode()),
                 (b"content-length", b"%d" % len(body)),
                 (b"cache-control", b"no-store"),
                 (b"connection", b"close"),
-            ]
-            response = h11.Response(
-                status_code=status, headers=headers, reason=HTTPStatus(status).phrase
             )
-            data = conn.send(response) or b""
-            if request.method != b"HEAD":
-                data += conn.send(h11.Data(data=body)) or b""
-            await stream.send_all(data + (conn.send(h11.EndOfMessage()) or b""))
+            head = response_head(status, HTTPStatus(status).phrase.encode(), headers)
+            await stream.send_all(head + (b"" if request.method == b"HEAD" else body))
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
@@ -112,13 +139,8 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
 
 
 async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
-    while True:
-        event = conn.next_event()
-        if isinstance(event, h11.Request):
-            return event
-        if event is not h11.NEED_DATA:
-            return None
-        conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
+    event = await next_event(stream, conn)
+    return event if isinstance(event, h11.Request) else None
 
 
 async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, bytes]:
@@ -146,47 +168,52 @@ async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, byte
     )
 
 
-def not_ready(proxy: Proxy) -> str:
+def not_ready(proxy: Served) -> str:
     """Why the proxy should get no new sessions now, or "" when it should."""
     if proxy.stopping:
         return "draining"
     now = trio.current_time()
-    empty = [name for name, balancer in proxy.balancers.items() if not balancer.any_healthy(now)]
+    balancers = proxy.snapshot.balancers
+    empty = [name for name, balancer in balancers.items() if not balancer.any_healthy(now)]
     return f"no healthy server in pool {', '.join(empty)}" if empty else ""
 
 
-def status(proxy: Proxy) -> dict[str, object]:
+def status(proxy: Served) -> dict[str, object]:
     problem = not_ready(proxy)
+    registry = proxy.registry
     return {
         "version": __version__,
         "ready": not problem,
         "not_ready_because": problem,
         "draining": proxy.stopping,
-        "connections": proxy.connections,
-        "sessions": len(proxy.sessions),
-        "pools": [asdict(pool) for pool in proxy.status()],
+        "connections": registry.connections,
+        "sessions": len(registry.live()),
+        "pools": [asdict(pool) for pool in proxy.snapshot.status(trio.current_time())],
     }
 
 
-def metrics_text(proxy: Proxy) -> str:
+def metrics_text(proxy: Served) -> str:
     """The `/metrics` text. Every route/pool pair the configuration names, and every server its
     pools list, has its series, at 0 when idle; a pair or server a reload removed keeps its
     series only while it has sessions."""
-    metrics = proxy.metrics
-    routes: dict[tuple[str, ...], float] = {(r.path, r.pool): 0 for r in proxy.config.routes}
+    metrics = proxy.registry.metrics
+    live = proxy.registry.live()
+    snapshot = proxy.snapshot
+    routes: dict[tuple[str, ...], float] = {(r.path, r.pool): 0 for r in snapshot.config.routes}
     active = Tally(routes)
-    active.update((ready.route, ready.balancer.name) for ready in proxy.sessions.values())
+    active.update((each.route, each.balancer.name) for each in live)
     started = Tally(routes)
     started.update(metrics.sessions.values)
     messages = Tally(metrics.messages.values)
     wire = Tally(metrics.bytes.values)
-    for session in proxy.sessions:  # live sessions count too, so the totals move as they run
+    for each in live:  # live sessions count too, so the totals move as they run
+        session = each.session
         messages_in, messages_out = session.messages
         messages.update({("in",): messages_in, ("out",): messages_out})
         wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
-    pools = proxy.status()
+    pools = snapshot.status(trio.current_time())
     on_server = Tally({(p.pool, s.server): s.sessions for p in pools for s in p.servers})
-    busy = [(ready.balancer.name, ready.server.key) for ready in proxy.sessions.values()]
+    busy = [(each.balancer.name, each.server.key) for each in live]
     on_server.update([key for key in busy if key not in on_server])  # in a pool removed since
     families: list[Family] = [
         Gauge(

@@ -25,9 +25,10 @@ from wsproxy.client import ClientError, parse_url, run_client
 from wsproxy.config import Config, ConfigError, load_config, read_config, summary
 from wsproxy.demo import DemoPorts, demo_config, run_demo
 from wsproxy.echo import parse_address, run_echo
+from wsproxy.listening import ListenError
 from wsproxy.logs import setup_logging
-from wsproxy.server import ListenError, Proxy
-from wsproxy.tls import contexts_for
+from wsproxy.server import Proxy
+from wsproxy.snapshot import build_snapshot
 from wsproxy.workers import Supervisor, for_worker, run_worker
 
 log = logging.getLogger("wsproxy")
@@ -171,7 +172,7 @@ def _load(given: str | None) -> Config:
 
 def _check(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    contexts_for(config)  # the certificates and keys load, too
+    build_snapshot(config)  # the certificates and keys load, too
     print(summary(config))
     return 0
 
@@ -185,7 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
     text, config = read_config(path, os.environ)
     setup_logging(config.log.level, config.log.format)
     if config.workers > 1:
-        contexts_for(config)  # a bad certificate stops the start, not each worker
+        build_snapshot(config)  # a bad certificate stops the start, not each worker
         return int(trio.run(Supervisor(path, text, config).run))
     proxy = Proxy(config)
     trio.run(proxy.serve_until_signalled, load)

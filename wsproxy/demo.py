@@ -28,8 +28,8 @@ import trio
 
 from wsproxy.config import Config, parse_config
 from wsproxy.echo import serve_echo
-from wsproxy.listening import accept_forever
-from wsproxy.server import ListenError, Proxy
+from wsproxy.listening import ListenError, accept_forever, open_listeners
+from wsproxy.server import Proxy
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,11 @@ async def run_demo(ports: DemoPorts) -> None:
         async with page_listener, trio.open_nursery() as nursery:  # closed if a bind fails
             for port in ports.echoes:
                 await nursery.start(serve_echo, HOST, port)
-            listeners = await proxy.open_listeners()
+            listeners, admin = await open_listeners(config)
             nursery.start_soon(serve_page, page_listener, page(ports))
             print(announcement(ports), flush=True)
             nursery.start_soon(proxy.obey, signals, nursery.cancel_scope)
-            await proxy.serve(listeners)
+            await proxy.serve(listeners, admin=admin)
             nursery.cancel_scope.cancel()
 
 

@@ -43,8 +43,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
-from wsproxy.listening import accept_forever
-from wsproxy.server import ListenError
+from wsproxy.listening import ListenError, accept_forever
 
 LOGGER = logging.getLogger(__name__)
 

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from wsproxy.handshake import Headers, Reject, reject_from_h11_error, reject_response
+from wsproxy.handshake import Reject, reject_from_h11_error, reject_response
+from wsproxy.http1 import response_head
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
 
 if TYPE_CHECKING:  # upstream reads its backends' answers with `read_head`
@@ -90,13 +91,6 @@ def parse_request(head: bytes) -> h11.Request | Reject:
     if not isinstance(event, h11.Request):
         return Reject(400, "malformed request")
     return event
-
-
-def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-    lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
-    lines.append(b"\r\n")
-    return b"".join(lines)
 
 
 async def refuse(stream: trio.abc.Stream, reject: Reject) -> None:

@@ -1,7 +1,10 @@
-"""The one accept loop behind every listener wsproxy runs: the proxy's, the admin endpoint's and
-the echo backend's.
+"""Listening: binding the configured addresses, and the one accept loop behind every listener
+wsproxy runs (the proxy's, the admin endpoint's and the echo backend's).
 
 Invariants:
+- Every configured address is bound before the first client is accepted; an address that
+  cannot be bound is a `ListenError` naming its key and address, and nothing stays bound.
+  Shared ports (`workers`) are bound with SO_REUSEPORT on every address the host resolves to.
 - Each accepted stream is handed at once to its handler, started in the handlers' nursery; the
   loop itself never waits on a connection.
 - Only a capacity error (EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory, which
@@ -17,10 +20,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final, TypeVar
 
 import trio
+
+from wsproxy.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -57,3 +64,96 @@ async def accept_forever(
             await trio.sleep(CAPACITY_PAUSE)
             continue
         handlers.start_soon(handle, stream)
+
+
+class ListenError(Exception):
+    """A configured address could not be bound (in use, not local, no permission)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listening:
+    """A bound listener and what its configuration asks of each connection on it."""
+
+    listener: trio.SocketListener
+    proxy_protocol: bool = False  # only for a listener without a position
+    position: int | None = None  # in `config.listen`, whose current settings apply
+
+
+async def open_listeners(
+    config: Config, *, reuse_port: bool = False
+) -> tuple[list[Listening], trio.SocketListener | None]:
+    """Bind every address of `config`: the client listeners, and the admin one if any; a
+    failure is a `ListenError` naming the key and the address. With `reuse_port` the client
+    listeners share their ports with other processes (SO_REUSEPORT)."""
+    listening: list[Listening] = []
+    admin_listener: trio.SocketListener | None = None
+    admin = config.admin
+    wanted = [
+        (f"listen[{index}].address {listen.address}", listen.host, listen.port)
+        for index, listen in enumerate(config.listen)
+    ]
+    if admin is not None:
+        wanted.append((f"admin.address {admin.address}", admin.host, admin.port))
+    for index, (address, host, port) in enumerate(wanted):
+        shared = reuse_port and index < len(config.listen)
+        try:
+            if shared:
+                bound = [trio.SocketListener(sock) for sock in await bind_shared(host, port)]
+            else:
+                bound = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            for each in listening:
+                await each.listener.aclose()
+            raise ListenError(f"cannot listen on {address}: {exc.strerror or exc}") from None
+        if index == len(config.listen):
+            admin_listener = bound[0]
+            for extra in bound[1:]:
+                await extra.aclose()
+        else:
+            listening += [Listening(listener, position=index) for listener in bound]
+    return listening, admin_listener
+
+
+async def bind_shared(host: str, port: int, *, listen: bool = True) -> list[trio.socket.SocketType]:
+    """Listeners on every address `host` resolves to, each with SO_REUSEPORT, so that other
+    processes doing the same share the port and the kernel spreads connections among them.
+    With `listen` False the sockets are bound only: they hold the port and take no clients."""
+    infos = await trio.socket.getaddrinfo(
+        host or None, port, type=trio.socket.SOCK_STREAM, flags=trio.socket.AI_PASSIVE
+    )
+    bound: list[trio.socket.SocketType] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(
+            (info[0], info[1], info[2], "", info[4]) for info in infos
+        ):
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                if listen:
+                    sock.listen(socket.SOMAXCONN)
+            except BaseException:
+                sock.close()
+                raise
+            bound.append(sock)
+    except BaseException:
+        for each in bound:
+            each.close()
+        raise
+    return bound
+
+
+def address_of(listener: trio.SocketListener) -> str:
+    """Where `listener` listens, as the logs write it (a Unix socket by its path)."""
+    name = listener.socket.getsockname()
+    if isinstance(name, str):  # a Unix socket: a worker's admin
+        return name
+    return host_port(name[0], name[1])
+
+
+def host_port(host: str, port: int) -> str:
+    """`HOST:PORT` as written in the configuration and the logs (`[::1]:8080` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -40,6 +40,7 @@ from wsproxy.handshake import (
     new_key,
     passthrough_headers,
 )
+from wsproxy.http1 import next_event
 from wsproxy.intake import HeadTooLarge, read_head
 from wsproxy.servers import ServerState
 from wsproxy.tls import backend_context
@@ -261,7 +262,7 @@ async def _handshake(
             conn.receive_data(behind)
         body = bytearray()
         while True:
-            event = await _next_event(stream, conn)
+            event = await next_event(stream, conn)
             if isinstance(event, h11.Data):
                 body += event.data
                 if len(body) > MAX_PASSTHROUGH_BODY:
@@ -310,14 +311,3 @@ async def _answer_head(
             return head, behind
         if not isinstance(head, h11.InformationalResponse):
             raise _HandshakeFailed("the backend's answer was not valid HTTP")
-
-
-async def _next_event(
-    stream: trio.abc.Stream, conn: h11.Connection
-) -> h11.Event | type[h11.PAUSED]:
-    while True:
-        event = conn.next_event()
-        if event is not h11.NEED_DATA:
-            return event  # type: ignore[return-value]
-        data = await stream.receive_some(_CHUNK)
-        conn.receive_data(bytes(data))

@@ -50,10 +50,11 @@ import trio
 from wsproxy import __version__
 from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
+from wsproxy.listening import ListenError, bind_shared, host_port
 from wsproxy.logs import change_logging
 from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
-from wsproxy.server import ListenError, Proxy, bind_shared, host_port
-from wsproxy.tls import contexts_for
+from wsproxy.server import Proxy
+from wsproxy.snapshot import build_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ class Supervisor:
             return
         try:
             text, config = read_config(self.path, os.environ)
-            contexts_for(config)
+            build_snapshot(config)  # the check every process that reads the file makes
             moved = [(x.host, x.port) for x in config.listen] != [
                 (x.host, x.port) for x in self.config.listen
             ]

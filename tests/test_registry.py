@@ -1,0 +1,125 @@
+"""wsproxy/registry.py: connection counts and limits, and the drain's paced close, under the
+autojump clock with exact instants (the relay of a whole session is in test_admission)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import trio
+import trio.testing
+
+from tests.conftest import proxy_config
+from wsproxy.closes import Close
+from wsproxy.config import Config, Security
+from wsproxy.handshake import Reject
+from wsproxy.registry import RETRY_AFTER, Registry, close_times
+
+
+def registry_for(config: Config | None = None) -> Registry:
+    used = config or proxy_config("ws://127.0.0.1:9")
+    return Registry(lambda: used)
+
+
+def test_registry_counts_by_ip_and_forgets_an_ip_at_zero() -> None:
+    registry = registry_for()
+    for ip in ("192.0.2.1", "192.0.2.1", ""):
+        registry.opened()
+        if ip:
+            registry.identified(ip)
+    assert (registry.connections, dict(registry.per_ip)) == (3, {"192.0.2.1": 2})
+    registry.closed("")  # one that never got as far as its address
+    registry.closed("192.0.2.1")
+    assert (registry.connections, dict(registry.per_ip)) == (1, {"192.0.2.1": 1})
+    registry.closed("192.0.2.1")
+    assert (registry.connections, dict(registry.per_ip)) == (0, {})
+
+
+@pytest.mark.parametrize(
+    ("open_from", "expected"),
+    [
+        (["a", "b"], None),
+        (["b", "a", "a"], Reject(429, "too many connections from your address", RETRY_AFTER)),
+        (["a", "b", "c", "d"], Reject(503, "the proxy is at its connection limit", RETRY_AFTER)),
+        (["a", "a", "a", "a"], Reject(503, "the proxy is at its connection limit", RETRY_AFTER)),
+    ],
+)
+def test_registry_limits_whole_proxy_first_then_per_ip(
+    open_from: list[str], expected: Reject | None
+) -> None:
+    """Limits 3 in all and 1 per IP, judged for a connection from "a" (counted in `open_from`)."""
+    registry = registry_for()
+    for ip in open_from:
+        registry.opened()
+        registry.identified(ip)
+    security = Security(allowed_origins=("*",), max_connections=3, max_connections_per_ip=1)
+    assert registry.over_limit("a", security) == expected
+
+
+async def test_registry_all_closed_waits_for_the_last_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    with trio.move_on_after(0):
+        await registry.all_closed()  # none open: returns at once
+    registry.opened()
+    registry.opened()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_close_after, registry, 1.0)
+        nursery.start_soon(_close_after, registry, 2.5)
+        await registry.all_closed()
+        assert trio.current_time() == 2.5
+
+
+async def _close_after(registry: Registry, seconds: float) -> None:
+    await trio.sleep(seconds)
+    registry.closed("")
+
+
+@pytest.mark.parametrize(
+    ("count", "window", "times"),
+    [
+        (4, 2.0, [0.0, 0.5, 1.0, 1.5]),
+        (1, 5.0, [0.0]),
+        (3, 0.0, [0.0, 0.0, 0.0]),
+        (0, 5.0, []),
+    ],
+)
+def test_registry_close_times_are_spread_evenly_over_the_window(
+    count: int, window: float, times: list[float]
+) -> None:
+    assert close_times(count, window) == times
+
+
+@dataclasses.dataclass(eq=False)
+class FakeSession:
+    """Stands for a live session: records when it was asked to close, and with what."""
+
+    registry: Registry
+    asked: list[tuple[float, Close]] = dataclasses.field(default_factory=list)
+
+    async def shutdown(self, close: Close) -> None:
+        self.asked.append((trio.current_time(), close))
+        await trio.sleep(0.05)  # the close handshake takes a while; it does not delay the next
+        del self.registry.sessions[self]  # type: ignore[arg-type]
+
+
+async def test_registry_close_paced_asks_each_at_its_instant_and_skips_the_ended(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    sessions = [FakeSession(registry) for _ in range(3)]
+    for session in sessions:
+        registry.sessions[session] = None  # type: ignore[index, assignment]
+    close = Close(1012, "proxy shutting down")
+
+    async def end_the_last_early() -> None:
+        await trio.sleep(0.5)
+        del registry.sessions[sessions[2]]  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(end_the_last_early)
+        await registry.close_paced(close, 0.9)
+    assert [s.asked for s in sessions] == [[(0.0, close)], [(0.3, close)], []]
+    assert trio.current_time() == 0.6  # asked when its turn came, and it had ended
+    assert not registry.sessions

@@ -1,0 +1,174 @@
+"""The sessions of one proxy process: connection counts, the live sessions, what each one's end
+adds to the metrics and the access log, and the paced close of a drain.
+
+Invariants:
+- `connections` counts every client connection from accept to close; `per_ip` counts them by
+  client IP from the moment the IP is known (after any PROXY header and TLS) to close, and
+  holds no IP at 0. `all_closed` returns once `connections` is 0.
+- A session is in `sessions` from the moment its backend said yes until it has ended, its
+  101 sent or not; its server counts it (`balancer.started` / `ended`) for exactly that time.
+- When a session ends its messages, bytes, close and duration are added to `metrics`, once,
+  and a session that got its 101 writes one access line.
+- `close_paced` asks each session still open to close, evenly spread over the window, the
+  first at once (`close_times`); a session that ended before its turn is skipped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from wsproxy.balancer import PoolBalancer
+from wsproxy.closes import Close
+from wsproxy.config import Config, Security
+from wsproxy.frames import CLOSE_ABNORMAL
+from wsproxy.handshake import Reject
+from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
+from wsproxy.metrics import ProxyMetrics, close_code_label
+from wsproxy.relay import Session
+from wsproxy.servers import ServerState
+
+RETRY_AFTER: Final = ((b"retry-after", b"5"),)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """A session whose backend said yes: all the relay and the access line need."""
+
+    session: Session
+    switching: bytes  # our 101 to the client
+    balancer: PoolBalancer
+    server: ServerState
+    route: str
+    subprotocol: str
+
+
+class Registry:
+    """Counts connections and keeps the live sessions of one process."""
+
+    def __init__(self, config: Callable[[], Config]) -> None:
+        """`config` gives the configuration in use now (its `metrics.close_codes` label the
+        closes of sessions as they end)."""
+        self._config = config
+        self.metrics = ProxyMetrics()
+        self.sessions: dict[Session, LiveSession] = {}
+        self.connections = 0
+        self.per_ip: Counter[str] = Counter()
+        self._all_closed = trio.Event()
+        self._all_closed.set()
+
+    def live(self) -> Collection[LiveSession]:
+        """The sessions being relayed now."""
+        return self.sessions.values()
+
+    # ---------------------------------------------------------------- counts
+
+    def opened(self) -> None:
+        """A client connection was accepted."""
+        self.connections += 1
+        if self._all_closed.is_set():
+            self._all_closed = trio.Event()
+
+    def identified(self, ip: str) -> None:
+        """The connection just opened comes from `ip`."""
+        self.per_ip[ip] += 1
+
+    def closed(self, ip: str) -> None:
+        """A connection from `ip` ("" if it was never identified) was closed."""
+        self.connections -= 1
+        if ip:
+            self.per_ip[ip] -= 1
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
+        if not self.connections:
+            self._all_closed.set()
+
+    def over_limit(self, ip: str, security: Security) -> Reject | None:
+        """The refusal due to a connection from `ip` by the connection limits, if any."""
+        if self.connections > security.max_connections:
+            return Reject(503, "the proxy is at its connection limit", RETRY_AFTER)
+        if self.per_ip[ip] > security.max_connections_per_ip:
+            return Reject(429, "too many connections from your address", RETRY_AFTER)
+        return None
+
+    async def all_closed(self) -> None:
+        """Return once no client connection is open."""
+        await self._all_closed.wait()
+
+    # ---------------------------------------------------------------- sessions
+
+    async def relay(self, stream: trio.abc.Stream, live: LiveSession, client: str) -> None:
+        """Send the 101 on `stream` and relay `live` to its end; `client` (IP:PORT) names the
+        client in the access line."""
+        session = live.session
+        started = trio.current_time()
+        live.balancer.started(live.server)
+        self.sessions[session] = live
+        self.metrics.sessions.inc(live.route, live.balancer.name)
+        try:
+            await stream.send_all(live.switching)
+            await session.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the client left before its 101 was sent
+        finally:
+            del self.sessions[session]
+            live.balancer.ended(live.server)
+            self._count_ended(session, trio.current_time() - started)
+            await trio.aclose_forcefully(session.backend.stream)
+        close = session.close
+        messages_in, messages_out = session.messages
+        write_access(
+            AccessRecord(
+                time=iso_time(wall_time()),
+                client=client,
+                route=live.route,
+                pool=live.balancer.name,
+                server=live.server.key,
+                subprotocol=live.subprotocol,
+                duration=round(trio.current_time() - started, 3),
+                messages_in=messages_in,
+                messages_out=messages_out,
+                bytes_in=session.client.bytes_in,
+                bytes_out=session.backend.bytes_in,
+                close_code=close.code if close else CLOSE_ABNORMAL,
+                closed_by=session.closed_by.value if session.closed_by else "unknown",
+            )
+        )
+
+    def _count_ended(self, session: Session, seconds: float) -> None:
+        metrics = self.metrics
+        messages_in, messages_out = session.messages
+        metrics.messages.inc("in", amount=messages_in)
+        metrics.messages.inc("out", amount=messages_out)
+        metrics.bytes.inc("in", amount=session.client.bytes_in)
+        metrics.bytes.inc("out", amount=session.backend.bytes_in)
+        side = session.closed_by.value if session.closed_by else "unknown"
+        code = session.close.code if session.close else CLOSE_ABNORMAL
+        metrics.closes.inc(side, close_code_label(code, self._config().metrics.close_codes))
+        metrics.session_seconds.observe(seconds)
+
+    # ---------------------------------------------------------------- the drain's close
+
+    async def close_paced(self, close: Close, window: float) -> None:
+        """Ask every live session to close with `close`, spread evenly over `window` seconds;
+        return once each has been asked (or has ended before its turn)."""
+        left = list(self.sessions)
+        start = trio.current_time()
+        async with trio.open_nursery() as closing:
+            for when, session in zip(close_times(len(left), window), left, strict=True):
+                closing.start_soon(self._close_at, session, start + when, close)
+
+    async def _close_at(self, session: Session, when: float, close: Close) -> None:
+        await trio.sleep_until(when)
+        if session in self.sessions:
+            await session.shutdown(close)
+
+
+def close_times(count: int, window: float) -> list[float]:
+    """When each of `count` sessions is closed, in seconds from the start of `window`: evenly
+    spaced, the first at once and the last a step before the window's end."""
+    return [window * index / count for index in range(count)]
