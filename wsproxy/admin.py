@@ -21,14 +21,13 @@ import time
 from collections import Counter as Tally
 from collections.abc import Collection
 from dataclasses import asdict
-from http import HTTPStatus
 from typing import Final, Protocol
 
 import h11
 import trio
 
 from wsproxy import __version__
-from wsproxy.http1 import next_event, response_head
+from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
 from wsproxy.registry import LiveSession
@@ -37,6 +36,7 @@ from wsproxy.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT: Final = 10.0
+NO_STORE: Final = ((b"cache-control", b"no-store"),)
 _STARTED: Final = time.time()
 
 
@@ -124,14 +124,15 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
             except Exception:  # a bug in one answer must stop neither the endpoint nor the proxy
                 log.exception("admin request for %s failed", request.target.decode("latin-1"))
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-            headers = (
-                (b"content-type", content_type.encode()),
-                (b"content-length", b"%d" % len(body)),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
+            await stream.send_all(
+                answer(
+                    status,
+                    content_type.encode(),
+                    body,
+                    extra=NO_STORE,
+                    head=request.method == b"HEAD",
+                )
             )
-            head = response_head(status, HTTPStatus(status).phrase.encode(), headers)
-            await stream.send_all(head + (b"" if request.method == b"HEAD" else body))
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

@@ -45,11 +45,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
+import h11
 import trio
 
 from wsproxy import __version__
 from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
+from wsproxy.http1 import NoAnswer, read_body, read_response, send_get
 from wsproxy.listening import ListenError, bind_shared, host_port
 from wsproxy.logs import change_logging
 from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
@@ -493,17 +495,12 @@ async def _ask(control: str, path: str) -> tuple[int, str] | None:
         try:
             stream = await trio.open_unix_socket(control)
             async with stream:
-                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: worker\r\n\r\n".encode())
-                data = b""
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
-        except (OSError, trio.BrokenResourceError):
+                conn = await send_get(stream, path.encode(), ((b"Host", b"worker"),))
+                response = await read_response(stream, conn)
+                body = await read_body(stream, conn)
+        except (OSError, trio.BrokenResourceError, h11.RemoteProtocolError, NoAnswer):
             return None
-        head, _, body = data.partition(b"\r\n\r\n")
-        parts = head.split(b" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            return None
-        return int(parts[1]), body.decode("utf-8", "replace")
+        return response.status_code, body.decode("utf-8", "replace")
     return None
 
 
