@@ -53,6 +53,7 @@ LAYERS: Final = {
     "server": 4,
     "echo": 4,
     "admin": 4,
+    "fleet": 4,
     "workers": 4,
     "client": 4,
     "demo": 4,

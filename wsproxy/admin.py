@@ -6,8 +6,9 @@ Invariants:
   load balancer sees `/readyz` turn 503 the moment the drain starts.
 - `/readyz` is 200 only while the proxy accepts sessions and every pool has a healthy server.
 - Every figure is read when asked, from an `AdminView`: one proxy (`ProxyView`, which reads a
-  `Served` process), or with `workers` > 1 the supervisor's sum over its workers; nothing here
-  keeps state of its own, and nothing here knows the server's class.
+  `Served` process), or with `workers` > 1 the supervisor's merge of its workers
+  (`fleet.FleetView`); nothing here keeps state of its own, and nothing here knows the
+  server's class or the supervisor's.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import resource
 import time
 from collections import Counter as Tally
 from collections.abc import Collection
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
 import h11
 import trio
 
 from wsproxy import __version__
+from wsproxy.balancer import PoolStatus
 from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
@@ -40,13 +42,26 @@ NO_STORE: Final = ((b"cache-control", b"no-store"),)
 _STARTED: Final = time.time()
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    """The `/status` document of one process (the supervisor's adds its workers)."""
+
+    version: str
+    ready: bool
+    not_ready_because: str
+    draining: bool
+    connections: int  # client connections open, admitted or not
+    sessions: int  # sessions being relayed
+    pools: tuple[PoolStatus, ...]
+
+
 class AdminView(Protocol):
     """What the admin endpoint shows: each call reads the figures of this instant."""
 
     async def not_ready(self) -> str:
         """Why no new sessions should come now, or "" when they should."""
 
-    async def status(self) -> dict[str, object]:
+    async def status(self) -> ProcessStatus:
         """The `/status` document."""
 
     async def metrics(self) -> str:
@@ -93,7 +108,7 @@ class ProxyView:
     async def not_ready(self) -> str:
         return not_ready(self.proxy)
 
-    async def status(self) -> dict[str, object]:
+    async def status(self) -> ProcessStatus:
         return status(self.proxy)
 
     async def metrics(self) -> str:
@@ -159,7 +174,7 @@ async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, byte
     if path == b"/metrics":
         return 200, CONTENT_TYPE, (await view.metrics()).encode()
     if path == b"/status":
-        return 200, "application/json", json.dumps(await view.status(), indent=1).encode()
+        return 200, "application/json", json.dumps(asdict(await view.status()), indent=1).encode()
     if path == b"/":
         return 200, "text/html; charset=utf-8", PAGE.encode()
     return (
@@ -179,18 +194,18 @@ def not_ready(proxy: Served) -> str:
     return f"no healthy server in pool {', '.join(empty)}" if empty else ""
 
 
-def status(proxy: Served) -> dict[str, object]:
+def status(proxy: Served) -> ProcessStatus:
     problem = not_ready(proxy)
     registry = proxy.registry
-    return {
-        "version": __version__,
-        "ready": not problem,
-        "not_ready_because": problem,
-        "draining": proxy.stopping,
-        "connections": registry.connections,
-        "sessions": len(registry.live()),
-        "pools": [asdict(pool) for pool in proxy.snapshot.status(trio.current_time())],
-    }
+    return ProcessStatus(
+        version=__version__,
+        ready=not problem,
+        not_ready_because=problem,
+        draining=proxy.stopping,
+        connections=registry.connections,
+        sessions=len(registry.live()),
+        pools=tuple(proxy.snapshot.status(trio.current_time())),
+    )
 
 
 def metrics_text(proxy: Served) -> str:
