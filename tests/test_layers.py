@@ -47,6 +47,7 @@ LAYERS: Final = {
     "discovery": 3,
     "tls": 3,
     "listening": 3,
+    "signals": 3,
     "snapshot": 3,
     "registry": 3,
     "admission": 3,

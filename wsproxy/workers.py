@@ -55,7 +55,8 @@ from wsproxy.listening import ListenError, bind_shared, host_port
 from wsproxy.logs import change_logging
 from wsproxy.metrics import Counter, Family, ProxyMetrics, cumulative, merge
 from wsproxy.server import Proxy
-from wsproxy.snapshot import build_snapshot
+from wsproxy.signals import SIGNALS, obey
+from wsproxy.snapshot import build_snapshot, restartless
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,6 @@ YOUNG: Final = 10.0  # a worker that dies sooner than this after its start doubl
 ASK_TIMEOUT: Final = 2.0  # seconds a worker has to answer an admin request
 ORPHAN_CHECK: Final = 0.5  # seconds between a worker's looks at whether its supervisor lives
 READY_POLL: Final = 0.02  # seconds between looks at whether a started worker answers
-_FORWARDED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def for_worker(config: Config, ports: Sequence[int]) -> Config:
@@ -172,7 +172,7 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until signalled and every worker has exited; the exit code."""
-        with trio.open_signal_receiver(*_FORWARDED) as signals:
+        with trio.open_signal_receiver(*SIGNALS) as signals:
             held, ports = await self._hold_ports()
             try:
                 admin = await self._bind_admin()
@@ -198,7 +198,7 @@ class Supervisor:
         admin: trio.SocketListener | None,
     ) -> None:
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._obey, signals)
+            outer.start_soon(obey, signals, self)
             if admin is not None:
                 await outer.start(serve_admin, FleetView(self), admin)
             async with trio.open_nursery() as running:
@@ -339,17 +339,16 @@ class Supervisor:
 
     # ---------------------------------------------------------------- signals
 
-    async def _obey(self, signals: AsyncIterator[int]) -> None:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if signum == signal.SIGHUP:
-                self._reload()
-            elif self.stopping:
-                log.warning("%s while draining: stopping the workers now", name)
-                self._forward(signum)
-            else:
-                log.info("%s: draining %d workers", name, len(self.workers))
-                self._stop(signum)
+    def drain(self, signum: signal.Signals) -> None:
+        log.info("%s: draining %d workers", signum.name, len(self.workers))
+        self._stop(signum)
+
+    def stop_now(self, signum: signal.Signals) -> None:
+        log.warning("%s while draining: stopping the workers now", signum.name)
+        self._forward(signum)
+
+    def hang_up(self, reloads: trio.Nursery) -> None:
+        self._reload()  # at once: the workers get SIGHUP before any signal that follows
 
     def _stop(self, signum: int) -> None:
         self._stopping.set()
@@ -370,12 +369,10 @@ class Supervisor:
             log.warning("SIGHUP ignored: the workers are draining")
             return
         try:
-            text, config = read_config(self.path, os.environ)
-            build_snapshot(config)  # the check every process that reads the file makes
-            moved = [(x.host, x.port) for x in config.listen] != [
-                (x.host, x.port) for x in self.config.listen
-            ]
-            if moved:
+            text, read = read_config(self.path, os.environ)
+            build_snapshot(read)  # the checks a proxy's reload makes (`Proxy.reload`)
+            config, moved = restartless(self.config, read)
+            if "listen addresses" in moved:
                 raise ConfigError(["listen: addresses change only on a restart (with workers)"])
         except ConfigError as exc:
             for problem in exc.problems:
@@ -383,11 +380,9 @@ class Supervisor:
             log.error("reload refused: the workers keep the configuration in use")
             self.reloads.inc("failure")
             return
-        if config.workers != self.config.workers or config.admin != self.config.admin:
+        if moved:  # admin or workers
             log.warning("reload: changes to admin or workers take effect on restart")
-        self.config = dataclasses.replace(
-            config, admin=self.config.admin, workers=len(self.workers)
-        )
+        self.config = config
         self._text = text
         self._write_copy(text)
         self.reloads.inc("success")
