@@ -19,6 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 import trio
+import trio.testing
 from trio.testing import MemoryReceiveStream, MemorySendStream, MockClock, memory_stream_pair
 from websockets.exceptions import ConnectionClosedError
 from websockets.trio.client import connect
@@ -394,6 +395,26 @@ async def test_echo_connection_drops_silent_client_after_request_timeout(
         await client.send_all(b"GET / HTTP/1.1\r\n")  # and nothing more
         assert await client.receive_some() == b""
         assert trio.current_time() == REQUEST_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"GET / HTTP/1.1\r\nHo", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nhalf"],
+    ids=["nothing", "half-head", "half-body"],
+)
+async def test_echo_connection_client_leaving_mid_request_gets_no_answer(
+    autojump_clock: MockClock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, sent: bytes
+) -> None:
+    """A request cut short by the client's EOF is a peer that went away, not a bad request."""
+    caplog.set_level(logging.DEBUG, logger="wsproxy.echo")
+    client_send, server_receive = trio.testing.memory_stream_one_way_pair()
+    server_send, client_receive = trio.testing.memory_stream_one_way_pair()
+    with trio.fail_after(VIRTUAL_CAP):
+        nursery.start_soon(echo_connection, trio.StapledStream(server_send, server_receive))
+        await client_send.send_all(sent)
+        await client_send.aclose()
+        assert await client_receive.receive_some() == b""
+    assert [r.getMessage() for r in caplog.records] == ["peer: peer went away"]
 
 
 async def test_echo_connection_gives_up_on_peer_that_ignores_our_close(

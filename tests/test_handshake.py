@@ -28,7 +28,6 @@ from wsproxy.handshake import (
     origin_allowed,
     passthrough_headers,
     reject_from_h11_error,
-    reject_response,
 )
 
 RFC_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3
@@ -1035,65 +1034,7 @@ def test_passthrough_headers_of_nothing_is_nothing() -> None:
     assert passthrough_headers(()) == ()
 
 
-# --- reject_response and reject_from_h11_error -------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("reject", "phrase", "extra"),
-    [
-        (Reject(403, "Origin https://evil.test is not allowed"), b"Forbidden", []),
-        (
-            Reject(426, "only WebSocket version 13", ((b"sec-websocket-version", b"13"),)),
-            b"Upgrade Required",
-            [(b"sec-websocket-version", b"13")],
-        ),
-        (
-            Reject(503, "at the limit", ((b"retry-after", b"1"),)),
-            b"Service Unavailable",
-            [(b"retry-after", b"1")],
-        ),
-        (Reject(599, "café closed"), b"", []),
-    ],
-)
-def test_reject_response_is_plain_text_and_closes(
-    reject: Reject, phrase: bytes, extra: list[tuple[bytes, bytes]]
-) -> None:
-    response, body = reject_response(reject)
-    assert body == (reject.reason + "\n").encode()
-    assert (response.status_code, response.reason) == (reject.status, phrase)
-    assert list(response.headers) == [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-        *extra,
-    ]
-
-
-def test_reject_response_goes_through_h11_to_a_client() -> None:
-    client = h11.Connection(h11.CLIENT)
-    server = h11.Connection(h11.SERVER)
-    request = _receive_request(server, _send_request(client, _request((b"sec-websocket-version",))))
-    reject = judge_request(request, SECURITY)
-    assert isinstance(reject, Reject)
-    response, body = reject_response(reject)
-    wire = b"".join(
-        data
-        for data in (
-            server.send(response),
-            server.send(h11.Data(data=body)),
-            server.send(h11.EndOfMessage()),
-        )
-        if data is not None
-    )
-    client.receive_data(wire)
-    answer, data, end = _events(client)
-    assert isinstance(answer, h11.Response)
-    assert answer.status_code == 426
-    assert (b"sec-websocket-version", b"13") in list(answer.headers)
-    assert isinstance(data, h11.Data)
-    assert data.data == reject.reason.encode() + b"\n"
-    assert isinstance(end, h11.EndOfMessage)
-    assert client.their_state is h11.MUST_CLOSE
+# --- reject_from_h11_error (the answer itself is http1.refusal) ------------------------------
 
 
 def _h11_error(head: bytes, limit: int = 16 * 1024) -> h11.RemoteProtocolError:

@@ -1,12 +1,44 @@
-"""wsproxy/http1.py: the one writer of HTTP/1.1 answers and the one reader of h11 events."""
+"""wsproxy/http1.py: the one writer of HTTP/1.1 answers, the one reader of h11 events, and the
+client side of a plain GET."""
 
 from __future__ import annotations
 
 import h11
+import pytest
 import trio
 import trio.testing
 
-from wsproxy.http1 import next_event, response_head
+from wsproxy.handshake import Headers, Reject
+from wsproxy.http1 import (
+    TEXT,
+    NoAnswer,
+    answer,
+    next_event,
+    read_body,
+    read_response,
+    reason_of,
+    refusal,
+    response_head,
+    send_get,
+)
+
+
+def _client_reads(wire: bytes, method: bytes = b"GET") -> list[h11.Event]:
+    """What an h11 client that sent `method /` reads from `wire`, up to the end of the answer."""
+    client = h11.Connection(h11.CLIENT)
+    client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+    client.send(h11.EndOfMessage())
+    client.receive_data(wire)
+    events: list[h11.Event] = []
+    while not isinstance(events[-1:] and events[-1], h11.EndOfMessage):
+        event = client.next_event()
+        assert isinstance(event, h11.Event), event
+        events.append(event)
+    assert client.their_state is h11.MUST_CLOSE
+    return events
+
+
+# --- writing answers ---------------------------------------------------------------------------
 
 
 def test_http1_response_head_keeps_the_reason_and_the_header_order() -> None:
@@ -24,6 +56,92 @@ def test_http1_response_head_is_what_h11_reads_back() -> None:
     assert list(event.headers) == [(b"content-length", b"0")]
 
 
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (200, b"OK"),
+        (405, b"Method Not Allowed"),
+        (431, b"Request Header Fields Too Large"),
+        (599, b""),
+    ],
+)
+def test_http1_reason_of_is_the_standard_phrase_or_nothing(status: int, reason: bytes) -> None:
+    assert reason_of(status) == reason
+
+
+def test_http1_answer_frames_the_body_closes_and_puts_extra_headers_last() -> None:
+    wire = answer(405, TEXT, b"no\n", extra=((b"allow", b"GET, HEAD"),))
+    assert wire == (
+        b"HTTP/1.1 405 Method Not Allowed\r\n"
+        b"content-type: text/plain; charset=utf-8\r\n"
+        b"content-length: 3\r\n"
+        b"connection: close\r\n"
+        b"allow: GET, HEAD\r\n"
+        b"\r\n"
+        b"no\n"
+    )
+    response, data, _ = _client_reads(wire)
+    assert isinstance(response, h11.Response)
+    assert isinstance(data, h11.Data)
+    assert data.data == b"no\n"
+
+
+def test_http1_answer_to_head_has_the_length_of_the_body_it_leaves_out() -> None:
+    wire = answer(200, b"text/html", b"<p>hello</p>", head=True)
+    assert wire.endswith(b"content-length: 12\r\nconnection: close\r\n\r\n")
+    response, end = _client_reads(wire, b"HEAD")
+    assert isinstance(response, h11.Response)
+    assert isinstance(end, h11.EndOfMessage)
+
+
+@pytest.mark.parametrize(
+    ("reject", "first_line", "extra"),
+    [
+        (Reject(403, "Origin https://evil.test is not allowed"), b"HTTP/1.1 403 Forbidden", ()),
+        (
+            Reject(426, "only WebSocket version 13", ((b"sec-websocket-version", b"13"),)),
+            b"HTTP/1.1 426 Upgrade Required",
+            ((b"sec-websocket-version", b"13"),),
+        ),
+        (
+            Reject(503, "at the limit", ((b"retry-after", b"1"),)),
+            b"HTTP/1.1 503 Service Unavailable",
+            ((b"retry-after", b"1"),),
+        ),
+        (Reject(599, "café closed"), b"HTTP/1.1 599 ", ()),
+    ],
+)
+def test_http1_refusal_is_plain_text_and_closes(
+    reject: Reject, first_line: bytes, extra: Headers
+) -> None:
+    body = (reject.reason + "\n").encode()
+    wire = refusal(reject)
+    head, _, rest = wire.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == first_line
+    assert lines[1:] == [
+        b"content-type: text/plain; charset=utf-8",
+        b"content-length: %d" % len(body),
+        b"connection: close",
+        *[b"%s: %s" % pair for pair in extra],
+    ]
+    assert rest == body
+
+
+def test_http1_refusal_goes_through_h11_to_a_client() -> None:
+    reject = Reject(426, "only WebSocket version 13", ((b"sec-websocket-version", b"13"),))
+    response, data, end = _client_reads(refusal(reject))
+    assert isinstance(response, h11.Response)
+    assert response.status_code == 426
+    assert (b"sec-websocket-version", b"13") in list(response.headers)
+    assert isinstance(data, h11.Data)
+    assert data.data == b"only WebSocket version 13\n"
+    assert isinstance(end, h11.EndOfMessage)
+
+
+# --- reading events ----------------------------------------------------------------------------
+
+
 async def test_http1_next_event_reads_until_h11_has_an_event() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
     conn = h11.Connection(h11.SERVER)
@@ -39,3 +157,69 @@ async def test_http1_next_event_gives_h11s_own_event_for_a_peer_that_left() -> N
     ours, theirs = trio.testing.memory_stream_pair()
     await theirs.aclose()
     assert isinstance(await next_event(ours, h11.Connection(h11.SERVER)), h11.ConnectionClosed)
+
+
+# --- the client side of a GET ------------------------------------------------------------------
+
+
+async def _get(answer_bytes: bytes) -> tuple[h11.Connection, bytes, trio.abc.Stream]:
+    """A GET sent over a memory stream whose peer answers `answer_bytes` (then closes)."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    conn = await send_get(ours, b"/status", ((b"Host", b"worker"),))
+    sent = bytes(await theirs.receive_some(65536))
+    await theirs.send_all(answer_bytes)
+    await theirs.aclose()
+    return conn, sent, ours
+
+
+async def test_http1_send_get_writes_one_bodiless_request() -> None:
+    _, sent, _ = await _get(b"")
+    assert sent == b"GET /status HTTP/1.1\r\nHost: worker\r\n\r\n"
+
+
+async def test_http1_read_response_and_body_of_a_whole_answer() -> None:
+    conn, _, stream = await _get(answer(200, b"application/json", b'{"a": 1}'))
+    response = await read_response(stream, conn)
+    assert (response.status_code, response.reason) == (200, b"OK")
+    assert await read_body(stream, conn) == b'{"a": 1}'
+
+
+async def test_http1_read_body_of_an_answer_framed_by_its_close() -> None:
+    conn, _, stream = await _get(b"HTTP/1.1 200 OK\r\n\r\nall of it")
+    await read_response(stream, conn)
+    assert await read_body(stream, conn) == b"all of it"
+
+
+async def test_http1_read_body_cut_short_is_a_protocol_error() -> None:
+    conn, _, stream = await _get(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\npart")
+    await read_response(stream, conn)
+    with pytest.raises(h11.RemoteProtocolError):
+        await read_body(stream, conn)
+
+
+async def test_http1_read_response_skips_informational_answers() -> None:
+    conn, _, stream = await _get(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+    assert (await read_response(stream, conn)).status_code == 204
+
+
+async def test_http1_read_response_of_a_peer_that_closed_at_once_is_no_answer() -> None:
+    conn, _, stream = await _get(b"")
+    with pytest.raises(NoAnswer):
+        await read_response(stream, conn)
+
+
+@pytest.mark.parametrize(
+    "answer_bytes",
+    [
+        b"SSH-2.0-OpenSSH_9.6\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 200 O",  # cut in its head
+        b"HTTP/1.1 100 Continue\r\n\r\n",  # an interim answer, then nothing
+    ],
+    ids=["garbage", "cut", "interim-only"],
+)
+async def test_http1_read_response_of_anything_else_is_a_protocol_error(
+    answer_bytes: bytes,
+) -> None:
+    conn, _, stream = await _get(answer_bytes)
+    with pytest.raises(h11.RemoteProtocolError):
+        await read_response(stream, conn)

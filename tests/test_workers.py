@@ -2,7 +2,7 @@
 
 The end-to-end tests run `wsproxy serve` with two workers in front of `websockets` echo
 backends, and read the fleet back through the supervisor's admin endpoint. Merging the workers'
-figures is also checked on its own, on fixed texts and documents.
+figures is checked on its own in tests/test_fleet.py.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from tests.test_cli import (
 from tests.test_pools import until
 from wsproxy.config import parse_config
 from wsproxy.metrics import merge
-from wsproxy.workers import Supervisor, for_worker, merge_pools
+from wsproxy.workers import Supervisor, for_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -392,51 +392,6 @@ def test_workers_merge_sums_series_and_keeps_families_together() -> None:
         'up{s="p"} 1\n'
         "# HELP start Start.\n# TYPE start gauge\nstart 100.25\n"
     )
-
-
-def test_workers_merge_pools_sums_counts_and_takes_the_best_health() -> None:
-    def server(name: str, health: str, sessions: int, listed: bool = True) -> dict[str, object]:
-        return {
-            "server": name,
-            "health": health,
-            "listed": listed,
-            "sessions": sessions,
-            "connecting": 0,
-            "sessions_total": sessions,
-            "failures_total": 1,
-            "check_problem": "" if health == "up" else "refused",
-            "ejected_for": 0.0 if health == "up" else 2.0,
-        }
-
-    first = [
-        {
-            "pool": "main",
-            "balance": "round_robin",
-            "healthy": 0,
-            "sessions": 3,
-            "servers": [server("a", "down", 3)],
-        }
-    ]
-    second = [
-        {
-            "pool": "main",
-            "balance": "round_robin",
-            "healthy": 1,
-            "sessions": 4,
-            "servers": [server("a", "up", 2), server("b", "up", 2, listed=False)],
-        }
-    ]
-    [pool] = merge_pools([first, second])
-    assert (pool["healthy"], pool["sessions"]) == (1, 7)
-    a, b = pool["servers"]
-    assert (a["health"], a["check_problem"], a["sessions"], a["failures_total"]) == (
-        "up",
-        "",
-        5,
-        2,
-    )
-    assert a["ejected_for"] == 0.0
-    assert (b["server"], b["listed"], b["sessions"]) == ("b", False, 2)
 
 
 def test_workers_for_worker_takes_the_supervisors_ports_and_no_admin(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ Invariants:
   load balancer sees `/readyz` turn 503 the moment the drain starts.
 - `/readyz` is 200 only while the proxy accepts sessions and every pool has a healthy server.
 - Every figure is read when asked, from an `AdminView`: one proxy (`ProxyView`, which reads a
-  `Served` process), or with `workers` > 1 the supervisor's sum over its workers; nothing here
-  keeps state of its own, and nothing here knows the server's class.
+  `Served` process), or with `workers` > 1 the supervisor's merge of its workers
+  (`fleet.FleetView`); nothing here keeps state of its own, and nothing here knows the
+  server's class or the supervisor's.
 """
 
 from __future__ import annotations
@@ -20,15 +21,15 @@ import resource
 import time
 from collections import Counter as Tally
 from collections.abc import Collection
-from dataclasses import asdict
-from http import HTTPStatus
+from dataclasses import asdict, dataclass
 from typing import Final, Protocol
 
 import h11
 import trio
 
 from wsproxy import __version__
-from wsproxy.http1 import next_event, response_head
+from wsproxy.balancer import PoolStatus
+from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
 from wsproxy.registry import LiveSession
@@ -37,7 +38,21 @@ from wsproxy.snapshot import Snapshot
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT: Final = 10.0
+NO_STORE: Final = ((b"cache-control", b"no-store"),)
 _STARTED: Final = time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStatus:
+    """The `/status` document of one process (the supervisor's adds its workers)."""
+
+    version: str
+    ready: bool
+    not_ready_because: str
+    draining: bool
+    connections: int  # client connections open, admitted or not
+    sessions: int  # sessions being relayed
+    pools: tuple[PoolStatus, ...]
 
 
 class AdminView(Protocol):
@@ -46,7 +61,7 @@ class AdminView(Protocol):
     async def not_ready(self) -> str:
         """Why no new sessions should come now, or "" when they should."""
 
-    async def status(self) -> dict[str, object]:
+    async def status(self) -> ProcessStatus:
         """The `/status` document."""
 
     async def metrics(self) -> str:
@@ -93,7 +108,7 @@ class ProxyView:
     async def not_ready(self) -> str:
         return not_ready(self.proxy)
 
-    async def status(self) -> dict[str, object]:
+    async def status(self) -> ProcessStatus:
         return status(self.proxy)
 
     async def metrics(self) -> str:
@@ -124,14 +139,15 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
             except Exception:  # a bug in one answer must stop neither the endpoint nor the proxy
                 log.exception("admin request for %s failed", request.target.decode("latin-1"))
                 status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
-            headers = (
-                (b"content-type", content_type.encode()),
-                (b"content-length", b"%d" % len(body)),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
+            await stream.send_all(
+                answer(
+                    status,
+                    content_type.encode(),
+                    body,
+                    extra=NO_STORE,
+                    head=request.method == b"HEAD",
+                )
             )
-            head = response_head(status, HTTPStatus(status).phrase.encode(), headers)
-            await stream.send_all(head + (b"" if request.method == b"HEAD" else body))
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
@@ -158,7 +174,7 @@ async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, byte
     if path == b"/metrics":
         return 200, CONTENT_TYPE, (await view.metrics()).encode()
     if path == b"/status":
-        return 200, "application/json", json.dumps(await view.status(), indent=1).encode()
+        return 200, "application/json", json.dumps(asdict(await view.status()), indent=1).encode()
     if path == b"/":
         return 200, "text/html; charset=utf-8", PAGE.encode()
     return (
@@ -178,18 +194,18 @@ def not_ready(proxy: Served) -> str:
     return f"no healthy server in pool {', '.join(empty)}" if empty else ""
 
 
-def status(proxy: Served) -> dict[str, object]:
+def status(proxy: Served) -> ProcessStatus:
     problem = not_ready(proxy)
     registry = proxy.registry
-    return {
-        "version": __version__,
-        "ready": not problem,
-        "not_ready_because": problem,
-        "draining": proxy.stopping,
-        "connections": registry.connections,
-        "sessions": len(registry.live()),
-        "pools": [asdict(pool) for pool in proxy.snapshot.status(trio.current_time())],
-    }
+    return ProcessStatus(
+        version=__version__,
+        ready=not problem,
+        not_ready_because=problem,
+        draining=proxy.stopping,
+        connections=registry.connections,
+        sessions=len(registry.live()),
+        pools=tuple(proxy.snapshot.status(trio.current_time())),
+    )
 
 
 def metrics_text(proxy: Served) -> str:

@@ -6,7 +6,7 @@ Invariants:
   and pools (the demo's echo backends are the example's servers), listening on 127.0.0.1 and
   allowing the page's origins. tests/test_demo.py checks that the two agree, so the example
   stays the one documented file and the demo cannot drift from it.
-- The page is served by a small HTTP responder of its own (h11), because the proxy's ports answer
+- The page is served by a small HTTP responder of its own (`http1`), as the proxy's ports answer
   plain HTTP with 426: GET or HEAD `/` gets the page, other paths 404, other methods 405, one
   request per connection. The page is one HTML document with its script inline: it loads
   nothing from anywhere else.
@@ -20,7 +20,6 @@ import functools
 import logging
 import signal
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Final
 
 import h11
@@ -28,6 +27,7 @@ import trio
 
 from wsproxy.config import Config, parse_config
 from wsproxy.echo import serve_echo
+from wsproxy.http1 import answer, next_event
 from wsproxy.listening import ListenError, accept_forever, open_listeners
 from wsproxy.server import Proxy
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 HOST: Final = "127.0.0.1"
 REQUEST_TIMEOUT: Final = 10.0
-_CHUNK: Final = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,22 +153,15 @@ async def _answer(stream: trio.SocketStream, page_body: bytes) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         with trio.move_on_after(REQUEST_TIMEOUT):
-            while (event := conn.next_event()) is h11.NEED_DATA:
-                conn.receive_data(bytes(await stream.receive_some(_CHUNK)))
+            event = await next_event(stream, conn)
             if not isinstance(event, h11.Request):
                 return
             status, content_type, body = respond(event, page_body)
-            headers = [
-                (b"content-type", content_type.encode()),
-                (b"content-length", b"%d" % len(body)),
-                (b"cache-control", b"no-store"),
-                (b"connection", b"close"),
-            ]
-            reason = HTTPStatus(status).phrase.encode()
-            data = conn.send(h11.Response(status_code=status, headers=headers, reason=reason))
-            if event.method != b"HEAD":
-                data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
-            await stream.send_all((data or b"") + (conn.send(h11.EndOfMessage()) or b""))
+            head = event.method == b"HEAD"
+            extra = ((b"cache-control", b"no-store"),)
+            await stream.send_all(
+                answer(status, content_type.encode(), body, extra=extra, head=head)
+            )
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:

@@ -4,7 +4,7 @@ Invariants:
 - One task per connection does all of that connection's reading and writing, so no lock is needed.
   It answers each event (echo, pong, close) before it reads more bytes: a client that stops reading
   stops being read, and a connection holds at most one message (and its echo) in memory.
-- h11 reads the request head. A request without `Upgrade` is plain HTTP and h11 answers it: GET and
+- h11 reads the request head. A request without `Upgrade` is plain HTTP (`http1.answer`): GET and
   HEAD get 200 `text/plain` "wsproxy echo backend" (a health check needs no WebSocket client),
   other methods 405; every plain answer ends the connection. A GET with `Upgrade` goes to wsproto,
   which either accepts it (any path, the client's first subprotocol, permessage-deflate when
@@ -22,7 +22,6 @@ Invariants:
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from typing import Final
 
 import h11
@@ -43,6 +42,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import RemoteProtocolError
 
+from wsproxy.http1 import TEXT, answer, next_event
 from wsproxy.listening import ListenError, accept_forever
 
 LOGGER = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ REQUEST_TIMEOUT: Final = 10.0
 CLOSE_TIMEOUT: Final = 5.0
 
 BANNER: Final = b"wsproxy echo backend\n"
+ALLOW: Final = ((b"allow", b"GET, HEAD"),)
 
 _GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -178,7 +179,7 @@ async def _serve_connection(stream: trio.abc.Stream, peer: str) -> None:
             request = await _read_request(stream, http)
         except h11.RemoteProtocolError as exc:
             LOGGER.debug("%s: bad HTTP request: %s", peer, exc)
-            await _send(stream, _plain_answer(http, exc.error_status_hint, b"bad request\n"))
+            await _send(stream, answer(exc.error_status_hint, TEXT, b"bad request\n"))
             return
     if request is None:
         LOGGER.debug("%s: no complete request within %s s", peer, REQUEST_TIMEOUT)
@@ -186,10 +187,10 @@ async def _serve_connection(stream: trio.abc.Stream, peer: str) -> None:
 
     upgrade = any(name == b"upgrade" for name, _ in request.headers)
     if request.method == b"HEAD" or (request.method == b"GET" and not upgrade):
-        await _send(stream, _plain_answer(http, 200, BANNER, head=request.method == b"HEAD"))
+        await _send(stream, answer(200, TEXT, BANNER, head=request.method == b"HEAD"))
         return
     if request.method != b"GET":
-        await _send(stream, _plain_answer(http, 405, b"method not allowed\n", allow=True))
+        await _send(stream, answer(405, TEXT, b"method not allowed\n", extra=ALLOW))
         return
 
     ws = WSConnection(ConnectionType.SERVER)
@@ -206,35 +207,25 @@ async def _serve_connection(stream: trio.abc.Stream, peer: str) -> None:
 
 
 async def _read_request(stream: trio.abc.ReceiveStream, http: h11.Connection) -> h11.Request:
-    """Read one request to its end (any body is discarded); `h11.RemoteProtocolError` if bad."""
+    """Read one request to its end (any body is discarded); `h11.RemoteProtocolError` if bad,
+    `_PeerGone` if the peer leaves first."""
     request: h11.Request | None = None
     while True:
-        event = http.next_event()
+        try:
+            event = await next_event(stream, http)
+        except _GONE as exc:
+            raise _PeerGone from exc
+        except h11.RemoteProtocolError as exc:
+            if http.trailing_data[1]:  # it left in the middle of its request
+                raise _PeerGone from exc
+            raise
         if isinstance(event, h11.Request):
             request = event
         elif isinstance(event, h11.EndOfMessage) and request is not None:
             return request
-        elif not isinstance(event, h11.Event):  # NEED_DATA; PAUSED only comes after EndOfMessage
-            http.receive_data(await _receive(stream))
+        elif isinstance(event, h11.ConnectionClosed):
+            raise _PeerGone
         # h11.Data is the body of a plain request, which nothing here reads.
-
-
-def _plain_answer(
-    http: h11.Connection, status: int, body: bytes, *, head: bool = False, allow: bool = False
-) -> bytes:
-    """A whole `text/plain` response that ends the connection (headers only if `head`)."""
-    headers = [
-        (b"content-type", b"text/plain; charset=utf-8"),
-        (b"content-length", b"%d" % len(body)),
-        (b"connection", b"close"),
-    ]
-    if allow:
-        headers.append((b"allow", b"GET, HEAD"))
-    response = h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
-    data = http.send(response) or b""
-    if not head:
-        data += http.send(h11.Data(data=body)) or b""
-    return data + (http.send(h11.EndOfMessage()) or b"")
 
 
 def _accept(ws: WSConnection) -> bytes:

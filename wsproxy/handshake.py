@@ -18,7 +18,6 @@ import binascii
 import hashlib
 import ipaddress
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Final
 
 import h11
@@ -348,22 +347,6 @@ def client_accept_response(
     return h11.InformationalResponse(
         status_code=101, headers=headers, reason=b"Switching Protocols"
     )
-
-
-def reject_response(reject: Reject) -> tuple[h11.Response, bytes]:
-    """The whole HTTP answer for a refusal: head and plain-text body; the connection then closes."""
-    body = (reject.reason + "\n").encode("utf-8")
-    try:
-        phrase = HTTPStatus(reject.status).phrase.encode("ascii")
-    except ValueError:
-        phrase = b""
-    headers = [
-        (b"Content-Type", b"text/plain; charset=utf-8"),
-        (b"Content-Length", str(len(body)).encode("ascii")),
-        (b"Connection", b"close"),
-        *reject.headers,
-    ]
-    return h11.Response(status_code=reject.status, headers=headers, reason=phrase), body
 
 
 def reject_from_h11_error(exc: h11.RemoteProtocolError) -> Reject:

@@ -43,6 +43,7 @@ from wsproto.events import (
 from wsproxy import __version__
 from wsproxy.balancer import PoolBalancer
 from wsproxy.config import HealthCheck
+from wsproxy.http1 import NoAnswer, read_response, send_get
 from wsproxy.servers import ServerState
 from wsproxy.upstream import Dial, connect
 
@@ -141,29 +142,17 @@ def _host(server: ServerState) -> bytes:
 
 
 async def _http(stream: trio.abc.Stream, server: ServerState, path: str) -> str | None:
-    conn = h11.Connection(h11.CLIENT)
-    request = h11.Request(
-        method=b"GET",
-        target=path.encode("latin-1"),
-        headers=[(b"Host", _host(server)), (b"User-Agent", _USER_AGENT), (b"Connection", b"close")],
-    )
-    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-    answered = False
+    headers = ((b"Host", _host(server)), (b"User-Agent", _USER_AGENT), (b"Connection", b"close"))
+    conn = await send_get(stream, path.encode("latin-1"), headers)
     try:
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = bytes(await stream.receive_some(_CHUNK))
-                if not data and not answered:
-                    return f"health check: GET {path} got no answer"
-                answered = True
-                conn.receive_data(data)
-            elif isinstance(event, h11.Response):
-                if 200 <= event.status_code < 400:
-                    return None
-                return f"health check: GET {path} answered {event.status_code}"
+        response = await read_response(stream, conn)
+    except NoAnswer:
+        return f"health check: GET {path} got no answer"
     except h11.RemoteProtocolError:
         return f"health check: GET {path} got an answer that is not valid HTTP"
+    if 200 <= response.status_code < 400:
+        return None
+    return f"health check: GET {path} answered {response.status_code}"
 
 
 async def _websocket(stream: trio.abc.Stream, server: ServerState, path: str) -> str | None:

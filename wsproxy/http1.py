@@ -1,23 +1,43 @@
 """HTTP/1.1 as wsproxy speaks it outside the WebSocket stream: one writer for the answers it
-gives (refusals, pass-through, the 101, the admin endpoint) and one reader of the next h11 event.
+gives (refusals, pass-through, the 101, the admin endpoint, the echo backend, the demo page),
+one reader of the next h11 event, and the client side of a plain GET (health checks, the
+supervisor asking its workers).
 
 Invariants:
-- An answer is written by `answer_bytes` only: status line with the reason given, the headers
-  in order as given, a blank line, then the body (none for a HEAD request's answer).
+- An answer's head is written by `response_head` only: status line with the reason given, the
+  headers in order as given, a blank line. `answer` adds the framing every whole answer of
+  ours has: content-type, content-length, `connection: close`, then its extra headers, then the
+  body (none for a HEAD request's answer).
 - `next_event` never returns `h11.NEED_DATA`: it reads from the stream until h11 has an event;
   the peer closing yields h11's own `ConnectionClosed` or `RemoteProtocolError`.
+- `read_response` tells a peer that closed before sending a byte (`NoAnswer`) from one whose
+  bytes are not an answer (`h11.RemoteProtocolError`); informational answers are skipped.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Final
 
 import h11
 import trio
 
-from wsproxy.handshake import Headers
+from wsproxy.handshake import Headers, Reject
 
 CHUNK: Final = 65536
+TEXT: Final = b"text/plain; charset=utf-8"
+
+
+class NoAnswer(Exception):
+    """The peer closed the connection before it sent a byte of its answer."""
+
+
+def reason_of(status: int) -> bytes:
+    """The standard reason phrase of `status` (empty for a status HTTP does not name)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
@@ -26,6 +46,24 @@ def response_head(status: int, reason: bytes, headers: Headers) -> bytes:
     lines += [b"%s: %s\r\n" % (name, value) for name, value in headers]
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def answer(
+    status: int, content_type: bytes, body: bytes, *, extra: Headers = (), head: bool = False
+) -> bytes:
+    """A whole answer that ends the connection; `head`: the answer to a HEAD request."""
+    headers = (
+        (b"content-type", content_type),
+        (b"content-length", b"%d" % len(body)),
+        (b"connection", b"close"),
+        *extra,
+    )
+    return response_head(status, reason_of(status), headers) + (b"" if head else body)
+
+
+def refusal(reject: Reject) -> bytes:
+    """The whole answer refusing a client: its status and headers, its reason as plain text."""
+    return answer(reject.status, TEXT, (reject.reason + "\n").encode("utf-8"), extra=reject.headers)
 
 
 async def next_event(
@@ -37,3 +75,38 @@ async def next_event(
         if event is not h11.NEED_DATA:
             return event  # type: ignore[return-value]
         conn.receive_data(bytes(await stream.receive_some(CHUNK)))
+
+
+async def send_get(stream: trio.abc.SendStream, target: bytes, headers: Headers) -> h11.Connection:
+    """Send `GET target` with `headers` (Host among them); the connection to read the answer
+    with (`read_response`, `read_body`)."""
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(method=b"GET", target=target, headers=list(headers))
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    return conn
+
+
+async def read_response(stream: trio.abc.ReceiveStream, conn: h11.Connection) -> h11.Response:
+    """The final answer's head to the request sent on `conn`. Raises `NoAnswer` if the peer
+    closed before its first byte, `h11.RemoteProtocolError` for anything else but an answer."""
+    informed = False  # an informational answer came, so the peer did answer
+    while True:
+        try:
+            event = await next_event(stream, conn)
+        except h11.RemoteProtocolError:
+            if not informed and conn.trailing_data == (b"", True):
+                raise NoAnswer from None
+            raise
+        if isinstance(event, h11.Response):
+            return event
+        informed = True  # an InformationalResponse: a client sees nothing else before the answer
+
+
+async def read_body(stream: trio.abc.ReceiveStream, conn: h11.Connection) -> bytes:
+    """The rest of the answer whose head `read_response` gave, to its end."""
+    parts: list[bytes] = []
+    while isinstance(event := await next_event(stream, conn), h11.Data):
+        parts.append(bytes(event.data))
+    if not isinstance(event, h11.EndOfMessage):  # h11 raises first; this keeps the loop finite
+        raise h11.RemoteProtocolError("the answer ended before its body")
+    return b"".join(parts)

@@ -12,14 +12,13 @@ Invariants:
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
 
-from wsproxy.handshake import Reject, reject_from_h11_error, reject_response
-from wsproxy.http1 import response_head
+from wsproxy.handshake import Reject, reject_from_h11_error
+from wsproxy.http1 import refusal, response_head
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
 
 if TYPE_CHECKING:  # upstream reads its backends' answers with `read_head`
@@ -94,11 +93,7 @@ def parse_request(head: bytes) -> h11.Request | Reject:
 
 
 async def refuse(stream: trio.abc.Stream, reject: Reject) -> None:
-    response, body = reject_response(reject)
-    phrase = HTTPStatus(reject.status).phrase.encode()
-    await _answer_and_close(
-        stream, response_head(reject.status, phrase, tuple(response.headers)) + body
-    )
+    await _answer_and_close(stream, refusal(reject))
 
 
 async def pass_through(stream: trio.abc.Stream, answer: Passthrough) -> None:

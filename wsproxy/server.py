@@ -20,7 +20,6 @@ import functools
 import logging
 import os
 import random
-import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
@@ -37,6 +36,7 @@ from wsproxy.logs import change_logging
 from wsproxy.registry import Registry
 from wsproxy.relay import CLOSE_TIMEOUT
 from wsproxy.servers import ServerStates
+from wsproxy.signals import SIGNALS, ProxySignals, obey
 from wsproxy.snapshot import build_snapshot, keep_up, resolve_names, restartless, retire
 from wsproxy.upstream import Dial, dial_tcp
 
@@ -202,7 +202,7 @@ class Proxy:
         """`serve` until SIGTERM or SIGINT, which start the drain; a second one stops at once.
         SIGHUP reloads the configuration from `load`. `reuse_port` and `admin` are for
         workers: shared ports, and an admin listener of the supervisor's choosing."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(*SIGNALS) as signals:
             listeners, bound = await open_listeners(self.config, reuse_port=reuse_port)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.obey, signals, nursery.cancel_scope, load)
@@ -215,26 +215,9 @@ class Proxy:
         scope: trio.CancelScope,
         load: Callable[[], Config] | None = None,
     ) -> None:
-        """SIGHUP reloads from `load`; the first other signal starts the drain, and a second
-        one cancels `scope` at once."""
-        async with trio.open_nursery() as reloads:  # a slow reload never delays a drain
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                if signum == signal.SIGHUP:
-                    if load is None:
-                        log.warning("SIGHUP ignored: no configuration file to reload")
-                    else:
-                        log.info("SIGHUP: reloading the configuration")
-                        reloads.start_soon(self.reload, load)
-                elif self.stopping:
-                    log.warning("%s while draining: stopping now", name)
-                    scope.cancel()
-                    break
-                else:
-                    drain = self.config.shutdown.drain_timeout
-                    log.info("%s: draining (sessions get up to %gs)", name, drain)
-                    self.stop()
-            reloads.cancel_scope.cancel()
+        """`obey` for this proxy: SIGHUP reloads from `load`; the first other signal starts
+        the drain, and a second one cancels `scope` at once."""
+        await obey(signals, ProxySignals(self, scope, load))
 
     async def _drain(self, handlers: trio.Nursery) -> None:
         shutdown = self.config.shutdown

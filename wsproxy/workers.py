@@ -22,39 +22,41 @@ Invariants:
   MAX_RESTART_PAUSE. A worker that exits before every worker has first become ready stops the
   start: the other workers are stopped and the supervisor exits 1.
 - The admin endpoint is the supervisor's. Each worker answers admin requests on a Unix socket
-  of its own; `/metrics` and `/status` combine the workers' answers (counts summed, health the
-  best any worker sees) with the supervisor's own figures. Totals never go down: a worker that
-  does not answer in ASK_TIMEOUT counts with its last answer, and the totals of a worker that
-  died are kept as a base under its successor's.
+  of its own; `/metrics` and `/status` combine the workers' answers (`fleet`: counts summed,
+  health the best any worker sees) with the supervisor's own figures. Totals never go down: a
+  worker that does not answer in ASK_TIMEOUT counts with its last answer, and the totals of a
+  worker that died are kept as a base under its successor's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Final
 
+import h11
 import trio
 
-from wsproxy import __version__
 from wsproxy.admin import serve_admin
 from wsproxy.config import Config, ConfigError, read_config
+from wsproxy.fleet import FleetView
+from wsproxy.http1 import NoAnswer, read_body, read_response, send_get
 from wsproxy.listening import ListenError, bind_shared, host_port
 from wsproxy.logs import change_logging
-from wsproxy.metrics import Counter, Gauge, ProxyMetrics, cumulative, merge, render
+from wsproxy.metrics import Counter, Family, ProxyMetrics, cumulative, merge
 from wsproxy.server import Proxy
-from wsproxy.snapshot import build_snapshot
+from wsproxy.signals import SIGNALS, obey
+from wsproxy.snapshot import build_snapshot, restartless
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,6 @@ YOUNG: Final = 10.0  # a worker that dies sooner than this after its start doubl
 ASK_TIMEOUT: Final = 2.0  # seconds a worker has to answer an admin request
 ORPHAN_CHECK: Final = 0.5  # seconds between a worker's looks at whether its supervisor lives
 READY_POLL: Final = 0.02  # seconds between looks at whether a started worker answers
-_FORWARDED: Final = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_HEALTH_ORDER: Final = ("up", "ejected", "down")  # best first
 
 
 def for_worker(config: Config, ports: Sequence[int]) -> Config:
@@ -132,6 +132,17 @@ class Worker:
     metrics: str = ""  # the last /metrics it gave in this life
     base: str = ""  # the totals of its earlier lives
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def ask(self, path: str) -> tuple[int, str] | None:
+        """Its answer to `GET path` on its admin socket; None unless it runs and is ready."""
+        process = self.process
+        if not self.ready or process is None or process.returncode is not None:
+            return None
+        return await _ask(self.control, path)
+
 
 class Supervisor:
     """Starts `config.workers` workers, keeps them running, and stands for them all."""
@@ -161,7 +172,7 @@ class Supervisor:
 
     async def run(self) -> int:
         """Serve until signalled and every worker has exited; the exit code."""
-        with trio.open_signal_receiver(*_FORWARDED) as signals:
+        with trio.open_signal_receiver(*SIGNALS) as signals:
             held, ports = await self._hold_ports()
             try:
                 admin = await self._bind_admin()
@@ -187,9 +198,9 @@ class Supervisor:
         admin: trio.SocketListener | None,
     ) -> None:
         async with trio.open_nursery() as outer:
-            outer.start_soon(self._obey, signals)
+            outer.start_soon(obey, signals, self)
             if admin is not None:
-                await outer.start(serve_admin, self, admin)
+                await outer.start(serve_admin, FleetView(self), admin)
             async with trio.open_nursery() as running:
                 for worker in self.workers:
                     running.start_soon(self._keep_running, worker, ports)
@@ -328,17 +339,16 @@ class Supervisor:
 
     # ---------------------------------------------------------------- signals
 
-    async def _obey(self, signals: AsyncIterator[int]) -> None:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            if signum == signal.SIGHUP:
-                self._reload()
-            elif self.stopping:
-                log.warning("%s while draining: stopping the workers now", name)
-                self._forward(signum)
-            else:
-                log.info("%s: draining %d workers", name, len(self.workers))
-                self._stop(signum)
+    def drain(self, signum: signal.Signals) -> None:
+        log.info("%s: draining %d workers", signum.name, len(self.workers))
+        self._stop(signum)
+
+    def stop_now(self, signum: signal.Signals) -> None:
+        log.warning("%s while draining: stopping the workers now", signum.name)
+        self._forward(signum)
+
+    def hang_up(self, reloads: trio.Nursery) -> None:
+        self._reload()  # at once: the workers get SIGHUP before any signal that follows
 
     def _stop(self, signum: int) -> None:
         self._stopping.set()
@@ -359,12 +369,10 @@ class Supervisor:
             log.warning("SIGHUP ignored: the workers are draining")
             return
         try:
-            text, config = read_config(self.path, os.environ)
-            build_snapshot(config)  # the check every process that reads the file makes
-            moved = [(x.host, x.port) for x in config.listen] != [
-                (x.host, x.port) for x in self.config.listen
-            ]
-            if moved:
+            text, read = read_config(self.path, os.environ)
+            build_snapshot(read)  # the checks a proxy's reload makes (`Proxy.reload`)
+            config, moved = restartless(self.config, read)
+            if "listen addresses" in moved:
                 raise ConfigError(["listen: addresses change only on a restart (with workers)"])
         except ConfigError as exc:
             for problem in exc.problems:
@@ -372,11 +380,9 @@ class Supervisor:
             log.error("reload refused: the workers keep the configuration in use")
             self.reloads.inc("failure")
             return
-        if config.workers != self.config.workers or config.admin != self.config.admin:
+        if moved:  # admin or workers
             log.warning("reload: changes to admin or workers take effect on restart")
-        self.config = dataclasses.replace(
-            config, admin=self.config.admin, workers=len(self.workers)
-        )
+        self.config = config
         self._text = text
         self._write_copy(text)
         self.reloads.inc("success")
@@ -386,105 +392,9 @@ class Supervisor:
 
     # ---------------------------------------------------------------- the admin view
 
-    async def _ask_all(self, path: str) -> list[tuple[int, str] | None]:
-        """Each ready worker's answer to `path` (None for one that gave none)."""
-        answers: list[tuple[int, str] | None] = [None] * len(self.workers)
-
-        async def ask(index: int, worker: Worker) -> None:
-            answers[index] = await _ask(worker.control, path)
-
-        async with trio.open_nursery() as nursery:
-            for index, worker in enumerate(self.workers):
-                process = worker.process
-                if worker.ready and process is not None and process.returncode is None:
-                    nursery.start_soon(ask, index, worker)
-        return answers
-
-    async def not_ready(self) -> str:
-        if self.stopping:
-            return "draining"
-        answers = await self._ask_all("/readyz")
-        if not any(answers):
-            return "no worker is running"
-        for worker, answer in zip(self.workers, answers, strict=True):
-            if answer is None:
-                continue
-            status, body = answer
-            if status != 200:
-                return f"worker {worker.index}: {body.strip().removeprefix('not ready: ')}"
-        return ""
-
-    async def status(self) -> dict[str, object]:
-        problem = await self.not_ready()
-        answers = await self._ask_all("/status")
-        documents = [_json(answer) for answer in answers]
-        present = [doc for doc in documents if doc is not None]
-        return {
-            "version": __version__,
-            "ready": not problem,
-            "not_ready_because": problem,
-            "draining": self.stopping,
-            "connections": sum(doc.get("connections", 0) for doc in present),
-            "sessions": sum(doc.get("sessions", 0) for doc in present),
-            "pools": merge_pools([doc.get("pools", []) for doc in present]),
-            "workers": [
-                {
-                    "index": worker.index,
-                    "pid": worker.process.pid if worker.process is not None else None,
-                    "running": doc is not None,
-                    "restarts": worker.restarts,
-                    "sessions": doc.get("sessions", 0) if doc is not None else 0,
-                }
-                for worker, doc in zip(self.workers, documents, strict=True)
-            ],
-        }
-
-    async def metrics(self) -> str:
-        answers = await self._ask_all("/metrics")
-        reloads = self.reloads.name
-        texts: list[str] = []
-        answering = 0
-        for worker, answer in zip(self.workers, answers, strict=True):
-            if answer is not None and answer[0] == 200:
-                worker.metrics = _without(answer[1], reloads)
-                answering += 1
-            texts += [worker.base, worker.metrics]  # a silent worker counts with its last
-        running = Gauge(
-            "wsproxy_workers", "Worker processes answering the supervisor.", (), [((), answering)]
-        )
-        own = render([self.reloads, self.restarts, running])
-        return merge(
-            [*filter(None, texts), own],
-            highest={"wsproxy_backend_up"},
-            lowest={"process_start_time_seconds"},
-        )
-
-
-def merge_pools(each: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """The pools of several workers' `/status` as one: counts summed, a server's health the
-    best any worker sees (a session may go to that worker), listed if any lists it."""
-    pools: dict[str, dict[str, Any]] = {}
-    servers: dict[str, dict[str, dict[str, Any]]] = {}
-    for worker_pools in each:
-        for pool in worker_pools:
-            name = pool["pool"]
-            merged = pools.setdefault(name, {**pool, "healthy": 0, "sessions": 0})
-            merged["healthy"] = max(merged["healthy"], pool["healthy"])
-            merged["sessions"] += pool["sessions"]
-            known = servers.setdefault(name, {})
-            for server in pool["servers"]:
-                have = known.get(server["server"])
-                if have is None:
-                    known[server["server"]] = dict(server)
-                    continue
-                for key in ("sessions", "connecting", "sessions_total", "failures_total"):
-                    have[key] += server[key]
-                if _HEALTH_ORDER.index(server["health"]) < _HEALTH_ORDER.index(have["health"]):
-                    have["health"] = server["health"]
-                    have["check_problem"] = server["check_problem"]
-                have["listed"] = have["listed"] or server["listed"]
-                have["ejected_for"] = min(have["ejected_for"], server["ejected_for"])
-    return [{**pool, "servers": list(servers[name].values())} for name, pool in pools.items()]
+    def own_metrics(self) -> list[Family]:
+        """What the supervisor counts itself: reloads (once for all workers), restarts."""
+        return [self.reloads, self.restarts]
 
 
 async def _ask(control: str, path: str) -> tuple[int, str] | None:
@@ -493,38 +403,10 @@ async def _ask(control: str, path: str) -> tuple[int, str] | None:
         try:
             stream = await trio.open_unix_socket(control)
             async with stream:
-                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: worker\r\n\r\n".encode())
-                data = b""
-                while chunk := await stream.receive_some(65536):
-                    data += chunk
-        except (OSError, trio.BrokenResourceError):
+                conn = await send_get(stream, path.encode(), ((b"Host", b"worker"),))
+                response = await read_response(stream, conn)
+                body = await read_body(stream, conn)
+        except (OSError, trio.BrokenResourceError, h11.RemoteProtocolError, NoAnswer):
             return None
-        head, _, body = data.partition(b"\r\n\r\n")
-        parts = head.split(b" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            return None
-        return int(parts[1]), body.decode("utf-8", "replace")
+        return response.status_code, body.decode("utf-8", "replace")
     return None
-
-
-def _without(text: str, family: str) -> str:
-    """`text` without the samples and comments of metric `family`."""
-    return "\n".join(
-        line
-        for line in text.splitlines()
-        if not (
-            line.startswith((f"# HELP {family} ", f"# TYPE {family} ", f"{family}{{"))
-            or line.startswith(f"{family} ")
-        )
-    )
-
-
-def _json(answer: tuple[int, str] | None) -> dict[str, Any] | None:
-    """A worker's 200 answer as a JSON object, or None."""
-    if answer is None or answer[0] != 200:
-        return None
-    try:
-        document = json.loads(answer[1])
-    except ValueError:
-        return None
-    return document if isinstance(document, dict) else None

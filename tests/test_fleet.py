@@ -1,0 +1,347 @@
+"""wsproxy/fleet.py: the supervisor's admin view, merged from its workers' answers.
+
+The merging functions are checked on fixed values; `FleetView` on members that answer from a
+table (the real processes are tests/test_workers.py's)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import pytest
+
+from wsproxy import __version__
+from wsproxy.admin import ProcessStatus
+from wsproxy.balancer import PoolStatus
+from wsproxy.fleet import (
+    Answer,
+    FleetStatus,
+    FleetView,
+    Member,
+    WorkerStatus,
+    merge_metrics,
+    merge_pools,
+    merge_server,
+    merge_status,
+    not_ready_because,
+    parse_status,
+    without,
+)
+from wsproxy.metrics import Counter, Family
+from wsproxy.servers import ServerStatus
+
+
+def server(
+    name: str = "a", health: str = "up", sessions: int = 1, **changes: object
+) -> ServerStatus:
+    base = ServerStatus(
+        server=name,
+        url=f"ws://{name}:9000",
+        address="192.0.2.1",
+        port=9000,
+        weight=1,
+        health=health,
+        listed=True,
+        sessions=sessions,
+        connecting=0,
+        sessions_total=sessions,
+        failures_total=1,
+        check_problem="" if health == "up" else f"{health} here",
+        ejected_for=2.0 if health == "ejected" else 0.0,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
+    return PoolStatus(
+        pool=name,
+        balance="round_robin",
+        healthy=healthy,
+        sessions=sum(s.sessions for s in servers),
+        servers=servers,
+    )
+
+
+def process(connections: int = 2, sessions: int = 1, *pools: PoolStatus) -> ProcessStatus:
+    return ProcessStatus(
+        version=__version__,
+        ready=True,
+        not_ready_because="",
+        draining=False,
+        connections=connections,
+        sessions=sessions,
+        pools=pools,
+    )
+
+
+@dataclass
+class FakeMember:
+    index: int
+    answers: dict[str, Answer] = field(default_factory=dict)  # by path; missing: silent
+    pid: int | None = 100
+    restarts: int = 0
+    metrics: str = ""
+    base: str = ""
+    asked: list[str] = field(default_factory=list)
+
+    async def ask(self, path: str) -> Answer | None:
+        self.asked.append(path)
+        return self.answers.get(path)
+
+
+@dataclass
+class FakeSupervisor:
+    workers: Sequence[FakeMember]
+    stopping: bool = False
+    reloads: Counter = field(
+        default_factory=lambda: Counter("wsproxy_config_reloads_total", "Reloads.", ("result",))
+    )
+
+    def own_metrics(self) -> list[Family]:
+        return [self.reloads]
+
+
+# --- parse_status ------------------------------------------------------------------------------
+
+
+def test_fleet_parse_status_reads_back_what_a_worker_writes() -> None:
+    document = process(3, 2, pool("main", 1, server("a"), server("b", "ejected")))
+    text = json.dumps(asdict(document), indent=1)
+    assert parse_status((200, text)) == document
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        None,
+        (503, json.dumps(asdict(process()))),
+        (200, "not json"),
+        (200, "[1, 2]"),
+        (200, json.dumps({**asdict(process()), "extra": 1})),
+        (200, json.dumps({k: v for k, v in asdict(process()).items() if k != "pools"})),
+        (200, json.dumps({k: v for k, v in asdict(process()).items() if k != "sessions"})),
+        (200, json.dumps({**asdict(process()), "pools": [{"pool": "main"}]})),
+        (200, json.dumps({**asdict(process()), "pools": [1]})),
+    ],
+    ids=[
+        "none",
+        "not-200",
+        "not-json",
+        "not-an-object",
+        "unknown-key",
+        "no-pools",
+        "no-sessions",
+        "pool-without-servers",
+        "pool-not-an-object",
+    ],
+)
+def test_fleet_parse_status_of_anything_a_worker_does_not_give_is_none(
+    answer: Answer | None,
+) -> None:
+    assert parse_status(answer) is None
+
+
+# --- not_ready_because -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answers", "problem"),
+    [
+        ([], "no worker is running"),
+        ([None, None], "no worker is running"),
+        ([(200, "ready\n"), None], ""),
+        (
+            [None, (503, "not ready: no healthy server in pool main\n")],
+            "worker 1: no healthy server in pool main",
+        ),
+        ([(503, "not ready: draining\n"), (503, "not ready: other\n")], "worker 0: draining"),
+        ([(200, "ready\n"), (500, "internal error\n")], "worker 1: internal error"),
+    ],
+)
+def test_fleet_not_ready_because_the_first_worker_that_is_not(
+    answers: list[Answer | None], problem: str
+) -> None:
+    assert not_ready_because(list(range(len(answers))), answers) == problem
+
+
+# --- merge_server and merge_pools --------------------------------------------------------------
+
+
+def test_fleet_merge_server_sums_counts_and_takes_the_best_health_with_its_problem() -> None:
+    down = server("a", "down", 3, connecting=1)
+    up = server("a", "up", 2, listed=False, connecting=2)
+    for first, second in ((down, up), (up, down)):
+        merged = merge_server(first, second)
+        assert (merged.health, merged.check_problem) == ("up", "")
+        assert (merged.sessions, merged.connecting) == (5, 3)
+        assert (merged.sessions_total, merged.failures_total) == (5, 2)
+        assert merged.listed  # one lists it
+        assert (merged.url, merged.weight) == (first.url, first.weight)
+
+
+def test_fleet_merge_server_ejected_beats_down_and_the_shortest_ejection_counts() -> None:
+    merged = merge_server(server("a", "down"), server("a", "ejected", ejected_for=1.5))
+    assert (merged.health, merged.check_problem, merged.ejected_for) == (
+        "ejected",
+        "ejected here",
+        0.0,  # the down worker's: it does not eject the server at all
+    )
+
+
+def test_fleet_merge_server_on_a_tie_keeps_the_first_workers_problem() -> None:
+    first = server("a", "down", check_problem="refused")
+    second = server("a", "down", check_problem="timed out")
+    assert merge_server(first, second).check_problem == "refused"
+
+
+def test_fleet_merge_server_listed_by_neither_stays_unlisted() -> None:
+    assert not merge_server(server(listed=False), server(listed=False)).listed
+
+
+def test_fleet_merge_pools_sums_sessions_and_keeps_the_most_healthy() -> None:
+    first = [pool("main", 0, server("a", "down", 3))]
+    second = [pool("main", 1, server("a", "up", 2), server("b", "up", 2, listed=False))]
+    [merged] = merge_pools([first, second])
+    assert (merged.pool, merged.healthy, merged.sessions) == ("main", 1, 7)
+    a, b = merged.servers
+    assert (a.health, a.check_problem, a.sessions, a.failures_total) == ("up", "", 5, 2)
+    assert (b.server, b.listed, b.sessions) == ("b", False, 2)
+
+
+def test_fleet_merge_pools_keeps_the_order_pools_and_servers_are_first_seen_in() -> None:
+    first = [pool("chat", 1, server("c"))]
+    second = [pool("main", 1, server("b"), server("a")), pool("chat", 1, server("d"), server("c"))]
+    merged = merge_pools([first, second])
+    assert [(p.pool, [s.server for s in p.servers]) for p in merged] == [
+        ("chat", ["c", "d"]),
+        ("main", ["b", "a"]),
+    ]
+    assert merged[0].sessions == 3
+
+
+def test_fleet_merge_pools_of_no_worker_is_no_pool() -> None:
+    assert merge_pools([]) == ()
+    assert merge_pools([(), ()]) == ()
+
+
+# --- merge_status ------------------------------------------------------------------------------
+
+
+def test_fleet_merge_status_sums_the_answers_and_lists_every_worker() -> None:
+    members = [FakeMember(0, pid=10, restarts=1), FakeMember(1, pid=None), FakeMember(2, pid=12)]
+    documents = [
+        process(3, 2, pool("main", 0, server("a", "down", 2))),
+        None,
+        process(4, 1, pool("main", 1, server("a", "up", 1))),
+    ]
+    status = merge_status("worker 0: draining", True, members, documents)
+    assert status == FleetStatus(
+        version=__version__,
+        ready=False,
+        not_ready_because="worker 0: draining",
+        draining=True,
+        connections=7,
+        sessions=3,
+        pools=merge_pools([documents[0].pools, documents[2].pools]),  # type: ignore[union-attr]
+        workers=(
+            WorkerStatus(index=0, pid=10, running=True, restarts=1, sessions=2),
+            WorkerStatus(index=1, pid=None, running=False, restarts=0, sessions=0),
+            WorkerStatus(index=2, pid=12, running=True, restarts=0, sessions=1),
+        ),
+    )
+
+
+def test_fleet_status_document_is_one_process_document_and_its_workers() -> None:
+    status = merge_status("", False, [FakeMember(0)], [process()])
+    assert isinstance(status, ProcessStatus)
+    assert list(asdict(status)) == [*asdict(process()), "workers"]
+    assert status.ready
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+RELOADS = (
+    "# HELP wsproxy_config_reloads_total Reloads.\n"
+    "# TYPE wsproxy_config_reloads_total counter\n"
+    'wsproxy_config_reloads_total{result="success"} 4\n'
+)
+SESSIONS = "# HELP s_total S.\n# TYPE s_total counter\ns_total 2\n"
+
+
+def test_fleet_without_drops_a_family_and_only_that_one() -> None:
+    like = "# HELP wsproxy_config_reloads_totals X.\nwsproxy_config_reloads_totals 1\n"
+    bare = "wsproxy_config_reloads_total 3"
+    text = RELOADS + SESSIONS + like + bare
+    kept = without(text, ["wsproxy_config_reloads_total"])
+    assert kept.splitlines() == (SESSIONS + like).splitlines()
+    assert without(text, []) == text.rstrip("\n")
+
+
+def test_fleet_merge_metrics_sums_lives_and_adds_the_supervisors_own() -> None:
+    reloads = Counter("wsproxy_config_reloads_total", "Reloads.", ("result",))
+    reloads.inc("success")
+    text = merge_metrics([(SESSIONS, SESSIONS), ("", SESSIONS), ("", "")], [reloads], 2)
+    assert "s_total 6\n" in text
+    assert 'wsproxy_config_reloads_total{result="success"} 1\n' in text
+    assert "# TYPE wsproxy_workers gauge\nwsproxy_workers 2\n" in text
+
+
+def test_fleet_merge_metrics_backend_up_if_any_worker_sees_it_up() -> None:
+    up = (
+        "# HELP wsproxy_backend_up Up.\n# TYPE wsproxy_backend_up gauge\n"
+        'wsproxy_backend_up{s="a"} %d\n'
+    )
+    text = merge_metrics([("", up % 0), ("", up % 1)], [], 2)
+    assert 'wsproxy_backend_up{s="a"} 1\n' in text
+
+
+# --- FleetView ---------------------------------------------------------------------------------
+
+
+async def test_fleet_view_while_draining_asks_no_worker() -> None:
+    member = FakeMember(0)
+    view = FleetView(FakeSupervisor([member], stopping=True))
+    assert await view.not_ready() == "draining"
+    assert member.asked == []
+
+
+async def test_fleet_view_not_ready_asks_every_worker() -> None:
+    members = [FakeMember(0, {"/readyz": (200, "ready\n")}), FakeMember(1)]
+    assert await FleetView(FakeSupervisor(members)).not_ready() == ""
+    assert [m.asked for m in members] == [["/readyz"], ["/readyz"]]
+
+
+async def test_fleet_view_status_merges_what_the_workers_answer() -> None:
+    answers = {
+        "/readyz": (200, "ready\n"),
+        "/status": (200, json.dumps(asdict(process(1, 1, pool("main", 1, server()))))),
+    }
+    members = [FakeMember(0, answers), FakeMember(1, answers, restarts=2), FakeMember(2)]
+    status = await FleetView(FakeSupervisor(members)).status()
+    assert (status.ready, status.connections, status.sessions) == (True, 2, 2)
+    assert [(w.running, w.restarts, w.sessions) for w in status.workers] == [
+        (True, 0, 1),
+        (True, 2, 1),
+        (False, 0, 0),
+    ]
+
+
+async def test_fleet_view_metrics_keep_a_silent_workers_last_answer() -> None:
+    talking = FakeMember(0, {"/metrics": (200, RELOADS + SESSIONS)})
+    silent = FakeMember(1, metrics=SESSIONS, base=SESSIONS)
+    failing = FakeMember(2, {"/metrics": (500, "internal error\n")}, metrics=SESSIONS)
+    supervisor = FakeSupervisor([talking, silent, failing])
+    text = await FleetView(supervisor).metrics()
+    assert talking.metrics == SESSIONS.rstrip("\n")  # the worker's reload count is dropped
+    assert failing.metrics == SESSIONS
+    assert "s_total 8\n" in text
+    assert "wsproxy_workers 1\n" in text
+    assert 'result="success"} 4' not in text  # only the supervisor counts reloads
+
+
+def test_fleet_member_protocol_is_what_workers_give() -> None:
+    from wsproxy.workers import Worker
+
+    member: Member = Worker(0, "/nowhere")
+    assert (member.index, member.pid, member.restarts) == (0, None, 0)

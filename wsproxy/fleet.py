@@ -1,0 +1,242 @@
+"""The admin view of a supervisor and its workers (`workers` > 1): each worker's answers merged
+into the documents one process gives, so the admin endpoint serves either without knowing which.
+
+Invariants:
+- `FleetView` is an `admin.AdminView`; it keeps no figures of its own but each worker's last
+  `/metrics` and the totals of its earlier lives (`Member.metrics`, `Member.base`), so totals
+  never go down: a worker that does not answer counts with its last answer.
+- The merging is pure: `parse_status`, `merge_pools`, `merge_status`, `not_ready_because` and
+  `merge_metrics` read values and return values. Counts are summed; a server's health is the
+  best any worker sees (a session may go to that worker), with that worker's check problem; a
+  server is listed if any worker lists it and ejected for the shortest time any worker says.
+- A worker's answer that is not what a worker of this version gives counts as no answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final, Protocol
+
+import trio
+
+from wsproxy import __version__
+from wsproxy.admin import ProcessStatus
+from wsproxy.balancer import PoolStatus
+from wsproxy.metrics import Family, Gauge, merge, render
+from wsproxy.servers import ServerStatus
+
+HEALTH_ORDER: Final = ("up", "ejected", "down")  # best first
+_SUMMED: Final = ("sessions", "connecting", "sessions_total", "failures_total")
+
+Answer = tuple[int, str]  # a worker's answer to one admin request: status, body
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """One worker in the supervisor's `/status`."""
+
+    index: int
+    pid: int | None  # None before its first start
+    running: bool  # it answered this `/status`
+    restarts: int
+    sessions: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus(ProcessStatus):
+    """The supervisor's `/status`: one process's document over all workers, and each worker."""
+
+    workers: tuple[WorkerStatus, ...]
+
+
+class Member(Protocol):
+    """A worker as the fleet view reads it (`workers.Worker`)."""
+
+    metrics: str  # its last `/metrics` in this life, without the supervisor's own families
+    base: str  # the totals of its earlier lives
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def pid(self) -> int | None: ...
+
+    @property
+    def restarts(self) -> int: ...
+
+    async def ask(self, path: str) -> Answer | None:
+        """Its answer to `GET path`, or None (not running, not ready, or silent)."""
+
+
+class Supervised(Protocol):
+    """The supervisor as the fleet view reads it (`workers.Supervisor`)."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def workers(self) -> Sequence[Member]: ...
+
+    def own_metrics(self) -> list[Family]:
+        """The families the supervisor counts itself, in place of the workers' own."""
+
+
+class FleetView:
+    """The admin view of a supervisor: its workers' answers, merged."""
+
+    def __init__(self, supervisor: Supervised) -> None:
+        self.supervisor = supervisor
+
+    async def _ask_all(self, path: str) -> list[Answer | None]:
+        members = self.supervisor.workers
+        answers: list[Answer | None] = [None] * len(members)
+
+        async def ask(index: int, member: Member) -> None:
+            answers[index] = await member.ask(path)
+
+        async with trio.open_nursery() as nursery:
+            for index, member in enumerate(members):
+                nursery.start_soon(ask, index, member)
+        return answers
+
+    async def not_ready(self) -> str:
+        if self.supervisor.stopping:
+            return "draining"
+        answers = await self._ask_all("/readyz")
+        return not_ready_because([m.index for m in self.supervisor.workers], answers)
+
+    async def status(self) -> FleetStatus:
+        problem = await self.not_ready()
+        answers = await self._ask_all("/status")
+        documents = [parse_status(answer) for answer in answers]
+        return merge_status(problem, self.supervisor.stopping, self.supervisor.workers, documents)
+
+    async def metrics(self) -> str:
+        own = self.supervisor.own_metrics()
+        answers = await self._ask_all("/metrics")
+        members = self.supervisor.workers
+        for member, answer in zip(members, answers, strict=True):
+            if answer is not None and answer[0] == 200:
+                member.metrics = without(answer[1], [family.name for family in own])
+        answering = sum(1 for answer in answers if answer is not None and answer[0] == 200)
+        return merge_metrics([(m.base, m.metrics) for m in members], own, answering)
+
+
+def not_ready_because(indexes: Sequence[int], answers: Sequence[Answer | None]) -> str:
+    """Why the workers (numbered `indexes`) should get no new sessions, from their `/readyz`
+    answers: the first one that is not ready says why; none answering is not ready either."""
+    if all(answer is None for answer in answers):
+        return "no worker is running"
+    for index, answer in zip(indexes, answers, strict=True):
+        if answer is not None and answer[0] != 200:
+            return f"worker {index}: {answer[1].strip().removeprefix('not ready: ')}"
+    return ""
+
+
+def parse_status(answer: Answer | None) -> ProcessStatus | None:
+    """A worker's `/status` answer as data, or None for no answer or one no worker gives."""
+    if answer is None or answer[0] != 200:
+        return None
+    try:
+        document = json.loads(answer[1])
+        pools = tuple(_pool(pool) for pool in document.pop("pools"))
+        return ProcessStatus(**document, pools=pools)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def _pool(pool: dict[str, Any]) -> PoolStatus:
+    servers = tuple(ServerStatus(**server) for server in pool.pop("servers"))
+    return PoolStatus(**pool, servers=servers)
+
+
+def merge_status(
+    problem: str,
+    draining: bool,
+    members: Sequence[Member],
+    documents: Sequence[ProcessStatus | None],
+) -> FleetStatus:
+    """The supervisor's `/status` from each worker's (None: it did not answer)."""
+    present = [doc for doc in documents if doc is not None]
+    return FleetStatus(
+        version=__version__,
+        ready=not problem,
+        not_ready_because=problem,
+        draining=draining,
+        connections=sum(doc.connections for doc in present),
+        sessions=sum(doc.sessions for doc in present),
+        pools=merge_pools([doc.pools for doc in present]),
+        workers=tuple(
+            WorkerStatus(
+                index=member.index,
+                pid=member.pid,
+                running=doc is not None,
+                restarts=member.restarts,
+                sessions=doc.sessions if doc is not None else 0,
+            )
+            for member, doc in zip(members, documents, strict=True)
+        ),
+    )
+
+
+def merge_pools(each: Sequence[Sequence[PoolStatus]]) -> tuple[PoolStatus, ...]:
+    """The pools of several workers as one, in the order they are first seen, each pool's
+    servers too (see the module's invariants for how each figure merges)."""
+    pools: dict[str, PoolStatus] = {}
+    servers: dict[str, dict[str, ServerStatus]] = {}
+    for worker_pools in each:
+        for pool in worker_pools:
+            have = pools.get(pool.pool)
+            if have is None:
+                pools[pool.pool] = pool
+            else:
+                healthy, sessions = max(have.healthy, pool.healthy), have.sessions + pool.sessions
+                pools[pool.pool] = replace(have, healthy=healthy, sessions=sessions)
+            known = servers.setdefault(pool.pool, {})
+            for server in pool.servers:
+                seen = known.get(server.server)
+                known[server.server] = server if seen is None else merge_server(seen, server)
+    return tuple(
+        replace(pool, servers=tuple(servers[name].values())) for name, pool in pools.items()
+    )
+
+
+def merge_server(first: ServerStatus, second: ServerStatus) -> ServerStatus:
+    """One server as two workers see it."""
+    best = min(first, second, key=lambda s: HEALTH_ORDER.index(s.health))  # first on a tie
+    summed = {name: getattr(first, name) + getattr(second, name) for name in _SUMMED}
+    return replace(
+        first,
+        health=best.health,
+        check_problem=best.check_problem,
+        listed=first.listed or second.listed,
+        ejected_for=min(first.ejected_for, second.ejected_for),
+        **summed,
+    )
+
+
+def merge_metrics(lives: Sequence[tuple[str, str]], own: Sequence[Family], answering: int) -> str:
+    """The supervisor's `/metrics`: each worker's (the totals of its earlier lives, its last
+    text), its own families, and how many workers answered."""
+    running = Gauge(
+        "wsproxy_workers", "Worker processes answering the supervisor.", (), [((), answering)]
+    )
+    texts = [text for life in lives for text in life if text]
+    return merge(
+        [*texts, render([*own, running])],
+        highest={"wsproxy_backend_up"},
+        lowest={"process_start_time_seconds"},
+    )
+
+
+def without(text: str, families: Sequence[str]) -> str:
+    """`text` without the samples and comments of the metric `families`."""
+    return "\n".join(
+        line for line in text.splitlines() if not any(_of(line, family) for family in families)
+    )
+
+
+def _of(line: str, family: str) -> bool:
+    return line.startswith((f"# HELP {family} ", f"# TYPE {family} ", f"{family}{{", f"{family} "))
