@@ -127,7 +127,7 @@ async def raw_server(
     return int(listener.socket.getsockname()[1])
 
 
-async def accept_upgrade(stream: trio.SocketStream, first_frames: bytes = b"") -> None:
+async def accept_upgrade(stream: trio.abc.Stream, first_frames: bytes = b"") -> None:
     """Play a backend's side of the opening handshake by hand; `first_frames` ride with the 101."""
     request = b""
     while b"\r\n\r\n" not in request:

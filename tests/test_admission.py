@@ -15,10 +15,10 @@ import pytest
 import trio
 import trio.testing
 
+from tests.conftest import accept_upgrade
 from tests.helpers import CLIENT_KEY, Peer
 from wsproxy.admission import Admission
 from wsproxy.config import Config, parse_config
-from wsproxy.handshake import accept_value
 from wsproxy.intake import LINGER
 from wsproxy.listening import Listening
 from wsproxy.logs import RefusalRecord
@@ -66,20 +66,9 @@ async def read_head_of(stream: trio.abc.Stream) -> tuple[int, dict[bytes, bytes]
     return int(status_line.split(b" ")[1]), {k.lower(): v for k, v in headers.items()}, rest
 
 
-async def accept_upgrade(stream: trio.abc.Stream) -> None:
+async def accept_and_echo(stream: trio.abc.Stream) -> None:
     """A backend that says yes, then echoes frames back (unmasked) until the proxy leaves."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        data += await stream.receive_some(65536)
-    key = next(
-        line.split(b":", 1)[1].strip()
-        for line in data.split(b"\r\n")
-        if line.lower().startswith(b"sec-websocket-key:")
-    )
-    await stream.send_all(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n\r\n"
-    )
+    await accept_upgrade(stream)
     peer = Peer(stream, client=False)
     while (frame := await peer.receive()) is not None:
         if frame.opcode.name == "TEXT":
@@ -151,7 +140,7 @@ def caplog_info(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 async def test_admission_upgrade_relays_and_counts_the_connection_by_its_address(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    rig = Rig(nursery, config_with(), accept_upgrade)
+    rig = Rig(nursery, config_with(), accept_and_echo)
     client = rig.connect()
     await trio.sleep(1.0)
     assert (rig.registry.connections, dict(rig.registry.per_ip)) == (1, {PEER[0]: 1})
@@ -179,7 +168,7 @@ async def test_admission_head_not_whole_by_the_deadline_is_408_at_the_deadline(
     autojump_clock: trio.testing.MockClock,
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:
-    rig = Rig(nursery, config_with(), accept_upgrade)
+    rig = Rig(nursery, config_with(), accept_and_echo)
     client = rig.connect()
     await client.send_all(request()[:20])
     status, _, body = await read_head_of(client)
@@ -197,7 +186,7 @@ async def test_admission_proxy_header_names_the_client_for_limits_and_lines(
     autojump_clock: trio.testing.MockClock,
     caplog_info: pytest.LogCaptureFixture,
 ) -> None:
-    rig = Rig(nursery, config_with(security="  max_connections_per_ip: 1"), accept_upgrade)
+    rig = Rig(nursery, config_with(security="  max_connections_per_ip: 1"), accept_and_echo)
     rig.registry.opened()  # another connection from the PROXY header's client, already counted
     rig.registry.identified("198.51.100.9")
     client = rig.connect(listening=Listening(None, proxy_protocol=True))  # type: ignore[arg-type]
@@ -246,7 +235,7 @@ async def test_admission_refusals_judgement_route_and_backend(
 async def test_admission_failure_is_logged_with_the_given_address_and_uncounted(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rig = Rig(nursery, config_with(), accept_upgrade)
+    rig = Rig(nursery, config_with(), accept_and_echo)
 
     async def broken_dial(host: str, port: int) -> trio.abc.Stream:
         raise RuntimeError("a bug in a dial")
