@@ -53,6 +53,7 @@ from wsproxy.registry import LiveSession, Registry
 from wsproxy.relay import Session
 from wsproxy.snapshot import Snapshot
 from wsproxy.upstream import Dial, Passthrough, open_backend
+from wsproxy.wire import close_forcefully
 
 log = logging.getLogger("wsproxy.server")  # its lines keep the logger name they always had
 
@@ -112,7 +113,7 @@ class Admission:
             log.exception("session of %s:%s failed", peer[0], peer[1])
         finally:
             registry.closed(ip)
-            await trio.aclose_forcefully(stream)
+            await close_forcefully(stream)
 
     async def admit(
         self,

@@ -31,6 +31,7 @@ from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
 from wsproxy.metrics import ProxyMetrics, close_code_label
 from wsproxy.relay import Session
 from wsproxy.servers import ServerState
+from wsproxy.wire import close_forcefully
 
 RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 
@@ -118,7 +119,7 @@ class Registry:
             del self.sessions[session]
             live.balancer.ended(live.server)
             self._count_ended(session, trio.current_time() - started)
-            await trio.aclose_forcefully(session.backend.stream)
+            await close_forcefully(session.backend.stream)
         close = session.close
         messages_in, messages_out = session.messages
         write_access(

@@ -42,7 +42,7 @@ from wsproxy.frames import (
     close_payload,
     control_frame,
 )
-from wsproxy.wire import wire_for
+from wsproxy.wire import close_forcefully, wire_for
 
 CHUNK: Final = 65536
 # How long we wait for a peer to answer a close frame, or to take one, before dropping it.
@@ -139,7 +139,7 @@ class Session:
         finally:
             for leg in (self.client, self.backend):
                 leg.lost = True
-                await trio.aclose_forcefully(leg.stream)
+                await close_forcefully(leg.stream)
 
     async def shutdown(self, close: Close = closes.SHUTDOWN) -> None:
         """Ask both peers to close, as the proxy; the session ends when they have."""
@@ -330,7 +330,7 @@ class Session:
 
     async def _drop(self, leg: Leg) -> None:
         leg.lost = True
-        await trio.aclose_forcefully(leg.stream)
+        await close_forcefully(leg.stream)
         if self.client.lost and self.backend.lost:
             self._scope.cancel()
 

@@ -45,6 +45,7 @@ from wsproxy.intake import HeadTooLarge, read_head
 from wsproxy.servers import ServerState
 from wsproxy.tls import backend_context
 from wsproxy.units import is_address
+from wsproxy.wire import close_forcefully
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +125,14 @@ async def connect(
     try:
         await secure.do_handshake()
     except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
+        await close_forcefully(stream)
         cause = exc.__cause__
         why = (cause.reason or str(cause)) if isinstance(cause, ssl.SSLError) else "reset"
         if isinstance(cause, ssl.SSLCertVerificationError):
             why = f"certificate verify failed: {cause.verify_message}"
         raise ConnectionError(f"TLS handshake failed: {why}") from None
     except BaseException:
-        await trio.aclose_forcefully(stream)
+        await close_forcefully(stream)
         raise
     return secure
 
@@ -236,7 +237,7 @@ async def _try_server(
         return result
     finally:
         if not ok:
-            await trio.aclose_forcefully(stream)
+            await close_forcefully(stream)
 
 
 async def _handshake(
