@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -30,7 +31,7 @@ from typing import Final
 
 import trio
 
-from wsproxy import closes
+from wsproxy import closes, timers
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config
 from wsproxy.frames import (
@@ -124,6 +125,8 @@ class Session:
         self.close: Close | None = None  # the first close of the session, and who began it
         self.closed_by: Side | None = None
         self._scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None  # while running
+        self._timer: timers.Timer | None = None  # when the clocks are looked at next
         self._pings = 0
 
     # ---------------------------------------------------------------- running
@@ -133,10 +136,14 @@ class Session:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
-                    nursery.start_soon(self._watch, nursery)
+                    self._due()  # the keepalive and idle clocks start
                     await self._pump(self.client, self.backend, self._client_prefix)
         finally:
+            self._nursery = None
+            if self._timer is not None:
+                self._timer.cancel()
             for leg in (self.client, self.backend):
                 leg.lost = True
                 await close_forcefully(leg.stream)
@@ -336,42 +343,70 @@ class Session:
 
     # ---------------------------------------------------------------- keepalive and idle
 
-    async def _watch(self, nursery: trio.Nursery) -> None:
-        """Ping silent legs, drop legs that stay silent, and close the session when idle.
+    def _due(self) -> None:
+        """Look at the clocks now (the timer set for now, or the session's start): start the
+        pings due, and set the timer for the next instant; anything that waits (idle close,
+        dropping a silent leg) goes to a task of its own, `_watch`."""
+        self._timer = None
+        nursery = self._nursery
+        if nursery is None:
+            return  # the session has ended
+        due = self._scan(trio.current_time(), nursery)
+        if isinstance(due, float):
+            if due < math.inf:
+                self._timer = timers.at(due, self._due)
+            return
+        with contextlib.suppress(RuntimeError):  # the nursery closed as its last task ended
+            nursery.start_soon(self._watch, due)
 
-        Pings go out from tasks of their own: one leg that takes its time to accept a ping
-        must not hold up the other leg's clock.
+    async def _watch(self, due: Leg | None) -> None:
+        """Close the idle session (`due` None), or drop a silent leg and look again."""
+        while True:
+            if due is None:
+                await self.shutdown(closes.IDLE)
+                return  # the clocks stop
+            await self._lose(due)
+            nursery = self._nursery
+            if nursery is None:
+                return
+            after = self._scan(trio.current_time(), nursery)
+            if isinstance(after, float):
+                if after < math.inf:
+                    self._timer = timers.at(after, self._due)
+                return
+            due = after
+
+    def _scan(self, now: float, nursery: trio.Nursery) -> float | Leg | None:
+        """Ping silent legs (each from a task of its own: one leg that takes its time to accept
+        a ping must not hold up the other leg's clock), and say what else is due: None when
+        the session is idle, a leg silent past its timeout, or else the next instant to look.
         """
         interval, timeout, idle = self._ping_interval, self._ping_timeout, self._idle
-        legs = (self.client, self.backend)
-        while True:
-            now = trio.current_time()
-            wake = math.inf
-            if idle:
-                idle_at = self.last_relay + idle
-                if now >= idle_at:
-                    await self.shutdown(closes.IDLE)
-                    return
-                wake = idle_at
-            if interval:
-                for leg in legs:
-                    if leg.lost or leg.sent_close:
-                        continue
-                    if leg.held and not self._other(leg).held:  # its silence is ours
-                        wake = min(wake, now + interval)
-                        continue
-                    ping_at = leg.last_rx + interval
-                    dead_at = ping_at + timeout
-                    if now >= dead_at:
-                        await self._lose(leg)
-                    elif now >= ping_at:
-                        if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
-                            leg.pinged_at = now
-                            nursery.start_soon(self._ping, leg)
-                        wake = min(wake, dead_at)
-                    else:
-                        wake = min(wake, ping_at)
-            await trio.sleep_until(wake)
+        wake = math.inf
+        if idle:
+            idle_at = self.last_relay + idle
+            if now >= idle_at:
+                return None
+            wake = idle_at
+        if interval:
+            for leg in (self.client, self.backend):
+                if leg.lost or leg.sent_close:
+                    continue
+                if leg.held and not self._other(leg).held:  # its silence is ours
+                    wake = min(wake, now + interval)
+                    continue
+                ping_at = leg.last_rx + interval
+                dead_at = ping_at + timeout
+                if now >= dead_at:
+                    return leg
+                if now >= ping_at:
+                    if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
+                        leg.pinged_at = now
+                        nursery.start_soon(self._ping, leg)
+                    wake = min(wake, dead_at)
+                else:
+                    wake = min(wake, ping_at)
+        return wake
 
     async def _ping(self, leg: Leg) -> None:
         self._pings += 1
