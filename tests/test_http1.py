@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import h11
+import pytest
 import trio
 import trio.testing
+from hypothesis import given, strategies as st
 
-from wsproxy.http1 import next_event, response_head
+from wsproxy.http1 import next_event, response_head, switching_headers
 
 
 def test_http1_response_head_keeps_the_reason_and_the_header_order() -> None:
@@ -39,3 +41,87 @@ async def test_http1_next_event_gives_h11s_own_event_for_a_peer_that_left() -> N
     ours, theirs = trio.testing.memory_stream_pair()
     await theirs.aclose()
     assert isinstance(await next_event(ours, h11.Connection(h11.SERVER)), h11.ConnectionClosed)
+
+
+# ---------------------------------------------------------------- switching_headers
+
+
+def _h11_reads(head: bytes) -> h11.Event | None:
+    """What an h11 client that sent an upgrade request reads from `head`; None if it refuses."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(
+        h11.Request(
+            method="GET",
+            target="/",
+            headers=[("host", "x"), ("upgrade", "websocket"), ("connection", "upgrade")],
+        )
+    )
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(head)
+    try:
+        return conn.next_event()  # type: ignore[return-value]
+    except h11.RemoteProtocolError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 101\r\n\r\n",  # no reason, no headers
+        b"HTTP/1.1 101 \r\nX-A:b\r\nX-B: \t spaced  out \t\r\nX-Empty:\r\n\r\n",
+        b"HTTP/1.1 101 Ok\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nX-Latin: \xe9t\xe9\r\n\r\n",
+    ],
+    ids=["plain", "bare", "whitespace", "repeated-and-obs-text"],
+)
+def test_http1_switching_headers_are_h11s_for_a_plain_101(head: bytes) -> None:
+    event = _h11_reads(head)
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 101
+    assert switching_headers(head) == tuple(event.headers)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",  # another status
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.0 101 Switching Protocols\r\n\r\n",  # another version
+        b"HTTP/1.1 101 Switching\r\nX: a\r\n  folded\r\n\r\n",  # obs-fold: h11 joins it
+        b"HTTP/1.1 101 Switching\r\nX: a\nY: b\r\n\r\n",  # bare LF
+        b"HTTP/1.1 101 Switching\r\nContent-Length: 0\r\n\r\n",  # framing: h11 checks it
+        b"HTTP/1.1 101 Switching\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 101 Switching\r\nBad Name: x\r\n\r\n",  # not a header line at all
+        b"HTTP/1.1 101 Switching\r\nX: a\x00b\r\n\r\n",
+        b"\r\nHTTP/1.1 101 Switching\r\n\r\n",
+    ],
+    ids=[
+        "200",
+        "100",
+        "http-1.0",
+        "folded",
+        "bare-lf",
+        "content-length",
+        "transfer-encoding",
+        "bad-name",
+        "nul",
+        "leading-blank",
+    ],
+)
+def test_http1_switching_headers_leave_any_other_head_to_h11(head: bytes) -> None:
+    assert switching_headers(head) is None
+
+
+_LINE_BYTES = st.sampled_from([b"a", b"Z", b"-", b":", b" ", b"\t", b"\xe9", b"\x00", b"\n", b"1"])
+
+
+@given(st.lists(st.lists(_LINE_BYTES, max_size=12).map(b"".join), max_size=6))
+def test_http1_switching_headers_never_accept_what_h11_would_not(lines: list[bytes]) -> None:
+    """Any head the fast reader accepts, h11 reads as the same 101 with the same headers."""
+    head = b"HTTP/1.1 101 Switching Protocols\r\n" + b"".join(line + b"\r\n" for line in lines)
+    head += b"\r\n"
+    headers = switching_headers(head)
+    if headers is not None:
+        event = _h11_reads(head)
+        assert isinstance(event, h11.InformationalResponse)
+        assert tuple(event.headers) == headers

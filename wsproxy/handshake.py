@@ -58,6 +58,21 @@ class BackendAccept:
     headers: Headers  # the backend's other end-to-end headers (e.g. Set-Cookie)
 
 
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    """The upgrade request for a backend: a GET of `target` with `headers`, names as written.
+
+    Every part came through h11's parser (the client's request) or is ours, so it is valid HTTP
+    as it is: `head()` writes it as h11 would, without building an h11 event for it."""
+
+    target: bytes
+    headers: Headers  # Host first
+
+    def head(self) -> bytes:
+        lines = b"".join([b"%s: %s\r\n" % (name, value) for name, value in self.headers])
+        return b"GET %s HTTP/1.1\r\n%s\r\n" % (self.target, lines)
+
+
 WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 # Headers that describe one connection, not the message (RFC 9110 7.6.1, plus the legacy
@@ -248,7 +263,7 @@ def accept_value(key: bytes) -> bytes:
 
 def backend_request(
     upgrade: UpgradeRequest, *, key: bytes, client_ip: str, scheme: str
-) -> h11.Request:
+) -> BackendRequest:
     """The upgrade request for the backend: the client's end-to-end headers, fresh per-leg ones."""
     client = upgrade.headers
     host = upgrade.host.encode("latin-1")
@@ -276,14 +291,14 @@ def backend_request(
         (b"X-Forwarded-Host", host),
         (b"X-Real-IP", ip),
     ]
-    return h11.Request(method=b"GET", target=upgrade.target, headers=headers)
+    return BackendRequest(upgrade.target, tuple(headers))
 
 
 def judge_backend_response(
-    response: h11.InformationalResponse, *, key: bytes, upgrade: UpgradeRequest
+    headers: Headers, *, key: bytes, upgrade: UpgradeRequest
 ) -> BackendAccept | Reject:
-    """Check a backend's 101 (the caller has checked the status) against what was offered."""
-    headers: Headers = tuple(response.headers)
+    """Check the headers of a backend's 101 (names lower-cased, as h11 gives them; the caller
+    has checked the status) against what was offered."""
     if b"websocket" not in _tokens(headers, b"upgrade"):
         return _bad_backend("no Upgrade: websocket")
     if b"upgrade" not in _tokens(headers, b"connection"):

@@ -6,10 +6,14 @@ Invariants:
   in order as given, a blank line, then the body (none for a HEAD request's answer).
 - `next_event` never returns `h11.NEED_DATA`: it reads from the stream until h11 has an event;
   the peer closing yields h11's own `ConnectionClosed` or `RemoteProtocolError`.
+- `switching_headers` reads only the plainest answer head, an `HTTP/1.1 101` in h11's own
+  grammar, and gives exactly the headers h11 would; for any other head it returns None and the
+  caller asks h11, so what is accepted or refused never depends on which of the two read it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import h11
@@ -37,3 +41,32 @@ async def next_event(
         if event is not h11.NEED_DATA:
             return event  # type: ignore[return-value]
         conn.receive_data(bytes(await stream.receive_some(CHUNK)))
+
+
+# h11's grammar (h11/_abnf.py, RFC 9110 / 9112) for the lines `switching_headers` reads.
+_FIELD_VCHAR: Final = rb"[^\x00\s]"
+_HEADER_FIELD: Final = re.compile(
+    rb"(?P<name>[-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*"
+    rb"(?P<value>(?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR + rb"+)*)?)[ \t]*"
+)
+_SWITCHING_LINE: Final = re.compile(rb"HTTP/1\.1 101(?: (?:[ \t]|" + _FIELD_VCHAR + rb")*)?")
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})  # h11 checks their values
+
+
+def switching_headers(head: bytes) -> Headers | None:
+    """The headers of `head` (an answer head, blank line included) if it is a plain
+    `HTTP/1.1 101`, names lower-cased as h11 gives them; None for anything else (another
+    status or version, a folded or bare-LF line, a framing header), which h11 must read."""
+    lines = head[:-4].split(b"\r\n")
+    if not _SWITCHING_LINE.fullmatch(lines[0]):
+        return None
+    headers = []
+    for line in lines[1:]:
+        field = _HEADER_FIELD.fullmatch(line)
+        if field is None:
+            return None
+        name = field["name"].lower()
+        if name in _FRAMING:
+            return None
+        headers.append((name, field["value"]))
+    return tuple(headers)
