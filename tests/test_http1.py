@@ -8,7 +8,8 @@ import trio
 import trio.testing
 from hypothesis import given, strategies as st
 
-from wsproxy.http1 import next_event, response_head, switching_headers
+from wsproxy.handshake import Headers, PlainRequest
+from wsproxy.http1 import next_event, plain_request, response_head, switching_headers
 
 
 def test_http1_response_head_keeps_the_reason_and_the_header_order() -> None:
@@ -125,3 +126,94 @@ def test_http1_switching_headers_never_accept_what_h11_would_not(lines: list[byt
         event = _h11_reads(head)
         assert isinstance(event, h11.InformationalResponse)
         assert tuple(event.headers) == headers
+
+
+# ---------------------------------------------------------------- plain_request
+
+
+def _h11_request(head: bytes) -> h11.Request | None:
+    """What an h11 server reads from `head`; None if it refuses it or reads no request."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    return event if isinstance(event, h11.Request) else None
+
+
+def _as_tuple(request: h11.Request | PlainRequest) -> tuple[bytes, bytes, bytes, Headers]:
+    return request.method, request.target, request.http_version, tuple(request.headers)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /chat?room=1 HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"POST / HTTP/1.1\r\nhost:a\r\n\r\n",
+        b"GET /#frag%20 HTTP/1.1\r\nX-Spaced: \t a  b \t\r\nHOST: a\r\nX-Empty:\r\n\r\n",
+    ],
+    ids=["upgrade", "other-method", "whitespace"],
+)
+def test_http1_plain_request_is_h11s_request(head: bytes) -> None:
+    expected = _h11_request(head)
+    plain = plain_request(head)
+    assert expected is not None
+    assert plain is not None
+    assert _as_tuple(plain) == _as_tuple(expected)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",  # another version
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host: h11's own 400
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # several
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",  # bare LF
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",  # two spaces
+        b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"G\xe9T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ],
+    ids=[
+        "http-1.0",
+        "no-host",
+        "two-hosts",
+        "folded",
+        "bare-lf",
+        "content-length",
+        "transfer-encoding",
+        "double-space",
+        "del-in-target",
+        "obs-text-method",
+        "leading-blank",
+    ],
+)
+def test_http1_plain_request_leaves_any_other_head_to_h11(head: bytes) -> None:
+    assert plain_request(head) is None
+
+
+_REQUEST_BYTES = st.sampled_from(
+    [b"G", b"/", b" ", b"\t", b":", b"h", b"o", b"s", b"t", b"\xe9", b"\x00", b"\n", b"\x7f"]
+)
+
+
+@given(
+    st.lists(_REQUEST_BYTES, max_size=8).map(b"".join),
+    st.lists(st.lists(_REQUEST_BYTES, max_size=10).map(b"".join), max_size=5),
+)
+def test_http1_plain_request_never_accepts_what_h11_would_not(
+    target: bytes, lines: list[bytes]
+) -> None:
+    """Any head the fast reader accepts, h11 reads as the same request."""
+    head = b"GET /" + target + b" HTTP/1.1\r\nHost: a\r\n"
+    head += b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    plain = plain_request(head)
+    if plain is not None:
+        expected = _h11_request(head)
+        assert expected is not None
+        assert _as_tuple(plain) == _as_tuple(expected)

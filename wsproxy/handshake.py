@@ -17,9 +17,10 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Final
+from typing import Final, Protocol
 
 import h11
 
@@ -35,6 +36,29 @@ class Reject:
     status: int
     reason: str
     headers: Headers = ()
+
+
+class RequestHead(Protocol):
+    """A parsed request head, as h11 gives it (`h11.Request`) or `PlainRequest`."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def http_version(self) -> bytes: ...
+    @property
+    def headers(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRequest:
+    """A request head read by `http1.plain_request`: what h11 would give, without h11."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: Headers  # names lower-cased, as h11 gives them
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +143,7 @@ _BAD_PORT: Final = "the Host header's port must be a number from 0 to 65535"
 # --- the client's request ----------------------------------------------------------------------
 
 
-def judge_request(request: h11.Request, security: Security) -> UpgradeRequest | Reject:
+def judge_request(request: RequestHead, security: Security) -> UpgradeRequest | Reject:
     """Check a client's Host (RFC 9112 3.2: a bad one is a 400 for any request), its upgrade
     request (RFC 6455 4.2.1) and the Origin policy, in that order."""
     headers: Headers = tuple(request.headers)

@@ -6,9 +6,10 @@ Invariants:
   in order as given, a blank line, then the body (none for a HEAD request's answer).
 - `next_event` never returns `h11.NEED_DATA`: it reads from the stream until h11 has an event;
   the peer closing yields h11's own `ConnectionClosed` or `RemoteProtocolError`.
-- `switching_headers` reads only the plainest answer head, an `HTTP/1.1 101` in h11's own
-  grammar, and gives exactly the headers h11 would; for any other head it returns None and the
-  caller asks h11, so what is accepted or refused never depends on which of the two read it.
+- `switching_headers` and `plain_request` read only the plainest heads (an `HTTP/1.1 101`
+  answer; an HTTP/1.1 request with one Host and no body framing) in h11's own grammar, and give
+  exactly what h11 would; for any other head they return None and the caller asks h11, so what
+  is accepted or refused never depends on which of the two read it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Final
 import h11
 import trio
 
-from wsproxy.handshake import Headers
+from wsproxy.handshake import Headers, PlainRequest
 
 CHUNK: Final = 65536
 
@@ -50,6 +51,9 @@ _HEADER_FIELD: Final = re.compile(
     rb"(?P<value>(?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR + rb"+)*)?)[ \t]*"
 )
 _SWITCHING_LINE: Final = re.compile(rb"HTTP/1\.1 101(?: (?:[ \t]|" + _FIELD_VCHAR + rb")*)?")
+_REQUEST_LINE: Final = re.compile(
+    rb"(?P<method>[-!#$%&'*+.^_`|~0-9a-zA-Z]+) (?P<target>[\x21-\x7e]+) HTTP/1\.1"
+)
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})  # h11 checks their values
 
 
@@ -60,6 +64,25 @@ def switching_headers(head: bytes) -> Headers | None:
     lines = head[:-4].split(b"\r\n")
     if not _SWITCHING_LINE.fullmatch(lines[0]):
         return None
+    return _plain_headers(lines)
+
+
+def plain_request(head: bytes) -> PlainRequest | None:
+    """`head` (a request head, blank line included) as h11 reads it, if it is a plain HTTP/1.1
+    request with exactly one Host header; None for anything else (another version, a folded or
+    bare-LF line, a framing header, no Host or several), which h11 must read."""
+    lines = head[:-4].split(b"\r\n")
+    start = _REQUEST_LINE.fullmatch(lines[0])
+    if start is None:
+        return None
+    headers = _plain_headers(lines)
+    if headers is None or [name for name, _ in headers].count(b"host") != 1:
+        return None
+    return PlainRequest(start["method"], start["target"], b"1.1", headers)
+
+
+def _plain_headers(lines: list[bytes]) -> Headers | None:
+    """The header lines after the first of `lines`, or None if one is not plain."""
     headers = []
     for line in lines[1:]:
         field = _HEADER_FIELD.fullmatch(line)
