@@ -124,7 +124,10 @@ class Session:
         self.last_relay = trio.current_time()
         self.close: Close | None = None  # the first close of the session, and who began it
         self.closed_by: Side | None = None
-        self._scope = trio.CancelScope()
+        # The session ends at `_deadline` (CLOSE_TIMEOUT after its first close), or once `_ended`
+        # (both legs gone): the nursery's own scope carries both while it runs.
+        self._deadline = math.inf
+        self._ended = False
         self._nursery: trio.Nursery | None = None  # while running
         self._timer: timers.Timer | None = None  # when the clocks are looked at next
         self._pings = 0
@@ -134,12 +137,14 @@ class Session:
     async def run(self) -> None:
         """Relay until both legs are gone (or `CLOSE_TIMEOUT` after the first close)."""
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
-                    self._due()  # the keepalive and idle clocks start
-                    await self._pump(self.client, self.backend, self._client_prefix)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.cancel_scope.deadline = self._deadline
+                if self._ended:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
+                self._due()  # the keepalive and idle clocks start
+                await self._pump(self.client, self.backend, self._client_prefix)
         finally:
             self._nursery = None
             if self._timer is not None:
@@ -294,7 +299,9 @@ class Session:
         if self.close is None:
             self.close = close
             self.closed_by = by
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
+            self._deadline = min(self._deadline, trio.current_time() + CLOSE_TIMEOUT)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.deadline = self._deadline
 
     async def _send_close(self, leg: Leg, close: Close, *, holding: bool) -> None:
         """Write our own close frame to `leg` at a frame boundary, or drop the leg."""
@@ -339,7 +346,9 @@ class Session:
         leg.lost = True
         await close_forcefully(leg.stream)
         if self.client.lost and self.backend.lost:
-            self._scope.cancel()
+            self._ended = True
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     # ---------------------------------------------------------------- keepalive and idle
 
