@@ -56,11 +56,11 @@ class Leg:
     """One connection of a session: its stream, the frames it sends us, and its close state."""
 
     __slots__ = (
+        "_lock",
         "bytes_in",
         "got_close",
         "held",
         "last_rx",
-        "lock",
         "lost",
         "masks",
         "ping_payload",
@@ -78,7 +78,7 @@ class Leg:
         self.wire = wire_for(stream)
         self.reader = reader
         self.masks = side is Side.BACKEND  # frames we write to a server are masked
-        self.lock = trio.StrictFIFOLock()
+        self._lock: trio.StrictFIFOLock | None = None  # made at its first use: most legs never wait
         self.last_rx = trio.current_time()
         self.held = False  # its pump waits on the other leg, so nothing of it can be heard
         self.bytes_in = 0
@@ -87,6 +87,16 @@ class Leg:
         self.sent_close = False
         self.got_close = False
         self.lost = False
+
+    @property
+    def lock(self) -> trio.StrictFIFOLock:
+        if self._lock is None:
+            self._lock = trio.StrictFIFOLock()
+        return self._lock
+
+    def busy(self) -> bool:
+        """Someone holds the lock (a write to this leg is under way)."""
+        return self._lock is not None and self._lock.locked()
 
     def frame(self, opcode: int, payload: bytes) -> bytes:
         return control_frame(opcode, payload, os.urandom(4) if self.masks else None)
@@ -171,7 +181,6 @@ class Session:
         """Forward what `src` sends to `dst`, starting with `data` (bytes that came right
         behind the handshake head), until `src` is gone."""
         reader = src.reader
-        lock = dst.lock
         receive = src.wire.receive
         send_all = dst.wire.send_all
         send_now = dst.wire.send_now
@@ -198,7 +207,7 @@ class Session:
                     continue
                 if not out or dst.sent_close or dst.lost:
                     continue
-                if not holding and not reader.payload_left and not lock.locked():
+                if not holding and not reader.payload_left and not dst.busy():
                     # Whole frames, and no other writer: what the kernel takes at once needs no
                     # lock, as no other task runs before the lock is taken for the rest.
                     try:
@@ -213,6 +222,7 @@ class Session:
                 src.held = True
                 try:
                     if not holding:
+                        lock = dst.lock
                         try:
                             lock.acquire_nowait()
                         except trio.WouldBlock:
@@ -227,11 +237,11 @@ class Session:
                     src.last_rx = trio.current_time()
                 self.last_relay = now
                 if not reader.payload_left:
-                    lock.release()
+                    dst.lock.release()
                     holding = False
         finally:
             if holding:
-                lock.release()
+                dst.lock.release()
         await self._lose(src)
 
     async def _forward_special(self, src: Leg, dst: Leg, out: Buffer, holding: bool) -> bool:
