@@ -7,19 +7,22 @@ import h11
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, strategies as st
 
-from wsproxy.handshake import Headers, Reject
+from wsproxy.handshake import Headers, PlainRequest, Reject
 from wsproxy.http1 import (
     TEXT,
     NoAnswer,
     answer,
     next_event,
+    plain_request,
     read_body,
     read_response,
     reason_of,
     refusal,
     response_head,
     send_get,
+    switching_headers,
 )
 
 
@@ -223,3 +226,178 @@ async def test_http1_read_response_of_anything_else_is_a_protocol_error(
     conn, _, stream = await _get(answer_bytes)
     with pytest.raises(h11.RemoteProtocolError):
         await read_response(stream, conn)
+
+
+# ---------------------------------------------------------------- switching_headers
+
+
+def _h11_reads(head: bytes) -> h11.Event | None:
+    """What an h11 client that sent an upgrade request reads from `head`; None if it refuses."""
+    conn = h11.Connection(h11.CLIENT)
+    conn.send(
+        h11.Request(
+            method="GET",
+            target="/",
+            headers=[("host", "x"), ("upgrade", "websocket"), ("connection", "upgrade")],
+        )
+    )
+    conn.send(h11.EndOfMessage())
+    conn.receive_data(head)
+    try:
+        return conn.next_event()  # type: ignore[return-value]
+    except h11.RemoteProtocolError:
+        return None
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 101\r\n\r\n",  # no reason, no headers
+        b"HTTP/1.1 101 \r\nX-A:b\r\nX-B: \t spaced  out \t\r\nX-Empty:\r\n\r\n",
+        b"HTTP/1.1 101 Ok\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\nX-Latin: \xe9t\xe9\r\n\r\n",
+    ],
+    ids=["plain", "bare", "whitespace", "repeated-and-obs-text"],
+)
+def test_http1_switching_headers_are_h11s_for_a_plain_101(head: bytes) -> None:
+    event = _h11_reads(head)
+    assert isinstance(event, h11.InformationalResponse)
+    assert event.status_code == 101
+    assert switching_headers(head) == tuple(event.headers)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",  # another status
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.0 101 Switching Protocols\r\n\r\n",  # another version
+        b"HTTP/1.1 101 Switching\r\nX: a\r\n  folded\r\n\r\n",  # obs-fold: h11 joins it
+        b"HTTP/1.1 101 Switching\r\nX: a\nY: b\r\n\r\n",  # bare LF
+        b"HTTP/1.1 101 Switching\r\nContent-Length: 0\r\n\r\n",  # framing: h11 checks it
+        b"HTTP/1.1 101 Switching\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 101 Switching\r\nBad Name: x\r\n\r\n",  # not a header line at all
+        b"HTTP/1.1 101 Switching\r\nX: a\x00b\r\n\r\n",
+        b"\r\nHTTP/1.1 101 Switching\r\n\r\n",
+    ],
+    ids=[
+        "200",
+        "100",
+        "http-1.0",
+        "folded",
+        "bare-lf",
+        "content-length",
+        "transfer-encoding",
+        "bad-name",
+        "nul",
+        "leading-blank",
+    ],
+)
+def test_http1_switching_headers_leave_any_other_head_to_h11(head: bytes) -> None:
+    assert switching_headers(head) is None
+
+
+_LINE_BYTES = st.sampled_from([b"a", b"Z", b"-", b":", b" ", b"\t", b"\xe9", b"\x00", b"\n", b"1"])
+
+
+@given(st.lists(st.lists(_LINE_BYTES, max_size=12).map(b"".join), max_size=6))
+def test_http1_switching_headers_never_accept_what_h11_would_not(lines: list[bytes]) -> None:
+    """Any head the fast reader accepts, h11 reads as the same 101 with the same headers."""
+    head = b"HTTP/1.1 101 Switching Protocols\r\n" + b"".join(line + b"\r\n" for line in lines)
+    head += b"\r\n"
+    headers = switching_headers(head)
+    if headers is not None:
+        event = _h11_reads(head)
+        assert isinstance(event, h11.InformationalResponse)
+        assert tuple(event.headers) == headers
+
+
+# ---------------------------------------------------------------- plain_request
+
+
+def _h11_request(head: bytes) -> h11.Request | None:
+    """What an h11 server reads from `head`; None if it refuses it or reads no request."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    return event if isinstance(event, h11.Request) else None
+
+
+def _as_tuple(request: h11.Request | PlainRequest) -> tuple[bytes, bytes, bytes, Headers]:
+    return request.method, request.target, request.http_version, tuple(request.headers)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /chat?room=1 HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        b"POST / HTTP/1.1\r\nhost:a\r\n\r\n",
+        b"GET /#frag%20 HTTP/1.1\r\nX-Spaced: \t a  b \t\r\nHOST: a\r\nX-Empty:\r\n\r\n",
+    ],
+    ids=["upgrade", "other-method", "whitespace"],
+)
+def test_http1_plain_request_is_h11s_request(head: bytes) -> None:
+    expected = _h11_request(head)
+    plain = plain_request(head)
+    assert expected is not None
+    assert plain is not None
+    assert _as_tuple(plain) == _as_tuple(expected)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",  # another version
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host: h11's own 400
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",  # several
+        b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",  # bare LF
+        b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n",  # two spaces
+        b"GET /\x7f HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"G\xe9T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ],
+    ids=[
+        "http-1.0",
+        "no-host",
+        "two-hosts",
+        "folded",
+        "bare-lf",
+        "content-length",
+        "transfer-encoding",
+        "double-space",
+        "del-in-target",
+        "obs-text-method",
+        "leading-blank",
+    ],
+)
+def test_http1_plain_request_leaves_any_other_head_to_h11(head: bytes) -> None:
+    assert plain_request(head) is None
+
+
+_REQUEST_BYTES = st.sampled_from(
+    [b"G", b"/", b" ", b"\t", b":", b"h", b"o", b"s", b"t", b"\xe9", b"\x00", b"\n", b"\x7f"]
+)
+
+
+@given(
+    st.lists(_REQUEST_BYTES, max_size=8).map(b"".join),
+    st.lists(st.lists(_REQUEST_BYTES, max_size=10).map(b"".join), max_size=5),
+)
+def test_http1_plain_request_never_accepts_what_h11_would_not(
+    target: bytes, lines: list[bytes]
+) -> None:
+    """Any head the fast reader accepts, h11 reads as the same request."""
+    head = b"GET /" + target + b" HTTP/1.1\r\nHost: a\r\n"
+    head += b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+    plain = plain_request(head)
+    if plain is not None:
+        expected = _h11_request(head)
+        assert expected is not None
+        assert _as_tuple(plain) == _as_tuple(expected)

@@ -64,8 +64,11 @@ async def test_intake_read_head_client_left_early() -> None:
 
 def test_intake_parse_request_refuses_what_is_not_a_request() -> None:
     request = parse_request(HEAD)
-    assert isinstance(request, h11.Request)
+    assert not isinstance(request, Reject)
     assert request.target == b"/"
+    folded = parse_request(b"GET /f HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n")  # h11 reads it
+    assert isinstance(folded, h11.Request)
+    assert (folded.target, list(folded.headers)) == (b"/f", [(b"host", b"a"), (b"x", b"1 2")])
     refusal = parse_request(b"HTTP/1.1 200 OK\r\n\r\n")
     assert isinstance(refusal, Reject)
     assert refusal.status == 400

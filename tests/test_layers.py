@@ -43,6 +43,7 @@ LAYERS: Final = {
     "intake": 3,
     "http1": 3,
     "keepalive": 3,  # STYLE.md names it; not written yet
+    "timers": 3,  # every session's keepalive and idle clocks (STYLE.md's keepalive.py)
     "health": 3,
     "discovery": 3,
     "tls": 3,

@@ -784,6 +784,28 @@ async def test_relay_keepalive_pings_a_silent_leg_at_the_interval(
         assert not rig.done.is_set()
 
 
+async def test_relay_session_runs_no_task_of_its_own_for_its_clocks(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The keepalive and idle clocks run from the shared timer task: a quiet session is its two
+    pumps (the client's in the session's own task), and its timer is let go when it ends."""
+    with trio.fail_after(CAP):
+        await trio.testing.wait_all_tasks_blocked()
+        nursery = rig.session._nursery
+        assert nursery is not None
+        assert [task.name for task in nursery.child_tasks] == [
+            f"{Session._pump.__module__}.{Session._pump.__qualname__}"
+        ]
+        timer = rig.session._timer
+        assert timer is not None
+        assert timer.when == trio.current_time() + INTERVAL
+        await rig.backend.stream.aclose()  # the backend leaves: the client hears 1011
+        await rig.client.expect_close()
+        await rig.client.close(1011)
+        await rig.done.wait()
+        assert timer.callback is None
+
+
 async def test_relay_keepalive_pings_each_leg_once_per_silence(
     rig: Rig, autojump_clock: trio.testing.MockClock
 ) -> None:

@@ -20,7 +20,14 @@ import trio
 import trio.testing
 
 from tests.memsocket import socket_pair
-from wsproxy.wire import CHUNK, ImmediateWire, SocketWire, StreamWire, wire_for
+from wsproxy.wire import (
+    CHUNK,
+    ImmediateWire,
+    SocketWire,
+    StreamWire,
+    close_forcefully,
+    wire_for,
+)
 
 CAP = 10.0  # seconds of real time: no test may take longer
 SMALL_BUFFER = 16 * 1024  # socket buffers kept small so large writes are partial
@@ -450,3 +457,37 @@ async def test_memsocket_honours_the_stream_contract() -> None:
 
     with trio.fail_after(CAP):
         await trio.testing.check_two_way_stream(pair, clogged)
+
+
+# ---------------------------------------------------------------- close_forcefully
+
+
+async def test_close_forcefully_closes_a_socket_stream_at_once_and_wakes_its_reader() -> None:
+    with trio.fail_after(CAP):
+        async with tcp_pair() as (ours, peer):
+            wire = SocketWire(ours)
+            woke = trio.Event()
+            async with trio.open_nursery() as nursery:
+
+                async def receiver() -> None:
+                    with pytest.raises(trio.ClosedResourceError):
+                        await wire.receive()
+                    woke.set()
+
+                nursery.start_soon(receiver)
+                await trio.testing.wait_all_tasks_blocked()
+                with trio.testing.assert_no_checkpoints():
+                    await close_forcefully(ours)
+                assert ours.socket.fileno() == -1
+                await close_forcefully(ours)  # twice is harmless
+            assert woke.is_set()
+            assert await peer.receive_some(10) == b""  # the peer sees the end
+
+
+async def test_close_forcefully_closes_any_other_stream_as_trio_does() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    async with right:
+        with trio.testing.assert_checkpoints():
+            await close_forcefully(left)
+        with pytest.raises(trio.ClosedResourceError):
+            await left.send_all(b"x")

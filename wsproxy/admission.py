@@ -25,11 +25,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import h11
 import trio
 
 from wsproxy.balancer import find_route
-from wsproxy.handshake import Reject, client_accept_response, judge_request
+from wsproxy.handshake import Reject, RequestHead, client_accept_response, judge_request
 from wsproxy.http1 import response_head
 from wsproxy.intake import (
     HeadTooLarge,
@@ -53,6 +52,7 @@ from wsproxy.registry import LiveSession, Registry
 from wsproxy.relay import Session
 from wsproxy.snapshot import Snapshot
 from wsproxy.upstream import Dial, Passthrough, open_backend
+from wsproxy.wire import close_forcefully
 
 log = logging.getLogger("wsproxy.server")  # its lines keep the logger name they always had
 
@@ -112,7 +112,7 @@ class Admission:
             log.exception("session of %s:%s failed", peer[0], peer[1])
         finally:
             registry.closed(ip)
-            await trio.aclose_forcefully(stream)
+            await close_forcefully(stream)
 
     async def admit(
         self,
@@ -209,7 +209,7 @@ class Admission:
         stream: trio.abc.Stream,
         reject: Reject,
         client: str,
-        request: h11.Request | None = None,
+        request: RequestHead | None = None,
     ) -> None:
         """Answer `reject`, counted and logged; `request` is the client's, once parsed."""
         self.registry.metrics.rejections.inc(str(reject.status))
@@ -217,7 +217,7 @@ class Admission:
         await refuse(stream, reject)
 
     def _log_refusal(
-        self, status: int, reason: str, client: str, request: h11.Request | None
+        self, status: int, reason: str, client: str, request: RequestHead | None
     ) -> None:
         if not refusal_log.isEnabledFor(logging.INFO):
             return
@@ -263,7 +263,7 @@ async def _tls_handshake(stream: trio.SSLStream[Any], deadline: float) -> bool:
     return False
 
 
-def _joined_headers(request: h11.Request, *names: bytes) -> dict[bytes, bytes]:
+def _joined_headers(request: RequestHead, *names: bytes) -> dict[bytes, bytes]:
     """The values of each of `names` that `request` has, several joined by ", "."""
     found: dict[bytes, list[bytes]] = {}
     for name, value in request.headers:

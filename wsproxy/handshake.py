@@ -17,8 +17,9 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import h11
 
@@ -34,6 +35,29 @@ class Reject:
     status: int
     reason: str
     headers: Headers = ()
+
+
+class RequestHead(Protocol):
+    """A parsed request head, as h11 gives it (`h11.Request`) or `PlainRequest`."""
+
+    @property
+    def method(self) -> bytes: ...
+    @property
+    def target(self) -> bytes: ...
+    @property
+    def http_version(self) -> bytes: ...
+    @property
+    def headers(self) -> Iterable[tuple[bytes, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainRequest:
+    """A request head read by `http1.plain_request`: what h11 would give, without h11."""
+
+    method: bytes
+    target: bytes
+    http_version: bytes
+    headers: Headers  # names lower-cased, as h11 gives them
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +79,21 @@ class BackendAccept:
     extensions: str | None  # the Sec-WebSocket-Extensions value accepted, if any
     deflate: bool  # permessage-deflate negotiated, so RSV1 is legal on data frames
     headers: Headers  # the backend's other end-to-end headers (e.g. Set-Cookie)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendRequest:
+    """The upgrade request for a backend: a GET of `target` with `headers`, names as written.
+
+    Every part came through h11's parser (the client's request) or is ours, so it is valid HTTP
+    as it is: `head()` writes it as h11 would, without building an h11 event for it."""
+
+    target: bytes
+    headers: Headers  # Host first
+
+    def head(self) -> bytes:
+        lines = b"".join([b"%s: %s\r\n" % (name, value) for name, value in self.headers])
+        return b"GET %s HTTP/1.1\r\n%s\r\n" % (self.target, lines)
 
 
 WEBSOCKET_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -103,7 +142,7 @@ _BAD_PORT: Final = "the Host header's port must be a number from 0 to 65535"
 # --- the client's request ----------------------------------------------------------------------
 
 
-def judge_request(request: h11.Request, security: Security) -> UpgradeRequest | Reject:
+def judge_request(request: RequestHead, security: Security) -> UpgradeRequest | Reject:
     """Check a client's Host (RFC 9112 3.2: a bad one is a 400 for any request), its upgrade
     request (RFC 6455 4.2.1) and the Origin policy, in that order."""
     headers: Headers = tuple(request.headers)
@@ -247,7 +286,7 @@ def accept_value(key: bytes) -> bytes:
 
 def backend_request(
     upgrade: UpgradeRequest, *, key: bytes, client_ip: str, scheme: str
-) -> h11.Request:
+) -> BackendRequest:
     """The upgrade request for the backend: the client's end-to-end headers, fresh per-leg ones."""
     client = upgrade.headers
     host = upgrade.host.encode("latin-1")
@@ -275,14 +314,14 @@ def backend_request(
         (b"X-Forwarded-Host", host),
         (b"X-Real-IP", ip),
     ]
-    return h11.Request(method=b"GET", target=upgrade.target, headers=headers)
+    return BackendRequest(upgrade.target, tuple(headers))
 
 
 def judge_backend_response(
-    response: h11.InformationalResponse, *, key: bytes, upgrade: UpgradeRequest
+    headers: Headers, *, key: bytes, upgrade: UpgradeRequest
 ) -> BackendAccept | Reject:
-    """Check a backend's 101 (the caller has checked the status) against what was offered."""
-    headers: Headers = tuple(response.headers)
+    """Check the headers of a backend's 101 (names lower-cased, as h11 gives them; the caller
+    has checked the status) against what was offered."""
     if b"websocket" not in _tokens(headers, b"upgrade"):
         return _bad_backend("no Upgrade: websocket")
     if b"upgrade" not in _tokens(headers, b"connection"):

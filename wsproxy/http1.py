@@ -12,17 +12,22 @@ Invariants:
   the peer closing yields h11's own `ConnectionClosed` or `RemoteProtocolError`.
 - `read_response` tells a peer that closed before sending a byte (`NoAnswer`) from one whose
   bytes are not an answer (`h11.RemoteProtocolError`); informational answers are skipped.
+- `switching_headers` and `plain_request` read only the plainest heads (an `HTTP/1.1 101`
+  answer; an HTTP/1.1 request with one Host and no body framing) in h11's own grammar, and give
+  exactly what h11 would; for any other head they return None and the caller asks h11, so what
+  is accepted or refused never depends on which of the two read it.
 """
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 from typing import Final
 
 import h11
 import trio
 
-from wsproxy.handshake import Headers, Reject
+from wsproxy.handshake import Headers, PlainRequest, Reject
 
 CHUNK: Final = 65536
 TEXT: Final = b"text/plain; charset=utf-8"
@@ -110,3 +115,54 @@ async def read_body(stream: trio.abc.ReceiveStream, conn: h11.Connection) -> byt
     if not isinstance(event, h11.EndOfMessage):  # h11 raises first; this keeps the loop finite
         raise h11.RemoteProtocolError("the answer ended before its body")
     return b"".join(parts)
+
+
+# h11's grammar (h11/_abnf.py, RFC 9110 / 9112) for the lines `switching_headers` reads.
+_FIELD_VCHAR: Final = rb"[^\x00\s]"
+_HEADER_FIELD: Final = re.compile(
+    rb"(?P<name>[-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*"
+    rb"(?P<value>(?:" + _FIELD_VCHAR + rb"+(?:[ \t]+" + _FIELD_VCHAR + rb"+)*)?)[ \t]*"
+)
+_SWITCHING_LINE: Final = re.compile(rb"HTTP/1\.1 101(?: (?:[ \t]|" + _FIELD_VCHAR + rb")*)?")
+_REQUEST_LINE: Final = re.compile(
+    rb"(?P<method>[-!#$%&'*+.^_`|~0-9a-zA-Z]+) (?P<target>[\x21-\x7e]+) HTTP/1\.1"
+)
+_FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})  # h11 checks their values
+
+
+def switching_headers(head: bytes) -> Headers | None:
+    """The headers of `head` (an answer head, blank line included) if it is a plain
+    `HTTP/1.1 101`, names lower-cased as h11 gives them; None for anything else (another
+    status or version, a folded or bare-LF line, a framing header), which h11 must read."""
+    lines = head[:-4].split(b"\r\n")
+    if not _SWITCHING_LINE.fullmatch(lines[0]):
+        return None
+    return _plain_headers(lines)
+
+
+def plain_request(head: bytes) -> PlainRequest | None:
+    """`head` (a request head, blank line included) as h11 reads it, if it is a plain HTTP/1.1
+    request with exactly one Host header; None for anything else (another version, a folded or
+    bare-LF line, a framing header, no Host or several), which h11 must read."""
+    lines = head[:-4].split(b"\r\n")
+    start = _REQUEST_LINE.fullmatch(lines[0])
+    if start is None:
+        return None
+    headers = _plain_headers(lines)
+    if headers is None or [name for name, _ in headers].count(b"host") != 1:
+        return None
+    return PlainRequest(start["method"], start["target"], b"1.1", headers)
+
+
+def _plain_headers(lines: list[bytes]) -> Headers | None:
+    """The header lines after the first of `lines`, or None if one is not plain."""
+    headers = []
+    for line in lines[1:]:
+        field = _HEADER_FIELD.fullmatch(line)
+        if field is None:
+            return None
+        name = field["name"].lower()
+        if name in _FRAMING:
+            return None
+        headers.append((name, field["value"]))
+    return tuple(headers)

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from wsproxy.handshake import Reject, reject_from_h11_error
-from wsproxy.http1 import refusal, response_head
+from wsproxy.handshake import Reject, RequestHead, reject_from_h11_error
+from wsproxy.http1 import plain_request, refusal, response_head
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
 
 if TYPE_CHECKING:  # upstream reads its backends' answers with `read_head`
@@ -80,7 +80,11 @@ async def read_head(
         buffer += data
 
 
-def parse_request(head: bytes) -> h11.Request | Reject:
+def parse_request(head: bytes) -> RequestHead | Reject:
+    """A client's request head, parsed; or the refusal due to a malformed one."""
+    plain = plain_request(head)
+    if plain is not None:
+        return plain
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=len(head) + 1)
     try:
         conn.receive_data(head)

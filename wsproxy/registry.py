@@ -15,6 +15,7 @@ Invariants:
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -27,10 +28,11 @@ from wsproxy.closes import Close
 from wsproxy.config import Config, Security
 from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import Reject
-from wsproxy.logs import AccessRecord, iso_time, wall_time, write_access
+from wsproxy.logs import AccessRecord, access_log, iso_time, wall_time, write_access
 from wsproxy.metrics import ProxyMetrics, close_code_label
 from wsproxy.relay import Session
 from wsproxy.servers import ServerState
+from wsproxy.wire import close_forcefully
 
 RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 
@@ -118,7 +120,9 @@ class Registry:
             del self.sessions[session]
             live.balancer.ended(live.server)
             self._count_ended(session, trio.current_time() - started)
-            await trio.aclose_forcefully(session.backend.stream)
+            await close_forcefully(session.backend.stream)
+        if not access_log.isEnabledFor(logging.INFO):
+            return  # no access line is written: none is built
         close = session.close
         messages_in, messages_out = session.messages
         write_access(

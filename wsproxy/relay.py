@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -30,7 +31,7 @@ from typing import Final
 
 import trio
 
-from wsproxy import closes
+from wsproxy import closes, timers
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config
 from wsproxy.frames import (
@@ -42,7 +43,7 @@ from wsproxy.frames import (
     close_payload,
     control_frame,
 )
-from wsproxy.wire import wire_for
+from wsproxy.wire import close_forcefully, wire_for
 
 CHUNK: Final = 65536
 # How long we wait for a peer to answer a close frame, or to take one, before dropping it.
@@ -55,11 +56,11 @@ class Leg:
     """One connection of a session: its stream, the frames it sends us, and its close state."""
 
     __slots__ = (
+        "_lock",
         "bytes_in",
         "got_close",
         "held",
         "last_rx",
-        "lock",
         "lost",
         "masks",
         "ping_payload",
@@ -77,7 +78,7 @@ class Leg:
         self.wire = wire_for(stream)
         self.reader = reader
         self.masks = side is Side.BACKEND  # frames we write to a server are masked
-        self.lock = trio.StrictFIFOLock()
+        self._lock: trio.StrictFIFOLock | None = None  # made at its first use: most legs never wait
         self.last_rx = trio.current_time()
         self.held = False  # its pump waits on the other leg, so nothing of it can be heard
         self.bytes_in = 0
@@ -86,6 +87,16 @@ class Leg:
         self.sent_close = False
         self.got_close = False
         self.lost = False
+
+    @property
+    def lock(self) -> trio.StrictFIFOLock:
+        if self._lock is None:
+            self._lock = trio.StrictFIFOLock()
+        return self._lock
+
+    def busy(self) -> bool:
+        """Someone holds the lock (a write to this leg is under way)."""
+        return self._lock is not None and self._lock.locked()
 
     def frame(self, opcode: int, payload: bytes) -> bytes:
         return control_frame(opcode, payload, os.urandom(4) if self.masks else None)
@@ -123,7 +134,12 @@ class Session:
         self.last_relay = trio.current_time()
         self.close: Close | None = None  # the first close of the session, and who began it
         self.closed_by: Side | None = None
-        self._scope = trio.CancelScope()
+        # The session ends at `_deadline` (CLOSE_TIMEOUT after its first close), or once `_ended`
+        # (both legs gone): the nursery's own scope carries both while it runs.
+        self._deadline = math.inf
+        self._ended = False
+        self._nursery: trio.Nursery | None = None  # while running
+        self._timer: timers.Timer | None = None  # when the clocks are looked at next
         self._pings = 0
 
     # ---------------------------------------------------------------- running
@@ -131,15 +147,21 @@ class Session:
     async def run(self) -> None:
         """Relay until both legs are gone (or `CLOSE_TIMEOUT` after the first close)."""
         try:
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
-                    nursery.start_soon(self._watch, nursery)
-                    await self._pump(self.client, self.backend, self._client_prefix)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.cancel_scope.deadline = self._deadline
+                if self._ended:
+                    nursery.cancel_scope.cancel()
+                nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
+                self._due()  # the keepalive and idle clocks start
+                await self._pump(self.client, self.backend, self._client_prefix)
         finally:
+            self._nursery = None
+            if self._timer is not None:
+                self._timer.cancel()
             for leg in (self.client, self.backend):
                 leg.lost = True
-                await trio.aclose_forcefully(leg.stream)
+                await close_forcefully(leg.stream)
 
     async def shutdown(self, close: Close = closes.SHUTDOWN) -> None:
         """Ask both peers to close, as the proxy; the session ends when they have."""
@@ -159,7 +181,6 @@ class Session:
         """Forward what `src` sends to `dst`, starting with `data` (bytes that came right
         behind the handshake head), until `src` is gone."""
         reader = src.reader
-        lock = dst.lock
         receive = src.wire.receive
         send_all = dst.wire.send_all
         send_now = dst.wire.send_now
@@ -186,7 +207,7 @@ class Session:
                     continue
                 if not out or dst.sent_close or dst.lost:
                     continue
-                if not holding and not reader.payload_left and not lock.locked():
+                if not holding and not reader.payload_left and not dst.busy():
                     # Whole frames, and no other writer: what the kernel takes at once needs no
                     # lock, as no other task runs before the lock is taken for the rest.
                     try:
@@ -201,6 +222,7 @@ class Session:
                 src.held = True
                 try:
                     if not holding:
+                        lock = dst.lock
                         try:
                             lock.acquire_nowait()
                         except trio.WouldBlock:
@@ -215,11 +237,11 @@ class Session:
                     src.last_rx = trio.current_time()
                 self.last_relay = now
                 if not reader.payload_left:
-                    lock.release()
+                    dst.lock.release()
                     holding = False
         finally:
             if holding:
-                lock.release()
+                dst.lock.release()
         await self._lose(src)
 
     async def _forward_special(self, src: Leg, dst: Leg, out: Buffer, holding: bool) -> bool:
@@ -287,7 +309,9 @@ class Session:
         if self.close is None:
             self.close = close
             self.closed_by = by
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
+            self._deadline = min(self._deadline, trio.current_time() + CLOSE_TIMEOUT)
+            if self._nursery is not None:
+                self._nursery.cancel_scope.deadline = self._deadline
 
     async def _send_close(self, leg: Leg, close: Close, *, holding: bool) -> None:
         """Write our own close frame to `leg` at a frame boundary, or drop the leg."""
@@ -330,48 +354,78 @@ class Session:
 
     async def _drop(self, leg: Leg) -> None:
         leg.lost = True
-        await trio.aclose_forcefully(leg.stream)
+        await close_forcefully(leg.stream)
         if self.client.lost and self.backend.lost:
-            self._scope.cancel()
+            self._ended = True
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
 
     # ---------------------------------------------------------------- keepalive and idle
 
-    async def _watch(self, nursery: trio.Nursery) -> None:
-        """Ping silent legs, drop legs that stay silent, and close the session when idle.
+    def _due(self) -> None:
+        """Look at the clocks now (the timer set for now, or the session's start): start the
+        pings due, and set the timer for the next instant; anything that waits (idle close,
+        dropping a silent leg) goes to a task of its own, `_watch`."""
+        self._timer = None
+        nursery = self._nursery
+        if nursery is None:
+            return  # the session has ended
+        due = self._scan(trio.current_time(), nursery)
+        if isinstance(due, float):
+            if due < math.inf:
+                self._timer = timers.at(due, self._due)
+            return
+        with contextlib.suppress(RuntimeError):  # the nursery closed as its last task ended
+            nursery.start_soon(self._watch, due)
 
-        Pings go out from tasks of their own: one leg that takes its time to accept a ping
-        must not hold up the other leg's clock.
+    async def _watch(self, due: Leg | None) -> None:
+        """Close the idle session (`due` None), or drop a silent leg and look again."""
+        while True:
+            if due is None:
+                await self.shutdown(closes.IDLE)
+                return  # the clocks stop
+            await self._lose(due)
+            nursery = self._nursery
+            if nursery is None:
+                return
+            after = self._scan(trio.current_time(), nursery)
+            if isinstance(after, float):
+                if after < math.inf:
+                    self._timer = timers.at(after, self._due)
+                return
+            due = after
+
+    def _scan(self, now: float, nursery: trio.Nursery) -> float | Leg | None:
+        """Ping silent legs (each from a task of its own: one leg that takes its time to accept
+        a ping must not hold up the other leg's clock), and say what else is due: None when
+        the session is idle, a leg silent past its timeout, or else the next instant to look.
         """
         interval, timeout, idle = self._ping_interval, self._ping_timeout, self._idle
-        legs = (self.client, self.backend)
-        while True:
-            now = trio.current_time()
-            wake = math.inf
-            if idle:
-                idle_at = self.last_relay + idle
-                if now >= idle_at:
-                    await self.shutdown(closes.IDLE)
-                    return
-                wake = idle_at
-            if interval:
-                for leg in legs:
-                    if leg.lost or leg.sent_close:
-                        continue
-                    if leg.held and not self._other(leg).held:  # its silence is ours
-                        wake = min(wake, now + interval)
-                        continue
-                    ping_at = leg.last_rx + interval
-                    dead_at = ping_at + timeout
-                    if now >= dead_at:
-                        await self._lose(leg)
-                    elif now >= ping_at:
-                        if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
-                            leg.pinged_at = now
-                            nursery.start_soon(self._ping, leg)
-                        wake = min(wake, dead_at)
-                    else:
-                        wake = min(wake, ping_at)
-            await trio.sleep_until(wake)
+        wake = math.inf
+        if idle:
+            idle_at = self.last_relay + idle
+            if now >= idle_at:
+                return None
+            wake = idle_at
+        if interval:
+            for leg in (self.client, self.backend):
+                if leg.lost or leg.sent_close:
+                    continue
+                if leg.held and not self._other(leg).held:  # its silence is ours
+                    wake = min(wake, now + interval)
+                    continue
+                ping_at = leg.last_rx + interval
+                dead_at = ping_at + timeout
+                if now >= dead_at:
+                    return leg
+                if now >= ping_at:
+                    if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
+                        leg.pinged_at = now
+                        nursery.start_soon(self._ping, leg)
+                    wake = min(wake, dead_at)
+                else:
+                    wake = min(wake, ping_at)
+        return wake
 
     async def _ping(self, leg: Leg) -> None:
         self._pings += 1

@@ -33,6 +33,8 @@ import trio
 from wsproxy.balancer import ANY, Pick, PoolBalancer
 from wsproxy.handshake import (
     BackendAccept,
+    BackendRequest,
+    Headers,
     Reject,
     UpgradeRequest,
     backend_request,
@@ -40,11 +42,12 @@ from wsproxy.handshake import (
     new_key,
     passthrough_headers,
 )
-from wsproxy.http1 import next_event
+from wsproxy.http1 import next_event, switching_headers
 from wsproxy.intake import HeadTooLarge, read_head
 from wsproxy.servers import ServerState
 from wsproxy.tls import backend_context
 from wsproxy.units import is_address
+from wsproxy.wire import close_forcefully
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +127,14 @@ async def connect(
     try:
         await secure.do_handshake()
     except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
+        await close_forcefully(stream)
         cause = exc.__cause__
         why = (cause.reason or str(cause)) if isinstance(cause, ssl.SSLError) else "reset"
         if isinstance(cause, ssl.SSLCertVerificationError):
             why = f"certificate verify failed: {cause.verify_message}"
         raise ConnectionError(f"TLS handshake failed: {why}") from None
     except BaseException:
-        await trio.aclose_forcefully(stream)
+        await close_forcefully(stream)
         raise
     return secure
 
@@ -236,7 +239,7 @@ async def _try_server(
         return result
     finally:
         if not ok:
-            await trio.aclose_forcefully(stream)
+            await close_forcefully(stream)
 
 
 async def _handshake(
@@ -248,16 +251,16 @@ async def _handshake(
     max_head: int,
 ) -> Backend | Passthrough:
     key = new_key(os.urandom(16))
-    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
     request = backend_request(upgrade, key=key, client_ip=client_ip, scheme=scheme)
     try:
-        await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
-        head, behind = await _answer_head(stream, conn, max_head)
-        if isinstance(head, h11.InformationalResponse):
+        await stream.send_all(request.head())
+        head, behind = await _answer_head(stream, request, max_head)
+        if not isinstance(head, _Final):
             verdict = judge_backend_response(head, key=key, upgrade=upgrade)
             if isinstance(verdict, Reject):
                 raise _HandshakeFailed(verdict.reason)
             return Backend(server, stream, verdict, behind, 0.0)
+        conn = head.conn
         if behind:  # to h11, no bytes at all would mean the connection ended
             conn.receive_data(behind)
         body = bytearray()
@@ -269,11 +272,12 @@ async def _handshake(
                     raise _HandshakeFailed("the backend's refusal had an oversized body")
             elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                 break
+        answer = head.response
         return Passthrough(
             server,
-            head.status_code,
-            head.reason,
-            passthrough_headers(tuple(head.headers)),
+            answer.status_code,
+            answer.reason,
+            passthrough_headers(tuple(answer.headers)),
             bytes(body),
         )
     except h11.ProtocolError:
@@ -283,14 +287,25 @@ async def _handshake(
         raise _HandshakeFailed("the backend reset the connection") from None
 
 
-async def _answer_head(
-    stream: trio.abc.Stream, conn: h11.Connection, max_head: int
-) -> tuple[h11.InformationalResponse | h11.Response, bytes]:
-    """The backend's 101 or final answer head, past any other 1xx, and the bytes behind it.
+@dataclass(frozen=True, slots=True)
+class _Final:
+    """A backend's final answer head (not a 101), and the h11 connection that read it."""
 
-    Each head is read whole by `read_head` before h11 sees it, so its size limit does not depend
-    on how the backend's bytes were split."""
+    response: h11.Response
+    conn: h11.Connection
+
+
+async def _answer_head(
+    stream: trio.abc.Stream, request: BackendRequest, max_head: int
+) -> tuple[Headers | _Final, bytes]:
+    """The headers of the backend's 101, or its final answer, past any other 1xx, and the
+    bytes behind it.
+
+    Each head is read whole by `read_head` before it is parsed, so its size limit does not
+    depend on how the backend's bytes were split. A plain 101 is read by `switching_headers`;
+    any other head by an h11 client connection, made on the first such head."""
     behind = b""
+    conn: h11.Connection | None = None
     while True:
         try:
             raw, behind = await read_head(stream, max_head, behind)
@@ -303,11 +318,25 @@ async def _answer_head(
             if behind:
                 raise _HandshakeFailed("the backend's answer was not valid HTTP")
             raise _HandshakeFailed("the backend closed the connection without answering")
+        switching = switching_headers(raw)
+        if switching is not None:
+            return switching, behind
+        if conn is None:
+            conn = _sent(request, max_head)
         conn.receive_data(raw)
         head = conn.next_event()
-        if isinstance(head, h11.Response) or (
-            isinstance(head, h11.InformationalResponse) and head.status_code == 101
-        ):
-            return head, behind
+        if isinstance(head, h11.InformationalResponse) and head.status_code == 101:
+            return tuple(head.headers), behind
+        if isinstance(head, h11.Response):
+            return _Final(head, conn), behind
         if not isinstance(head, h11.InformationalResponse):
             raise _HandshakeFailed("the backend's answer was not valid HTTP")
+
+
+def _sent(request: BackendRequest, max_head: int) -> h11.Connection:
+    """An h11 client connection that has sent `request` (already on the wire), ready to read
+    the answer."""
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head)
+    conn.send(h11.Request(method=b"GET", target=request.target, headers=list(request.headers)))
+    conn.send(h11.EndOfMessage())
+    return conn

@@ -14,6 +14,8 @@ Invariants:
   `trio.ClosedResourceError` (we closed it), as with trio's own streams.
 - The descriptor is read from the socket after every wait, never kept: a closed socket can
   never read or write a descriptor number that a newer connection has reused.
+- `close_forcefully` closes like `trio.aclose_forcefully`; a plain socket stream is closed at once,
+  without the cancelled scope and the checkpoint (each a visible share of a short session).
 """
 
 from __future__ import annotations
@@ -137,3 +139,12 @@ def wire_for(stream: trio.abc.Stream) -> SocketWire | StreamWire | ImmediateWire
     if isinstance(stream, ImmediateStream):
         return ImmediateWire(stream)
     return StreamWire(stream)
+
+
+async def close_forcefully(stream: trio.abc.AsyncResource) -> None:
+    """Close `stream` at once, as `trio.aclose_forcefully` does. A socket stream is closed
+    directly (waking any task that waits on it), which is not a checkpoint."""
+    if type(stream) is trio.SocketStream:
+        stream.socket.close()
+    else:
+        await trio.aclose_forcefully(stream)
