@@ -29,6 +29,11 @@ else
   PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONPATH
   wsproxy="python3 -m wsproxy"
+  if ! python3 -c 'import trio, h11, wsproto, yaml' 2>/dev/null; then
+    echo "$(command -v python3) lacks wsproxy's dependencies: make .venv here" \
+      "(python3 -m venv .venv && .venv/bin/pip install -e .) or put a venv that has them first on PATH" >&2
+    exit 2
+  fi
 fi
 export PATH
 commit=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)
