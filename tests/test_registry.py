@@ -123,3 +123,10 @@ async def test_registry_close_paced_asks_each_at_its_instant_and_skips_the_ended
     assert [s.asked for s in sessions] == [[(0.0, close)], [(0.3, close)], []]
     assert trio.current_time() == 0.6  # asked when its turn came, and it had ended
     assert not registry.sessions
+
+
+def test_registry_session_ids_are_distinct_within_a_process_and_between_processes() -> None:
+    first, second = registry_for(), registry_for()  # two registries stand for two workers
+    ids = [first.new_id() for _ in range(1000)] + [second.new_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert all(id_.isascii() and "/" not in id_ and len(id_) <= 16 for id_ in ids)  # URL-safe

@@ -199,7 +199,15 @@ class Admission:
         sticky = balancer.sticky_header(result.server, pick, secure=secure)
         switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
         return LiveSession(
-            session, switching, balancer, result.server, route.path, accept.subprotocol or ""
+            id=self.registry.new_id(),
+            session=session,
+            switching=switching,
+            balancer=balancer,
+            server=result.server,
+            pick=pick,
+            route=route.path,
+            subprotocol=accept.subprotocol or "",
+            started=trio.current_time(),
         )
 
     # ---------------------------------------------------------------- refusals

@@ -15,7 +15,9 @@ Invariants:
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from typing import Final
 
 import trio
 
-from wsproxy.balancer import PoolBalancer
+from wsproxy.balancer import Pick, PoolBalancer
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security
 from wsproxy.frames import CLOSE_ABNORMAL
@@ -41,12 +43,15 @@ RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 class LiveSession:
     """A session whose backend said yes: all the relay and the access line need."""
 
+    id: str  # unique among the sessions of every process (`Registry.new_id`)
     session: Session
     switching: bytes  # our 101 to the client
     balancer: PoolBalancer
     server: ServerState
+    pick: Pick  # what the handshake brought to the choice of server (its hash key or cookie)
     route: str
     subprotocol: str
+    started: float  # trio's clock when its backend said yes
 
 
 class Registry:
@@ -62,6 +67,12 @@ class Registry:
         self.per_ip: Counter[str] = Counter()
         self._all_closed = trio.Event()
         self._all_closed.set()
+        self._id_prefix = secrets.token_hex(3)  # tells this process's ids from other workers'
+        self._serial = itertools.count(1)
+
+    def new_id(self) -> str:
+        """A session id no other session of any process has: this process's prefix, a serial."""
+        return f"{self._id_prefix}-{next(self._serial):x}"
 
     def live(self) -> Collection[LiveSession]:
         """The sessions being relayed now."""
@@ -107,7 +118,7 @@ class Registry:
         """Send the 101 on `stream` and relay `live` to its end; `client` (IP:PORT) names the
         client in the access line."""
         session = live.session
-        started = trio.current_time()
+        started = live.started
         live.balancer.started(live.server)
         self.sessions[session] = live
         self.metrics.sessions.inc(live.route, live.balancer.name)
