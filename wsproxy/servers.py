@@ -78,6 +78,11 @@ class ServerState:
         return f"<ServerState {self.key}>"
 
     @property
+    def effective_weight(self) -> int:
+        """The weight new sessions and shares are reckoned with now."""
+        return self.weight
+
+    @property
     def load(self) -> int:
         return self.connecting + self.sessions
 
