@@ -30,6 +30,7 @@ from wsproxy.changes import config_changes
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, resolve_tcp
+from wsproxy.drains import Drains
 from wsproxy.health import Probe
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
@@ -68,8 +69,14 @@ class Proxy:
         self.snapshot = self._build(config)
         self.registry = Registry(lambda: self.snapshot.config)
         self.admission = Admission(self.registry, lambda: self.snapshot, dial=dial)
+        self.drains = Drains(self.registry, lambda: self.snapshot)
         self._keep_up = functools.partial(
-            keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng
+            keep_up,
+            resolve=resolve,
+            dial=dial,
+            probe=probe,
+            rng=self._rng,
+            agent=self.drains.reported,
         )
         self._upkeep: trio.Nursery | None = None  # set once `serve` has begun upkeep
         self._upkeep_scope = trio.CancelScope()
@@ -93,6 +100,15 @@ class Proxy:
         self._stopping.set()
         self._reloading.cancel()
 
+    def drain(self, pool: str, server: str, window: float, code: int = 1012) -> bool:
+        """`Drains.drain`: `server` (identity or URL) of `pool` takes no new sessions and its
+        sessions are closed with `code` over `window` seconds, in the background."""
+        return self.drains.drain(pool, server, window, code)
+
+    def undrain(self, pool: str, server: str) -> bool:
+        """`Drains.undrain`: new sessions may go to `server` of `pool` again."""
+        return self.drains.undrain(pool, server)
+
     async def serve(
         self,
         listeners: Sequence[trio.SocketListener | Listening] | None = None,
@@ -111,7 +127,7 @@ class Proxy:
         async with trio.open_nursery() as upkeep:
             async with self._switching:  # a reload waits until upkeep has begun
                 await resolve_names(self.snapshot, self._resolve)
-                self._upkeep = self.admission.reports = upkeep
+                self._upkeep = self.admission.reports = self.drains.nursery = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
