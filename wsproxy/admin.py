@@ -229,7 +229,7 @@ def metrics_text(proxy: Served) -> str:
         wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
     pools = snapshot.status(trio.current_time())
     on_server = Tally({(p.pool, s.server): s.sessions for p in pools for s in p.servers})
-    drain_closes = Tally({(pool.pool,): 0.0 for pool in pools})  # every pool, at 0 when none
+    drain_closes: Tally[tuple[str, ...]] = Tally({(pool.pool,): 0 for pool in pools})
     drain_closes.update(metrics.drain_closes.values)
     busy = [(each.balancer.name, each.server.key) for each in live]
     on_server.update([key for key in busy if key not in on_server])  # in a pool removed since
