@@ -82,7 +82,7 @@ def _one(
 
 
 def _shown(value: bytes) -> str:
-    text = value[:_SHOWN].decode("ascii", "backslashreplace")
+    text = repr(value[:_SHOWN])[2:-1]  # escaped: printable, whatever the bytes
     return f'"{text}..."' if len(value) > _SHOWN else f'"{text}"'
 
 

@@ -183,22 +183,23 @@ class Registry:
         its turn, or `going_on()` said False at its turn."""
         asked: set[Session] = set()
         end = trio.current_time() + window
-        while going_on():
-            left = [
-                session
-                for session, live in self.sessions.items()
-                if session not in asked and (server is None or live.server is server)
-            ]
-            if not left:
-                return
-            asked.update(left)
-            start = trio.current_time()
-            times = close_times(len(left), max(end - start, 0.0))
-            async with trio.open_nursery() as closing:
+        async with trio.open_nursery() as closing:
+            while going_on():
+                left = [
+                    session
+                    for session, live in self.sessions.items()
+                    if session not in asked and (server is None or live.server is server)
+                ]
+                if not left:
+                    break
+                asked.update(left)
+                start = trio.current_time()
+                times = close_times(len(left), max(end - start, 0.0))
                 for when, session in zip(times, left, strict=True):
                     closing.start_soon(
                         self._close_at, session, start + when, close, going_on, server is not None
                     )
+                await trio.sleep_until(start + times[-1])  # then look for sessions begun since
 
     async def _close_at(
         self,
