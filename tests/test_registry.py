@@ -3,13 +3,12 @@ autojump clock with exact instants (the relay of a whole session is in test_admi
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import trio
 import trio.testing
 
 from tests.conftest import proxy_config
+from tests.helpers import FakeSession, on
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security, Server
 from wsproxy.handshake import Reject
@@ -95,19 +94,6 @@ def test_registry_close_times_are_spread_evenly_over_the_window(
     assert close_times(count, window) == times
 
 
-@dataclasses.dataclass(eq=False)
-class FakeSession:
-    """Stands for a live session: records when it was asked to close, and with what."""
-
-    registry: Registry
-    asked: list[tuple[float, Close]] = dataclasses.field(default_factory=list)
-
-    async def shutdown(self, close: Close) -> None:
-        self.asked.append((trio.current_time(), close))
-        await trio.sleep(0.05)  # the close handshake takes a while; it does not delay the next
-        del self.registry.sessions[self]  # type: ignore[arg-type]
-
-
 async def test_registry_close_paced_asks_each_at_its_instant_and_skips_the_ended(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -134,26 +120,6 @@ def test_registry_session_ids_are_distinct_within_a_process_and_between_processe
     ids = [first.new_id() for _ in range(1000)] + [second.new_id() for _ in range(1000)]
     assert len(set(ids)) == len(ids)
     assert all(id_.isascii() and "/" not in id_ and len(id_) <= 16 for id_ in ids)  # URL-safe
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeLive:
-    """Stands for a `LiveSession`: the server it is on and its pool's balancer name."""
-
-    server: ServerState
-    balancer: FakeBalancer
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeBalancer:
-    name: str = "main"
-
-
-def on(registry: Registry, server: ServerState, count: int) -> list[FakeSession]:
-    sessions = [FakeSession(registry) for _ in range(count)]
-    for session in sessions:
-        registry.sessions[session] = FakeLive(server, FakeBalancer())  # type: ignore[index, assignment]
-    return sessions
 
 
 async def test_registry_close_paced_of_one_server_closes_only_its_sessions_and_counts_them(
