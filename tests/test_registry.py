@@ -195,3 +195,23 @@ async def test_registry_close_paced_for_the_whole_proxy_counts_no_drain_close(
     await registry.close_paced(Close(1001, "proxy shutting down"), 1.0)
     assert [len(s.asked) for s in sessions] == [1, 1]
     assert registry.metrics.drain_closes.values == {}
+
+
+async def test_registry_close_paced_of_a_server_looks_once_more_at_the_windows_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    draining = ServerState(SERVER)
+    first = on(registry, draining, 1)
+    late: list[FakeSession] = []
+
+    async def one_more_at_1_5() -> None:
+        await trio.sleep(1.5)
+        late.extend(on(registry, draining, 1))
+
+    close = Close(1012, "server draining")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one_more_at_1_5)
+        await registry.close_paced(close, 2.0, server=draining)
+    assert [s.asked for s in (*first, *late)] == [[(0.0, close)], [(2.0, close)]]
+    assert trio.current_time() == 2.05, "returns once the last close ended, no more looks"

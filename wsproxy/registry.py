@@ -13,7 +13,8 @@ Invariants:
   evenly spread over the window, the first at once (`close_times`); a session that ended
   before its turn is skipped, and once `going_on()` is False no more are asked. Sessions that
   begin meanwhile (their handshake was under way) are asked in a next round, spread over what
-  is left of the window. A server's drain counts each ask in `wsproxy_drain_closes_total`.
+  is left of the window; a server's drain looks once more at the window's end. A server's
+  drain counts each ask in `wsproxy_drain_closes_total`.
 """
 
 from __future__ import annotations
@@ -191,7 +192,10 @@ class Registry:
                     if session not in asked and (server is None or live.server is server)
                 ]
                 if not left:
-                    break
+                    if server is None or trio.current_time() >= end:
+                        break
+                    await trio.sleep_until(end)  # a server's: one more look at the window's end
+                    continue
                 asked.update(left)
                 start = trio.current_time()
                 times = close_times(len(left), max(end - start, 0.0))
