@@ -37,6 +37,7 @@ LAYERS: Final = {
     "metrics": 2,
     "proxyproto": 2,
     "changes": 2,
+    "page": 2,  # the status page's HTML text
     "wire": 3,
     "relay": 3,
     "upstream": 3,
