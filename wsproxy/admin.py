@@ -29,6 +29,7 @@ import trio
 
 from wsproxy import __version__
 from wsproxy.balancer import PoolStatus
+from wsproxy.history import History, HistoryStatus
 from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
@@ -54,6 +55,7 @@ class ProcessStatus:
     connections: int  # client connections open, admitted or not
     sessions: int  # sessions being relayed
     pools: tuple[PoolStatus, ...]
+    history: HistoryStatus  # each server's sessions over the last minutes, for the page's chart
 
 
 class AdminView(Protocol):
@@ -98,6 +100,10 @@ class Served(Protocol):
     @property
     def registry(self) -> Sessions:
         """Its sessions."""
+
+    @property
+    def history(self) -> History:
+        """Its servers' recent sessions."""
 
 
 class ProxyView:
@@ -206,6 +212,7 @@ def status(proxy: Served) -> ProcessStatus:
         connections=registry.connections,
         sessions=len(registry.live()),
         pools=tuple(proxy.snapshot.status(trio.current_time())),
+        history=proxy.history.status(time.time()),
     )
 
 

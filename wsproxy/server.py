@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
@@ -31,6 +32,7 @@ from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, resolve_tcp
 from wsproxy.health import Probe
+from wsproxy.history import History, sessions_of
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
 from wsproxy.registry import Registry
@@ -67,6 +69,7 @@ class Proxy:
         )
         self.snapshot = self._build(config)
         self.registry = Registry(lambda: self.snapshot.config)
+        self.history = History()  # for the status page's chart
         self.admission = Admission(self.registry, lambda: self.snapshot, dial=dial)
         self._keep_up = functools.partial(
             keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng
@@ -113,6 +116,7 @@ class Proxy:
                 await resolve_names(self.snapshot, self._resolve)
                 self._upkeep = self.admission.reports = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
+            upkeep.start_soon(self._sample_history)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
                 await upkeep.start(serve_admin, ProxyView(self), admin)
@@ -141,6 +145,13 @@ class Proxy:
                         await trio.aclose_forcefully(each.listener)
                 await self._drain(handlers)
             upkeep.cancel_scope.cancel()
+
+    async def _sample_history(self) -> None:
+        """Each server's sessions into `history`, at the start of every interval."""
+        while True:
+            pools = self.snapshot.status(trio.current_time())
+            self.history.record(time.time(), sessions_of(pools))
+            await trio.sleep(self.history.until_next(time.time()))
 
     async def _handle(self, tcp: trio.SocketStream, listening: Listening) -> None:
         try:
