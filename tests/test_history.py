@@ -47,9 +47,12 @@ def test_history_slot_is_the_start_of_the_interval_now_falls_in(
 
 
 @pytest.mark.parametrize(
-    ("now", "expected"), [(1000.0, 10.0), (1003.5, 6.5), (1009.75, 0.25), (1010.0, 10.0)]
+    ("now", "expected"),
+    [(1000.0, 10.0), (1003.5, 6.5), (1004.9, 5.1), (1005.0, 5.0), (1009.75, 5.0), (1010.0, 10.0)],
 )
-def test_history_until_next_is_the_time_to_the_next_slot(now: float, expected: float) -> None:
+def test_history_until_next_is_the_next_slot_but_at_least_half_an_interval(
+    now: float, expected: float
+) -> None:
     assert History(10.0).until_next(now) == pytest.approx(expected)
 
 

@@ -84,8 +84,10 @@ class History:
             samples.popleft()
 
     def until_next(self, now: float) -> float:
-        """Seconds from `now` to the start of the next slot: when to sample next."""
-        return max(slot(now, self.interval) + self.interval - now, 0.0)
+        """Seconds from `now` (just sampled) to the next sample: the start of the next slot, but
+        never sooner than half an interval, so a sampler paced by another clock than the wall
+        clock (a test's mock clock, a wake-up a moment early) samples at most twice a slot."""
+        return max(slot(now, self.interval) + self.interval - now, self.interval / 2)
 
     def status(self, now: float) -> HistoryStatus:
         return HistoryStatus(self.interval, self.span, round(now, 3), tuple(self._samples))

@@ -8,7 +8,8 @@ Invariants:
   across the swap (one `ServerStates` for the process's life).
 - Host names are resolved once before the first client is accepted; health checks and
   re-resolution run beside the accept loop for as long as `serve` does, for the pools of the
-  snapshot in use.
+  snapshot in use; each server's sessions are sampled into `history` (the status page's
+  chart) at the start of every `history.interval` beside them.
 - Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
   close with `shutdown.close_code` spread evenly over `shutdown.close_window`, and cancel what
   is left `CLOSE_TIMEOUT` after the last ask.
