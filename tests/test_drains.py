@@ -63,13 +63,13 @@ async def test_drains_agent_weight_is_set_kept_on_a_bad_value_and_ended_when_abs
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     f = Fixture()
-    f.drains.reported(f.balancer, f.a, AgentReport(weight=0))
+    f.drains.apply(f.balancer, f.a, AgentReport(weight=0))
     assert weights(f.a) == (0, 0)
-    f.drains.reported(f.balancer, f.a, AgentReport(keep_weight=True, problems=("bad",)))
+    f.drains.apply(f.balancer, f.a, AgentReport(keep_weight=True, problems=("bad",)))
     assert weights(f.a) == (0, 0), "a bad value keeps what was said before"
-    f.drains.reported(f.balancer, f.a, AgentReport(weight=9))
+    f.drains.apply(f.balancer, f.a, AgentReport(weight=9))
     assert weights(f.a) == (9, 9)
-    f.drains.reported(f.balancer, f.a, AgentReport())
+    f.drains.apply(f.balancer, f.a, AgentReport())
     assert weights(f.a) == (None, 1)
 
 
@@ -78,16 +78,16 @@ async def test_drains_agent_drain_starts_once_keeps_on_a_bad_value_and_ends_when
 ) -> None:
     f = Fixture()
     await trio.sleep(3.0)
-    f.drains.reported(f.balancer, f.a, AgentReport(drain=30.0))
+    f.drains.apply(f.balancer, f.a, AgentReport(drain=30.0))
     drain = f.a.drain
     assert drain is not None
     assert (drain.by, drain.window, drain.started, drain.code) == ("agent", 30.0, 3.0, 1012)
     await trio.sleep(1.0)
-    f.drains.reported(f.balancer, f.a, AgentReport(drain=5.0))
+    f.drains.apply(f.balancer, f.a, AgentReport(drain=5.0))
     assert f.a.drain is drain, "the agent saying it again keeps the schedule"
-    f.drains.reported(f.balancer, f.a, AgentReport(keep_drain=True, problems=("bad",)))
+    f.drains.apply(f.balancer, f.a, AgentReport(keep_drain=True, problems=("bad",)))
     assert f.a.drain is drain
-    f.drains.reported(f.balancer, f.a, AgentReport())
+    f.drains.apply(f.balancer, f.a, AgentReport())
     assert f.a.drain is None
 
 
@@ -96,7 +96,7 @@ async def test_drains_agent_silence_never_ends_an_operators_drain(
 ) -> None:
     f = Fixture()
     assert f.drains.drain("main", "ws://10.0.0.1:9000", 10.0, 1012)
-    f.drains.reported(f.balancer, f.a, AgentReport(weight=3))
+    f.drains.apply(f.balancer, f.a, AgentReport(weight=3))
     assert f.a.drain is not None
     assert f.a.drain.by == "admin"
     assert f.a.effective_weight == 0
@@ -110,9 +110,9 @@ async def test_drains_bad_headers_warn_once_per_server_and_problem_then_every_mi
     bad = AgentReport(keep_weight=True, problems=("Wsproxy-Weight: x: ignored",))
     worse = AgentReport(keep_drain=True, problems=("Wsproxy-Drain: y: ignored",))
     for _ in range(30):  # a probe every 5 s for 150 s
-        f.drains.reported(f.balancer, f.a, bad)
-        f.drains.reported(f.balancer, f.b, bad)
-        f.drains.reported(f.balancer, f.a, worse)
+        f.drains.apply(f.balancer, f.a, bad)
+        f.drains.apply(f.balancer, f.b, bad)
+        f.drains.apply(f.balancer, f.a, worse)
         await trio.sleep(5.0)
     lines = [(r.levelname, r.getMessage()) for r in caplog.records]
     per_line = {line: lines.count(line) for line in lines}
@@ -187,7 +187,7 @@ async def test_drains_started_twice_keeps_the_first_schedule_and_undrain_stops_t
         sessions = on(f.registry, f.a, 4)
         assert f.drains.drain("main", "ws://10.0.0.1:9000", 4.0, 1012)
         await trio.sleep(0.5)
-        f.drains.reported(f.balancer, f.a, AgentReport(drain=0.0))  # would close all at once
+        f.drains.apply(f.balancer, f.a, AgentReport(drain=0.0))  # would close all at once
         assert f.drains.drain("main", "ws://10.0.0.1:9000", 0.0, 1013)
         await trio.sleep(1.0)
         assert f.drains.undrain("main", "ws://10.0.0.1:9000")  # at 1.5: two asked so far
@@ -203,11 +203,11 @@ async def test_drains_undrained_then_drained_again_gets_a_new_schedule(
     async with trio.open_nursery() as nursery:
         f = Fixture(nursery)
         sessions = on(f.registry, f.a, 3)
-        f.drains.reported(f.balancer, f.a, AgentReport(drain=3.0))
+        f.drains.apply(f.balancer, f.a, AgentReport(drain=3.0))
         await trio.sleep(0.5)
-        f.drains.reported(f.balancer, f.a, AgentReport())  # the header is gone: drain ends
+        f.drains.apply(f.balancer, f.a, AgentReport())  # the header is gone: drain ends
         await trio.sleep(0.5)
-        f.drains.reported(f.balancer, f.a, AgentReport(drain=1.0))  # back, at 1.0
+        f.drains.apply(f.balancer, f.a, AgentReport(drain=1.0))  # back, at 1.0
     close = Close(1012, DRAIN_REASON)
     assert [s.asked for s in sessions] == [[(0.0, close)], [(1.0, close)], [(1.5, close)]]
 

@@ -28,6 +28,7 @@ from wsproxy.fleet import (
     parse_status,
     without,
 )
+from wsproxy.history import HistoryStatus, Sample
 from wsproxy.metrics import Counter, Family
 from wsproxy.servers import ServerStatus
 
@@ -67,7 +68,15 @@ def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
     )
 
 
-def process(connections: int = 2, sessions: int = 1, *pools: PoolStatus) -> ProcessStatus:
+NO_HISTORY = HistoryStatus(10.0, 600.0, 0.0, ())
+
+
+def process(
+    connections: int = 2,
+    sessions: int = 1,
+    *pools: PoolStatus,
+    history: HistoryStatus = NO_HISTORY,
+) -> ProcessStatus:
     return ProcessStatus(
         version=__version__,
         ready=True,
@@ -76,6 +85,7 @@ def process(connections: int = 2, sessions: int = 1, *pools: PoolStatus) -> Proc
         connections=connections,
         sessions=sessions,
         pools=pools,
+        history=history,
     )
 
 
@@ -110,7 +120,9 @@ class FakeSupervisor:
 
 
 def test_fleet_parse_status_reads_back_what_a_worker_writes() -> None:
-    document = process(3, 2, pool("main", 1, server("a"), server("b", "ejected")))
+    samples = (Sample(1000.0, {"main": {"a": 1, "b": 0}}), Sample(1010.0, {"main": {"a": 2}}))
+    history = HistoryStatus(10.0, 600.0, 1012.5, samples)
+    document = process(3, 2, pool("main", 1, server("a"), server("b", "ejected")), history=history)
     text = json.dumps(asdict(document), indent=1)
     assert parse_status((200, text)) == document
 
@@ -253,12 +265,17 @@ def test_fleet_merge_pools_of_no_worker_is_no_pool() -> None:
 # --- merge_status ------------------------------------------------------------------------------
 
 
+def worker_history(sessions: int) -> HistoryStatus:
+    samples = (Sample(1010.0, {"main": {"a": sessions}}),)
+    return HistoryStatus(10.0, 600.0, 1015.0, samples)
+
+
 def test_fleet_merge_status_sums_the_answers_and_lists_every_worker() -> None:
     members = [FakeMember(0, pid=10, restarts=1), FakeMember(1, pid=None), FakeMember(2, pid=12)]
     documents = [
-        process(3, 2, pool("main", 0, server("a", "down", 2))),
+        process(3, 2, pool("main", 0, server("a", "down", 2)), history=worker_history(2)),
         None,
-        process(4, 1, pool("main", 1, server("a", "up", 1))),
+        process(4, 1, pool("main", 1, server("a", "up", 1)), history=worker_history(1)),
     ]
     status = merge_status("worker 0: draining", True, members, documents)
     assert status == FleetStatus(
@@ -269,6 +286,7 @@ def test_fleet_merge_status_sums_the_answers_and_lists_every_worker() -> None:
         connections=7,
         sessions=3,
         pools=merge_pools([documents[0].pools, documents[2].pools]),  # type: ignore[union-attr]
+        history=HistoryStatus(10.0, 600.0, 1015.0, (Sample(1010.0, {"main": {"a": 3}}),)),
         workers=(
             WorkerStatus(index=0, pid=10, running=True, restarts=1, sessions=2),
             WorkerStatus(index=1, pid=None, running=False, restarts=0, sessions=0),

@@ -38,6 +38,8 @@ LAYERS: Final = {
     "metrics": 2,
     "proxyproto": 2,
     "changes": 2,
+    "page": 2,  # the status page's HTML text
+    "history": 2,  # the ring of session samples behind the page's chart
     "wire": 3,
     "relay": 3,
     "upstream": 3,

@@ -10,7 +10,8 @@ Invariants:
   best any worker sees (a session may go to that worker), with that worker's check problem; a
   server is listed if any worker lists it and ejected for the shortest time any worker says;
   its effective weight is the highest any worker weighs it with, its agent weight the first
-  one reported, and it drains if any worker drains it, for the longest time left.
+  one reported, and it drains if any worker drains it, for the longest time left. Histories
+  are summed per server at each sample time (`history.merge_histories`).
 - A worker's answer that is not what a worker of this version gives counts as no answer.
 """
 
@@ -26,6 +27,7 @@ import trio
 from wsproxy import __version__
 from wsproxy.admin import ProcessStatus
 from wsproxy.balancer import PoolStatus
+from wsproxy.history import merge_histories, parse_history
 from wsproxy.metrics import Family, Gauge, merge, render
 from wsproxy.servers import ServerStatus
 
@@ -144,7 +146,8 @@ def parse_status(answer: Answer | None) -> ProcessStatus | None:
     try:
         document = json.loads(answer[1])
         pools = tuple(_pool(pool) for pool in document.pop("pools"))
-        return ProcessStatus(**document, pools=pools)
+        history = parse_history(document.pop("history"))
+        return ProcessStatus(**document, pools=pools, history=history)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -170,6 +173,7 @@ def merge_status(
         connections=sum(doc.connections for doc in present),
         sessions=sum(doc.sessions for doc in present),
         pools=merge_pools([doc.pools for doc in present]),
+        history=merge_histories([doc.history for doc in present]),
         workers=tuple(
             WorkerStatus(
                 index=member.index,
