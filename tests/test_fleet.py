@@ -55,7 +55,11 @@ def server(
         draining=False,
         drain_left=0.0,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    changed = replace(base, **changes)  # type: ignore[arg-type]
+    if "effective_weight" in changes:
+        return changed
+    # a server neither draining nor reweighted by its agent is weighed with its weight
+    return replace(changed, effective_weight=changed.weight)
 
 
 def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
