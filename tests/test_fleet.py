@@ -50,8 +50,16 @@ def server(
         failures_total=1,
         check_problem="" if health == "up" else f"{health} here",
         ejected_for=2.0 if health == "ejected" else 0.0,
+        effective_weight=1,
+        agent_weight=None,
+        draining=False,
+        drain_left=0.0,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    changed = replace(base, **changes)  # type: ignore[arg-type]
+    if "effective_weight" in changes:
+        return changed
+    # a server neither draining nor reweighted by its agent is weighed with its weight
+    return replace(changed, effective_weight=changed.weight)
 
 
 def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
@@ -211,6 +219,27 @@ def test_fleet_merge_server_listed_by_neither_stays_unlisted() -> None:
     assert not merge_server(server(listed=False), server(listed=False)).listed
 
 
+def test_fleet_merge_server_drains_if_any_worker_drains_with_the_most_time_left() -> None:
+    idle = server("a", effective_weight=3)
+    draining = server("a", effective_weight=0, draining=True, drain_left=4.5)
+    for first, second in ((idle, draining), (draining, idle)):
+        merged = merge_server(first, second)
+        assert (merged.draining, merged.drain_left) == (True, 4.5)
+        assert merged.effective_weight == 3, "the highest: a session may go to that worker"
+    later = merge_server(draining, replace(draining, drain_left=7.25))
+    assert later.drain_left == 7.25
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "merged"), [(None, None, None), (None, 5, 5), (0, 5, 0), (7, None, 7)]
+)
+def test_fleet_merge_server_agent_weight_is_the_first_one_reported(
+    first: int | None, second: int | None, merged: int | None
+) -> None:
+    both = merge_server(server(agent_weight=first), server(agent_weight=second))
+    assert both.agent_weight == merged
+
+
 def test_fleet_merge_pools_sums_sessions_and_keeps_the_most_healthy() -> None:
     first = [pool("main", 0, server("a", "down", 3))]
     second = [pool("main", 1, server("a", "up", 2), server("b", "up", 2, listed=False))]
@@ -312,6 +341,13 @@ def test_fleet_merge_metrics_backend_up_if_any_worker_sees_it_up() -> None:
     )
     text = merge_metrics([("", up % 0), ("", up % 1)], [], 2)
     assert 'wsproxy_backend_up{s="a"} 1\n' in text
+
+
+@pytest.mark.parametrize("family", ["wsproxy_backend_weight", "wsproxy_backend_draining"])
+def test_fleet_merge_metrics_weight_and_draining_are_the_highest_not_summed(family: str) -> None:
+    gauge = f'# HELP {family} X.\n# TYPE {family} gauge\n{family}{{s="a"}} %d\n'
+    text = merge_metrics([("", gauge % 1), ("", gauge % 1), ("", gauge % 0)], [], 3)
+    assert f'{family}{{s="a"}} 1\n' in text
 
 
 # --- FleetView ---------------------------------------------------------------------------------

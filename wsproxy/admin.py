@@ -237,6 +237,8 @@ def metrics_text(proxy: Served) -> str:
         wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
     pools = snapshot.status(trio.current_time())
     on_server = Tally({(p.pool, s.server): s.sessions for p in pools for s in p.servers})
+    drain_closes: Tally[tuple[str, ...]] = Tally({(pool.pool,): 0 for pool in pools})
+    drain_closes.update(metrics.drain_closes.values)
     busy = [(each.balancer.name, each.server.key) for each in live]
     on_server.update([key for key in busy if key not in on_server])  # in a pool removed since
     families: list[Family] = [
@@ -279,6 +281,26 @@ def metrics_text(proxy: Served) -> str:
             ],
         ),
         Gauge(
+            "wsproxy_backend_weight",
+            "The weight new sessions are reckoned with: configured, agent's, 0 while draining.",
+            ("pool", "server"),
+            [
+                ((pool.pool, server.server), float(server.effective_weight))
+                for pool in pools
+                for server in pool.servers
+            ],
+        ),
+        Gauge(
+            "wsproxy_backend_draining",
+            "1 while the server drains (its agent's or an admin's drain), else 0.",
+            ("pool", "server"),
+            [
+                ((pool.pool, server.server), float(server.draining))
+                for pool in pools
+                for server in pool.servers
+            ],
+        ),
+        Gauge(
             "wsproxy_backend_sessions_active",
             "Sessions being relayed now, by pool and server.",
             ("pool", "server"),
@@ -287,6 +309,13 @@ def metrics_text(proxy: Served) -> str:
         metrics.connect_seconds,
         metrics.session_seconds,
         metrics.closes,
+        Gauge(
+            metrics.drain_closes.name,
+            metrics.drain_closes.help,
+            metrics.drain_closes.labels,
+            sorted(drain_closes.items()),
+            kind="counter",
+        ),
         metrics.config_reloads,
         *_process_figures(),
     ]

@@ -8,8 +8,10 @@ Invariants:
 - The merging is pure: `parse_status`, `merge_pools`, `merge_status`, `not_ready_because` and
   `merge_metrics` read values and return values. Counts are summed; a server's health is the
   best any worker sees (a session may go to that worker), with that worker's check problem; a
-  server is listed if any worker lists it and ejected for the shortest time any worker says.
-  Histories are summed per server at each sample time (`history.merge_histories`).
+  server is listed if any worker lists it and ejected for the shortest time any worker says;
+  its effective weight is the highest any worker weighs it with, its agent weight the first
+  one reported, and it drains if any worker drains it, for the longest time left. Histories
+  are summed per server at each sample time (`history.merge_histories`).
 - A worker's answer that is not what a worker of this version gives counts as no answer.
 """
 
@@ -217,6 +219,10 @@ def merge_server(first: ServerStatus, second: ServerStatus) -> ServerStatus:
         check_problem=best.check_problem,
         listed=first.listed or second.listed,
         ejected_for=min(first.ejected_for, second.ejected_for),
+        effective_weight=max(first.effective_weight, second.effective_weight),
+        agent_weight=first.agent_weight if first.agent_weight is not None else second.agent_weight,
+        draining=first.draining or second.draining,
+        drain_left=max(first.drain_left, second.drain_left),
         **summed,
     )
 
@@ -230,7 +236,7 @@ def merge_metrics(lives: Sequence[tuple[str, str]], own: Sequence[Family], answe
     texts = [text for life in lives for text in life if text]
     return merge(
         [*texts, render([*own, running])],
-        highest={"wsproxy_backend_up"},
+        highest={"wsproxy_backend_up", "wsproxy_backend_weight", "wsproxy_backend_draining"},
         lowest={"process_start_time_seconds"},
     )
 

@@ -32,6 +32,7 @@ from wsproxy.changes import config_changes
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, resolve_tcp
+from wsproxy.drains import Drains, ServerDrains
 from wsproxy.health import Probe
 from wsproxy.history import History, sessions_of
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
@@ -46,8 +47,9 @@ from wsproxy.upstream import Dial, dial_tcp
 log = logging.getLogger(__name__)
 
 
-class Proxy:
-    """Serves one configuration on its listeners until `stop()`."""
+class Proxy(ServerDrains):
+    """Serves one configuration on its listeners until `stop()`; `drain` and `undrain` one of
+    its servers (`ServerDrains`)."""
 
     def __init__(
         self,
@@ -72,8 +74,9 @@ class Proxy:
         self.registry = Registry(lambda: self.snapshot.config)
         self.history = History()  # for the status page's chart
         self.admission = Admission(self.registry, lambda: self.snapshot, dial=dial)
+        self.drains = Drains(self.registry, lambda: self.snapshot)
         self._keep_up = functools.partial(
-            keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng
+            keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng, agent=self.drains.apply
         )
         self._upkeep: trio.Nursery | None = None  # set once `serve` has begun upkeep
         self._upkeep_scope = trio.CancelScope()
@@ -115,7 +118,7 @@ class Proxy:
         async with trio.open_nursery() as upkeep:
             async with self._switching:  # a reload waits until upkeep has begun
                 await resolve_names(self.snapshot, self._resolve)
-                self._upkeep = self.admission.reports = upkeep
+                self._upkeep = self.admission.reports = self.drains.nursery = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
             upkeep.start_soon(self._sample_history)
             addresses = [address_of(x.listener) for x in listening]
