@@ -176,6 +176,11 @@ class ProxyMetrics:
             "Ended sessions, by who closed and the close code the client got.",
             ("side", "code"),
         )
+        self.rebalance_closes = Counter(
+            "wsproxy_rebalance_closes_total",
+            "Sessions closed to rebalance their pool, by pool.",
+            ("pool",),
+        )
         self.config_reloads = Counter(
             "wsproxy_config_reloads_total", "Configuration reloads, by result.", ("result",)
         )

@@ -6,13 +6,13 @@ Invariants:
 - Room: a server that is listed, healthy and of effective weight above 0. Only room takes new
   sessions; a server that is not room (removed, down, ejected, weight 0) has a share of 0.
 - A server's share is the pool's load (connecting + live sessions, on every server of the pool,
-  removed ones included) × its effective weight / the sum of the room's effective weights. The
+  removed ones included) * its effective weight / the sum of the room's effective weights. The
   shares of a pool with room add up to its load.
 - Tolerance (round_robin, least_connections, random): a pool starts rebalancing when a server
-  holds more than its upper bound, max((1 + tolerance) × share, ⌈share⌉); once started it goes on
-  until no server is above its upper bound and no room server below its lower bound,
-  min((1 - tolerance) × share, ⌊share⌋). The whole-session bounds keep a small pool from moving
-  one session back and forth; the lower bound is what makes a new server fill up.
+  holds more than its upper bound, max((1 + tolerance) * share, ceil(share)); once started it
+  goes on until no server is above its upper bound and no room server below its lower bound,
+  min((1 - tolerance) * share, floor(share)). The whole-session bounds keep a small pool from
+  moving one session back and forth; the lower bound is what makes a new server fill up.
 - A tolerance plan simulates the closes one at a time: each takes a session from the server
   furthest above its share (load / share, not-room servers first, the pool's order on a tie) that
   has one to give, and its client comes back on the room server furthest below its share (where

@@ -33,6 +33,7 @@ from wsproxy.discovery import Resolver, resolve_tcp
 from wsproxy.health import Probe
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
+from wsproxy.rebalancing import keep_balanced
 from wsproxy.registry import Registry
 from wsproxy.relay import CLOSE_TIMEOUT
 from wsproxy.servers import ServerStates
@@ -113,6 +114,8 @@ class Proxy:
                 await resolve_names(self.snapshot, self._resolve)
                 self._upkeep = self.admission.reports = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
+            snapshot, stopping = (lambda: self.snapshot), (lambda: self.stopping)
+            await upkeep.start(keep_balanced, self.registry, snapshot, stopping)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
                 await upkeep.start(serve_admin, ProxyView(self), admin)

@@ -337,7 +337,5 @@ def rebalance_close_code(value: object) -> int:
     """What a client moved by rebalancing hears: 1012 or 1013, both ask it to come back."""
     code = whole(value)
     if code not in REBALANCE_CLOSE_CODES:
-        raise ValueError(
-            f"expected 1012 (service restart) or 1013 (try again later), got {code}"
-        )
+        raise ValueError(f"expected 1012 (service restart) or 1013 (try again later), got {code}")
     return code
