@@ -23,6 +23,8 @@ Invariants:
   plan closes exactly the misplaced sessions, no others.
 - On each server the oldest sessions go first (earliest `started`, then `id`): they have had the
   longest of their connect-time choice, and a client moved once is the last to be moved again.
+- Pacing (`next_close_at`): closes at least 1 / rate apart, and no more than max(1, floor(rate))
+  in any window of one second.
 - A session younger than `min_age`, or already asked to close (`pending`), is never in a plan; a
   pending one counts as having moved already.
 """
@@ -199,3 +201,22 @@ def plan_affinity(
     asked = {p.id for p in pending}
     wrong = [s for s in sessions if s.id not in asked and misplaced(s)]
     return Plan(bool(wrong), tuple(_movable(wrong, now, min_age, asked)))
+
+
+def next_close_at(recent: Sequence[float], rate: float) -> float:
+    """When a pool paced at `rate` closes per second may close again, given the instants of its
+    last closes (oldest first): 1 / rate after the last, and never while the last
+    max(1, floor(rate)) closes lie within one second, so no window of one second ever holds
+    more than that, whatever the rounding of the instants."""
+    if not recent:
+        return -math.inf
+    most = per_second(rate)
+    due = recent[-1] + 1 / rate
+    if len(recent) >= most:
+        due = max(due, recent[-most] + 1.0)
+    return due
+
+
+def per_second(rate: float) -> int:
+    """How many closes a window of one second may hold at `rate` (at least one)."""
+    return max(1, math.floor(rate))

@@ -10,9 +10,9 @@ Invariants:
   of its room servers. The first look at a pool is no change. A change while the pool is within
   tolerance moves nothing; otherwise it rebalances until its plan says it is balanced (affinity
   pools: until no session is misplaced), re-planned once a `CHECK_INTERVAL` from what is live.
-- Closes are paced per pool: each at least 1 / rate after the one before, measured from when the
-  one before was made, so no window of one second ever holds more than `rate` closes, however
-  late a wake-up comes. With `workers`, each process takes an equal part of the rate.
+- Closes are paced per pool by `rebalance.next_close_at`, from the instants closes were made:
+  however late a wake-up comes, no window of one second holds more than `rate` closes. With
+  `workers`, each process takes an equal part of the rate.
 - A close is `session.shutdown(Close(close_code, REASON))` in a task of its own, so a slow
   client never delays the next; it is counted in `wsproxy_rebalance_closes_total{pool}` and the
   pool's `/status`. A session is closed only if it is still live and nobody has begun its close.
@@ -32,7 +32,7 @@ import trio
 
 from wsproxy.balancer import PoolBalancer
 from wsproxy.closes import Close
-from wsproxy.rebalance import is_room, plan_affinity, plan_tolerance
+from wsproxy.rebalance import is_room, next_close_at, per_second, plan_affinity, plan_tolerance
 from wsproxy.registry import LiveSession, Registry
 from wsproxy.servers import ServerState
 from wsproxy.snapshot import Snapshot
@@ -57,7 +57,7 @@ class Watch:
     planned: float = -math.inf  # when the queue was planned
     queue: deque[LiveSession] = field(default_factory=deque)  # the plan's closes to come
     pending: dict[str, LiveSession] = field(default_factory=dict)  # asked to close, still live
-    last_close: float = -math.inf
+    recent: deque[float] = field(default_factory=deque)  # instants of the last closes
     closes: int = 0
 
 
@@ -84,12 +84,14 @@ async def keep_balanced(
                 settings = balancer.pool.rebalance
                 if settings is None or stopping() or not watch.queue:
                     continue
-                step = snapshot.config.workers / settings.rate
-                if now >= watch.last_close + step:
+                rate = settings.rate / snapshot.config.workers
+                if now >= next_close_at(watch.recent, rate):
                     _close_next(watch, balancer, registry, closing, settings.close_code, now)
+                    while len(watch.recent) > per_second(rate):
+                        watch.recent.popleft()
                     balancer.rebalance_closes = watch.closes
                 if watch.queue:
-                    wake = min(wake, watch.last_close + step)
+                    wake = min(wake, next_close_at(watch.recent, rate))
             await trio.sleep_until(wake)
 
 
@@ -157,7 +159,7 @@ def _close_next(
             log.debug("rebalance: closing session %s on %s", live.id, live.server.key)
             closing.start_soon(live.session.shutdown, Close(code, REASON))
             watch.pending[live.id] = live
-            watch.last_close = now
+            watch.recent.append(now)
             watch.closes += 1
             registry.metrics.rebalance_closes.inc(balancer.name)
             return
