@@ -109,7 +109,8 @@ def _look(watch: Watch, balancer: PoolBalancer, registry: Registry, now: float) 
         live = registry.sessions
         watch.pending = {i: s for i, s in watch.pending.items() if s.session in live}
         mine = [s for s in registry.live() if s.balancer.name == balancer.name]
-        pending = list(watch.pending.values())
+        # asked to close by us, or closing anyway: either way on its way off its server
+        pending = [s for s in mine if s.id in watch.pending or s.session.close is not None]
         if balancer.affinity:
             plan = plan_affinity(
                 servers,
