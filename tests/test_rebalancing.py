@@ -7,12 +7,19 @@ end, in a real proxy with real `websockets` backends and clients on loopback.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from dataclasses import dataclass, field
 from typing import cast
 
 import pytest
 import trio
 import trio.testing
+import websockets
+from websockets.trio.client import connect
 
+from tests.conftest import ORIGIN, proxy_config
+from tests.test_pools import backends, landed, start, until
 from wsproxy.balancer import ANY, Pick
 from wsproxy.closes import Close
 from wsproxy.config import Config, parse_config
@@ -23,6 +30,7 @@ from wsproxy.servers import ServerStates
 from wsproxy.snapshot import Snapshot, build_snapshot, retire
 
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+CAP = 30.0
 
 
 def config(
@@ -296,3 +304,92 @@ pools: {other: {servers: [ws://10.0.0.9:9000], rebalance: {}}}
     proxy.snapshot = build_snapshot(other, proxy.states)
     await trio.sleep_until(0.5 + 3 * CHECK_INTERVAL)
     assert proxy.asked == []
+
+
+# ---------------------------------------------------------------- end to end, on loopback
+
+
+class CloseTimes(logging.Handler):
+    """The proxy's own record of each rebalancing close: trio's clock when it was made, and
+    the session's age then (the proxy runs in this process, so its clock is ours)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.closes: list[tuple[float, float]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("rebalance: closing session"):
+            assert isinstance(record.args, tuple)
+            self.closes.append((trio.current_time(), float(cast(float, record.args[2]))))
+
+
+@dataclass
+class Client:
+    """A client that reconnects whenever it hears 1012, and remembers what it heard."""
+
+    url: str
+    heard: list[int] = field(default_factory=list)
+    sessions: int = 0
+    connected: trio.Event = field(default_factory=trio.Event)
+
+    async def run(self) -> None:
+        while True:
+            async with connect(self.url, origin=ORIGIN, proxy=None) as ws:
+                self.sessions += 1
+                self.connected.set()
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await ws.recv()  # the echo server says nothing unasked: until the close
+                code = ws.close_code
+            assert code is not None
+            self.heard.append(code)
+            if code != 1012:
+                return
+
+
+@pytest.mark.e2e
+async def test_rebalancing_end_to_end_scale_out_by_reload(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """2 echo servers x 30 sessions, a third added by reload (the call SIGHUP makes): 20
+    closes a second at most, none younger than 0.5 s, every moved client heard 1012 and came
+    back, and every server ends within 25 % of its share."""
+    a, b, c = await backends(nursery, 3)
+    rebalance = "{tolerance: 25%, rate: 20/s, min_age: 0.5s}"
+    first = proxy_config(a.url, b.url, extra=f"    rebalance: {rebalance}")
+    running = await start(nursery, first)
+    caplog.set_level(logging.DEBUG, "wsproxy.rebalancing")
+    times = CloseTimes()
+    logging.getLogger("wsproxy.rebalancing").addHandler(times)
+    try:
+        clients = [Client(running.url + "/") for _ in range(60)]
+        for client in clients:
+            nursery.start_soon(client.run)
+            with trio.fail_after(CAP):
+                await client.connected.wait()
+        proxy = running.proxy
+        assert landed([a, b, c]) == [30, 30, 0]
+        await trio.sleep(0.5)  # every session is old enough to move
+        second = proxy_config(a.url, b.url, c.url, extra=f"    rebalance: {rebalance}")
+        reloaded = trio.current_time()
+        with trio.fail_after(CAP):
+            assert await proxy.reload(lambda: second)
+
+        def settled() -> bool:
+            (pool,) = proxy.snapshot.status(trio.current_time())
+            return bool(pool.rebalance_closes) and not pool.rebalancing
+
+        await until(settled, "the pool rebalanced", seconds=15 / 20 + 5)
+        await until(lambda: len(proxy.registry.live()) == 60, "every moved client came back")
+    finally:
+        logging.getLogger("wsproxy.rebalancing").removeHandler(times)
+    (pool,) = proxy.snapshot.status(trio.current_time())
+    for server in pool.servers:
+        assert abs(server.sessions - server.share) <= 0.25 * server.share, pool
+    moved = [client for client in clients if client.heard]
+    instants = [when for when, _ in times.closes]
+    assert len(moved) == len(instants) == pool.rebalance_closes >= 15
+    assert all(client.heard == [1012] and client.sessions == 2 for client in moved)
+    assert most_in_a_second(instants) <= 20
+    assert min(age for _, age in times.closes) >= 0.5
+    assert instants[0] - reloaded <= CHECK_INTERVAL + 0.5
+    assert sum(landed([a, b, c])) == 60 + len(moved)

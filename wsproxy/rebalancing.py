@@ -157,7 +157,10 @@ def _close_next(
     while watch.queue:
         live = watch.queue.popleft()
         if live.session in registry.sessions and live.session.close is None:
-            log.debug("rebalance: closing session %s on %s", live.id, live.server.key)
+            age = now - live.started
+            log.debug(
+                "rebalance: closing session %s on %s, %.3fs old", live.id, live.server.key, age
+            )
             closing.start_soon(live.session.shutdown, Close(code, REASON))
             watch.pending[live.id] = live
             watch.recent.append(now)
