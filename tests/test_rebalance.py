@@ -60,7 +60,9 @@ def loads_after(servers: list[ServerState], plan: Plan[Sess], now: float) -> dic
     room = [s for s in servers if is_room(s, now)]
     for session in plan.closes:
         loads[session.server] -= 1
-        loads[min(room, key=lambda s: loads[s] / share[s])] += 1
+        back = min(room, key=lambda s: (loads[s] / share[s], s is session.server))
+        assert back is not session.server, "a close whose client comes straight back"
+        loads[back] += 1
     return {s.host: n for s, n in loads.items()}
 
 
@@ -250,7 +252,9 @@ def test_rebalance_plan_counts_pending_closes_as_moved() -> None:
 def test_rebalance_plan_ignores_sessions_of_servers_not_in_the_pool() -> None:
     a, b, stranger = state("a"), state("b"), state("x")
     sessions = fill(a, 10) + fill(stranger, 5)
-    plan = plan_tolerance([a, b], sessions, 1e6, tolerance=0.0, min_age=0, rebalancing=False)
+    plan = plan_tolerance(
+        [a, b], sessions, 1e6, tolerance=0.0, min_age=0, rebalancing=False, pending=sessions[-1:]
+    )
     assert plan.counts() == {a: 5}
 
 
@@ -439,3 +443,14 @@ def test_rebalance_pacing_never_exceeds_the_rate_in_any_second(
         made.append(next_close_at(made[-per_second(rate) :], rate) + late)
     most = Counter(sum(1 for t in made if start <= t < start + 1.0) for start in made)
     assert max(most) <= per_second(rate)
+
+
+def test_rebalance_plan_never_closes_a_session_whose_client_would_come_straight_back() -> None:
+    """Shares 6.4, 8 and 1.6. At 7, 7 and 2, s2 is still the furthest above its share (1.25
+    times it), but one more close would leave it the furthest below (1 of 1.6), and its
+    client would come back to it: s2 gives no more, and s0 gives the last one."""
+    s0, s1, s2 = state("s0", 4), state("s1", 5), state("s2", 1)
+    sessions = fill(s0, 12) + fill(s2, 4)
+    plan = plan_tolerance([s0, s1, s2], sessions, 1e6, tolerance=0.1, min_age=0, rebalancing=False)
+    assert plan.counts() == {s0: 6, s2: 2}
+    assert loads_after([s0, s1, s2], plan, 1e6) == {"s0": 6, "s1": 8, "s2": 2}

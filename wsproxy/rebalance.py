@@ -13,11 +13,13 @@ Invariants:
   goes on until no server is above its upper bound and no room server below its lower bound,
   min((1 - tolerance) * share, floor(share)). The whole-session bounds keep a small pool from
   moving one session back and forth; the lower bound is what makes a new server fill up.
-- A tolerance plan simulates the closes one at a time: each takes a session from the server
-  furthest above its share (load / share, not-room servers first, the pool's order on a tie) that
-  has one to give, and its client comes back on the room server furthest below its share (where
-  the balancer sends it), until the pool is within its bounds. Every step brings the loads
-  strictly nearer the shares, so a plan never moves a session back.
+- A tolerance plan simulates the closes one at a time: each takes a session from the server whose
+  own sessions (those it had, less those it gave) are furthest above its share (not-room servers
+  first, the pool's order on a tie) and that has one to give, and its client comes back on the
+  room server furthest below its share (where the balancer sends it), until the pool is within
+  its bounds. A server that a client came back to never gives a session for it, none gives so
+  many that its own fall below its share, rounded down, and none gives one whose client would
+  come straight back to it.
 - Affinity (hash, cookie): tolerance does not apply. A session is misplaced when its server is
   not room or its affinity now names another server (`Owner`, the balancer's own mapping); the
   plan closes exactly the misplaced sessions, no others.
@@ -151,12 +153,22 @@ def plan_tolerance(
     if not out_of_tolerance(loads, share, room, tolerance, rebalancing=rebalancing):
         return Plan(False, ())
 
+    kept = dict(loads)  # each server's own sessions, less those it gives
+
     def ratio(server: ServerState) -> float:
         return loads[server] / share[server] if share[server] else math.inf
 
-    def come_back_from(server: ServerState) -> None:
+    def own_ratio(server: ServerState) -> float:
+        return kept[server] / share[server] if share[server] else math.inf
+
+    def come_back_from(server: ServerState) -> ServerState:
+        """Where the client of a session `server` gives comes back (the room furthest below
+        its share, another than `server` on a tie)."""
+        kept[server] -= 1
         loads[server] -= 1
-        loads[min(room, key=ratio)] += 1
+        back = min(room, key=lambda s: (ratio(s), s is server))
+        loads[back] += 1
+        return back
 
     for session in pending:
         if session.server in loads:
@@ -167,12 +179,17 @@ def plan_tolerance(
             movable[session.server].append(session)
     closes: list[S] = []
     while out_of_tolerance(loads, share, room, tolerance, rebalancing=True):
-        sources = [s for s in servers if loads[s] > share[s] and movable[s]]
+        # Only a server whose own sessions exceed its share gives one: a session that came back
+        # to a server (in this simulation) never makes it give another.
+        sources = [s for s in servers if kept[s] > share[s] and movable[s]]
         if not sources:
-            break  # what is left over is too young: a later plan takes it
-        source = max(sources, key=ratio)  # the first of the furthest on a tie
+            break  # what is left over is too young, or would come straight back
+        source = max(sources, key=own_ratio)  # the first of the furthest on a tie
+        if come_back_from(source) is source:  # no use: its client would come back to it
+            kept[source] += 1
+            movable[source].clear()
+            continue
         closes.append(movable[source].popleft())
-        come_back_from(source)
     return Plan(True, tuple(closes))
 
 
