@@ -130,6 +130,25 @@ async def test_admin_status_is_json_with_pools_and_servers(admin: Admin, backend
     )
     (server,) = pool["servers"]
     assert (server["server"], server["health"], server["sessions"]) == (backend.url, "up", 1)
+    assert (server["share"], pool["rebalancing"], pool["rebalance_closes"]) == (1.0, False, 0)
+
+
+async def test_admin_metrics_count_rebalancing_closes_of_every_pool_that_rebalances(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """A pool with `rebalance` has its series at 0 before any close; one without has none."""
+    config = proxy_config(
+        backend.url, extra="    rebalance: {}\n  quiet:\n    servers: [ws://127.0.0.1:9]"
+    )
+    admin = await start_with_admin(nursery, config)
+    with trio.fail_after(CAP):
+        before = (await ask(admin.port, "/metrics")).body.decode().splitlines()
+        admin.running.proxy.registry.metrics.rebalance_closes.inc("main", amount=3)
+        after = (await ask(admin.port, "/metrics")).body.decode().splitlines()
+    assert 'wsproxy_rebalance_closes_total{pool="main"} 0' in before
+    assert 'wsproxy_rebalance_closes_total{pool="main"} 3' in after
+    assert "# TYPE wsproxy_rebalance_closes_total counter" in after
+    assert not any('pool="quiet"' in line and "rebalance" in line for line in after)
 
 
 async def test_admin_page_is_html_that_reads_status(admin: Admin) -> None:

@@ -684,3 +684,104 @@ def test_balancer_pool_with_every_server_at_0_refuses_503_and_is_not_ready() -> 
     b.end_drain()
     assert balancer.choose(0.0) is b
     assert balancer.status(0.0).healthy == 1
+
+
+# --- while the pool rebalances -------------------------------------------------------------
+
+
+def connect(balancer: PoolBalancer, count: int, pick: Pick = ANY) -> str:
+    """The hosts of `count` new sessions, each counted on its server as the proxy counts it."""
+    chosen = []
+    for _ in range(count):
+        state = balancer.choose(0.0, pick)
+        assert state is not None
+        state.connecting += 1
+        chosen.append(state.host)
+    return "".join(chosen)
+
+
+@pytest.mark.parametrize("mode", ["round_robin", "least_connections", "random"])
+def test_balancer_rebalancing_sends_new_sessions_only_below_their_share(mode: str) -> None:
+    balancer = modes(mode, server("a"), server("b"), server("c"))
+    a, b, _ = balancer.servers
+    a.sessions, b.sessions = 10, 10
+    balancer.rebalancing = True
+    assert connect(balancer, 10) == "c" * 10  # c is below its share until it holds 10 of 30
+    assert sorted(connect(balancer, 3)) == ["a", "b", "c"]  # none below: as `balance` says
+
+
+def test_balancer_rebalancing_below_share_counts_weights_and_removed_servers() -> None:
+    balancer = modes("round_robin", server("a"), server("b", 3))
+    a, _ = balancer.servers
+    a.sessions = 4
+    gone = ServerState(server("g"))
+    gone.listed, gone.sessions = False, 8  # counted in the pool's sessions, share 0
+    balancer.retired.append(gone)
+    balancer.rebalancing = True
+    assert connect(balancer, 5) == "bbbbb"  # a's share of 12 + 4 is 4: a is not below it
+    assert "a" in connect(balancer, 2)  # of 17 it is 4.25
+
+
+def test_balancer_round_robin_ignores_shares_while_not_rebalancing() -> None:
+    balancer = modes("round_robin", server("a"), server("b"), server("c"))
+    a, b, _ = balancer.servers
+    a.sessions, b.sessions = 10, 10
+    assert connect(balancer, 6) == "abcabc"
+
+
+@pytest.mark.parametrize("mode", ["hash", "cookie"])
+def test_balancer_rebalancing_affinity_pools_keep_following_their_keys(mode: str) -> None:
+    """Their rebalancing moves misplaced keys to their owners: sending them below a share
+    instead would misplace them again."""
+    keys = {"hash_on": "ip"} if mode == "hash" else {}
+    balancer = modes(mode, server("a"), server("b"), server("c"), **keys)
+    a, b, c = balancer.servers
+    a.sessions, b.sessions = 10, 10
+    balancer.rebalancing = True
+    if mode == "cookie":
+        pick = Pick(sticky=balancer.token(a))
+    else:  # a key that a, above its share, owns
+        pick = next(p for i in range(100) if balancer.owner(p := Pick(key=f"k{i}"), [a, b, c]) is a)
+    assert connect(balancer, 5, pick) == "aaaaa"
+
+
+def test_balancer_owner_is_the_cookies_server_or_the_keys_best_score() -> None:
+    balancer = modes("cookie", server("a"), server("b"))
+    a, b = balancer.servers
+    assert balancer.owner(Pick(sticky=balancer.token(b)), [a, b]) is b
+    assert balancer.owner(Pick(sticky=balancer.token(b)), [a]) is None
+    assert balancer.owner(ANY, [a, b]) is None
+    assert balancer.owner(Pick(key="k"), []) is None
+    keyed = modes("hash", server("a"), server("b"), server("c"), hash_on="ip")
+    owners = {keyed.owner(Pick(key=f"k{i}"), keyed.servers) for i in range(30)}
+    assert owners == set(keyed.servers)
+    assert all(
+        keyed.choose(0.0, Pick(key=f"k{i}")) is keyed.owner(Pick(key=f"k{i}"), keyed.servers)
+        for i in range(30)
+    )
+
+
+def test_balancer_belongs_cookie_sessions_to_their_own_server() -> None:
+    """A cookie session got its server's cookie with its 101, whatever it sent."""
+    balancer = modes("cookie", server("a"), server("b"))
+    a, b = balancer.servers
+    assert balancer.belongs(ANY, b, [a, b]) is b
+    assert balancer.belongs(Pick(sticky=balancer.token(a)), b, [a, b]) is b
+    assert balancer.belongs(ANY, b, [a]) is None  # its server is gone: anywhere
+    keyed = modes("hash", server("a"), server("b"), hash_on="ip")
+    assert keyed.belongs(Pick(key="k"), a, keyed.servers) is keyed.owner(
+        Pick(key="k"), keyed.servers
+    )
+    assert keyed.belongs(ANY, a, keyed.servers) is None
+
+
+def test_balancer_status_shows_shares_and_rebalancing() -> None:
+    balancer = modes("round_robin", server("a"), server("b", 2), server("c"))
+    a, b, c = balancer.servers
+    a.sessions, b.sessions = 8, 2
+    c.checked_up = False
+    balancer.rebalancing, balancer.rebalance_closes = True, 4
+    status = balancer.status(0.0)
+    assert (status.rebalancing, status.rebalance_closes) == (True, 4)
+    assert [s.share for s in status.servers] == [3.333, 6.667, 0.0]
+    assert (modes("hash", server("a"), hash_on="ip").affinity, balancer.affinity) == (True, False)

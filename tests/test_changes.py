@@ -300,6 +300,11 @@ def test_changes_servers_reordered() -> None:
             "pools.main.health_check: none -> {type: http, path: /health, interval: 5s, "
             "timeout: 2s, healthy_after: 2, unhealthy_after: 3}",
         ),
+        (
+            {"rebalance": {}},
+            "pools.main.rebalance: none -> {tolerance: 25%, rate: 10/s, min_age: 30s, "
+            "close_code: 1012}",
+        ),
     ],
 )
 def test_changes_pool_keys(keys: Data, line: str) -> None:
@@ -320,6 +325,21 @@ def test_changes_one_health_check_key() -> None:
 
     assert config_changes(config(check("5s")), config(check("250ms"))) == [
         "pools.main.health_check.interval: 5s -> 250ms"
+    ]
+
+
+def test_changes_rebalance_keys_as_the_file_writes_them() -> None:
+    def rebalance(**keys: object) -> Callable[[Data], None]:
+        return lambda d: pool(d, "main").update(rebalance=keys)
+
+    assert config_changes(
+        config(rebalance()), config(rebalance(tolerance="12.5%", rate="600/m", min_age="2m"))
+    ) == [
+        "pools.main.rebalance.tolerance: 25% -> 12.5%",
+        "pools.main.rebalance.min_age: 30s -> 2m",
+    ]
+    assert config_changes(config(rebalance()), config(rebalance(rate="0.5/s"))) == [
+        "pools.main.rebalance.rate: 10/s -> 0.5/s"
     ]
 
 

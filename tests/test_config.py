@@ -22,6 +22,7 @@ from wsproxy.config import (
     Log,
     Metrics,
     Pool,
+    Rebalance,
     Route,
     Security,
     Server,
@@ -111,9 +112,10 @@ def test_config_example_states_the_defaults() -> None:
     assert (config.timeouts, config.keepalive) == (Timeouts(), Keepalive())
     assert (config.shutdown, config.log, config.metrics) == (Shutdown(), Log(), Metrics())
     default = config.pools["default"]
-    assert dataclasses.replace(default, health_check=None, servers=()) == Pool(
+    assert dataclasses.replace(default, health_check=None, servers=(), rebalance=None) == Pool(
         name="default", servers=()
     )
+    assert default.rebalance == Rebalance()
 
 
 def test_config_example_documents_every_key() -> None:
@@ -122,7 +124,7 @@ def test_config_example_documents_every_key() -> None:
         f.name
         for cls in (
             *(Config, Security, Timeouts, Keepalive, Route, Pool),
-            *(HealthCheck, StickyCookie, Shutdown, Log, Metrics),
+            *(HealthCheck, StickyCookie, Shutdown, Log, Metrics, Rebalance),
         )
         for f in dataclasses.fields(cls)
     } - {"name"}
@@ -817,6 +819,38 @@ def test_config_bad_hash_on() -> None:
 )
 def test_config_mode_keys_need_their_mode(keys: dict[str, object], problem: str) -> None:
     assert problems_of(pool_yaml(**keys)) == [problem]
+
+
+def test_config_rebalance_is_off_unless_given_and_takes_its_defaults() -> None:
+    assert pool_of().rebalance is None
+    assert pool_of(rebalance={}).rebalance == Rebalance(
+        tolerance=0.25, rate=10.0, min_age=30.0, close_code=1012
+    )
+    given = {"tolerance": "10%", "rate": "600/m", "min_age": "2m", "close_code": 1013}
+    assert pool_of(rebalance=given).rebalance == Rebalance(
+        tolerance=0.1, rate=10.0, min_age=120.0, close_code=1013
+    )
+
+
+@pytest.mark.parametrize(
+    ("rebalance", "problem"),
+    [
+        ({"tolerance": 0.25}, "tolerance: expected a percentage like 25%, got 0.25"),
+        ({"tolerance": "-5%"}, "tolerance: expected a percentage like 25%, got '-5%'"),
+        ({"rate": "0/s"}, "rate: expected a rate above 0 like 10/s or 600/m, got '0/s'"),
+        ({"rate": "10/d"}, "rate: expected a rate above 0 like 10/s or 600/m, got '10/d'"),
+        ({"min_age": "-1s"}, "min_age: must not be negative, got '-1s'"),
+        (
+            {"close_code": 1001},
+            "close_code: expected 1012 (service restart) or 1013 (try again later), got 1001",
+        ),
+        ({"rates": "10/s"}, "rates: unknown key (did you mean 'rate'?)"),
+        (True, "expected a mapping, got true"),
+    ],
+)
+def test_config_rebalance_bad_values_say_what_is_wrong(rebalance: object, problem: str) -> None:
+    path = "pools.main.rebalance" + ("." if isinstance(rebalance, dict) else ": ")
+    assert problems_of(pool_yaml(rebalance=rebalance)) == [path + problem]
 
 
 def test_config_cookie_defaults_and_values() -> None:

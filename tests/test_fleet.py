@@ -42,6 +42,7 @@ def server(
         address="192.0.2.1",
         port=9000,
         weight=1,
+        share=1.5,
         health=health,
         listed=True,
         sessions=sessions,
@@ -68,6 +69,8 @@ def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
         balance="round_robin",
         healthy=healthy,
         sessions=sum(s.sessions for s in servers),
+        rebalancing=False,
+        rebalance_closes=0,
         servers=servers,
     )
 
@@ -198,6 +201,24 @@ def test_fleet_merge_server_sums_counts_and_takes_the_best_health_with_its_probl
         assert (merged.sessions_total, merged.failures_total) == (5, 2)
         assert merged.listed  # one lists it
         assert (merged.url, merged.weight) == (first.url, first.weight)
+
+
+def test_fleet_merge_server_sums_the_workers_shares_of_their_own_sessions() -> None:
+    """Each worker rebalances its own sessions: the server's share of the summed sessions is
+    the sum of its shares, rounded as each worker rounds it."""
+    merged = merge_server(server("a", share=33.333), server("a", share=16.667))
+    assert merged.share == 50.0
+    assert merge_server(server("a", share=0.1), server("a", share=0.2)).share == 0.3
+
+
+def test_fleet_merge_pools_rebalancing_if_any_worker_is_and_closes_summed() -> None:
+    calm = replace(pool("main", 1, server("a")), rebalance_closes=4)
+    busy = replace(pool("main", 1, server("a")), rebalancing=True, rebalance_closes=3)
+    for order in ((calm, busy), (busy, calm)):
+        [merged] = merge_pools([[order[0]], [order[1]]])
+        assert (merged.rebalancing, merged.rebalance_closes) == (True, 7)
+    [quiet] = merge_pools([[calm], [calm]])
+    assert (quiet.rebalancing, quiet.rebalance_closes) == (False, 8)
 
 
 def test_fleet_merge_server_ejected_beats_down_and_the_shortest_ejection_counts() -> None:

@@ -40,6 +40,7 @@ LAYERS: Final = {
     "changes": 2,
     "page": 2,  # the status page's HTML text
     "history": 2,  # the ring of session samples behind the page's chart
+    "rebalance": 2,
     "wire": 3,
     "relay": 3,
     "upstream": 3,
@@ -56,6 +57,7 @@ LAYERS: Final = {
     "registry": 3,
     "admission": 3,
     "drains": 3,
+    "rebalancing": 3,
     "server": 4,
     "echo": 4,
     "admin": 4,

@@ -114,12 +114,13 @@ def test_servers_status(
     state.check_problem = "refused"
     state.ejected_until = ejected_until
     state.sessions, state.connecting, state.sessions_total, state.failures_total = 3, 1, 10, 4
-    assert state.status(10.0) == ServerStatus(
+    assert state.status(10.0, 2.5) == ServerStatus(
         server="ws://10.0.0.1:9000",
         url="ws://10.0.0.1:9000",
         address="10.0.0.1",
         port=9000,
         weight=2,
+        share=2.5,
         health=health,
         listed=True,
         sessions=3,

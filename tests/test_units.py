@@ -16,6 +16,9 @@ from wsproxy.units import (
     is_address,
     listen_address,
     origin,
+    percentage,
+    rate,
+    rebalance_close_code,
     request_path,
     route_host,
     route_path,
@@ -455,4 +458,45 @@ def test_units_shutdown_close_code_invalid(value: int) -> None:
     assert problem(shutdown_close_code, value) == (
         "expected 1001 (going away), 1012 (service restart), 1013 (try again later), "
         f"1000 or an application code from 4000 to 4999, got {value}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "fraction"), [("25%", 0.25), (" 12.5 % ", 0.125), ("0%", 0.0), ("150%", 1.5)]
+)
+def test_units_percentage_valid(value: str, fraction: float) -> None:
+    assert percentage(value) == fraction
+
+
+@pytest.mark.parametrize("value", [25, 0.25, "25", "%", "-5%", "25 percent", True, None])
+def test_units_percentage_invalid(value: object) -> None:
+    assert problem(percentage, value) == (f"expected a percentage like 25%, got {describe(value)}")
+
+
+@pytest.mark.parametrize(
+    ("value", "per_second"),
+    [("10/s", 10.0), ("600/m", 10.0), ("36000 / h", 10.0), ("0.5/s", 0.5), (3, 3.0), ("2.5", 2.5)],
+)
+def test_units_rate_valid(value: object, per_second: float) -> None:
+    assert rate(value) == per_second
+
+
+@pytest.mark.parametrize(
+    "value", ["0/s", 0, -1, "-1/s", "10/d", "10 per second", "/s", True, None, float("inf")]
+)
+def test_units_rate_invalid(value: object) -> None:
+    assert problem(rate, value) == (
+        f"expected a rate above 0 like 10/s or 600/m, got {describe(value)}"
+    )
+
+
+@pytest.mark.parametrize(("value", "code"), [(1012, 1012), ("1013", 1013)])
+def test_units_rebalance_close_code_valid(value: object, code: int) -> None:
+    assert rebalance_close_code(value) == code
+
+
+@pytest.mark.parametrize("value", [1000, 1001, 1011, 4000])
+def test_units_rebalance_close_code_invalid(value: int) -> None:
+    assert problem(rebalance_close_code, value) == (
+        f"expected 1012 (service restart) or 1013 (try again later), got {value}"
     )

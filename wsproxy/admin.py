@@ -316,6 +316,18 @@ def metrics_text(proxy: Served) -> str:
             sorted(drain_closes.items()),
             kind="counter",
         ),
+        Gauge(  # every pool that rebalances has its series, at 0 until it moves a session
+            metrics.rebalance_closes.name,
+            metrics.rebalance_closes.help,
+            metrics.rebalance_closes.labels,
+            sorted(
+                (
+                    {(name,): 0.0 for name, pool in snapshot.config.pools.items() if pool.rebalance}
+                    | metrics.rebalance_closes.values
+                ).items()
+            ),
+            kind="counter",
+        ),
         metrics.config_reloads,
         *_process_figures(),
     ]

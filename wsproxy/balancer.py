@@ -17,6 +17,9 @@ Invariants:
 - Hash keys (see `affinity`) and sticky cookies name a server without per-process state; when
   that server can't be used the key falls to the next in rendezvous order (hash) or to round
   robin (cookie, which then gets a new cookie).
+- While the pool rebalances (`rebalancing`, set by the rebalancing loop), a pool balanced by load
+  sends new sessions only to servers below their share (`rebalance.below_share`) while there are
+  any; hash and cookie pools keep following their keys, which is where rebalancing sends them.
 - A configured server with a host name stands for the addresses it resolves to (`resolved`);
   until the first answer it is dialled by name. An address that goes away is unlisted: no new
   sessions, and its live ones keep their state until they end.
@@ -39,10 +42,12 @@ from wsproxy.affinity import (
 )
 from wsproxy.config import Pool, Route, Server
 from wsproxy.handshake import Reject, UpgradeRequest
+from wsproxy.rebalance import below_share, shares
 from wsproxy.servers import ServerState, ServerStates, ServerStatus
 from wsproxy.units import is_address
 
 RETRY_AFTER: Final = ((b"retry-after", b"5"),)
+AFFINITY_MODES: Final = ("hash", "cookie")
 
 
 def host_without_port(host: str) -> str:
@@ -93,6 +98,8 @@ class PoolStatus:
     balance: str
     healthy: int  # servers that can take a session now
     sessions: int
+    rebalancing: bool  # closing sessions on servers above their share, new ones below it
+    rebalance_closes: int  # sessions closed to rebalance, since the process started
     servers: tuple[ServerStatus, ...]  # listed ones first, in configuration order
 
 
@@ -124,6 +131,8 @@ class PoolBalancer:
         }
         self.servers: list[ServerState] = []
         self.retired: list[ServerState] = []  # unlisted, with sessions still running
+        self.rebalancing = False  # kept by the rebalancing loop
+        self.rebalance_closes = 0
         self._relist()
 
     # ---- choosing
@@ -149,18 +158,42 @@ class PoolBalancer:
         if not candidates:
             return None
         mode = self.pool.balance
-        if pick.sticky is not None:
-            for server in candidates:
-                if self.token(server) == pick.sticky:
-                    return server
-        if pick.key is not None:
-            key = pick.key.encode("utf-8", "surrogateescape")
-            return max(candidates, key=lambda s: rendezvous_score(key, s.key, s.effective_weight))
+        if pick != ANY and (owner := self.owner(pick, candidates)) is not None:
+            return owner
+        if self.rebalancing and mode not in AFFINITY_MODES:
+            room = set(below_share((*self.servers, *self.retired), now))
+            candidates = [s for s in candidates if s in room] or candidates
         if mode == "least_connections":
             return _round_robin(_least_loaded(candidates))
         if mode == "random":
             return self._two_choices(candidates)
         return _round_robin(candidates)
+
+    def owner(self, pick: Pick, candidates: Sequence[ServerState]) -> ServerState | None:
+        """The server of `candidates` that `pick`'s affinity names: the one its sticky cookie
+        names, or the best rendezvous score for its key. None when it names none of them."""
+        if pick.sticky is not None:
+            for server in candidates:
+                if self.token(server) == pick.sticky:
+                    return server
+        if pick.key is not None and candidates:
+            key = pick.key.encode("utf-8", "surrogateescape")
+            return max(candidates, key=lambda s: rendezvous_score(key, s.key, s.effective_weight))
+        return None
+
+    @property
+    def affinity(self) -> bool:
+        """True for hash and cookie pools, whose sessions belong to a server by their key."""
+        return self.pool.balance in AFFINITY_MODES
+
+    def belongs(
+        self, pick: Pick, server: ServerState, room: Sequence[ServerState]
+    ) -> ServerState | None:
+        """Where a session placed on `server` with `pick` belongs among `room` now. A cookie
+        session holds `server`'s cookie since its 101, whatever it sent; None: anywhere."""
+        if self.pool.balance == "cookie":
+            pick = Pick(sticky=self.token(server))
+        return self.owner(pick, room)
 
     def refusal(self, now: float) -> Reject:
         """Why `choose` found nothing on a first try: no healthy server, none taking new
@@ -250,13 +283,16 @@ class PoolBalancer:
 
     def status(self, now: float) -> PoolStatus:
         self._prune()
-        servers = [s.status(now) for s in (*self.servers, *self.retired)]
+        everyone = (*self.servers, *self.retired)
+        share = shares(everyone, now)
         return PoolStatus(
             pool=self.name,
             balance=self.pool.balance,
             healthy=sum(1 for s in self.servers if s.available(now)),
-            sessions=sum(s.sessions for s in (*self.servers, *self.retired)),
-            servers=tuple(servers),
+            sessions=sum(s.sessions for s in everyone),
+            rebalancing=self.rebalancing,
+            rebalance_closes=self.rebalance_closes,
+            servers=tuple(s.status(now, round(share[s], 3)) for s in everyone),
         )
 
     def _relist(self) -> None:

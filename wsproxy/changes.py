@@ -4,7 +4,8 @@ Invariants:
 - Pure: no I/O, no logging; `config_changes(old, new)` is `[]` exactly when `old == new`.
 - Each line starts with the dotted path of what changed, as the YAML file spells it
   (`security.max_message_size: 1MiB -> 2MiB`), and shows values as the file would write them:
-  sizes in KiB/MiB/GiB, durations in ms/s/m/h, booleans as true/false, absent as none.
+  sizes in KiB/MiB/GiB, durations in ms/s/m/h, percentages with %, rates per second,
+  booleans as true/false, absent as none.
 - Routes are matched by host and path, pools by name and servers by URL, so an added or
   removed one is named as such rather than as a list that differs.
 - A secret is never shown, only that it changed.
@@ -142,6 +143,10 @@ def show(name: str, value: object) -> str:
         return "none"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and name == "tolerance":
+        return f"{value * 100:g}%"
+    if isinstance(value, float) and name == "rate":
+        return f"{value:g}/s"
     if isinstance(value, float):
         return duration_text(value)
     if isinstance(value, int) and name.endswith("_size"):

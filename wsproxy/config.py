@@ -33,6 +33,9 @@ from wsproxy.units import (
     hash_source,
     listen_address,
     origin,
+    percentage,
+    rate,
+    rebalance_close_code,
     request_path,
     route_host,
     route_path,
@@ -166,6 +169,16 @@ class StickyCookie:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Rebalance:
+    """Moving sessions after the pool's servers change (see `rebalance`)."""
+
+    tolerance: float = 0.25  # a fraction: 25% above its weighted share makes a server overloaded
+    rate: float = 10.0  # closes per second, per pool (shared by the workers)
+    min_age: float = 30.0  # younger sessions are never closed
+    close_code: int = 1012  # 1012 (service restart) or 1013 (try again later)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pool:
     name: str
     balance: str = "round_robin"  # round_robin | least_connections | random | hash | cookie
@@ -179,6 +192,7 @@ class Pool:
     # follows the SPEC's example. 0 = resolve once, at start.
     resolve_interval: float = 30.0
     tls: BackendTLS | None = None  # for wss:// servers; None: the system's CAs, verified
+    rebalance: Rebalance | None = None  # None: sessions stay where they were placed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -514,6 +528,17 @@ class _Checker(Problems):
             "max_connections_per_server": self.scalar(whole),
             "resolve_interval": self.scalar(duration),
             "tls": self.backend_tls,
+            "rebalance": lambda v, p: self.build(
+                Rebalance,
+                v,
+                p,
+                {
+                    "tolerance": self.scalar(percentage),
+                    "rate": self.scalar(rate),
+                    "min_age": self.scalar(duration),
+                    "close_code": self.scalar(rebalance_close_code),
+                },
+            ),
         }
         pools: dict[str, Pool] = {}
         for name, value in raw.items():

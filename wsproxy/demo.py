@@ -67,6 +67,7 @@ pools:
       - ws://{HOST}:{first}
       - {{url: "ws://{HOST}:{second}", weight: 2}}
     health_check: {{type: websocket}}
+    rebalance: {{}}
   chat:
     balance: hash
     hash_on: query:user

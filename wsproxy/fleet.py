@@ -10,8 +10,10 @@ Invariants:
   best any worker sees (a session may go to that worker), with that worker's check problem; a
   server is listed if any worker lists it and ejected for the shortest time any worker says;
   its effective weight is the highest any worker weighs it with, its agent weight the first
-  one reported, and it drains if any worker drains it, for the longest time left. Histories
-  are summed per server at each sample time (`history.merge_histories`).
+  one reported, and it drains if any worker drains it, for the longest time left. Each worker
+  rebalances its own sessions, so a server's share is the sum of the workers' shares (a share
+  of the summed sessions), and a pool is rebalancing if any worker's is. Histories are summed
+  per server at each sample time (`history.merge_histories`).
 - A worker's answer that is not what a worker of this version gives counts as no answer.
 """
 
@@ -32,7 +34,7 @@ from wsproxy.metrics import Family, Gauge, merge, render
 from wsproxy.servers import ServerStatus
 
 HEALTH_ORDER: Final = ("up", "ejected", "down")  # best first
-_SUMMED: Final = ("sessions", "connecting", "sessions_total", "failures_total")
+_SUMMED: Final = ("sessions", "connecting", "sessions_total", "failures_total", "share")
 
 Answer = tuple[int, str]  # a worker's answer to one admin request: status, body
 
@@ -198,8 +200,13 @@ def merge_pools(each: Sequence[Sequence[PoolStatus]]) -> tuple[PoolStatus, ...]:
             if have is None:
                 pools[pool.pool] = pool
             else:
-                healthy, sessions = max(have.healthy, pool.healthy), have.sessions + pool.sessions
-                pools[pool.pool] = replace(have, healthy=healthy, sessions=sessions)
+                pools[pool.pool] = replace(
+                    have,
+                    healthy=max(have.healthy, pool.healthy),
+                    sessions=have.sessions + pool.sessions,
+                    rebalancing=have.rebalancing or pool.rebalancing,
+                    rebalance_closes=have.rebalance_closes + pool.rebalance_closes,
+                )
             known = servers.setdefault(pool.pool, {})
             for server in pool.servers:
                 seen = known.get(server.server)
@@ -213,6 +220,7 @@ def merge_server(first: ServerStatus, second: ServerStatus) -> ServerStatus:
     """One server as two workers see it."""
     best = min(first, second, key=lambda s: HEALTH_ORDER.index(s.health))  # first on a tie
     summed = {name: getattr(first, name) + getattr(second, name) for name in _SUMMED}
+    summed["share"] = round(summed["share"], 3)  # as each worker rounds it
     return replace(
         first,
         health=best.health,

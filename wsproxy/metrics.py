@@ -181,6 +181,11 @@ class ProxyMetrics:
             "Sessions asked to close by a server's drain (its agent's or an admin's), by pool.",
             ("pool",),
         )
+        self.rebalance_closes = Counter(
+            "wsproxy_rebalance_closes_total",
+            "Sessions closed to rebalance their pool, by pool.",
+            ("pool",),
+        )
         self.config_reloads = Counter(
             "wsproxy_config_reloads_total", "Configuration reloads, by result.", ("result",)
         )

@@ -37,6 +37,7 @@ from wsproxy.health import Probe
 from wsproxy.history import History, sessions_of
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
+from wsproxy.rebalancing import keep_balanced
 from wsproxy.registry import Registry
 from wsproxy.relay import CLOSE_TIMEOUT
 from wsproxy.servers import ServerStates
@@ -121,6 +122,8 @@ class Proxy(ServerDrains):
                 self._upkeep = self.admission.reports = self.drains.nursery = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
             upkeep.start_soon(self._sample_history)
+            snapshot, stopping = (lambda: self.snapshot), (lambda: self.stopping)
+            await upkeep.start(keep_balanced, self.registry, snapshot, stopping)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
                 await upkeep.start(serve_admin, ProxyView(self), admin)

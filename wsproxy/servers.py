@@ -184,7 +184,8 @@ class ServerState:
         self.agent_weight = None
         self.end_drain("agent")
 
-    def status(self, now: float) -> ServerStatus:
+    def status(self, now: float, share: float = 0.0) -> ServerStatus:
+        """As `/status` shows it; `share` is its weighted share of the pool (`rebalance`)."""
         if not self.checked_up:
             health = "down"
         elif now < self.ejected_until:
@@ -197,6 +198,7 @@ class ServerState:
             address=self.address,
             port=self.port,
             weight=self.weight,
+            share=share,
             health=health,
             listed=self.listed,
             sessions=self.sessions,
@@ -221,6 +223,7 @@ class ServerStatus:
     address: str
     port: int
     weight: int
+    share: float  # of its pool's sessions, by effective weight; 0.0 when it takes none
     health: str  # up | down (active check) | ejected (passive, for `ejected_for` seconds)
     listed: bool  # False: removed from its pool, finishing the sessions it has
     sessions: int

@@ -300,3 +300,42 @@ def shutdown_close_code(value: object) -> int:
             f"1000 or an application code from 4000 to 4999, got {code}"
         )
     return code
+
+
+_NUMBER: Final = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_PERCENT: Final = re.compile(rf"({_NUMBER.pattern})\s*%")
+_RATE: Final = re.compile(rf"({_NUMBER.pattern})\s*/\s*(s|m|h)")
+
+
+def percentage(value: object) -> float:
+    """`25%` or `12.5%` → a fraction (0.25, 0.125). A bare number is refused: 25 and 0.25 both
+    look like a tolerance."""
+    match = _PERCENT.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"expected a percentage like 25%, got {describe(value)}")
+    return float(match[1]) / 100
+
+
+def rate(value: object) -> float:
+    """`10/s`, `600/m`, `36000/h`, or a number (per second) → a positive float per second."""
+    per_second: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        per_second = float(value)
+    elif isinstance(value, str) and (match := _RATE.fullmatch(value.strip())):
+        per_second = float(match[1]) / _SECONDS[match[2]]
+    elif isinstance(value, str) and (match := _NUMBER.fullmatch(value.strip())):
+        per_second = float(match[0])
+    if per_second is None or not math.isfinite(per_second) or per_second <= 0:
+        raise ValueError(f"expected a rate above 0 like 10/s or 600/m, got {describe(value)}")
+    return per_second
+
+
+REBALANCE_CLOSE_CODES: Final = (1012, 1013)
+
+
+def rebalance_close_code(value: object) -> int:
+    """What a client moved by rebalancing hears: 1012 or 1013, both ask it to come back."""
+    code = whole(value)
+    if code not in REBALANCE_CLOSE_CODES:
+        raise ValueError(f"expected 1012 (service restart) or 1013 (try again later), got {code}")
+    return code
