@@ -84,9 +84,12 @@ class FakeMember:
     metrics: str = ""
     base: str = ""
     asked: list[str] = field(default_factory=list)
+    posted: list[bytes] = field(default_factory=list)  # the bodies of the POSTs among `asked`
 
-    async def ask(self, path: str) -> Answer | None:
+    async def ask(self, path: str, post: bytes | None = None) -> Answer | None:
         self.asked.append(path)
+        if post is not None:
+            self.posted.append(post)
         return self.answers.get(path)
 
 

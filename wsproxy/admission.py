@@ -200,6 +200,7 @@ class Admission:
         switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
         return LiveSession(
             id=self.registry.new_id(),
+            client=client,
             session=session,
             switching=switching,
             balancer=balancer,

@@ -10,6 +10,9 @@ Invariants:
   best any worker sees (a session may go to that worker), with that worker's check problem; a
   server is listed if any worker lists it and ejected for the shortest time any worker says.
 - A worker's answer that is not what a worker of this version gives counts as no answer.
+- `/sessions` is selected again from the union of the workers' lists. An action, already
+  checked and parsed by the supervisor, goes to every worker in its normal form; it is done if
+  any worker did it (a session lives in one worker; every worker knows every server).
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ import trio
 
 from wsproxy import __version__
 from wsproxy.admin import ProcessStatus
+from wsproxy.adminapi import (
+    Action,
+    SessionQuery,
+    SessionRow,
+    action_body,
+    action_target,
+    parse_sessions,
+    query_target,
+    select_sessions,
+)
 from wsproxy.balancer import PoolStatus
 from wsproxy.metrics import Family, Gauge, merge, render
 from wsproxy.servers import ServerStatus
@@ -66,8 +79,9 @@ class Member(Protocol):
     @property
     def restarts(self) -> int: ...
 
-    async def ask(self, path: str) -> Answer | None:
-        """Its answer to `GET path`, or None (not running, not ready, or silent)."""
+    async def ask(self, path: str, post: bytes | None = None) -> Answer | None:
+        """Its answer to `GET path` (`POST path` with the body `post`), or None (not running,
+        not ready, or silent)."""
 
 
 class Supervised(Protocol):
@@ -89,12 +103,12 @@ class FleetView:
     def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
 
-    async def _ask_all(self, path: str) -> list[Answer | None]:
+    async def _ask_all(self, path: str, post: bytes | None = None) -> list[Answer | None]:
         members = self.supervisor.workers
         answers: list[Answer | None] = [None] * len(members)
 
         async def ask(index: int, member: Member) -> None:
-            answers[index] = await member.ask(path)
+            answers[index] = await member.ask(path, post)
 
         async with trio.open_nursery() as nursery:
             for index, member in enumerate(members):
@@ -122,6 +136,23 @@ class FleetView:
                 member.metrics = without(answer[1], [family.name for family in own])
         answering = sum(1 for answer in answers if answer is not None and answer[0] == 200)
         return merge_metrics([(m.base, m.metrics) for m in members], own, answering)
+
+    async def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        answers = await self._ask_all(query_target(query))
+        return merge_sessions(answers, query)
+
+    async def act(self, action: Action) -> bool:
+        answers = await self._ask_all(action_target(action), action_body(action))
+        return any(answer is not None and answer[0] == 200 for answer in answers)
+
+
+def merge_sessions(answers: Sequence[Answer | None], query: SessionQuery) -> list[SessionRow]:
+    """The sessions `query` lists, from each worker's answer to it."""
+    rows: list[SessionRow] = []
+    for answer in answers:
+        if answer is not None and answer[0] == 200:
+            rows += parse_sessions(answer[1]) or []
+    return select_sessions(rows, query)
 
 
 def not_ready_because(indexes: Sequence[int], answers: Sequence[Answer | None]) -> str:

@@ -44,6 +44,7 @@ class LiveSession:
     """A session whose backend said yes: all the relay and the access line need."""
 
     id: str  # unique among the sessions of every process (`Registry.new_id`)
+    client: str  # IP:PORT, as the access line and `/sessions` name it
     session: Session
     switching: bytes  # our 101 to the client
     balancer: PoolBalancer
@@ -77,6 +78,11 @@ class Registry:
     def live(self) -> Collection[LiveSession]:
         """The sessions being relayed now."""
         return self.sessions.values()
+
+    def find(self, session_id: str) -> LiveSession | None:
+        """The live session called `session_id`, if any (a walk over them all: it serves the
+        rare admin request, and keeps the start and end of every session free of an index)."""
+        return next((live for live in self.sessions.values() if live.id == session_id), None)
 
     # ---------------------------------------------------------------- counts
 
