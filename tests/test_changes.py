@@ -168,7 +168,7 @@ def test_changes_admin_and_workers() -> None:
         data["workers"] = 2
 
     assert changes(edit) == [
-        "admin: none -> {address: 127.0.0.1:9090, host: 127.0.0.1, port: 9090}",
+        "admin: none -> {address: 127.0.0.1:9090, host: 127.0.0.1, port: 9090, token: (not shown)}",
         "workers: 1 -> 2",
     ]
 

@@ -37,6 +37,7 @@ LAYERS: Final = {
     "metrics": 2,
     "proxyproto": 2,
     "changes": 2,
+    "adminapi": 2,  # the admin endpoint's sessions and actions as data
     "wire": 3,
     "relay": 3,
     "upstream": 3,
@@ -59,6 +60,7 @@ LAYERS: Final = {
     "workers": 4,
     "client": 4,
     "demo": 4,
+    "adminclient": 4,  # `wsproxy admin`'s side of the endpoint
     "cli": 5,
     "__main__": 5,
 }

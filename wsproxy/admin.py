@@ -44,6 +44,7 @@ from wsproxy.adminapi import (
     SessionRow,
     action_done,
     action_unknown,
+    describe,
     is_action,
     parse_action,
     parse_query,
@@ -317,7 +318,7 @@ async def _act(
     if not await view.act(action):
         return Reply(404, TEXT, f"{action_unknown(action)}\n".encode())
     if not guard.trusted:  # a worker's is the supervisor's, logged there
-        log.info("admin action: %s", action)
+        log.info("admin action: %s", describe(action))
     return Reply(200, JSON, action_done(action))
 
 

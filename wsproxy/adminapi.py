@@ -242,6 +242,19 @@ def action_done(action: Action) -> bytes:
     return json.dumps(fields).encode()
 
 
+def describe(action: Action) -> str:
+    """`action` in a few words, for a log line and the command's answer."""
+    if isinstance(action, CloseSession):
+        reason = f" ({action.reason!r})" if action.reason else ""
+        return f"closing session {action.session} with {action.code}{reason}"
+    if isinstance(action, Drain):
+        return (
+            f"draining {action.server} in pool {action.pool}: "
+            f"its sessions closed with {action.code} over {action.window:g}s"
+        )
+    return f"{action.server} in pool {action.pool} takes new sessions again"
+
+
 def action_unknown(action: Action) -> str:
     """The sentence of a 404: what `action` names does not exist."""
     if isinstance(action, CloseSession):
