@@ -162,6 +162,19 @@ def test_changes_a_listener_added_is_the_list_whole() -> None:
     assert "{address: 127.0.0.1:8081, " in line
 
 
+def test_changes_an_admin_token_is_never_shown() -> None:
+    secret = "0123456789abcdef-first"
+
+    def first(data: Data) -> None:
+        data["admin"] = {"address": "127.0.0.1:9090", "token": secret}
+
+    def second(data: Data) -> None:
+        data["admin"] = {"address": "127.0.0.1:9090", "token": secret + "-second"}
+
+    assert config_changes(config(first), config(second)) == ["admin.token: changed (not shown)"]
+    assert all(secret not in line for line in changes(first))
+
+
 def test_changes_admin_and_workers() -> None:
     def edit(data: Data) -> None:
         data["admin"] = {"address": "127.0.0.1:9090"}
