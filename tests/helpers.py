@@ -106,12 +106,21 @@ class Answer:
     body: bytes
 
 
-async def ask(port: int, path: str, method: str = "GET") -> Answer:
-    """One request; the answer is read to its Content-Length, or to the connection's end."""
+async def ask(
+    port: int,
+    path: str,
+    method: str = "GET",
+    *,
+    body: bytes | None = None,
+    headers: tuple[str, ...] = (),
+) -> Answer:
+    """One request (with `body`, framed by its Content-Length, and the header lines
+    `headers`); the answer is read to its Content-Length, or to the connection's end."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-        await stream.send_all(request.encode())
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        lines += [*headers, *([f"Content-Length: {len(body)}"] if body is not None else [])]
+        await stream.send_all("\r\n".join([*lines, "", ""]).encode() + (body or b""))
         data = b""
         while True:
             head, blank, body = data.partition(b"\r\n\r\n")
