@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
 from tests.conftest import ORIGIN, start_backend
-from tests.helpers import browser_page
+from tests.helpers import ask, browser_page
 from tests.test_cli import (
     Child,
     assert_one_sentence,
@@ -43,11 +43,11 @@ pytestmark = pytest.mark.e2e
 CAP = 20.0
 
 
-def write(path: Path, port: int, admin: int, *urls: str, extra: str = "") -> Path:
+def write(path: Path, port: int, admin: int, *urls: str, extra: str = "", token: str = "") -> Path:
     path.write_text(
         f"""
 listen: [{{address: 127.0.0.1:{port}}}]
-admin: {{address: 127.0.0.1:{admin}}}
+admin: {{address: 127.0.0.1:{admin}, token: "{token}"}}
 workers: 2
 security:
   allowed_origins: ["{ORIGIN}"]
@@ -110,11 +110,11 @@ class Fleet:
 
 @asynccontextmanager
 async def fleet(
-    tmp_path: Path, *urls: str, env: dict[str, str] | None = None
+    tmp_path: Path, *urls: str, env: dict[str, str] | None = None, token: str = ""
 ) -> AsyncIterator[Fleet]:
     """Start a supervisor with two workers in front of `urls`, and wait for it to listen."""
     port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, *urls)
+    config = write(tmp_path / "c.yaml", port, admin, *urls, token=token)
     async with started("serve", "-c", str(config), env=env) as child:
         line = await child.stderr.until("with 2 workers", CAP)
         assert f"wsproxy listening on 127.0.0.1:{port}" in line
@@ -164,6 +164,61 @@ async def test_workers_share_the_port_and_the_admin_sums_them(
     assert len([line for line in lines if "SIGTERM: draining (sessions" in line]) == 2
     for index in (0, 1):  # each worker's lines name it
         assert any(f"wsproxy.server[worker {index}]: worker {index} (pid" in x for x in lines)
+
+
+TOKEN = "0123456789abcdef-fleet"
+
+
+async def test_workers_admin_lists_every_workers_sessions_and_closes_one_on_each(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    bearer = (f"Authorization: Bearer {TOKEN}",)
+    async with (
+        fleet(tmp_path, backend.url, token=TOKEN) as running,
+        AsyncExitStack() as sessions,
+    ):
+        clients = [
+            await sessions.enter_async_context(connect(running.url, origin=ORIGIN, proxy=None))
+            for _ in range(16)
+        ]
+        for index, ws in enumerate(clients):
+            await echo(ws, f"client {index}")
+        with trio.fail_after(CAP):
+            listed = json.loads((await ask(running.admin, "/sessions")).body)["sessions"]
+            oldest = json.loads((await ask(running.admin, "/sessions?limit=5")).body)["sessions"]
+        by_client = {session["client"]: session for session in listed}
+        addresses = ["{}:{}".format(*ws.local_address[:2]) for ws in clients]
+        assert sorted(by_client) == sorted(addresses)
+        assert [s["id"] for s in oldest] == [s["id"] for s in listed[:5]]
+        # Each worker's ids have a prefix of its own; the kernel spread 16 connections over
+        # both workers but with a chance of 2 * 2**-16.
+        workers = {session["id"].split("-")[0] for session in listed}
+        assert len(workers) == 2, listed
+        chosen = [next(s for s in listed if s["id"].startswith(w)) for w in sorted(workers)]
+        with trio.fail_after(CAP):
+            for number, session in enumerate(chosen):
+                path = f"/sessions/{session['id']}/close"
+                body = json.dumps({"code": 4000 + number, "reason": f"bye {number}"}).encode()
+                closing = await ask(running.admin, path, "POST", body=body, headers=bearer)
+                assert closing.status == 200, closing.body
+                ws = clients[addresses.index(session["client"])]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                    4000 + number,
+                    f"bye {number}",
+                )
+            unknown = await ask(running.admin, "/sessions/nothing-1/close", "POST", headers=bearer)
+            unguarded = await ask(running.admin, path, "POST")
+            wrong = await ask(running.admin, path, "POST", headers=("Authorization: Bearer x",))
+        assert (unknown.status, unknown.body) == (404, b"no live session 'nothing-1'\n")
+        assert (unguarded.status, wrong.status) == (401, 403)
+        closed_clients = {session["client"] for session in chosen}
+        for ws, address in zip(clients, addresses, strict=True):  # the others go on
+            if address not in closed_clients:
+                await echo(ws, "still here")
 
 
 async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(
