@@ -6,6 +6,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -369,7 +370,7 @@ pools:
     )
 
 
-async def listing(port: int, query: str = "") -> list[dict[str, object]]:
+async def listing(port: int, query: str = "") -> list[dict[str, Any]]:
     answer = await ask(port, "/sessions" + query)
     assert answer.status == 200, answer.body
     assert answer.headers["content-type"] == "application/json"
@@ -402,7 +403,7 @@ async def test_admin_sessions_lists_live_sessions_oldest_first_with_their_figure
             mine = ["{}:{}".format(*ws.local_address[:2]) for ws in (first, second, third)]
     assert len(everything) == 3
     ages = [session["age"] for session in everything]
-    assert ages == sorted(ages, reverse=True)  # type: ignore[type-var]
+    assert ages == sorted(ages, reverse=True)
     assert [session["id"] for session in oldest] == [everything[0]["id"]]
     by_client = {session["client"]: session for session in everything}
     assert sorted(by_client) == sorted(mine)
