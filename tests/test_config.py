@@ -126,7 +126,7 @@ def test_config_example_documents_every_key() -> None:
         )
         for f in dataclasses.fields(cls)
     } - {"name"}
-    keys |= {"address", "url", "weight"}
+    keys |= {"address", "url", "weight", "token"}
     for key in sorted(keys):
         assert re.search(rf"\b{key}:", text), key
     for cls in (ListenerTLS, BackendTLS):

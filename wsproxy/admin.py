@@ -186,7 +186,7 @@ def session_rows(live: Collection[LiveSession]) -> list[SessionRow]:
                 route=each.route,
                 pool=each.balancer.name,
                 server=each.server.key,
-                age=round(now - each.started, 3),
+                age=round(now - each.started, 6),  # fine enough that the order is the start order
                 messages_in=messages_in,
                 messages_out=messages_out,
                 bytes_in=session.client.bytes_in,
