@@ -14,9 +14,12 @@ import pytest
 from wsproxy import __version__
 from wsproxy.admin import ProcessStatus
 from wsproxy.adminapi import (
+    Action,
     CloseSession,
+    Drain,
     SessionQuery,
     SessionRow,
+    Undrain,
     action_body,
     action_target,
     query_target,
@@ -415,6 +418,29 @@ async def test_fleet_view_act_posts_to_every_worker_done_if_any_did_it(
     assert await FleetView(FakeSupervisor(members)).act(action) is done
     assert [m.asked for m in members] == [[target]] * 3
     assert [m.posted for m in members] == [[action_body(action)]] * 3
+
+
+async def test_fleet_view_drains_done_stand_for_workers_ready_later() -> None:
+    def member(index: int, *actions: Action) -> FakeMember:
+        return FakeMember(index, {action_target(a): (200, "{}") for a in actions})
+
+    first, second = Drain("chat", "ws://a:1", 60.0, 1012), Drain("chat", "ws://b:1")
+    undrain = Undrain("chat", "ws://a:1")
+    view = FleetView(FakeSupervisor([member(0, first, second, undrain)]))
+    assert await view.act(first)
+    assert await view.act(second)
+    assert not await view.act(Drain("chat", "ws://c:1"))  # no worker knew it: it stands not
+    late = member(1)
+    await view.restore(late)
+    assert late.asked == [action_target(first), action_target(second)]
+    assert late.posted == [action_body(first), action_body(second)]
+    assert await view.act(undrain)
+    assert await view.act(replace(second, window=5.0))  # drained again: the newest stands
+    again = member(2)
+    await view.restore(again)
+    assert again.posted == [action_body(replace(second, window=5.0))]
+    await view.act(CloseSession("a-1"))  # other actions do not stand
+    assert list(view.standing) == [("chat", "ws://b:1")]
 
 
 def test_fleet_member_protocol_is_what_workers_give() -> None:

@@ -13,6 +13,9 @@ Invariants:
 - `/sessions` is selected again from the union of the workers' lists. An action, already
   checked and parsed by the supervisor, goes to every worker in its normal form; it is done if
   any worker did it (a session lives in one worker; every worker knows every server).
+- A drain that was done stands until its undrain: `restore` gives it to a worker that becomes
+  ready later (restarted, or not yet ready when the drain came), so no worker sends new
+  sessions to a drained server.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from wsproxy import __version__
 from wsproxy.admin import ProcessStatus
 from wsproxy.adminapi import (
     Action,
+    Drain,
     SessionQuery,
     SessionRow,
+    Undrain,
     action_body,
     action_target,
     parse_sessions,
@@ -102,6 +107,7 @@ class FleetView:
 
     def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
+        self.standing: dict[tuple[str, str], Drain] = {}  # drains done, by pool and server
 
     async def _ask_all(self, path: str, post: bytes | None = None) -> list[Answer | None]:
         members = self.supervisor.workers
@@ -143,7 +149,17 @@ class FleetView:
 
     async def act(self, action: Action) -> bool:
         answers = await self._ask_all(action_target(action), action_body(action))
-        return any(answer is not None and answer[0] == 200 for answer in answers)
+        done = any(answer is not None and answer[0] == 200 for answer in answers)
+        if done and isinstance(action, Drain | Undrain):
+            self.standing.pop((action.pool, action.server), None)
+            if isinstance(action, Drain):
+                self.standing[action.pool, action.server] = action
+        return done
+
+    async def restore(self, member: Member) -> None:
+        """Give `member`, just become ready, every drain that stands."""
+        for drain in list(self.standing.values()):
+            await member.ask(action_target(drain), action_body(drain))
 
 
 def merge_sessions(answers: Sequence[Answer | None], query: SessionQuery) -> list[SessionRow]:

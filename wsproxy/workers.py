@@ -168,6 +168,7 @@ class Supervisor:
         self._stopping = trio.Event()
         self._start_failed = False
         self._ready = trio.Event()  # every worker has been ready once
+        self.view = FleetView(self)  # the admin endpoint's, which keeps the drains that stand
 
     @property
     def stopping(self) -> bool:
@@ -205,7 +206,7 @@ class Supervisor:
             outer.start_soon(obey, signals, self)
             if admin is not None:
                 guard = Guard(token=self.config.admin.token if self.config.admin else "")
-                await outer.start(serve_admin, FleetView(self), admin, guard)
+                await outer.start(serve_admin, self.view, admin, guard)
             async with trio.open_nursery() as running:
                 for worker in self.workers:
                     running.start_soon(self._keep_running, worker, ports)
@@ -320,13 +321,15 @@ class Supervisor:
                 process_left.kill()  # only when the supervisor itself is being torn down
 
     async def _become_ready(self, worker: Worker, process: trio.Process) -> None:
-        """Wait until the worker answers on its admin socket, then give it what is pending."""
+        """Wait until the worker answers on its admin socket, then give it what is pending:
+        signals, and the drains that stand (a worker's drains end with its life)."""
         while await _ask(worker.control, "/healthz") is None:  # noqa: ASYNC110 - polling a socket
             await trio.sleep(READY_POLL)
         worker.ready = True
         pending, worker.pending = worker.pending, []
         for signum in pending:
             process.send_signal(signum)
+        await self.view.restore(worker)
 
     async def _announce(self, ports: list[int], admin: trio.SocketListener | None) -> None:
         """Log once every worker is ready, as a single process logs once it listens."""
