@@ -120,9 +120,8 @@ class Registry:
 
     # ---------------------------------------------------------------- sessions
 
-    async def relay(self, stream: trio.abc.Stream, live: LiveSession, client: str) -> None:
-        """Send the 101 on `stream` and relay `live` to its end; `client` (IP:PORT) names the
-        client in the access line."""
+    async def relay(self, stream: trio.abc.Stream, live: LiveSession) -> None:
+        """Send the 101 on `stream` and relay `live` to its end."""
         session = live.session
         started = live.started
         live.balancer.started(live.server)
@@ -145,7 +144,7 @@ class Registry:
         write_access(
             AccessRecord(
                 time=iso_time(wall_time()),
-                client=client,
+                client=live.client,
                 route=live.route,
                 pool=live.balancer.name,
                 server=live.server.key,
