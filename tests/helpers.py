@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h11
@@ -19,8 +19,11 @@ import trio
 from websockets.trio.client import ClientConnection, connect
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
+from wsproxy.closes import Close
 from wsproxy.config import Security
 from wsproxy.handshake import UpgradeRequest, judge_request
+from wsproxy.registry import Registry
+from wsproxy.servers import ServerState
 
 CLIENT_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455's example key
 
@@ -217,3 +220,43 @@ async def browser_page(tmp_path: Path) -> AsyncIterator[DevTools]:
         process.kill()
         with trio.CancelScope(shield=True):
             await process.wait()
+
+
+# --- stand-ins for live sessions, for the paced closes of the registry and of drains ----------
+
+
+@dataclass(eq=False)
+class FakeSession:
+    """Stands for a live session: records when it was asked to close, and with what."""
+
+    registry: Registry
+    asked: list[tuple[float, Close]] = field(default_factory=list)
+
+    async def shutdown(self, close: Close) -> None:
+        self.asked.append((trio.current_time(), close))
+        await trio.sleep(0.05)  # the close handshake takes a while; it does not delay the next
+        del self.registry.sessions[self]  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class FakeBalancer:
+    name: str = "main"
+
+
+@dataclass(frozen=True)
+class FakeLive:
+    """Stands for a `LiveSession`: the server it is on and its pool's balancer's name."""
+
+    server: ServerState
+    balancer: FakeBalancer
+
+
+def on(
+    registry: Registry, server: ServerState, count: int, pool: str = "main"
+) -> list[FakeSession]:
+    """`count` fake sessions on `server`, live in `registry`."""
+    sessions = [FakeSession(registry) for _ in range(count)]
+    for session in sessions:
+        live = FakeLive(server, FakeBalancer(pool))
+        registry.sessions[session] = live  # type: ignore[index, assignment]
+    return sessions

@@ -21,6 +21,7 @@ from tests.test_pools import start, until
 from wsproxy.admin import ProcessStatus, metrics_text, serve_admin
 from wsproxy.adminapi import Action, Drain, Guard, SessionQuery, SessionRow, Undrain
 from wsproxy.config import Config, parse_config
+from wsproxy.history import History
 from wsproxy.server import Proxy
 
 CAP = 10.0
@@ -32,8 +33,12 @@ class Admin:
     port: int
 
 
-async def start_with_admin(nursery: trio.Nursery, config: Config) -> Admin:
+async def start_with_admin(
+    nursery: trio.Nursery, config: Config, history: History | None = None
+) -> Admin:
     proxy = Proxy(config)
+    if history is not None:  # before `serve`, which samples into it
+        proxy.history = history
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     admin = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
     await nursery.start(functools.partial(proxy.serve, listeners, admin=admin))
@@ -339,7 +344,8 @@ async def test_admin_page_shows_the_status_and_follows_it_live_in_chromium(
                 await page.until("document.querySelector('#sessions').textContent", "1")
                 await page.until(f"{row}.cells[2].textContent", "1")
             await page.until("document.querySelector('#sessions').textContent", "0")
-            await page.until(f"{row}.cells[3].textContent", "1")  # the total stays
+            total = f"{row}.querySelector('[data-field=total]').textContent"
+            await page.until(total, "1")  # the total stays
             async with connect(admin.running.url, origin=ORIGIN, proxy=None):
                 admin.running.proxy.stop()  # the drain waits for this session
                 await page.until("document.querySelector('#ready').textContent", "no")

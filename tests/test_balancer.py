@@ -592,3 +592,95 @@ def test_balancer_status_counts_healthy_servers_and_sessions() -> None:
     )
     assert [s.health for s in status.servers] == ["up", "up", "ejected"]
     assert balancer.any_healthy(10.5)
+
+
+# --- effective weight: agents and drains ---------------------------------------------------
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "least_connections", "random"])
+def test_balancer_a_server_at_effective_weight_0_is_never_chosen(balance: str) -> None:
+    balancer = modes(balance, server("a"), server("b"), server("c"))
+    a, b, _ = balancer.servers
+    a.agent_weight = 0
+    b.start_drain("admin", 30.0, 1012, 0.0)
+    assert set(names(balancer, 60)) == {"c"}
+    assert balancer.choose(0.0, exclude=balancer.servers[2:]) is None
+
+
+def test_balancer_hash_key_of_a_server_at_0_goes_to_the_next_and_comes_back() -> None:
+    balancer = hashing(*(server(f"s{i}") for i in range(4)))
+    owner = balancer.choose(0.0, Pick(key="k"))
+    assert owner is not None
+    owner.start_drain("agent", 30.0, 1012, 0.0)
+    second = balancer.choose(0.0, Pick(key="k"))
+    assert second is not None
+    assert second is not owner
+    owner.end_drain("agent")
+    assert balancer.choose(0.0, Pick(key="k")) is owner
+
+
+def test_balancer_cookie_of_a_draining_server_is_not_honoured() -> None:
+    balancer = modes("cookie", server("a"), server("b"))
+    a, b = balancer.servers
+    a.start_drain("admin", 30.0, 1012, 0.0)
+    assert balancer.choose(0.0, Pick(sticky=balancer.token(a))) is b
+
+
+def test_balancer_round_robin_follows_the_agents_weights() -> None:
+    balancer = PoolBalancer(pool(server("a", 1), server("b", 1), server("c", 1)))
+    a, _, _ = balancer.servers
+    a.agent_weight = 5  # as the configured weights 5 1 1: nginx's sequence
+    assert names(balancer, 14) == "aabacaa" * 2
+    a.agent_weight = None
+    assert Counter(names(balancer, 300)) == {"a": 100, "b": 100, "c": 100}
+
+
+def test_balancer_random_follows_the_agents_weights() -> None:
+    balancer = modes("random", server("a", 3), server("b", 2), server("c", 1))
+    a, b, c = balancer.servers
+    a.agent_weight, b.agent_weight, c.agent_weight = 1, 2, 3
+    counts = Counter(names(balancer, 3000))
+    for host, ideal in (("a", 500), ("b", 1000), ("c", 1500)):
+        assert abs(counts[host] - ideal) <= ideal * 0.10, counts
+    a.sessions, b.sessions = 3, 1  # per agent weight 3 and 0.5: b wins every pair of a and b
+    c.agent_weight = 0
+    assert {balancer.choose(0.0) for _ in range(50)} == {b}
+
+
+def test_balancer_least_connections_weighs_the_load_by_the_agents_weight() -> None:
+    balancer = modes("least_connections", server("a"), server("b"))
+    a, b = balancer.servers
+    a.sessions, b.sessions = 2, 1
+    assert balancer.choose(0.0) is b
+    a.agent_weight = 4  # per weight 0.5 against 1
+    assert balancer.choose(0.0) is a
+
+
+def test_balancer_hash_ownership_follows_the_agents_weights() -> None:
+    balancer = hashing(server("a", 3), server("b", 1))
+    a, _ = balancer.servers
+    a.agent_weight = 1
+    counts = Counter(owners(balancer, range(8000)).values())
+    assert 3_500 <= counts["ws://a:9000"] <= 4_500  # ideal 4,000: equal weights
+
+
+def test_balancer_pool_with_every_server_at_0_refuses_503_and_is_not_ready() -> None:
+    balancer = modes("round_robin", server("a"), server("b"))
+    a, b = balancer.servers
+    a.agent_weight = 0
+    b.start_drain("agent", 30.0, 1012, 0.0)
+    assert balancer.choose(0.0) is None
+    refusal = balancer.refusal(0.0)
+    assert (refusal.status, refusal.reason, refusal.headers) == (
+        503,
+        "no server in pool main takes new sessions now",
+        (),
+    )
+    assert not balancer.any_healthy(0.0)
+    status = balancer.status(0.0)
+    assert status.healthy == 0
+    assert [s.health for s in status.servers] == ["up", "up"], "healthy, yet taking none"
+    assert [(s.effective_weight, s.draining) for s in status.servers] == [(0, False), (0, True)]
+    b.end_drain()
+    assert balancer.choose(0.0) is b
+    assert balancer.status(0.0).healthy == 1

@@ -890,7 +890,13 @@ def test_config_short_secret_is_never_shown() -> None:
 def test_config_health_check_defaults() -> None:
     assert pool_of(health_check={}).health_check == HealthCheck()
     assert HealthCheck() == HealthCheck(
-        type="tcp", path="/", interval=5.0, timeout=2.0, healthy_after=2, unhealthy_after=3
+        type="tcp",
+        path="/",
+        interval=5.0,
+        timeout=2.0,
+        healthy_after=2,
+        unhealthy_after=3,
+        agent=False,
     )
     assert pool_of().health_check is None
 
@@ -903,6 +909,7 @@ def test_config_health_check_every_key() -> None:
         "timeout": "1500ms",
         "healthy_after": 1,
         "unhealthy_after": "5",
+        "agent": "true",
     }
     assert pool_of(health_check=check).health_check == HealthCheck(
         type="websocket",
@@ -911,7 +918,10 @@ def test_config_health_check_every_key() -> None:
         timeout=1.5,
         healthy_after=1,
         unhealthy_after=5,
+        agent=True,
     )
+    http = pool_of(health_check={"type": "http", "agent": True}).health_check
+    assert http == HealthCheck(type="http", agent=True)
 
 
 @pytest.mark.parametrize(
@@ -928,6 +938,11 @@ def test_config_health_check_every_key() -> None:
         ({"healthy_after": 0}, "healthy_after: must be at least 1, got 0"),
         ({"unhealthy_after": -1}, "unhealthy_after: must be at least 1, got -1"),
         ({"intervall": "5s"}, "intervall: unknown key (did you mean 'interval'?)"),
+        ({"type": "http", "agent": "yes"}, "agent: expected true or false, got 'yes'"),
+        (
+            {"agent": True},
+            "agent: a tcp check gets no answer to read (use http or websocket)",
+        ),
     ],
 )
 def test_config_bad_health_check(check: dict[str, object], problem: str) -> None:

@@ -41,6 +41,7 @@ from wsproxy.fleet import (
     parse_status,
     without,
 )
+from wsproxy.history import HistoryStatus, Sample
 from wsproxy.metrics import Counter, Family
 from wsproxy.servers import ServerStatus
 
@@ -62,8 +63,16 @@ def server(
         failures_total=1,
         check_problem="" if health == "up" else f"{health} here",
         ejected_for=2.0 if health == "ejected" else 0.0,
+        effective_weight=1,
+        agent_weight=None,
+        draining=False,
+        drain_left=0.0,
     )
-    return replace(base, **changes)  # type: ignore[arg-type]
+    changed = replace(base, **changes)  # type: ignore[arg-type]
+    if "effective_weight" in changes:
+        return changed
+    # a server neither draining nor reweighted by its agent is weighed with its weight
+    return replace(changed, effective_weight=changed.weight)
 
 
 def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
@@ -76,7 +85,15 @@ def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
     )
 
 
-def process(connections: int = 2, sessions: int = 1, *pools: PoolStatus) -> ProcessStatus:
+NO_HISTORY = HistoryStatus(10.0, 600.0, 0.0, ())
+
+
+def process(
+    connections: int = 2,
+    sessions: int = 1,
+    *pools: PoolStatus,
+    history: HistoryStatus = NO_HISTORY,
+) -> ProcessStatus:
     return ProcessStatus(
         version=__version__,
         ready=True,
@@ -85,6 +102,7 @@ def process(connections: int = 2, sessions: int = 1, *pools: PoolStatus) -> Proc
         connections=connections,
         sessions=sessions,
         pools=pools,
+        history=history,
     )
 
 
@@ -122,7 +140,9 @@ class FakeSupervisor:
 
 
 def test_fleet_parse_status_reads_back_what_a_worker_writes() -> None:
-    document = process(3, 2, pool("main", 1, server("a"), server("b", "ejected")))
+    samples = (Sample(1000.0, {"main": {"a": 1, "b": 0}}), Sample(1010.0, {"main": {"a": 2}}))
+    history = HistoryStatus(10.0, 600.0, 1012.5, samples)
+    document = process(3, 2, pool("main", 1, server("a"), server("b", "ejected")), history=history)
     text = json.dumps(asdict(document), indent=1)
     assert parse_status((200, text)) == document
 
@@ -215,6 +235,27 @@ def test_fleet_merge_server_listed_by_neither_stays_unlisted() -> None:
     assert not merge_server(server(listed=False), server(listed=False)).listed
 
 
+def test_fleet_merge_server_drains_if_any_worker_drains_with_the_most_time_left() -> None:
+    idle = server("a", effective_weight=3)
+    draining = server("a", effective_weight=0, draining=True, drain_left=4.5)
+    for first, second in ((idle, draining), (draining, idle)):
+        merged = merge_server(first, second)
+        assert (merged.draining, merged.drain_left) == (True, 4.5)
+        assert merged.effective_weight == 3, "the highest: a session may go to that worker"
+    later = merge_server(draining, replace(draining, drain_left=7.25))
+    assert later.drain_left == 7.25
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "merged"), [(None, None, None), (None, 5, 5), (0, 5, 0), (7, None, 7)]
+)
+def test_fleet_merge_server_agent_weight_is_the_first_one_reported(
+    first: int | None, second: int | None, merged: int | None
+) -> None:
+    both = merge_server(server(agent_weight=first), server(agent_weight=second))
+    assert both.agent_weight == merged
+
+
 def test_fleet_merge_pools_sums_sessions_and_keeps_the_most_healthy() -> None:
     first = [pool("main", 0, server("a", "down", 3))]
     second = [pool("main", 1, server("a", "up", 2), server("b", "up", 2, listed=False))]
@@ -244,12 +285,17 @@ def test_fleet_merge_pools_of_no_worker_is_no_pool() -> None:
 # --- merge_status ------------------------------------------------------------------------------
 
 
+def worker_history(sessions: int) -> HistoryStatus:
+    samples = (Sample(1010.0, {"main": {"a": sessions}}),)
+    return HistoryStatus(10.0, 600.0, 1015.0, samples)
+
+
 def test_fleet_merge_status_sums_the_answers_and_lists_every_worker() -> None:
     members = [FakeMember(0, pid=10, restarts=1), FakeMember(1, pid=None), FakeMember(2, pid=12)]
     documents = [
-        process(3, 2, pool("main", 0, server("a", "down", 2))),
+        process(3, 2, pool("main", 0, server("a", "down", 2)), history=worker_history(2)),
         None,
-        process(4, 1, pool("main", 1, server("a", "up", 1))),
+        process(4, 1, pool("main", 1, server("a", "up", 1)), history=worker_history(1)),
     ]
     status = merge_status("worker 0: draining", True, members, documents)
     assert status == FleetStatus(
@@ -260,6 +306,7 @@ def test_fleet_merge_status_sums_the_answers_and_lists_every_worker() -> None:
         connections=7,
         sessions=3,
         pools=merge_pools([documents[0].pools, documents[2].pools]),  # type: ignore[union-attr]
+        history=HistoryStatus(10.0, 600.0, 1015.0, (Sample(1010.0, {"main": {"a": 3}}),)),
         workers=(
             WorkerStatus(index=0, pid=10, running=True, restarts=1, sessions=2),
             WorkerStatus(index=1, pid=None, running=False, restarts=0, sessions=0),
@@ -310,6 +357,13 @@ def test_fleet_merge_metrics_backend_up_if_any_worker_sees_it_up() -> None:
     )
     text = merge_metrics([("", up % 0), ("", up % 1)], [], 2)
     assert 'wsproxy_backend_up{s="a"} 1\n' in text
+
+
+@pytest.mark.parametrize("family", ["wsproxy_backend_weight", "wsproxy_backend_draining"])
+def test_fleet_merge_metrics_weight_and_draining_are_the_highest_not_summed(family: str) -> None:
+    gauge = f'# HELP {family} X.\n# TYPE {family} gauge\n{family}{{s="a"}} %d\n'
+    text = merge_metrics([("", gauge % 1), ("", gauge % 1), ("", gauge % 0)], [], 3)
+    assert f'{family}{{s="a"}} 1\n' in text
 
 
 # --- FleetView ---------------------------------------------------------------------------------

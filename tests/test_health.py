@@ -17,9 +17,19 @@ import trio
 import trio.testing
 
 from tests.conftest import accept_upgrade, raw_server, start_backend
+from wsproxy.agent import AgentReport
 from wsproxy.balancer import PoolBalancer
 from wsproxy.config import HealthCheck, Pool, Server
-from wsproxy.health import JITTER, PING_PAYLOAD, probe_server, prober, watch_pool
+from wsproxy.handshake import accept_value
+from wsproxy.health import (
+    JITTER,
+    PING_PAYLOAD,
+    Probed,
+    probe_answer,
+    probe_server,
+    prober,
+    watch_pool,
+)
 from wsproxy.servers import ServerState
 from wsproxy.upstream import dial_tcp
 
@@ -300,8 +310,8 @@ async def test_health_prober_uses_the_given_dial() -> None:
         raise ConnectionRefusedError(111, "Connection refused")
 
     with trio.fail_after(CAP):
-        problem = await prober(dial)(state_for(9000), check("tcp"))
-    assert problem == "health check: connect to 127.0.0.1:9000: Connection refused"
+        probed = await prober(dial)(state_for(9000), check("tcp"))
+    assert probed == Probed("health check: connect to 127.0.0.1:9000: Connection refused")
     assert dialled == [("127.0.0.1", 9000)]
 
 
@@ -323,11 +333,11 @@ class Script:
         self.calls: list[tuple[float, int]] = []
         self.addresses: list[tuple[float, str]] = []
 
-    async def __call__(self, server: ServerState, check: HealthCheck) -> str | None:
+    async def __call__(self, server: ServerState, check: HealthCheck) -> Probed:
         self.calls.append((trio.current_time(), server.port))
         self.addresses.append((trio.current_time(), server.address))
         results = self.script[server.port]
-        return results.pop(0) if len(results) > 1 else results[0]
+        return Probed(results.pop(0) if len(results) > 1 else results[0])
 
 
 def pool_of(*ports: int, **check: object) -> tuple[PoolBalancer, HealthCheck]:
@@ -461,7 +471,7 @@ async def test_health_a_probe_that_raises_counts_as_a_failure_and_the_loop_goes_
     balancer, health = pool_of(1, healthy_after=1, unhealthy_after=1)
     calls: list[float] = []
 
-    async def broken(server: ServerState, check: HealthCheck) -> str | None:
+    async def broken(server: ServerState, check: HealthCheck) -> Probed:
         calls.append(trio.current_time())
         raise RuntimeError("a bug")
 
@@ -484,7 +494,7 @@ async def test_health_a_probe_longer_than_the_interval_is_never_doubled_and_hold
     in_flight = {1: 0, 2: 0}
     most = {1: 0, 2: 0}
 
-    async def probe(server: ServerState, check: HealthCheck) -> str | None:
+    async def probe(server: ServerState, check: HealthCheck) -> Probed:
         starts[server.port].append(trio.current_time())
         in_flight[server.port] += 1
         most[server.port] = max(most[server.port], in_flight[server.port])
@@ -492,10 +502,128 @@ async def test_health_a_probe_longer_than_the_interval_is_never_doubled_and_hold
             await trio.sleep(1.0 if server.port == 1 else 0.0)
         finally:
             in_flight[server.port] -= 1
-        return None
+        return Probed(None)
 
     with trio.move_on_after(5.1):
         await watch_pool(balancer, health, probe, Middle())
     assert starts[1] == [0.0, 1.25, 2.5, 3.75, 5.0]
     assert starts[2] == [0.25 * n for n in range(21)]
     assert most == {1: 1, 2: 1}
+
+
+# --- agent headers --------------------------------------------------------------------------
+
+
+AGENT = ((b"Wsproxy-Weight", b"0"), (b"Wsproxy-Drain", b"2s"))
+
+
+@pytest.mark.parametrize("status", [b"200 OK", b"503 Service Unavailable"])
+async def test_health_http_answer_of_any_status_brings_its_headers(
+    nursery: trio.Nursery, status: bytes
+) -> None:
+    response = b"HTTP/1.1 %s\r\nWsproxy-Weight: 0\r\nWsproxy-Drain: 2s\r\nContent-Length: 0\r\n\r\n"
+    with trio.fail_after(CAP):
+        port = await raw_server(nursery, answering(response % status))
+        probed = await probe_answer(state_for(port), check("http"), dial_tcp)
+    assert probed.headers is not None
+    assert [(n, v) for n, v in probed.headers if n.startswith(b"wsproxy-")] == [
+        (b"wsproxy-weight", b"0"),
+        (b"wsproxy-drain", b"2s"),
+    ]
+    assert (probed.problem is None) is (status == b"200 OK")
+
+
+async def test_health_no_answer_brings_no_headers(nursery: trio.Nursery) -> None:
+    with trio.fail_after(CAP):
+        silent = await raw_server(nursery, answering(b""))
+        garbage = await raw_server(nursery, answering(b"SSH-2.0-OpenSSH\r\n\r\n"))
+        for port in (silent, garbage, await closed_port()):
+            probed = await probe_answer(state_for(port), check("http"), dial_tcp)
+            assert probed.problem is not None
+            assert probed.headers is None
+        up = await raw_server(nursery, answering(b""))
+        assert await probe_answer(state_for(up), check("tcp"), dial_tcp) == Probed(None)
+
+
+async def test_health_websocket_brings_the_101s_headers_or_the_refusals(
+    nursery: trio.Nursery,
+) -> None:
+    async def accept_with_agent(stream: trio.SocketStream) -> None:
+        await accept_upgrade_with(stream, b"Wsproxy-Weight: 7\r\n")
+        await stream.send_all(b"\x88\x02\x03\xe8")  # a close, before the ping's pong
+
+    refusal = b"HTTP/1.1 503 Service Unavailable\r\nWsproxy-Drain: 1m\r\nContent-Length: 0\r\n\r\n"
+    with trio.fail_after(CAP):
+        accepting = await raw_server(nursery, accept_with_agent)
+        refusing = await raw_server(nursery, answering(refusal))
+        accepted = await probe_answer(state_for(accepting), check("websocket"), dial_tcp)
+        refused = await probe_answer(state_for(refusing), check("websocket"), dial_tcp)
+    assert accepted.problem == "health check: the session closed (1000) before the ping"
+    assert (b"wsproxy-weight", b"7") in (accepted.headers or ())
+    assert refused.problem == "health check: the upgrade on /health answered 503"
+    assert (b"wsproxy-drain", b"1m") in (refused.headers or ())
+
+
+async def accept_upgrade_with(stream: trio.SocketStream, extra: bytes) -> None:
+    """`accept_upgrade` with `extra` header lines in the 101."""
+    head = await read_head(stream)
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    await stream.send_all(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept_value(key) + b"\r\n" + extra + b"\r\n"
+    )
+
+
+class Reports:
+    """An `Agent` that records what it is told."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[float, int, AgentReport]] = []
+
+    def __call__(self, balancer: PoolBalancer, server: ServerState, report: AgentReport) -> None:
+        self.got.append((trio.current_time(), server.port, report))
+
+
+class Answers:
+    """A probe answering from a script of `Probed`, the last one repeated."""
+
+    def __init__(self, *script: Probed) -> None:
+        self.script = list(script)
+
+    async def __call__(self, server: ServerState, check: HealthCheck) -> Probed:
+        return self.script.pop(0) if len(self.script) > 1 else self.script[0]
+
+
+async def test_health_with_agent_every_answer_is_reported_and_no_answer_is_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    balancer, health = pool_of(1, agent=True)
+    probe = Answers(
+        Probed(None, AGENT),
+        Probed("health check: no answer within 1s"),  # no answer: the last report stands
+        Probed("health check: GET /health answered 503", ((b"Wsproxy-Weight", b"3"),)),
+        Probed(None, ()),
+    )
+    reports = Reports()
+    with trio.move_on_after(16.0):
+        await watch_pool(balancer, health, probe, Middle(), reports)
+    assert reports.got == [
+        (0.0, 1, AgentReport(weight=0, drain=2.0)),
+        (10.0, 1, AgentReport(weight=3)),
+        (15.0, 1, AgentReport()),
+    ]
+
+
+async def test_health_without_agent_the_headers_are_not_read(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    balancer, health = pool_of(1)
+    assert not health.agent, "off unless asked for"
+    reports = Reports()
+    with trio.move_on_after(6.0):
+        await watch_pool(balancer, health, Answers(Probed(None, AGENT)), Middle(), reports)
+    assert reports.got == []

@@ -32,12 +32,15 @@ LAYERS: Final = {
     "handshake": 2,
     "balancer": 2,
     "affinity": 2,
+    "agent": 2,
     "servers": 2,
     "logs": 2,
     "metrics": 2,
     "proxyproto": 2,
     "changes": 2,
     "adminapi": 2,  # the admin endpoint's sessions and actions as data
+    "page": 2,  # the status page's HTML text
+    "history": 2,  # the ring of session samples behind the page's chart
     "wire": 3,
     "relay": 3,
     "upstream": 3,
@@ -53,6 +56,7 @@ LAYERS: Final = {
     "snapshot": 3,
     "registry": 3,
     "admission": 3,
+    "drains": 3,
     "server": 4,
     "echo": 4,
     "admin": 4,

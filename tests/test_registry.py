@@ -3,17 +3,20 @@ autojump clock with exact instants (the relay of a whole session is in test_admi
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import trio
 import trio.testing
 
 from tests.conftest import proxy_config
+from tests.helpers import FakeSession, on
 from wsproxy.closes import Close
-from wsproxy.config import Config, Security
+from wsproxy.config import Config, Security, Server
 from wsproxy.handshake import Reject
 from wsproxy.registry import RETRY_AFTER, Registry, close_times
+from wsproxy.servers import ServerState
+
+SERVER = Server(url="ws://10.0.0.1:9000", host="10.0.0.1", port=9000)
+OTHER = Server(url="ws://10.0.0.2:9000", host="10.0.0.2", port=9000)
 
 
 def registry_for(config: Config | None = None) -> Registry:
@@ -91,19 +94,6 @@ def test_registry_close_times_are_spread_evenly_over_the_window(
     assert close_times(count, window) == times
 
 
-@dataclasses.dataclass(eq=False)
-class FakeSession:
-    """Stands for a live session: records when it was asked to close, and with what."""
-
-    registry: Registry
-    asked: list[tuple[float, Close]] = dataclasses.field(default_factory=list)
-
-    async def shutdown(self, close: Close) -> None:
-        self.asked.append((trio.current_time(), close))
-        await trio.sleep(0.05)  # the close handshake takes a while; it does not delay the next
-        del self.registry.sessions[self]  # type: ignore[arg-type]
-
-
 async def test_registry_close_paced_asks_each_at_its_instant_and_skips_the_ended(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -130,3 +120,98 @@ def test_registry_session_ids_are_distinct_within_a_process_and_between_processe
     ids = [first.new_id() for _ in range(1000)] + [second.new_id() for _ in range(1000)]
     assert len(set(ids)) == len(ids)
     assert all(id_.isascii() and "/" not in id_ and len(id_) <= 16 for id_ in ids)  # URL-safe
+
+
+async def test_registry_close_paced_of_one_server_closes_only_its_sessions_and_counts_them(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    draining, other = ServerState(SERVER), ServerState(OTHER)
+    mine, theirs = on(registry, draining, 4), on(registry, other, 2)
+    draining.start_drain("agent", 2.0, 1012, 0.0)
+    close = Close(1012, "server draining")
+    await registry.close_paced(close, 2.0, server=draining)
+    assert [s.asked for s in mine] == [
+        [(0.0, close)],
+        [(0.5, close)],
+        [(1.0, close)],
+        [(1.5, close)],
+    ]
+    assert [s.asked for s in theirs] == [[], []]
+    assert registry.metrics.drain_closes.values == {("main",): 4}
+
+
+async def test_registry_close_paced_stops_asking_once_going_on_says_no(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    draining = ServerState(SERVER)
+    sessions = on(registry, draining, 4)
+    drain = draining.start_drain("admin", 4.0, 4000, 0.0)
+    close = Close(4000, "server draining")
+
+    async def undrain_at_1_5() -> None:
+        await trio.sleep(1.5)
+        draining.end_drain()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(undrain_at_1_5)
+        await registry.close_paced(
+            close, 4.0, server=draining, going_on=lambda: draining.drain is drain
+        )
+    assert [s.asked for s in sessions] == [[(0.0, close)], [(1.0, close)], [], []]
+    assert trio.current_time() == 3.0, "the turns left pass without asking"
+    assert registry.metrics.drain_closes.values == {("main",): 2}
+
+
+async def test_registry_close_paced_asks_sessions_begun_meanwhile_in_what_is_left_of_the_window(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A session whose handshake was under way when the drain began is closed too."""
+    registry = registry_for()
+    draining = ServerState(SERVER)
+    first = on(registry, draining, 2)
+    late: list[FakeSession] = []
+
+    async def one_more_at_0_2() -> None:
+        await trio.sleep(0.2)
+        late.extend(on(registry, draining, 2))
+
+    close = Close(1012, "server draining")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one_more_at_0_2)
+        await registry.close_paced(close, 2.0, server=draining)
+    assert [s.asked for s in first] == [[(0.0, close)], [(1.0, close)]]
+    # the first round ended at 1.0 (its last ask); 1.0 s of the window is left for two
+    assert [s.asked for s in late] == [[(1.0, close)], [(1.5, close)]]
+    assert registry.metrics.drain_closes.values == {("main",): 4}
+
+
+async def test_registry_close_paced_for_the_whole_proxy_counts_no_drain_close(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    sessions = on(registry, ServerState(SERVER), 2)
+    await registry.close_paced(Close(1001, "proxy shutting down"), 1.0)
+    assert [len(s.asked) for s in sessions] == [1, 1]
+    assert registry.metrics.drain_closes.values == {}
+
+
+async def test_registry_close_paced_of_a_server_looks_once_more_at_the_windows_end(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    registry = registry_for()
+    draining = ServerState(SERVER)
+    first = on(registry, draining, 1)
+    late: list[FakeSession] = []
+
+    async def one_more_at_1_5() -> None:
+        await trio.sleep(1.5)
+        late.extend(on(registry, draining, 1))
+
+    close = Close(1012, "server draining")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one_more_at_1_5)
+        await registry.close_paced(close, 2.0, server=draining)
+    assert [s.asked for s in (*first, *late)] == [[(0.0, close)], [(2.0, close)]]
+    assert trio.current_time() == 2.05, "returns once the last close ended, no more looks"

@@ -24,6 +24,7 @@ from tests.test_cli import free_port, http_get, started
 from tests.test_pools import backends, start, until
 from tests.test_tls import Certs, make_certs
 from wsproxy.config import Config, HealthCheck, parse_config
+from wsproxy.health import Probed
 from wsproxy.listening import open_listeners
 from wsproxy.server import Proxy
 
@@ -278,9 +279,9 @@ async def test_reload_while_serve_starts_leaves_one_health_loop(nursery: trio.Nu
 
     checks: list[tuple[float, str]] = []
 
-    async def probe(server: object, check: HealthCheck) -> str | None:
+    async def probe(server: object, check: HealthCheck) -> Probed:
         checks.append((trio.current_time(), check.path))
-        return None
+        return Probed(None)
 
     def with_check(path: str) -> Config:
         pool = f"    health_check: {{type: http, path: {path}, interval: 0.05s, timeout: 0.05s}}"

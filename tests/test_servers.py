@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wsproxy.config import HealthCheck, Server
-from wsproxy.servers import ServerState, ServerStates, ServerStatus, identity
+from wsproxy.servers import FIRST_EJECTION, ServerState, ServerStates, ServerStatus, identity
 
 CHECK = HealthCheck(healthy_after=2, unhealthy_after=3)
 
@@ -128,6 +128,10 @@ def test_servers_status(
         failures_total=4,
         check_problem=problem,
         ejected_for=ejected_for,
+        effective_weight=2,
+        agent_weight=None,
+        draining=False,
+        drain_left=0.0,
     )
 
 
@@ -155,3 +159,100 @@ def test_servers_registry_get_lists_again_and_drop_forgets_only_that_object() ->
     states.drop("main", a)
     assert len(states) == 0
     assert states.get("main", server()) is not a
+
+
+# --- effective weight, drains and the agent ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("agent_weight", "draining", "effective"),
+    [
+        (None, False, 3),
+        (7, False, 7),
+        (0, False, 0),
+        (256, False, 256),
+        (None, True, 0),
+        (7, True, 0),
+    ],
+)
+def test_servers_effective_weight_is_0_draining_else_the_agents_else_the_configured(
+    agent_weight: int | None, draining: bool, effective: int
+) -> None:
+    state = ServerState(server(weight=3))
+    state.agent_weight = agent_weight
+    if draining:
+        state.start_drain("agent", 30.0, 1012, 0.0)
+    assert state.effective_weight == effective
+    assert state.available(0.0) is (effective > 0)
+    assert state.weight == 3, "the configured weight stays as configured"
+
+
+def test_servers_available_needs_health_too() -> None:
+    state = ServerState(server())
+    state.failed(0.0)
+    assert state.effective_weight == 1
+    assert not state.available(0.5)
+    assert state.available(FIRST_EJECTION)
+
+
+def test_servers_a_drain_started_twice_keeps_the_earlier_schedule() -> None:
+    state = ServerState(server())
+    first = state.start_drain("agent", 30.0, 1012, 5.0)
+    assert (first.by, first.window, first.started, first.code) == ("agent", 30.0, 5.0, 1012)
+    again = state.start_drain("admin", 2.0, 4000, 9.0)
+    assert again is first
+    assert state.drain is first
+    assert state.draining
+
+
+def draining(state: ServerState) -> bool:
+    """Read afresh: mypy would narrow `state.draining` across calls that change it."""
+    return state.draining
+
+
+def agent_weight(state: ServerState) -> int | None:
+    return state.agent_weight
+
+
+def test_servers_end_drain_by_its_starter_or_by_anyone() -> None:
+    state = ServerState(server())
+    state.start_drain("admin", 30.0, 1012, 0.0)
+    assert not state.end_drain("agent"), "an agent's silence does not end an operator's drain"
+    assert draining(state)
+    assert state.end_drain("admin")
+    assert not draining(state)
+    assert not state.end_drain(), "nothing left to end"
+    state.start_drain("agent", 30.0, 1012, 0.0)
+    assert state.end_drain(), "an operator's undrain ends an agent's drain"
+    restarted = state.start_drain("agent", 10.0, 1012, 40.0)
+    assert restarted.started == 40.0, "ended then started again: a new schedule"
+
+
+def test_servers_forget_agent_ends_what_the_agent_said_only() -> None:
+    state = ServerState(server(weight=2))
+    state.agent_weight = 0
+    state.start_drain("agent", 30.0, 1012, 0.0)
+    state.forget_agent()
+    assert (agent_weight(state), draining(state), state.effective_weight) == (None, False, 2)
+    state.start_drain("admin", 30.0, 1012, 0.0)
+    state.forget_agent()
+    assert draining(state)
+
+
+@pytest.mark.parametrize(
+    ("now", "left"), [(10.0, 30.0), (25.5, 14.5), (39.9996, 0.0), (40.0, 0.0), (100.0, 0.0)]
+)
+def test_servers_status_while_draining_shows_the_time_left(now: float, left: float) -> None:
+    state = ServerState(server(weight=2))
+    state.agent_weight = 5
+    state.start_drain("agent", 30.0, 1012, 10.0)
+    status = state.status(now)
+    assert (status.weight, status.effective_weight, status.agent_weight) == (2, 0, 5)
+    assert (status.draining, status.drain_left) == (True, left)
+
+
+def test_servers_status_of_an_agent_weight() -> None:
+    state = ServerState(server(weight=2))
+    state.agent_weight = 9
+    status = state.status(0.0)
+    assert (status.effective_weight, status.agent_weight, status.draining) == (9, 9, False)

@@ -87,3 +87,35 @@ def test_snapshot_retire_keeps_busy_servers_visible_and_drops_idle_ones() -> Non
     assert (busy.listed, idle.listed) == (False, False)
     assert new.balancers["a"].retired == [busy]  # counted in its pool until its session ends
     assert len(servers) == 3  # b's server, the new one and the busy one; the idle one dropped
+
+
+@pytest.mark.parametrize(
+    ("check", "forgotten"),
+    [
+        ("", True),  # no check at all
+        ("health_check: {type: http}", True),  # a check, but no agent
+        ("health_check: {type: http, agent: true}", False),
+    ],
+)
+def test_snapshot_retire_forgets_what_agents_said_once_the_pool_reads_no_agent(
+    check: str, forgotten: bool
+) -> None:
+    def config(pool_check: str) -> Config:
+        text = f"""
+listen: [{{address: 127.0.0.1:0}}]
+security: {{allowed_origins: ["*"]}}
+routes: [{{path: /, pool: main}}]
+pools: {{main: {{servers: ["ws://10.0.0.1:9000", "ws://10.0.0.2:9000"], {pool_check}}}}}
+"""
+        return parse_config(text, os.environ)
+
+    servers = ServerStates()
+    old = build_snapshot(config("health_check: {type: http, agent: true}"), servers)
+    reported, drained = old.balancers["main"].servers
+    reported.agent_weight = 0
+    reported.start_drain("agent", 30.0, 1012, 0.0)
+    drained.start_drain("admin", 30.0, 1012, 0.0)
+    new = build_snapshot(config(check), servers)
+    retire(old, new, servers)
+    assert (reported.agent_weight is None, reported.drain is None) == (forgotten, forgotten)
+    assert drained.draining, "an operator's drain is no agent's to forget"

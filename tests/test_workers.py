@@ -148,6 +148,10 @@ async def test_workers_share_the_port_and_the_admin_sums_them(
         pools = document["pools"]
         assert isinstance(pools, list)
         assert pools[0]["servers"][0]["sessions"] == 24
+        history = document["history"]  # merged: each worker sampled at least when it started
+        assert isinstance(history, dict)
+        assert history["interval"] == 10
+        assert history["samples"]
         assert await metric(admin, 'wsproxy_sessions_total{route="/",pool="main"}') == 24
         assert await metric(admin, "wsproxy_workers ") == 2
         assert await metric(admin, 'wsproxy_backend_up{pool="main"') == 1

@@ -54,9 +54,11 @@ from wsproxy.adminapi import (
 )
 from wsproxy.balancer import PoolStatus
 from wsproxy.closes import Close
+from wsproxy.history import History, HistoryStatus
 from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
+from wsproxy.page import PAGE
 from wsproxy.registry import LiveSession
 from wsproxy.snapshot import Snapshot
 
@@ -81,6 +83,7 @@ class ProcessStatus:
     connections: int  # client connections open, admitted or not
     sessions: int  # sessions being relayed
     pools: tuple[PoolStatus, ...]
+    history: HistoryStatus  # each server's sessions over the last minutes, for the page's chart
 
 
 class AdminView(Protocol):
@@ -131,6 +134,10 @@ class Served(Protocol):
     @property
     def registry(self) -> Sessions:
         """Its sessions."""
+
+    @property
+    def history(self) -> History:
+        """Its servers' recent sessions."""
 
     def close_session(self, session_id: str, close: Close) -> bool:
         """Ask the live session `session_id` to close with `close`, in the background; False
@@ -343,6 +350,7 @@ def status(proxy: Served) -> ProcessStatus:
         connections=registry.connections,
         sessions=len(registry.live()),
         pools=tuple(proxy.snapshot.status(trio.current_time())),
+        history=proxy.history.status(time.time()),
     )
 
 
@@ -367,6 +375,8 @@ def metrics_text(proxy: Served) -> str:
         wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
     pools = snapshot.status(trio.current_time())
     on_server = Tally({(p.pool, s.server): s.sessions for p in pools for s in p.servers})
+    drain_closes: Tally[tuple[str, ...]] = Tally({(pool.pool,): 0 for pool in pools})
+    drain_closes.update(metrics.drain_closes.values)
     busy = [(each.balancer.name, each.server.key) for each in live]
     on_server.update([key for key in busy if key not in on_server])  # in a pool removed since
     families: list[Family] = [
@@ -409,6 +419,26 @@ def metrics_text(proxy: Served) -> str:
             ],
         ),
         Gauge(
+            "wsproxy_backend_weight",
+            "The weight new sessions are reckoned with: configured, agent's, 0 while draining.",
+            ("pool", "server"),
+            [
+                ((pool.pool, server.server), float(server.effective_weight))
+                for pool in pools
+                for server in pool.servers
+            ],
+        ),
+        Gauge(
+            "wsproxy_backend_draining",
+            "1 while the server drains (its agent's or an admin's drain), else 0.",
+            ("pool", "server"),
+            [
+                ((pool.pool, server.server), float(server.draining))
+                for pool in pools
+                for server in pool.servers
+            ],
+        ),
+        Gauge(
             "wsproxy_backend_sessions_active",
             "Sessions being relayed now, by pool and server.",
             ("pool", "server"),
@@ -417,6 +447,13 @@ def metrics_text(proxy: Served) -> str:
         metrics.connect_seconds,
         metrics.session_seconds,
         metrics.closes,
+        Gauge(
+            metrics.drain_closes.name,
+            metrics.drain_closes.help,
+            metrics.drain_closes.labels,
+            sorted(drain_closes.items()),
+            kind="counter",
+        ),
         metrics.config_reloads,
         *_process_figures(),
     ]
@@ -447,75 +484,3 @@ def _process_figures() -> list[Family]:
             [((), _STARTED)],
         ),
     ]
-
-
-PAGE: Final = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>wsproxy status</title>
-<style>
-body { font: 14px system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { border-bottom: 1px solid #ddd; padding: 4px 12px; text-align: left; }
-.up { color: #070; } .down, .ejected { color: #b00; } #error { color: #b00; }
-</style>
-</head>
-<body>
-<h1>wsproxy <span id="version"></span></h1>
-<p>Ready: <b id="ready">?</b> <span id="why"></span> &middot; connections: <b id="connections">?</b>
-&middot; sessions: <b id="sessions">?</b> &middot; updated <span id="updated">never</span></p>
-<p id="workers"></p>
-<p id="error"></p>
-<div id="pools"></div>
-<script>
-function cell(row, text, cls) {
-  const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls;
-}
-async function refresh() {
-  try {
-    const status = await (await fetch("/status", {cache: "no-store"})).json();
-    document.getElementById("version").textContent = status.version;
-    document.getElementById("ready").textContent = status.ready ? "yes" : "no";
-    document.getElementById("why").textContent = status.not_ready_because;
-    document.getElementById("connections").textContent = status.connections;
-    document.getElementById("sessions").textContent = status.sessions;
-    document.getElementById("workers").textContent = status.workers
-      ? `${status.workers.length} workers: ` + status.workers.map((w) =>
-          `#${w.index} pid ${w.pid ?? "-"}${w.running ? "" : " (not running)"}, ` +
-          `${w.sessions} sessions, ${w.restarts} restarts`).join("; ")
-      : "";
-    const pools = document.getElementById("pools");
-    pools.replaceChildren();
-    for (const pool of status.pools) {
-      const title = document.createElement("h2");
-      title.textContent =
-        `pool ${pool.pool} (${pool.balance}): ${pool.healthy} healthy, ${pool.sessions} sessions`;
-      const table = document.createElement("table");
-      table.className = "pool";
-      table.dataset.pool = pool.pool;
-      const head = table.createTHead().insertRow();
-      for (const name of ["server", "health", "sessions", "total", "failures", "note"]) {
-        const th = document.createElement("th"); th.textContent = name; head.appendChild(th);
-      }
-      for (const s of pool.servers) {
-        const row = table.insertRow();
-        row.dataset.server = s.server;
-        cell(row, s.server); cell(row, s.health, s.health); cell(row, s.sessions);
-        cell(row, s.sessions_total); cell(row, s.failures_total);
-        cell(row, s.listed ? s.check_problem : "removed; finishing its sessions");
-      }
-      pools.append(title, table);
-    }
-    document.getElementById("updated").textContent = new Date().toLocaleTimeString();
-    document.getElementById("error").textContent = "";
-  } catch (error) {
-    document.getElementById("error").textContent = `cannot reach the proxy: ${error}`;
-  }
-}
-refresh();
-setInterval(refresh, 1000);
-</script>
-</body>
-</html>
-"""

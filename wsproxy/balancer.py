@@ -5,8 +5,10 @@ Invariants:
   choices come from the `random.Random` given, so a seeded one repeats them exactly.
 - Routes are tried in order and the first match wins; `host` is exact or `*.suffix` (never the
   bare suffix), compared without the port and case-insensitively; `path` is a plain prefix.
-- A server can be chosen only while it is listed, healthy, under `max_connections_per_server`
-  and not already tried in this attempt.
+- A server can be chosen only while it is listed, healthy, above effective weight 0 (not
+  draining, not set to 0 by its agent), under `max_connections_per_server` and not already
+  tried in this attempt. Every weighing uses `ServerState.effective_weight`; "weight" below
+  means it.
 - Round robin is the smooth weighted kind (nginx's): over any run of sum(weights) choices each
   server is picked exactly `weight` times, and never in a burst. It also breaks the ties of
   least_connections, and serves hash and cookie requests that carry no key.
@@ -142,7 +144,7 @@ class PoolBalancer:
         candidates = [
             s
             for s in self.servers
-            if s.healthy(now) and not s.full(self.limit) and id(s) not in skip
+            if s.available(now) and not s.full(self.limit) and id(s) not in skip
         ]
         if not candidates:
             return None
@@ -153,7 +155,7 @@ class PoolBalancer:
                     return server
         if pick.key is not None:
             key = pick.key.encode("utf-8", "surrogateescape")
-            return max(candidates, key=lambda s: rendezvous_score(key, s.key, s.weight))
+            return max(candidates, key=lambda s: rendezvous_score(key, s.key, s.effective_weight))
         if mode == "least_connections":
             return _round_robin(_least_loaded(candidates))
         if mode == "random":
@@ -161,17 +163,21 @@ class PoolBalancer:
         return _round_robin(candidates)
 
     def refusal(self, now: float) -> Reject:
-        """Why `choose` found nothing on a first try: no healthy server, or all of them full."""
-        if any(s.healthy(now) for s in self.servers):
+        """Why `choose` found nothing on a first try: no healthy server, none taking new
+        sessions (draining or at weight 0), or all of them full."""
+        if any(s.available(now) for s in self.servers):
             return Reject(
                 503,
                 f"every server in pool {self.name} is at max_connections_per_server",
                 RETRY_AFTER,
             )
+        if any(s.healthy(now) for s in self.servers):
+            return Reject(503, f"no server in pool {self.name} takes new sessions now")
         return Reject(503, f"no healthy server in pool {self.name}")
 
     def any_healthy(self, now: float) -> bool:
-        return any(s.healthy(now) for s in self.servers)
+        """Whether a server can take a new session now (healthy, effective weight above 0)."""
+        return any(s.available(now) for s in self.servers)
 
     def token(self, server: ServerState) -> str:
         token = self._tokens.get(server.key)
@@ -195,12 +201,16 @@ class PoolBalancer:
         if len(candidates) == 1:
             return first
         second = self._weighted_draw([s for s in candidates if s is not first])
-        return second if second.load * first.weight < first.load * second.weight else first
+        return (
+            second
+            if second.load * first.effective_weight < first.load * second.effective_weight
+            else first
+        )
 
     def _weighted_draw(self, servers: Sequence[ServerState]) -> ServerState:
-        point = self._rng.random() * sum(s.weight for s in servers)
+        point = self._rng.random() * sum(s.effective_weight for s in servers)
         for server in servers:
-            point -= server.weight
+            point -= server.effective_weight
             if point < 0:
                 return server
         return servers[-1]  # float rounding at the very end
@@ -244,7 +254,7 @@ class PoolBalancer:
         return PoolStatus(
             pool=self.name,
             balance=self.pool.balance,
-            healthy=sum(1 for s in self.servers if s.healthy(now)),
+            healthy=sum(1 for s in self.servers if s.available(now)),
             sessions=sum(s.sessions for s in (*self.servers, *self.retired)),
             servers=tuple(servers),
         )
@@ -265,9 +275,10 @@ def _least_loaded(servers: list[ServerState]) -> list[ServerState]:
     """The servers with the least load per weight (all of them on a tie)."""
     best = servers[0]
     for server in servers[1:]:
-        if server.load * best.weight < best.load * server.weight:
+        if server.load * best.effective_weight < best.load * server.effective_weight:
             best = server
-    return [s for s in servers if s.load * best.weight == best.load * s.weight]
+    best_load, best_weight = best.load, best.effective_weight
+    return [s for s in servers if s.load * best_weight == best_load * s.effective_weight]
 
 
 def _round_robin(servers: list[ServerState]) -> ServerState:
@@ -275,8 +286,9 @@ def _round_robin(servers: list[ServerState]) -> ServerState:
     total = 0
     best = servers[0]
     for server in servers:
-        server.current += server.weight
-        total += server.weight
+        weight = server.effective_weight
+        server.current += weight
+        total += weight
         if server.current > best.current:
             best = server
     best.current -= total

@@ -145,6 +145,7 @@ class HealthCheck:
     timeout: float = 2.0  # may exceed the interval: the next probe waits for the one in flight
     healthy_after: int = 2  # HAProxy's rise is 2
     unhealthy_after: int = 3  # HAProxy's fall is 3
+    agent: bool = False  # honour the answers' Wsproxy-Weight and Wsproxy-Drain headers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -586,10 +587,15 @@ class _Checker(Problems):
             "timeout": self.scalar(_positive),
             "healthy_after": at_least_1,
             "unhealthy_after": at_least_1,
+            "agent": self.scalar(boolean),
         }
         check = self.build(HealthCheck, raw, path, parsers)
         if check is not None and check.type == "tcp" and isinstance(raw, dict) and "path" in raw:
             self.problem(join(path, "path"), "a tcp check sends no request (use http or websocket)")
+        if check is not None and check.type == "tcp" and check.agent:
+            self.problem(
+                join(path, "agent"), "a tcp check gets no answer to read (use http or websocket)"
+            )
         return check
 
     def server(self, raw: object, path: str) -> Server | None:

@@ -8,7 +8,10 @@ Invariants:
 - The merging is pure: `parse_status`, `merge_pools`, `merge_status`, `not_ready_because` and
   `merge_metrics` read values and return values. Counts are summed; a server's health is the
   best any worker sees (a session may go to that worker), with that worker's check problem; a
-  server is listed if any worker lists it and ejected for the shortest time any worker says.
+  server is listed if any worker lists it and ejected for the shortest time any worker says;
+  its effective weight is the highest any worker weighs it with, its agent weight the first
+  one reported, and it drains if any worker drains it, for the longest time left. Histories
+  are summed per server at each sample time (`history.merge_histories`).
 - A worker's answer that is not what a worker of this version gives counts as no answer.
 - `/sessions` is selected again from the union of the workers' lists. An action, already
   checked and parsed by the supervisor, goes to every worker in its normal form; it is done if
@@ -42,6 +45,7 @@ from wsproxy.adminapi import (
     select_sessions,
 )
 from wsproxy.balancer import PoolStatus
+from wsproxy.history import merge_histories, parse_history
 from wsproxy.metrics import Family, Gauge, merge, render
 from wsproxy.servers import ServerStatus
 
@@ -189,7 +193,8 @@ def parse_status(answer: Answer | None) -> ProcessStatus | None:
     try:
         document = json.loads(answer[1])
         pools = tuple(_pool(pool) for pool in document.pop("pools"))
-        return ProcessStatus(**document, pools=pools)
+        history = parse_history(document.pop("history"))
+        return ProcessStatus(**document, pools=pools, history=history)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
 
@@ -215,6 +220,7 @@ def merge_status(
         connections=sum(doc.connections for doc in present),
         sessions=sum(doc.sessions for doc in present),
         pools=merge_pools([doc.pools for doc in present]),
+        history=merge_histories([doc.history for doc in present]),
         workers=tuple(
             WorkerStatus(
                 index=member.index,
@@ -260,6 +266,10 @@ def merge_server(first: ServerStatus, second: ServerStatus) -> ServerStatus:
         check_problem=best.check_problem,
         listed=first.listed or second.listed,
         ejected_for=min(first.ejected_for, second.ejected_for),
+        effective_weight=max(first.effective_weight, second.effective_weight),
+        agent_weight=first.agent_weight if first.agent_weight is not None else second.agent_weight,
+        draining=first.draining or second.draining,
+        drain_left=max(first.drain_left, second.drain_left),
         **summed,
     )
 
@@ -273,7 +283,7 @@ def merge_metrics(lives: Sequence[tuple[str, str]], own: Sequence[Family], answe
     texts = [text for life in lives for text in life if text]
     return merge(
         [*texts, render([*own, running])],
-        highest={"wsproxy_backend_up"},
+        highest={"wsproxy_backend_up", "wsproxy_backend_weight", "wsproxy_backend_draining"},
         lowest={"process_start_time_seconds"},
     )
 

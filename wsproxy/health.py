@@ -18,6 +18,10 @@ Invariants:
 - tcp passes when the connection opens; http when `GET path` answers 2xx or 3xx; websocket when
   the upgrade on `path` gets a valid 101, a ping gets its pong, and the close handshake
   completes.
+- With `agent: true`, every answer a probe got (an http answer of any status; the upgrade's 101
+  or refusal) is the server's agent report (`agent.agent_report`), handed to `Agent`; a probe
+  that got no answer (no connection, no valid head in time) changes nothing: the last report
+  stands. Without `agent`, the headers are not read.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 import random
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Final
 
 import h11
@@ -41,15 +46,28 @@ from wsproto.events import (
 )
 
 from wsproxy import __version__
+from wsproxy.agent import AgentReport, agent_report
 from wsproxy.balancer import PoolBalancer
 from wsproxy.config import HealthCheck
+from wsproxy.handshake import Headers
 from wsproxy.http1 import NoAnswer, read_response, send_get
 from wsproxy.servers import ServerState
 from wsproxy.upstream import Dial, connect
 
 log = logging.getLogger(__name__)
 
-Probe = Callable[[ServerState, HealthCheck], Awaitable[str | None]]
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """One probe's result: None (passed) or what failed, and the answer's headers if any came."""
+
+    problem: str | None
+    headers: Headers | None = None  # None: no answer (tcp, or none came)
+
+
+Probe = Callable[[ServerState, HealthCheck], Awaitable[Probed]]
+# What to do with an agent report: (pool's balancer, server, report).
+Agent = Callable[[PoolBalancer, ServerState, AgentReport], None]
 
 JITTER: Final = 0.1  # each wait is interval * (1 +- JITTER)
 PING_PAYLOAD: Final = b"wsproxy health check"
@@ -58,16 +76,23 @@ _USER_AGENT: Final = f"wsproxy/{__version__} health-check".encode()
 
 
 async def watch_pool(
-    balancer: PoolBalancer, check: HealthCheck, probe: Probe, rng: random.Random
+    balancer: PoolBalancer,
+    check: HealthCheck,
+    probe: Probe,
+    rng: random.Random,
+    agent: Agent | None = None,
 ) -> None:
-    """Probe the pool's servers forever, each on its own loop; every first probe starts at once."""
+    """Probe the pool's servers forever, each on its own loop; every first probe starts at once.
+    With `check.agent`, `agent` gets each answer's report."""
     watched: set[ServerState] = set()
     async with trio.open_nursery() as loops:
         while True:
             for server in balancer.servers:
                 if server not in watched:
                     watched.add(server)
-                    loops.start_soon(_watch_server, balancer, server, check, probe, rng, watched)
+                    loops.start_soon(
+                        _watch_server, balancer, server, check, probe, rng, watched, agent
+                    )
             await trio.sleep(_pause(check, rng))
 
 
@@ -78,11 +103,12 @@ async def _watch_server(
     probe: Probe,
     rng: random.Random,
     watched: set[ServerState],
+    agent: Agent | None,
 ) -> None:
     """Probe `server` while its pool lists it, each probe `interval` after the last one ended."""
     try:
         while server in balancer.servers:
-            await _check_one(balancer.name, server, check, probe)
+            await _check_one(balancer, server, check, probe, agent)
             await trio.sleep(_pause(check, rng))
     finally:
         watched.discard(server)
@@ -92,12 +118,22 @@ def _pause(check: HealthCheck, rng: random.Random) -> float:
     return check.interval * rng.uniform(1 - JITTER, 1 + JITTER)
 
 
-async def _check_one(pool: str, server: ServerState, check: HealthCheck, probe: Probe) -> None:
+async def _check_one(
+    balancer: PoolBalancer,
+    server: ServerState,
+    check: HealthCheck,
+    probe: Probe,
+    agent: Agent | None,
+) -> None:
+    pool = balancer.name
     try:
-        problem = await probe(server, check)
+        probed = await probe(server, check)
     except Exception as exc:  # a bug here must not stop the checks, nor the proxy
         log.exception("pool %s: health check of %s failed unexpectedly", pool, server.key)
-        problem = f"health check: {type(exc).__name__}"
+        probed = Probed(f"health check: {type(exc).__name__}")
+    problem = probed.problem
+    if check.agent and agent is not None and probed.headers is not None:
+        agent(balancer, server, agent_report(probed.headers))
     if server.checked(problem, check):
         if server.checked_up:
             log.info("pool %s: server %s is up (health check passed)", pool, server.key)
@@ -108,8 +144,8 @@ async def _check_one(pool: str, server: ServerState, check: HealthCheck, probe: 
 def prober(dial: Dial, tls: ssl.SSLContext | None = None) -> Probe:
     """The real probe, reaching servers through `dial` (and `tls` for wss:// ones)."""
 
-    async def probe(server: ServerState, check: HealthCheck) -> str | None:
-        return await probe_server(server, check, dial, tls)
+    async def probe(server: ServerState, check: HealthCheck) -> Probed:
+        return await probe_answer(server, check, dial, tls)
 
     return probe
 
@@ -118,6 +154,25 @@ async def probe_server(
     server: ServerState, check: HealthCheck, dial: Dial, tls: ssl.SSLContext | None = None
 ) -> str | None:
     """One check of one server: None if it passed, else what went wrong."""
+    return (await probe_answer(server, check, dial, tls)).problem
+
+
+async def probe_answer(
+    server: ServerState, check: HealthCheck, dial: Dial, tls: ssl.SSLContext | None = None
+) -> Probed:
+    """One check of one server: its verdict, and the headers of the answer it got, if any."""
+    answered: list[Headers] = []  # the answer's head, once it came
+    problem = await _probe(server, check, dial, tls, answered)
+    return Probed(problem, answered[0] if answered else None)
+
+
+async def _probe(
+    server: ServerState,
+    check: HealthCheck,
+    dial: Dial,
+    tls: ssl.SSLContext | None,
+    answered: list[Headers],
+) -> str | None:
     with trio.move_on_after(check.timeout):
         try:
             stream = await connect(server, dial, tls)
@@ -125,9 +180,9 @@ async def probe_server(
             return f"health check: connect to {server.address}:{server.port}: {exc.strerror or exc}"
         try:
             if check.type == "http":
-                return await _http(stream, server, check.path)
+                return await _http(stream, server, check.path, answered)
             if check.type == "websocket":
-                return await _websocket(stream, server, check.path)
+                return await _websocket(stream, server, check.path, answered)
             return None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return f"health check: {server.address}:{server.port} reset the connection"
@@ -141,7 +196,9 @@ def _host(server: ServerState) -> bytes:
     return f"{host}:{server.port}".encode("idna")
 
 
-async def _http(stream: trio.abc.Stream, server: ServerState, path: str) -> str | None:
+async def _http(
+    stream: trio.abc.Stream, server: ServerState, path: str, answered: list[Headers]
+) -> str | None:
     headers = ((b"Host", _host(server)), (b"User-Agent", _USER_AGENT), (b"Connection", b"close"))
     conn = await send_get(stream, path.encode("latin-1"), headers)
     try:
@@ -150,12 +207,15 @@ async def _http(stream: trio.abc.Stream, server: ServerState, path: str) -> str 
         return f"health check: GET {path} got no answer"
     except h11.RemoteProtocolError:
         return f"health check: GET {path} got an answer that is not valid HTTP"
+    answered.append(tuple(response.headers))
     if 200 <= response.status_code < 400:
         return None
     return f"health check: GET {path} answered {response.status_code}"
 
 
-async def _websocket(stream: trio.abc.Stream, server: ServerState, path: str) -> str | None:
+async def _websocket(
+    stream: trio.abc.Stream, server: ServerState, path: str, answered: list[Headers]
+) -> str | None:
     ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
     host = _host(server).decode("ascii")
     await stream.send_all(ws.send(Request(host=host, target=path)))
@@ -168,9 +228,11 @@ async def _websocket(stream: trio.abc.Stream, server: ServerState, path: str) ->
             ws.receive_data(data)
             for event in ws.events():
                 if isinstance(event, AcceptConnection):
+                    answered.append(tuple(event.extra_headers))
                     step = "the ping"
                     await stream.send_all(ws.send(Ping(PING_PAYLOAD)))
                 elif isinstance(event, RejectConnection):
+                    answered.append(tuple(event.headers))
                     return f"health check: the upgrade on {path} answered {event.status_code}"
                 elif isinstance(event, CloseConnection):
                     if step == "the close":

@@ -176,6 +176,11 @@ class ProxyMetrics:
             "Ended sessions, by who closed and the close code the client got.",
             ("side", "code"),
         )
+        self.drain_closes = Counter(
+            "wsproxy_drain_closes_total",
+            "Sessions asked to close by a server's drain (its agent's or an admin's), by pool.",
+            ("pool",),
+        )
         self.config_reloads = Counter(
             "wsproxy_config_reloads_total", "Configuration reloads, by result.", ("result",)
         )

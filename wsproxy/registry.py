@@ -9,8 +9,12 @@ Invariants:
   101 sent or not; its server counts it (`balancer.started` / `ended`) for exactly that time.
 - When a session ends its messages, bytes, close and duration are added to `metrics`, once,
   and a session that got its 101 writes one access line.
-- `close_paced` asks each session still open to close, evenly spread over the window, the
-  first at once (`close_times`); a session that ended before its turn is skipped.
+- `close_paced` asks each session still open (of one server, for a server's drain) to close,
+  evenly spread over the window, the first at once (`close_times`); a session that ended
+  before its turn is skipped, and once `going_on()` is False no more are asked. Sessions that
+  begin meanwhile (their handshake was under way) are asked in a next round, spread over what
+  is left of the window; a server's drain looks once more at the window's end. A server's
+  drain counts each ask in `wsproxy_drain_closes_total`.
 """
 
 from __future__ import annotations
@@ -173,18 +177,51 @@ class Registry:
 
     # ---------------------------------------------------------------- the drain's close
 
-    async def close_paced(self, close: Close, window: float) -> None:
-        """Ask every live session to close with `close`, spread evenly over `window` seconds;
-        return once each has been asked (or has ended before its turn)."""
-        left = list(self.sessions)
-        start = trio.current_time()
+    async def close_paced(
+        self,
+        close: Close,
+        window: float,
+        server: ServerState | None = None,
+        going_on: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """Ask every live session (only those on `server`, if given) to close with `close`,
+        spread evenly over `window` seconds; return once each has been asked, has ended before
+        its turn, or `going_on()` said False at its turn."""
+        asked: set[Session] = set()
+        end = trio.current_time() + window
         async with trio.open_nursery() as closing:
-            for when, session in zip(close_times(len(left), window), left, strict=True):
-                closing.start_soon(self._close_at, session, start + when, close)
+            while going_on():
+                left = [
+                    session
+                    for session, live in self.sessions.items()
+                    if session not in asked and (server is None or live.server is server)
+                ]
+                if not left:
+                    if server is None or trio.current_time() >= end:
+                        break
+                    await trio.sleep_until(end)  # a server's: one more look at the window's end
+                    continue
+                asked.update(left)
+                start = trio.current_time()
+                times = close_times(len(left), max(end - start, 0.0))
+                for when, session in zip(times, left, strict=True):
+                    closing.start_soon(
+                        self._close_at, session, start + when, close, going_on, server is not None
+                    )
+                await trio.sleep_until(start + times[-1])  # then look for sessions begun since
 
-    async def _close_at(self, session: Session, when: float, close: Close) -> None:
+    async def _close_at(
+        self,
+        session: Session,
+        when: float,
+        close: Close,
+        going_on: Callable[[], bool],
+        counted: bool,
+    ) -> None:
         await trio.sleep_until(when)
-        if session in self.sessions:
+        if session in self.sessions and going_on():
+            if counted:
+                self.metrics.drain_closes.inc(self.sessions[session].balancer.name)
             await session.shutdown(close)
 
 

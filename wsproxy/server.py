@@ -8,7 +8,8 @@ Invariants:
   across the swap (one `ServerStates` for the process's life).
 - Host names are resolved once before the first client is accepted; health checks and
   re-resolution run beside the accept loop for as long as `serve` does, for the pools of the
-  snapshot in use.
+  snapshot in use; each server's sessions are sampled into `history` (the status page's
+  chart) at the start of every `history.interval` beside them.
 - Shutdown: stop accepting, let sessions run for up to `shutdown.drain_timeout`, ask the rest to
   close with `shutdown.close_code` spread evenly over `shutdown.close_window`, and cancel what
   is left `CLOSE_TIMEOUT` after the last ask.
@@ -20,6 +21,7 @@ import functools
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
@@ -31,7 +33,9 @@ from wsproxy.changes import config_changes
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, resolve_tcp
+from wsproxy.drains import Drains, ServerDrains
 from wsproxy.health import Probe
+from wsproxy.history import History, sessions_of
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
 from wsproxy.registry import Registry
@@ -44,8 +48,9 @@ from wsproxy.upstream import Dial, dial_tcp
 log = logging.getLogger(__name__)
 
 
-class Proxy:
-    """Serves one configuration on its listeners until `stop()`."""
+class Proxy(ServerDrains):
+    """Serves one configuration on its listeners until `stop()`; `drain` and `undrain` one of
+    its servers (`ServerDrains`)."""
 
     def __init__(
         self,
@@ -68,9 +73,11 @@ class Proxy:
         )
         self.snapshot = self._build(config)
         self.registry = Registry(lambda: self.snapshot.config)
+        self.history = History()  # for the status page's chart
         self.admission = Admission(self.registry, lambda: self.snapshot, dial=dial)
+        self.drains = Drains(self.registry, lambda: self.snapshot)
         self._keep_up = functools.partial(
-            keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng
+            keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng, agent=self.drains.apply
         )
         self._upkeep: trio.Nursery | None = None  # set once `serve` has begun upkeep
         self._upkeep_scope = trio.CancelScope()
@@ -112,8 +119,9 @@ class Proxy:
         async with trio.open_nursery() as upkeep:
             async with self._switching:  # a reload waits until upkeep has begun
                 await resolve_names(self.snapshot, self._resolve)
-                self._upkeep = self.admission.reports = upkeep
+                self._upkeep = self.admission.reports = self.drains.nursery = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
+            upkeep.start_soon(self._sample_history)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
                 await upkeep.start(serve_admin, ProxyView(self), admin, self._guard())
@@ -161,11 +169,12 @@ class Proxy:
         self._upkeep.start_soon(live.session.shutdown, close)
         return True
 
-    def drain(self, pool: str, server: str, window: float, code: int) -> bool:
-        return False  # replaced by the drain branch
-
-    def undrain(self, pool: str, server: str) -> bool:
-        return False  # replaced by the drain branch
+    async def _sample_history(self) -> None:
+        """Each server's sessions into `history`, at the start of every interval."""
+        while True:
+            pools = self.snapshot.status(trio.current_time())
+            self.history.record(time.time(), sessions_of(pools))
+            await trio.sleep(self.history.until_next(time.time()))
 
     async def _handle(self, tcp: trio.SocketStream, listening: Listening) -> None:
         try:

@@ -12,14 +12,21 @@ Invariants:
   passive ejection is running. Active checks flip the verdict only after `healthy_after` or
   `unhealthy_after` results in a row; passive ejection starts at the first failed connect and
   doubles while the server keeps failing, up to `MAX_EJECTION`; one success ends it.
+- New sessions and shares are reckoned with `effective_weight`: 0 while the server drains,
+  else the weight its agent reported (`health_check.agent`), else the configured one. A server
+  at 0 gets no new session (`available`).
+- One drain at a time: a drain started while one runs keeps the earlier one (its window and
+  start); `end_drain` ends it (only one its starter began, when a starter is named).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 from wsproxy.config import HealthCheck, Server
+
+DrainedBy = Literal["agent", "admin"]
 
 FIRST_EJECTION: Final = 1.0  # seconds; nginx's fail_timeout is 10 s, we retry sooner
 MAX_EJECTION: Final = 30.0
@@ -30,16 +37,33 @@ def identity(server: Server, address: str) -> str:
     return server.url if address == server.host else f"{server.url} ({address})"
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Drain:
+    """A server taking no new sessions while its sessions are closed spread over `window`.
+    Compared by identity: a drain ended and started again is another drain."""
+
+    by: DrainedBy
+    window: float  # seconds
+    started: float  # trio's clock
+    code: int  # what its sessions hear
+
+    def left(self, now: float) -> float:
+        """Seconds left of the window (0.0 once it has passed; the drain holds)."""
+        return max(self.started + self.window - now, 0.0)
+
+
 class ServerState:
     """One backend server (one address and port) and what the proxy has seen of it."""
 
     __slots__ = (
         "address",
+        "agent_weight",
         "check_problem",
         "check_streak",
         "checked_up",
         "connecting",
         "current",
+        "drain",
         "ejected_until",
         "failures",
         "failures_total",
@@ -73,6 +97,8 @@ class ServerState:
         self.checked_up = True  # the active check's verdict
         self.check_streak = 0  # results in a row that disagree with the verdict
         self.check_problem = ""  # why the last active check failed
+        self.agent_weight: int | None = None  # what its health answers said (`agent`)
+        self.drain: Drain | None = None
 
     def __repr__(self) -> str:
         return f"<ServerState {self.key}>"
@@ -80,7 +106,13 @@ class ServerState:
     @property
     def effective_weight(self) -> int:
         """The weight new sessions and shares are reckoned with now."""
-        return self.weight
+        if self.drain is not None:
+            return 0
+        return self.weight if self.agent_weight is None else self.agent_weight
+
+    @property
+    def draining(self) -> bool:
+        return self.drain is not None
 
     @property
     def load(self) -> int:
@@ -88,6 +120,10 @@ class ServerState:
 
     def healthy(self, now: float) -> bool:
         return self.checked_up and now >= self.ejected_until
+
+    def available(self, now: float) -> bool:
+        """Healthy, and taking new sessions (its effective weight is above 0)."""
+        return self.effective_weight > 0 and self.healthy(now)
 
     def full(self, limit: int) -> bool:
         return bool(limit) and self.load >= limit
@@ -128,6 +164,26 @@ class ServerState:
         self.check_streak = 0
         self.check_problem = ""
 
+    # ---- drains and the agent
+
+    def start_drain(self, by: DrainedBy, window: float, code: int, now: float) -> Drain:
+        """Drain from `now` over `window`, unless a drain runs already: the drain in force."""
+        if self.drain is None:
+            self.drain = Drain(by, window, now, code)
+        return self.drain
+
+    def end_drain(self, by: DrainedBy | None = None) -> bool:
+        """End the drain (only one `by` began, if given); True if one ended."""
+        if self.drain is None or (by is not None and self.drain.by != by):
+            return False
+        self.drain = None
+        return True
+
+    def forget_agent(self) -> None:
+        """The pool no longer reads this server's agent headers: what they said ends."""
+        self.agent_weight = None
+        self.end_drain("agent")
+
     def status(self, now: float) -> ServerStatus:
         if not self.checked_up:
             health = "down"
@@ -149,6 +205,10 @@ class ServerState:
             failures_total=self.failures_total,
             check_problem=self.check_problem if not self.checked_up else "",
             ejected_for=round(max(self.ejected_until - now, 0.0), 3),
+            effective_weight=self.effective_weight,
+            agent_weight=self.agent_weight,
+            draining=self.drain is not None,
+            drain_left=round(self.drain.left(now), 3) if self.drain is not None else 0.0,
         )
 
 
@@ -169,6 +229,10 @@ class ServerStatus:
     failures_total: int
     check_problem: str
     ejected_for: float
+    effective_weight: int  # what new sessions are weighed with: 0 while draining
+    agent_weight: int | None  # what the server's health answers said; None: nothing
+    draining: bool
+    drain_left: float  # seconds left of the drain's window (0.0: not draining, or it passed)
 
 
 class ServerStates:

@@ -28,7 +28,7 @@ import trio
 from wsproxy.balancer import PoolBalancer, PoolStatus
 from wsproxy.config import Config
 from wsproxy.discovery import Resolver, keep_resolving, resolve_pool
-from wsproxy.health import Probe, prober, watch_pool
+from wsproxy.health import Agent, Probe, prober, watch_pool
 from wsproxy.servers import ServerStates
 from wsproxy.tls import contexts_for
 from wsproxy.upstream import Dial
@@ -107,9 +107,12 @@ def retire(old: Snapshot, new: Snapshot, servers: ServerStates) -> None:
         if name in new.balancers:
             new.balancers[name].retired += balancer.retired
     for balancer in new.balancers.values():
-        if balancer.pool.health_check is None:
-            for state in balancer.servers:
+        check = balancer.pool.health_check
+        for state in balancer.servers:
+            if check is None:
                 state.forget_checks()
+            if check is None or not check.agent:
+                state.forget_agent()
 
 
 async def resolve_names(snapshot: Snapshot, resolve: Resolver) -> None:
@@ -126,11 +129,12 @@ async def keep_up(
     dial: Dial,
     probe: Probe | None,
     rng: random.Random,
+    agent: Agent | None = None,
     task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Re-resolve names and check health for the pools of `snapshot` (with `probe`, or by
-    default a probe that dials with `dial`) until the scope given to `task_status` is
-    cancelled."""
+    default a probe that dials with `dial`; agent reports to `agent`) until the scope given to
+    `task_status` is cancelled."""
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as nursery:
             for balancer in snapshot.balancers.values():
@@ -139,5 +143,6 @@ async def keep_up(
                     nursery.start_soon(keep_resolving, balancer, resolve, pool.resolve_interval)
                 if pool.health_check is not None:
                     checks = probe or prober(dial, snapshot.pool_tls.get(balancer.name))
-                    nursery.start_soon(watch_pool, balancer, pool.health_check, checks, rng)
+                    check = pool.health_check
+                    nursery.start_soon(watch_pool, balancer, check, checks, rng, agent)
             task_status.started(scope)
