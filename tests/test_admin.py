@@ -17,10 +17,12 @@ from websockets.typing import Origin
 
 from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config, start_backend
 from tests.helpers import ask, browser_page
+from tests.test_drains import QUICK_STOP, Heard, count_on, hold
 from tests.test_pools import start, until
 from wsproxy.admin import ProcessStatus, metrics_text, serve_admin
 from wsproxy.adminapi import Action, Drain, Guard, SessionQuery, SessionRow, Undrain
 from wsproxy.config import Config, parse_config
+from wsproxy.drains import DRAIN_REASON
 from wsproxy.history import History
 from wsproxy.server import Proxy
 
@@ -595,3 +597,46 @@ async def test_admin_a_trusted_listener_acts_without_a_token(nursery: trio.Nurse
         answer = await ask(port, "/pools/p/servers/s/undrain", "POST")
     assert answer.status == 404  # the view knows no such server: it was asked
     assert view.acted == [Undrain("p", "s")]
+
+
+async def test_admin_drain_and_undrain_a_server_of_a_running_proxy(nursery: trio.Nursery) -> None:
+    a, b = await start_backend(nursery), await start_backend(nursery)
+    extra = f'admin: {{address: 127.0.0.1:0, token: "{TOKEN}"}}\n{QUICK_STOP}'
+    admin = await start_with_admin(nursery, proxy_config(a.url, b.url, extra=extra))
+    url, heard = admin.running.url, Heard()
+    path = f"/pools/main/servers/{quote(a.url, safe='')}"
+
+    async def draining() -> dict[str, bool]:
+        (pool,) = json.loads((await ask(admin.port, "/status")).body)["pools"]
+        return {server["server"]: server["draining"] for server in pool["servers"]}
+
+    with trio.fail_after(CAP):
+        async with trio.open_nursery() as clients:
+            for _ in range(4):
+                await clients.start(hold, url, heard)
+            assert (count_on(a), count_on(b)) == (2, 2)
+            body = b'{"window": 0, "code": 4002}'
+            drained = await ask(admin.port, path + "/drain", "POST", body=body, headers=(BEARER,))
+            assert drained.status == 200, drained.body
+            await heard.at_least(2)
+            assert await draining() == {a.url: True, b.url: False}
+            for _ in range(2):
+                await clients.start(hold, url, heard)
+            assert (count_on(a), count_on(b)) == (2, 4), "drained: new sessions go elsewhere"
+            undrained = await ask(admin.port, path + "/undrain", "POST", headers=(BEARER,))
+            assert undrained.status == 200, undrained.body
+            assert await draining() == {a.url: False, b.url: False}
+            unknown = await ask(
+                admin.port, "/pools/main/servers/ws%3A%2F%2Fnowhere%3A1/drain", "POST",
+                headers=(BEARER,),
+            )  # fmt: skip
+            admin.running.proxy.stop()
+    assert [(code, reason) for _, code, reason in heard.closes[:2]] == [(4002, DRAIN_REASON)] * 2
+    assert json.loads(drained.body) == {
+        "pool": "main",
+        "server": a.url,
+        "window": 0.0,
+        "code": 4002,
+        "draining": True,
+    }
+    assert (unknown.status, unknown.body) == (404, b"no server 'ws://nowhere:1' in pool 'main'\n")

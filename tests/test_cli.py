@@ -919,3 +919,32 @@ def test_cli_admin_help_names_every_action() -> None:
     assert done.returncode == 0
     for action in ("sessions", "close", "drain", "undrain", "$WSPROXY_ADMIN_TOKEN"):
         assert action in done.stdout
+
+
+async def test_cli_admin_drains_and_undrains_a_server(tmp_path: Path, backend: Backend) -> None:
+    admin = free_port()
+    extra = f'admin: {{address: 127.0.0.1:{admin}, token: "{ADMIN_TOKEN}"}}'
+    config = str(write_config(tmp_path / "c.yaml", backend.url, extra=extra))
+    async with started("serve", "-c", config) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                drain = await admin_command("-c", config, "drain", "main", backend.url)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            undrain = await admin_command("-c", config, "undrain", "main", backend.url)
+            unknown = await admin_command("-c", config, "undrain", "main", "ws://nowhere:1")
+    assert drain.returncode == 0, drain.stderr
+    assert drain.stdout.decode() == (
+        f"draining {backend.url} in pool main: its sessions closed with 1012 over 30s\n"
+    )
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1012  # the first of a drain's closes is at once
+    assert undrain.returncode == 0, undrain.stderr
+    assert undrain.stdout.decode() == f"{backend.url} in pool main takes new sessions again\n"
+    assert unknown.returncode == 2
+    assert assert_one_sentence(unknown.stderr.decode()) == (
+        "wsproxy: the admin endpoint answered 404: no server 'ws://nowhere:1' in pool 'main'"
+    )

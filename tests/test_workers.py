@@ -12,10 +12,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trio
@@ -33,8 +35,10 @@ from tests.test_cli import (
     run_wsproxy,
     started,
 )
+from tests.test_drains import Heard, count_on, hold
 from tests.test_pools import until
 from wsproxy.config import parse_config
+from wsproxy.drains import DRAIN_REASON
 from wsproxy.metrics import merge
 from wsproxy.workers import Supervisor, for_worker
 
@@ -223,6 +227,67 @@ async def test_workers_admin_lists_every_workers_sessions_and_closes_one_on_each
         for ws, address in zip(clients, addresses, strict=True):  # the others go on
             if address not in closed_clients:
                 await echo(ws, "still here")
+
+
+async def test_workers_a_drain_reaches_every_worker_and_one_restarted_later_too(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    a, b = await start_backend(nursery), await start_backend(nursery)
+    bearer = (f"Authorization: Bearer {TOKEN}",)
+    path = f"/pools/main/servers/{quote(a.url, safe='')}"
+
+    async def document() -> Any:
+        return await status(running.admin)
+
+    async def weight_of_a() -> int:
+        (pool,) = (await document())["pools"]
+        (weight,) = [s["effective_weight"] for s in pool["servers"] if s["server"] == a.url]
+        return int(weight)
+
+    async def restarted_and_answering() -> int:
+        first = (await document())["workers"][0]
+        return int(first["running"] and first["restarts"] == 1)
+
+    async with fleet(tmp_path, a.url, b.url, token=TOKEN) as running:
+        heard = Heard()
+        with trio.fail_after(CAP):
+            async with trio.open_nursery() as clients:
+                for _ in range(8):
+                    await clients.start(hold, running.url, heard)
+                on_a = count_on(a)
+                body = b'{"window": 0, "code": 4003}'
+                drain = await ask(running.admin, path + "/drain", "POST", body=body, headers=bearer)
+                assert drain.status == 200, drain.body
+                await heard.at_least(on_a)
+                clients.cancel_scope.cancel()
+        assert on_a > 0
+        assert [(code, reason) for _, code, reason in heard.closes] == [
+            (4003, DRAIN_REASON)
+        ] * on_a, "every worker closed its sessions on a, and only those"
+        for index in range(6):  # new sessions, whichever worker they reach, go to b
+            async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+                await echo(ws, f"drained {index}")
+        assert count_on(a) == on_a
+        assert await weight_of_a() == 0
+        workers = (await status(running.admin))["workers"]
+        assert isinstance(workers, list)
+        victim = workers[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        await running.child.stderr.until(f"(pid {victim}) exited with code -9", CAP)
+        await until_async(restarted_and_answering, 1)
+        # The restarted worker weighs a at 1 (and the merged weight is the highest) until the
+        # supervisor gives it the drain that stands.
+        await until_async(weight_of_a, 0)
+        undrain = await ask(running.admin, path + "/undrain", "POST", headers=bearer)
+        assert undrain.status == 200, undrain.body
+        assert await weight_of_a() == 1
+
+
+async def until_async(read: Callable[[], Awaitable[int]], wanted: int) -> None:
+    """Poll `read()` every 20 ms until it gives `wanted`, for at most CAP seconds."""
+    with trio.fail_after(CAP):
+        while await read() != wanted:  # noqa: ASYNC110 - another process's figures
+            await trio.sleep(0.02)
 
 
 async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(
