@@ -311,7 +311,7 @@ def test_changes_servers_reordered() -> None:
         (
             {"health_check": {"type": "http", "path": "/health"}},
             "pools.main.health_check: none -> {type: http, path: /health, interval: 5s, "
-            "timeout: 2s, healthy_after: 2, unhealthy_after: 3}",
+            "timeout: 2s, healthy_after: 2, unhealthy_after: 3, agent: false}",
         ),
     ],
 )
