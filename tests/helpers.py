@@ -109,25 +109,34 @@ class Answer:
     body: bytes
 
 
-async def ask(port: int, path: str, method: str = "GET") -> Answer:
-    """One request; the answer is read to its Content-Length, or to the connection's end."""
+async def ask(
+    port: int,
+    path: str,
+    method: str = "GET",
+    *,
+    body: bytes | None = None,
+    headers: tuple[str, ...] = (),
+) -> Answer:
+    """One request (with `body`, framed by its Content-Length, and the header lines
+    `headers`); the answer is read to its Content-Length, or to the connection's end."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        request = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-        await stream.send_all(request.encode())
+        sent = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Connection: close"]
+        sent += [*headers, *([f"Content-Length: {len(body)}"] if body is not None else [])]
+        await stream.send_all("\r\n".join([*sent, "", ""]).encode() + (body or b""))
         data = b""
         while True:
-            head, blank, body = data.partition(b"\r\n\r\n")
+            head, blank, rest = data.partition(b"\r\n\r\n")
             if blank:
                 status_line, *lines = head.decode().split("\r\n")
-                headers = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
-                length = headers.get("content-length")
-                if method == "HEAD" or (length is not None and len(body) >= int(length)):
-                    return Answer(int(status_line.split()[1]), headers, body)
+                answered = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines)}
+                length = answered.get("content-length")
+                if method == "HEAD" or (length is not None and len(rest) >= int(length)):
+                    return Answer(int(status_line.split()[1]), answered, rest)
             chunk = await stream.receive_some(65536)
             if not chunk:
                 assert blank, data
-                return Answer(int(status_line.split()[1]), headers, body)
+                return Answer(int(status_line.split()[1]), answered, rest)
             data += chunk
 
 

@@ -6,6 +6,8 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trio
@@ -15,9 +17,12 @@ from websockets.typing import Origin
 
 from tests.conftest import ORIGIN, Backend, RunningProxy, proxy_config, start_backend
 from tests.helpers import ask, browser_page
+from tests.test_drains import QUICK_STOP, Heard, count_on, hold
 from tests.test_pools import start, until
-from wsproxy.admin import metrics_text, serve_admin
+from wsproxy.admin import ProcessStatus, metrics_text, serve_admin
+from wsproxy.adminapi import Action, Drain, Guard, SessionQuery, SessionRow, Undrain
 from wsproxy.config import Config, parse_config
+from wsproxy.drains import DRAIN_REASON
 from wsproxy.history import History
 from wsproxy.server import Proxy
 
@@ -366,3 +371,291 @@ async def test_admin_page_shows_the_status_and_follows_it_live_in_chromium(
                 admin.running.proxy.stop()  # the drain waits for this session
                 await page.until("document.querySelector('#ready').textContent", "no")
                 await page.until("document.querySelector('#why').textContent", "draining")
+
+
+# --- live sessions and actions -----------------------------------------------------------------
+
+TOKEN = "0123456789abcdef-admin"
+BEARER = f"Authorization: Bearer {TOKEN}"
+WRONG = "Authorization: Bearer wrong"
+SERVER = "ws://10.0.0.7:9000/x"
+LONG_REASON = json.dumps({"reason": "x" * 124}).encode()
+
+
+def two_pools(first: Backend, second: Backend, token: str = TOKEN) -> Config:
+    return parse_config(
+        f"""
+listen: [{{address: 127.0.0.1:0}}]
+admin: {{address: 127.0.0.1:0, token: "{token}"}}
+security: {{allowed_origins: ["{ORIGIN}"]}}
+routes: [{{path: /a, pool: pa}}, {{path: /b, pool: pb}}]
+pools:
+  pa: {{servers: ["{first.url}"]}}
+  pb: {{servers: ["{second.url}"]}}
+""",
+        {},
+    )
+
+
+async def listing(port: int, query: str = "") -> list[dict[str, Any]]:
+    answer = await ask(port, "/sessions" + query)
+    assert answer.status == 200, answer.body
+    assert answer.headers["content-type"] == "application/json"
+    sessions = json.loads(answer.body)["sessions"]
+    assert isinstance(sessions, list)
+    return sessions
+
+
+async def test_admin_sessions_lists_live_sessions_oldest_first_with_their_figures(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    other = await start_backend(nursery)
+    admin = await start_with_admin(nursery, two_pools(backend, other))
+    url = admin.running.url
+    with trio.fail_after(CAP):
+        assert await listing(admin.port) == []
+        async with (
+            connect(url + "/a", origin=ORIGIN, proxy=None, compression=None) as first,
+            connect(url + "/a", origin=ORIGIN, proxy=None) as second,
+            connect(url + "/b?x=1", origin=ORIGIN, proxy=None) as third,
+        ):
+            for text in ("one", "two"):
+                await first.send(text)
+                assert await first.recv() == text
+            everything = await listing(admin.port)
+            only_pb = await listing(admin.port, "?pool=pb")
+            by_server = await listing(admin.port, f"?server={quote(backend.url, safe='')}")
+            oldest = await listing(admin.port, "?limit=1")
+            bad = await ask(admin.port, "/sessions?limit=0")
+            mine = ["{}:{}".format(*ws.local_address[:2]) for ws in (first, second, third)]
+    assert len(everything) == 3
+    ages = [session["age"] for session in everything]
+    assert ages == sorted(ages, reverse=True)
+    assert [session["id"] for session in oldest] == [everything[0]["id"]]
+    by_client = {session["client"]: session for session in everything}
+    assert sorted(by_client) == sorted(mine)
+    one = by_client[mine[0]]
+    assert set(one) == {
+        "id", "client", "route", "pool", "server", "age",
+        "messages_in", "messages_out", "bytes_in", "bytes_out",
+    }  # fmt: skip
+    assert (one["route"], one["pool"], one["server"]) == ("/a", "pa", backend.url)
+    assert (one["messages_in"], one["messages_out"]) == (2, 2)
+    assert one["bytes_in"] == 2 * (2 + 4 + 3)  # two masked 3-byte texts: head, mask, payload
+    assert one["bytes_out"] == 2 * (2 + 3)
+    assert isinstance(one["age"], float)
+    assert 0 <= one["age"] < CAP
+    assert len({session["id"] for session in everything}) == 3
+    assert [s["client"] for s in only_pb] == [mine[2]]
+    assert (only_pb[0]["route"], only_pb[0]["server"]) == ("/b", other.url)
+    assert sorted(s["client"] for s in by_server) == sorted(mine[:2])
+    assert (bad.status, bad.body) == (
+        400,
+        b"limit must be a whole number from 1 to 10000, got '0'\n",
+    )
+
+
+async def test_admin_close_by_id_delivers_the_code_and_reason_to_that_client_only(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    admin = await start_with_admin(nursery, two_pools(backend, backend))
+    url = admin.running.url + "/a"
+    with trio.fail_after(CAP):
+        async with (
+            connect(url, origin=ORIGIN, proxy=None) as closing,
+            connect(url, origin=ORIGIN, proxy=None) as staying,
+            connect(url, origin=ORIGIN, proxy=None) as plain,
+        ):
+            clients = {s["client"]: s["id"] for s in await listing(admin.port)}
+            ids = [clients["{}:{}".format(*ws.local_address[:2])] for ws in (closing, plain)]
+            body = json.dumps({"code": 4000, "reason": "moved \u00e9"}).encode()
+            path = f"/sessions/{ids[0]}/close"
+            answer = await ask(admin.port, path, "POST", body=body, headers=(BEARER,))
+            assert (answer.status, answer.headers["content-type"]) == (200, "application/json")
+            assert json.loads(answer.body) == {
+                "closing": ids[0],
+                "code": 4000,
+                "reason": "moved \u00e9",
+            }
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await closing.recv()
+            plain_path = f"/sessions/{ids[1]}/close"
+            answer = await ask(admin.port, plain_path, "POST", headers=(BEARER,))
+            assert answer.status == 200
+            with pytest.raises(websockets.ConnectionClosed) as closed_plainly:
+                await plain.recv()
+            await staying.send("still here")
+            assert await staying.recv() == "still here"
+            await until(lambda: len(admin.running.proxy.registry.sessions) == 1, "closes end")
+            again = await ask(admin.port, path, "POST", body=body, headers=(BEARER,))
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "moved \u00e9")
+    assert closed_plainly.value.rcvd is not None
+    assert (closed_plainly.value.rcvd.code, closed_plainly.value.rcvd.reason) == (1000, "")
+    assert (again.status, again.body) == (404, f"no live session {ids[0]!r}\n".encode())
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "body", "status", "says"),
+    [
+        ("POST", "/sessions/ID/close", (), b"", 401, b"this action needs the header Authorization"),
+        ("POST", "/sessions/ID/close", ("Authorization: Basic eDp5",), b"", 401, b"Bearer"),
+        ("POST", "/sessions/ID/close", (WRONG,), b"", 403, b"wrong admin token"),
+        ("POST", "/sessions/ID/close", (BEARER,), b"{not json", 400, b"the body is not JSON\n"),
+        ("POST", "/sessions/ID/close", (BEARER,), b'{"code": 1006}', 400, b"code must be a close"),
+        ("POST", "/sessions/ID/close", (BEARER,), LONG_REASON, 400, b"123 bytes"),
+        ("POST", "/sessions/ID/close", (BEARER,), b" " * 4097, 400, b"larger than 4096 bytes"),
+        ("GET", "/sessions/ID/close", (BEARER,), b"", 405, b"only POST\n"),
+        ("POST", "/sessions", (BEARER,), b"", 405, b"only GET and HEAD\n"),
+        ("POST", "/sessions/ID/kill", (BEARER,), b"", 404, b"not found"),
+        ("POST", "/sessions/unknown-1/close", (BEARER,), b"", 404, b"no live session 'unknown-1'"),
+        ("POST", "/pools/pa/servers/x/drain", (WRONG,), b"", 403, b"wrong"),
+    ],
+)  # fmt: skip
+async def test_admin_actions_refused_leave_the_session_alone(
+    nursery: trio.Nursery,
+    backend: Backend,
+    method: str,
+    path: str,
+    headers: tuple[str, ...],
+    body: bytes,
+    status: int,
+    says: bytes,
+) -> None:
+    admin = await start_with_admin(nursery, two_pools(backend, backend))
+    with trio.fail_after(CAP):
+        async with connect(admin.running.url + "/a", origin=ORIGIN, proxy=None) as ws:
+            (session,) = await listing(admin.port)
+            target = path.replace("ID", str(session["id"]))
+            answer = await ask(admin.port, target, method, body=body or None, headers=headers)
+            await ws.send("alive")
+            assert await ws.recv() == "alive"
+    assert answer.status == status, answer.body
+    assert says in answer.body
+    assert answer.body.count(b"\n") == 1  # one sentence
+    if status == 401:
+        assert answer.headers["www-authenticate"] == "Bearer"
+    if status == 405:
+        assert answer.headers["allow"] == ("POST" if method == "GET" else "GET, HEAD")
+
+
+async def test_admin_actions_are_403_without_a_configured_token(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    admin = await start_with_admin(nursery, proxy_config(backend.url))
+    with trio.fail_after(CAP):
+        async with connect(admin.running.url, origin=ORIGIN, proxy=None):
+            (session,) = await listing(admin.port)  # reading needs no token
+            path = f"/sessions/{session['id']}/close"
+            for headers in [(), (BEARER,), ("Authorization: Bearer ",)]:
+                answer = await ask(admin.port, path, "POST", headers=headers)
+                assert (answer.status, answer.body) == (
+                    403,
+                    b"admin actions are disabled: admin.token is not configured\n",
+                )
+
+
+@dataclass
+class RecordingView:
+    """An admin view that records the actions it is asked for, and knows one server."""
+
+    acted: list[Action]
+
+    async def not_ready(self) -> str:
+        return ""
+
+    async def status(self) -> ProcessStatus:
+        raise NotImplementedError
+
+    async def metrics(self) -> str:
+        return ""
+
+    async def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        return []
+
+    async def act(self, action: Action) -> bool:
+        self.acted.append(action)
+        return getattr(action, "server", "") == SERVER
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "action"),
+    [
+        ("drain", b"", Drain("chat", SERVER, 30.0, 1012)),
+        ("drain", b'{"window": "60s", "code": 1013}', Drain("chat", SERVER, 60, 1013)),
+        ("undrain", b"", Undrain("chat", SERVER)),
+    ],
+)  # fmt: skip
+async def test_admin_drain_and_undrain_reach_the_view_with_the_server_decoded(
+    nursery: trio.Nursery, path: str, body: bytes, action: Action
+) -> None:
+    view = RecordingView([])
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    await nursery.start(serve_admin, view, listener, Guard(token=TOKEN))
+    port = listener.socket.getsockname()[1]
+    server = quote(SERVER, safe="")
+    with trio.fail_after(CAP):
+        known = await ask(
+            port, f"/pools/chat/servers/{server}/{path}", "POST", body=body, headers=(BEARER,)
+        )
+        unknown = await ask(
+            port, f"/pools/chat/servers/ws%3A%2F%2Fz/{path}", "POST", headers=(BEARER,)
+        )
+    assert known.status == 200
+    assert json.loads(known.body)["draining"] is isinstance(action, Drain)
+    assert view.acted[0] == action
+    assert (unknown.status, unknown.body) == (404, b"no server 'ws://z' in pool 'chat'\n")
+
+
+async def test_admin_a_trusted_listener_acts_without_a_token(nursery: trio.Nursery) -> None:
+    view = RecordingView([])
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    await nursery.start(serve_admin, view, listener, Guard(trusted=True))
+    port = listener.socket.getsockname()[1]
+    with trio.fail_after(CAP):
+        answer = await ask(port, "/pools/p/servers/s/undrain", "POST")
+    assert answer.status == 404  # the view knows no such server: it was asked
+    assert view.acted == [Undrain("p", "s")]
+
+
+async def test_admin_drain_and_undrain_a_server_of_a_running_proxy(nursery: trio.Nursery) -> None:
+    a, b = await start_backend(nursery), await start_backend(nursery)
+    extra = f'admin: {{address: 127.0.0.1:0, token: "{TOKEN}"}}\n{QUICK_STOP}'
+    admin = await start_with_admin(nursery, proxy_config(a.url, b.url, extra=extra))
+    url, heard = admin.running.url, Heard()
+    path = f"/pools/main/servers/{quote(a.url, safe='')}"
+
+    async def draining() -> dict[str, bool]:
+        (pool,) = json.loads((await ask(admin.port, "/status")).body)["pools"]
+        return {server["server"]: server["draining"] for server in pool["servers"]}
+
+    with trio.fail_after(CAP):
+        async with trio.open_nursery() as clients:
+            for _ in range(4):
+                await clients.start(hold, url, heard)
+            assert (count_on(a), count_on(b)) == (2, 2)
+            body = b'{"window": 0, "code": 4002}'
+            drained = await ask(admin.port, path + "/drain", "POST", body=body, headers=(BEARER,))
+            assert drained.status == 200, drained.body
+            await heard.at_least(2)
+            assert await draining() == {a.url: True, b.url: False}
+            for _ in range(2):
+                await clients.start(hold, url, heard)
+            assert (count_on(a), count_on(b)) == (2, 4), "drained: new sessions go elsewhere"
+            undrained = await ask(admin.port, path + "/undrain", "POST", headers=(BEARER,))
+            assert undrained.status == 200, undrained.body
+            assert await draining() == {a.url: False, b.url: False}
+            unknown = await ask(
+                admin.port, "/pools/main/servers/ws%3A%2F%2Fnowhere%3A1/drain", "POST",
+                headers=(BEARER,),
+            )  # fmt: skip
+            admin.running.proxy.stop()
+    assert [(code, reason) for _, code, reason in heard.closes[:2]] == [(4002, DRAIN_REASON)] * 2
+    assert json.loads(drained.body) == {
+        "pool": "main",
+        "server": a.url,
+        "window": 0.0,
+        "code": 4002,
+        "draining": True,
+    }
+    assert (unknown.status, unknown.body) == (404, b"no server 'ws://nowhere:1' in pool 'main'\n")

@@ -162,13 +162,26 @@ def test_changes_a_listener_added_is_the_list_whole() -> None:
     assert "{address: 127.0.0.1:8081, " in line
 
 
+def test_changes_an_admin_token_is_never_shown() -> None:
+    secret = "0123456789abcdef-first"
+
+    def first(data: Data) -> None:
+        data["admin"] = {"address": "127.0.0.1:9090", "token": secret}
+
+    def second(data: Data) -> None:
+        data["admin"] = {"address": "127.0.0.1:9090", "token": secret + "-second"}
+
+    assert config_changes(config(first), config(second)) == ["admin.token: changed (not shown)"]
+    assert all(secret not in line for line in changes(first))
+
+
 def test_changes_admin_and_workers() -> None:
     def edit(data: Data) -> None:
         data["admin"] = {"address": "127.0.0.1:9090"}
         data["workers"] = 2
 
     assert changes(edit) == [
-        "admin: none -> {address: 127.0.0.1:9090, host: 127.0.0.1, port: 9090}",
+        "admin: none -> {address: 127.0.0.1:9090, host: 127.0.0.1, port: 9090, token: (not shown)}",
         "workers: 1 -> 2",
     ]
 
@@ -298,7 +311,7 @@ def test_changes_servers_reordered() -> None:
         (
             {"health_check": {"type": "http", "path": "/health"}},
             "pools.main.health_check: none -> {type: http, path: /health, interval: 5s, "
-            "timeout: 2s, healthy_after: 2, unhealthy_after: 3}",
+            "timeout: 2s, healthy_after: 2, unhealthy_after: 3, agent: false}",
         ),
         (
             {"rebalance": {}},

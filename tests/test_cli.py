@@ -774,3 +774,177 @@ async def test_cli_serve_text_access_log_is_key_value_pairs(
     assert fields["close_code"] == "4000"
     assert fields["closed_by"] == "client"
     assert (fields["messages_in"], fields["messages_out"]) == ("2", "2")
+
+
+# ------------------------------------------------------------------------------ admin
+
+ADMIN_TOKEN: Final = "0123456789abcdef-cli"
+
+
+async def admin_command(
+    *args: str, cwd: Path | None = None, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """`wsproxy admin *args`, run to its end without blocking the backends of this process."""
+    with trio.fail_after(CAP):
+        return await trio.run_process(
+            [*PYTHON_M, "admin", *args],
+            stdin=subprocess.DEVNULL,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=cwd,
+            env=_child_env(env),
+        )
+
+
+async def test_cli_admin_lists_sessions_and_closes_one_with_the_token_of_the_file(
+    tmp_path: Path, backend: Backend
+) -> None:
+    admin = free_port()
+    extra = f'admin: {{address: 127.0.0.1:{admin}, token: "${{WSPROXY_ADMIN_TOKEN}}"}}'
+    env = {"WSPROXY_ADMIN_TOKEN": ADMIN_TOKEN}
+    config = write_config(tmp_path / "wsproxy.yaml", backend.url, extra=extra)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    async with started("serve", "-c", str(config), env=env) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            ws_url = f"ws://127.0.0.1:{port}/"
+            async with connect(ws_url, origin=ORIGIN, proxy=None, compression=None) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                client = "{}:{}".format(*ws.local_address[:2])
+                listing = await admin_command("sessions", cwd=tmp_path, env=env)
+                header, row = listing.stdout.decode().splitlines()
+                session_id = row.split()[0]
+                url = f"--url=http://127.0.0.1:{admin}"
+                by_url = await admin_command(url, "sessions", "--pool", "main", cwd=elsewhere)
+                other_pool = await admin_command(url, "sessions", "--pool", "x", cwd=elsewhere)
+                unguarded = await admin_command(url, "close", session_id, cwd=elsewhere)
+                wrong = await admin_command(
+                    "-c", str(config), "--token", "wrong", "close", session_id, env=env
+                )
+                closing = await admin_command(
+                    "close", session_id, "--code", "4001", "--reason", "see you", cwd=tmp_path,
+                    env=env,
+                )  # fmt: skip
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            again = await admin_command(
+                url, "--token", ADMIN_TOKEN, "close", session_id, cwd=elsewhere
+            )
+    assert listing.returncode == 0, listing.stderr
+    assert header.split() == [
+        "ID", "CLIENT", "POOL", "SERVER", "ROUTE", "AGE",
+        "MSGS", "IN", "MSGS", "OUT", "BYTES", "IN", "BYTES", "OUT",
+    ]  # fmt: skip
+    assert row.split()[1:5] == [client, "main", backend.url, "/"]
+    assert row.split()[6:] == ["1", "1", "11", "7"]  # "hello" each way: masked in, plain out
+
+    def without_age(line: str) -> list[str]:
+        cells = line.split()
+        return cells[:5] + cells[6:]
+
+    assert [without_age(line) for line in by_url.stdout.decode().splitlines()[1:]] == [
+        without_age(row)
+    ]
+    assert [line.split() for line in other_pool.stdout.decode().splitlines()] == [header.split()]
+    assert (unguarded.returncode, wrong.returncode) == (2, 2)
+    assert assert_one_sentence(unguarded.stderr.decode()) == (
+        "wsproxy: the admin endpoint answered 401: "
+        "this action needs the header Authorization: Bearer <admin.token>"
+    )
+    assert assert_one_sentence(wrong.stderr.decode()) == (
+        "wsproxy: the admin endpoint answered 403: wrong admin token"
+    )
+    assert closing.returncode == 0, closing.stderr
+    assert closing.stdout.decode() == f"closing session {session_id} with 4001 ('see you')\n"
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "see you")
+    assert again.returncode == 2
+    assert assert_one_sentence(again.stderr.decode()) == (
+        f"wsproxy: the admin endpoint answered 404: no live session {session_id!r}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (
+            ("--url", "http://127.0.0.1:@PORT@", "sessions"),
+            "cannot reach the admin endpoint at http://127.0.0.1:@PORT@: Connection refused",
+        ),
+        (("--url", "https://a:1", "sessions"), "--url must be http://HOST:PORT, got 'https://a:1'"),
+        (
+            ("--url", "http://a:1", "--token", "t", "close", "x", "--code", "1005"),
+            "code must be a close code that may be sent (1000-1003, 1007-1014, 3000-4999), "
+            "got 1005",
+        ),
+        (
+            ("--url", "http://a:1", "--token", "t", "close", "x", "--reason", "x" * 124),
+            "reason must be a string of at most 123 bytes of UTF-8",
+        ),
+        (
+            ("--url", "http://a:1", "--token", "t", "drain", "p", "s", "--window", "soon"),
+            "--window: expected a duration like 250ms, 5s, 2m or 1h, got 'soon'",
+        ),
+        (
+            ("--url", "http://a:1", "sessions", "--limit", "0"),
+            "--limit must be from 1 to 10000, got 0",
+        ),
+        (
+            ("sessions",),
+            "no configuration: there is no ./wsproxy.yaml here; "
+            "give a file with -c FILE or $WSPROXY_CONFIG",
+        ),
+        (
+            ("-c", "@CONFIG@", "sessions"),
+            "the configuration has no admin.address: give --url http://HOST:PORT",
+        ),
+    ],
+)  # fmt: skip
+def test_cli_admin_failures_are_one_sentence_and_exit_2(
+    tmp_path: Path, args: tuple[str, ...], sentence: str
+) -> None:
+    port = str(free_port())
+    config = str(write_config(tmp_path / "c.yaml"))
+    args = tuple(arg.replace("@PORT@", port).replace("@CONFIG@", config) for arg in args)
+    done = run_wsproxy("admin", *args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert assert_one_sentence(done.stderr) == "wsproxy: " + sentence.replace("@PORT@", port)
+
+
+def test_cli_admin_help_names_every_action() -> None:
+    done = run_wsproxy("admin", "--help")
+    assert done.returncode == 0
+    for action in ("sessions", "close", "drain", "undrain", "$WSPROXY_ADMIN_TOKEN"):
+        assert action in done.stdout
+
+
+async def test_cli_admin_drains_and_undrains_a_server(tmp_path: Path, backend: Backend) -> None:
+    admin = free_port()
+    extra = f'admin: {{address: 127.0.0.1:{admin}, token: "{ADMIN_TOKEN}"}}'
+    config = str(write_config(tmp_path / "c.yaml", backend.url, extra=extra))
+    async with started("serve", "-c", config) as child:
+        [port] = await child.ready_ports()
+        with trio.fail_after(CAP):
+            async with connect(f"ws://127.0.0.1:{port}/", origin=ORIGIN, proxy=None) as ws:
+                await ws.send("hello")
+                assert await ws.recv() == "hello"
+                drain = await admin_command("-c", config, "drain", "main", backend.url)
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            undrain = await admin_command("-c", config, "undrain", "main", backend.url)
+            unknown = await admin_command("-c", config, "undrain", "main", "ws://nowhere:1")
+    assert drain.returncode == 0, drain.stderr
+    assert drain.stdout.decode() == (
+        f"draining {backend.url} in pool main: its sessions closed with 1012 over 30s\n"
+    )
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1012  # the first of a drain's closes is at once
+    assert undrain.returncode == 0, undrain.stderr
+    assert undrain.stdout.decode() == f"{backend.url} in pool main takes new sessions again\n"
+    assert unknown.returncode == 2
+    assert assert_one_sentence(unknown.stderr.decode()) == (
+        "wsproxy: the admin endpoint answered 404: no server 'ws://nowhere:1' in pool 'main'"
+    )

@@ -128,7 +128,7 @@ def test_config_example_documents_every_key() -> None:
         )
         for f in dataclasses.fields(cls)
     } - {"name"}
-    keys |= {"address", "url", "weight"}
+    keys |= {"address", "url", "weight", "token"}
     for key in sorted(keys):
         assert re.search(rf"\b{key}:", text), key
     for cls in (ListenerTLS, BackendTLS):
@@ -656,6 +656,30 @@ def test_config_admin_address() -> None:
     assert problems_of(config_yaml(admin={"address": "nowhere"})) == [
         "admin.address: expected HOST:PORT like 0.0.0.0:8080 or [::1]:8080, got 'nowhere'"
     ]
+
+
+def test_config_admin_token() -> None:
+    token = "0123456789abcdef"
+    config = parse_config(config_yaml(admin={"address": "127.0.0.1:1", "token": token}), {})
+    assert config.admin is not None
+    assert config.admin.token == token
+    env = {"WSPROXY_ADMIN_TOKEN": token + "-from-env"}
+    from_env = config_yaml(admin={"address": "127.0.0.1:1", "token": "${WSPROXY_ADMIN_TOKEN}"})
+    admin = parse_config(from_env, env).admin
+    assert admin is not None
+    assert admin.token == token + "-from-env"
+    unset = config_yaml(admin={"address": "127.0.0.1:1", "token": "${WSPROXY_ADMIN_TOKEN:-}"})
+    admin = parse_config(unset, {}).admin
+    assert admin is not None
+    assert admin.token == ""  # no token: the actions answer 403
+    expected = (
+        "admin.token: expected a string of at least 16 characters without spaces or control "
+        "characters (e.g. ${WSPROXY_ADMIN_TOKEN} from the environment)"
+    )
+    for bad in ("short", token + " x", token + "\t", token + "\u00e9", 1234567890123456789, True):
+        assert problems_of(config_yaml(admin={"address": "127.0.0.1:1", "token": bad})) == [
+            expected
+        ], bad
 
 
 def test_config_listen_proxy_protocol() -> None:

@@ -13,6 +13,18 @@ import pytest
 
 from wsproxy import __version__
 from wsproxy.admin import ProcessStatus
+from wsproxy.adminapi import (
+    Action,
+    CloseSession,
+    Drain,
+    SessionQuery,
+    SessionRow,
+    Undrain,
+    action_body,
+    action_target,
+    query_target,
+    sessions_document,
+)
 from wsproxy.balancer import PoolStatus
 from wsproxy.fleet import (
     Answer,
@@ -23,6 +35,7 @@ from wsproxy.fleet import (
     merge_metrics,
     merge_pools,
     merge_server,
+    merge_sessions,
     merge_status,
     not_ready_because,
     parse_status,
@@ -105,9 +118,12 @@ class FakeMember:
     metrics: str = ""
     base: str = ""
     asked: list[str] = field(default_factory=list)
+    posted: list[bytes] = field(default_factory=list)  # the bodies of the POSTs among `asked`
 
-    async def ask(self, path: str) -> Answer | None:
+    async def ask(self, path: str, post: bytes | None = None) -> Answer | None:
         self.asked.append(path)
+        if post is not None:
+            self.posted.append(post)
         return self.answers.get(path)
 
 
@@ -413,6 +429,93 @@ async def test_fleet_view_metrics_keep_a_silent_workers_last_answer() -> None:
     assert "s_total 8\n" in text
     assert "wsproxy_workers 1\n" in text
     assert 'result="success"} 4' not in text  # only the supervisor counts reloads
+
+
+def session(id: str, age: float, pool: str = "main") -> SessionRow:
+    return SessionRow(id, "192.0.2.1:5000", "/", pool, "ws://a:1", age, 1, 1, 10, 10)
+
+
+def listed(*rows: SessionRow) -> Answer:
+    return 200, sessions_document(rows).decode()
+
+
+def test_fleet_merge_sessions_selects_again_from_every_answer() -> None:
+    answers: list[Answer | None] = [
+        listed(session("a-1", 5.0), session("a-2", 1.0)),
+        None,  # silent
+        (500, "internal error\n"),
+        (200, "not a listing"),
+        listed(session("b-1", 3.0), session("b-2", 9.0, pool="other")),
+    ]
+    query = SessionQuery(limit=3)
+    assert [r.id for r in merge_sessions(answers, query)] == ["b-2", "a-1", "b-1"]
+    assert [r.id for r in merge_sessions(answers, SessionQuery(pool="main"))] == [
+        "a-1",
+        "b-1",
+        "a-2",
+    ]
+    assert merge_sessions([None, None], SessionQuery()) == []
+
+
+async def test_fleet_view_sessions_asks_every_worker_the_same_query() -> None:
+    query = SessionQuery("main", "ws://a:1", 2)
+    target = query_target(query)
+    members = [
+        FakeMember(0, {target: listed(session("a-1", 5.0), session("a-2", 1.0))}),
+        FakeMember(1, {target: listed(session("b-1", 3.0))}),
+        FakeMember(2),
+    ]
+    rows = await FleetView(FakeSupervisor(members)).sessions(query)
+    assert [r.id for r in rows] == ["a-1", "b-1"]
+    assert [m.asked for m in members] == [[target]] * 3
+    assert [m.posted for m in members] == [[]] * 3  # a GET
+
+
+@pytest.mark.parametrize(
+    ("statuses", "done"),
+    [
+        ((404, 200, None), True),
+        ((404, 404, None), False),
+        ((None, None, None), False),
+        ((500, 404, 404), False),
+        ((200, 200, 200), True),
+    ],
+)
+async def test_fleet_view_act_posts_to_every_worker_done_if_any_did_it(
+    statuses: tuple[int | None, ...], done: bool
+) -> None:
+    action = CloseSession("a-1", 4000, "bye")
+    target = action_target(action)
+    members = [
+        FakeMember(index, {} if status is None else {target: (status, "")})
+        for index, status in enumerate(statuses)
+    ]
+    assert await FleetView(FakeSupervisor(members)).act(action) is done
+    assert [m.asked for m in members] == [[target]] * 3
+    assert [m.posted for m in members] == [[action_body(action)]] * 3
+
+
+async def test_fleet_view_drains_done_stand_for_workers_ready_later() -> None:
+    def member(index: int, *actions: Action) -> FakeMember:
+        return FakeMember(index, {action_target(a): (200, "{}") for a in actions})
+
+    first, second = Drain("chat", "ws://a:1", 60.0, 1012), Drain("chat", "ws://b:1")
+    undrain = Undrain("chat", "ws://a:1")
+    view = FleetView(FakeSupervisor([member(0, first, second, undrain)]))
+    assert await view.act(first)
+    assert await view.act(second)
+    assert not await view.act(Drain("chat", "ws://c:1"))  # no worker knew it: it stands not
+    late = member(1)
+    await view.restore(late)
+    assert late.asked == [action_target(first), action_target(second)]
+    assert late.posted == [action_body(first), action_body(second)]
+    assert await view.act(undrain)
+    assert await view.act(replace(second, window=5.0))  # drained again: the newest stands
+    again = member(2)
+    await view.restore(again)
+    assert again.posted == [action_body(replace(second, window=5.0))]
+    await view.act(CloseSession("a-1"))  # other actions do not stand
+    assert list(view.standing) == [("chat", "ws://b:1")]
 
 
 def test_fleet_member_protocol_is_what_workers_give() -> None:

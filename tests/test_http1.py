@@ -22,6 +22,7 @@ from wsproxy.http1 import (
     refusal,
     response_head,
     send_get,
+    send_post,
     switching_headers,
 )
 
@@ -178,6 +179,18 @@ async def _get(answer_bytes: bytes) -> tuple[h11.Connection, bytes, trio.abc.Str
 async def test_http1_send_get_writes_one_bodiless_request() -> None:
     _, sent, _ = await _get(b"")
     assert sent == b"GET /status HTTP/1.1\r\nHost: worker\r\n\r\n"
+
+
+async def test_http1_send_post_writes_one_request_with_its_body_framed() -> None:
+    ours, theirs = trio.testing.memory_stream_pair()
+    conn = await send_post(ours, b"/sessions/a-1/close", ((b"Host", b"worker"),), b'{"code": 4000}')
+    sent = bytes(await theirs.receive_some(65536))
+    assert sent == (
+        b"POST /sessions/a-1/close HTTP/1.1\r\nHost: worker\r\ncontent-length: 14\r\n\r\n"
+        b'{"code": 4000}'
+    )
+    await theirs.send_all(answer(200, b"application/json", b"{}"))
+    assert (await read_response(ours, conn)).status_code == 200
 
 
 async def test_http1_read_response_and_body_of_a_whole_answer() -> None:

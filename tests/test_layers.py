@@ -38,6 +38,7 @@ LAYERS: Final = {
     "metrics": 2,
     "proxyproto": 2,
     "changes": 2,
+    "adminapi": 2,  # the admin endpoint's sessions and actions as data
     "page": 2,  # the status page's HTML text
     "history": 2,  # the ring of session samples behind the page's chart
     "rebalance": 2,
@@ -65,6 +66,7 @@ LAYERS: Final = {
     "workers": 4,
     "client": 4,
     "demo": 4,
+    "adminclient": 4,  # `wsproxy admin`'s side of the endpoint
     "cli": 5,
     "__main__": 5,
 }

@@ -12,10 +12,12 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trio
@@ -23,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.trio.client import ClientConnection, connect
 
 from tests.conftest import ORIGIN, start_backend
-from tests.helpers import browser_page
+from tests.helpers import ask, browser_page
 from tests.test_cli import (
     Child,
     assert_one_sentence,
@@ -33,8 +35,10 @@ from tests.test_cli import (
     run_wsproxy,
     started,
 )
+from tests.test_drains import Heard, count_on, hold
 from tests.test_pools import until
 from wsproxy.config import parse_config
+from wsproxy.drains import DRAIN_REASON
 from wsproxy.metrics import merge
 from wsproxy.workers import Supervisor, for_worker
 
@@ -43,11 +47,11 @@ pytestmark = pytest.mark.e2e
 CAP = 20.0
 
 
-def write(path: Path, port: int, admin: int, *urls: str, extra: str = "") -> Path:
+def write(path: Path, port: int, admin: int, *urls: str, extra: str = "", token: str = "") -> Path:
     path.write_text(
         f"""
 listen: [{{address: 127.0.0.1:{port}}}]
-admin: {{address: 127.0.0.1:{admin}}}
+admin: {{address: 127.0.0.1:{admin}, token: "{token}"}}
 workers: 2
 security:
   allowed_origins: ["{ORIGIN}"]
@@ -110,11 +114,11 @@ class Fleet:
 
 @asynccontextmanager
 async def fleet(
-    tmp_path: Path, *urls: str, env: dict[str, str] | None = None
+    tmp_path: Path, *urls: str, env: dict[str, str] | None = None, token: str = ""
 ) -> AsyncIterator[Fleet]:
     """Start a supervisor with two workers in front of `urls`, and wait for it to listen."""
     port, admin = free_port(), free_port()
-    config = write(tmp_path / "c.yaml", port, admin, *urls)
+    config = write(tmp_path / "c.yaml", port, admin, *urls, token=token)
     async with started("serve", "-c", str(config), env=env) as child:
         line = await child.stderr.until("with 2 workers", CAP)
         assert f"wsproxy listening on 127.0.0.1:{port}" in line
@@ -168,6 +172,122 @@ async def test_workers_share_the_port_and_the_admin_sums_them(
     assert len([line for line in lines if "SIGTERM: draining (sessions" in line]) == 2
     for index in (0, 1):  # each worker's lines name it
         assert any(f"wsproxy.server[worker {index}]: worker {index} (pid" in x for x in lines)
+
+
+TOKEN = "0123456789abcdef-fleet"
+
+
+async def test_workers_admin_lists_every_workers_sessions_and_closes_one_on_each(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = await start_backend(nursery)
+    bearer = (f"Authorization: Bearer {TOKEN}",)
+    async with (
+        fleet(tmp_path, backend.url, token=TOKEN) as running,
+        AsyncExitStack() as sessions,
+    ):
+        clients = [
+            await sessions.enter_async_context(connect(running.url, origin=ORIGIN, proxy=None))
+            for _ in range(16)
+        ]
+        for index, ws in enumerate(clients):
+            await echo(ws, f"client {index}")
+        with trio.fail_after(CAP):
+            listed = json.loads((await ask(running.admin, "/sessions")).body)["sessions"]
+            oldest = json.loads((await ask(running.admin, "/sessions?limit=5")).body)["sessions"]
+        by_client = {session["client"]: session for session in listed}
+        addresses = ["{}:{}".format(*ws.local_address[:2]) for ws in clients]
+        assert sorted(by_client) == sorted(addresses)
+        assert [s["id"] for s in oldest] == [s["id"] for s in listed[:5]]
+        # Each worker's ids have a prefix of its own; the kernel spread 16 connections over
+        # both workers but with a chance of 2 * 2**-16.
+        workers = {session["id"].split("-")[0] for session in listed}
+        assert len(workers) == 2, listed
+        chosen = [next(s for s in listed if s["id"].startswith(w)) for w in sorted(workers)]
+        with trio.fail_after(CAP):
+            for number, session in enumerate(chosen):
+                path = f"/sessions/{session['id']}/close"
+                body = json.dumps({"code": 4000 + number, "reason": f"bye {number}"}).encode()
+                closing = await ask(running.admin, path, "POST", body=body, headers=bearer)
+                assert closing.status == 200, closing.body
+                ws = clients[addresses.index(session["client"])]
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+                assert closed.value.rcvd is not None
+                assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (
+                    4000 + number,
+                    f"bye {number}",
+                )
+            unknown = await ask(running.admin, "/sessions/nothing-1/close", "POST", headers=bearer)
+            unguarded = await ask(running.admin, path, "POST")
+            wrong = await ask(running.admin, path, "POST", headers=("Authorization: Bearer x",))
+        assert (unknown.status, unknown.body) == (404, b"no live session 'nothing-1'\n")
+        assert (unguarded.status, wrong.status) == (401, 403)
+        closed_clients = {session["client"] for session in chosen}
+        for ws, address in zip(clients, addresses, strict=True):  # the others go on
+            if address not in closed_clients:
+                await echo(ws, "still here")
+
+
+async def test_workers_a_drain_reaches_every_worker_and_one_restarted_later_too(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    a, b = await start_backend(nursery), await start_backend(nursery)
+    bearer = (f"Authorization: Bearer {TOKEN}",)
+    path = f"/pools/main/servers/{quote(a.url, safe='')}"
+
+    async def document() -> Any:
+        return await status(running.admin)
+
+    async def weight_of_a() -> int:
+        (pool,) = (await document())["pools"]
+        (weight,) = [s["effective_weight"] for s in pool["servers"] if s["server"] == a.url]
+        return int(weight)
+
+    async def restarted_and_answering() -> int:
+        first = (await document())["workers"][0]
+        return int(first["running"] and first["restarts"] == 1)
+
+    async with fleet(tmp_path, a.url, b.url, token=TOKEN) as running:
+        heard = Heard()
+        with trio.fail_after(CAP):
+            async with trio.open_nursery() as clients:
+                for _ in range(8):
+                    await clients.start(hold, running.url, heard)
+                on_a = count_on(a)
+                body = b'{"window": 0, "code": 4003}'
+                drain = await ask(running.admin, path + "/drain", "POST", body=body, headers=bearer)
+                assert drain.status == 200, drain.body
+                await heard.at_least(on_a)
+                clients.cancel_scope.cancel()
+        assert on_a > 0
+        assert [(code, reason) for _, code, reason in heard.closes] == [
+            (4003, DRAIN_REASON)
+        ] * on_a, "every worker closed its sessions on a, and only those"
+        for index in range(6):  # new sessions, whichever worker they reach, go to b
+            async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+                await echo(ws, f"drained {index}")
+        assert count_on(a) == on_a
+        assert await weight_of_a() == 0
+        workers = (await status(running.admin))["workers"]
+        assert isinstance(workers, list)
+        victim = workers[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        await running.child.stderr.until(f"(pid {victim}) exited with code -9", CAP)
+        await until_async(restarted_and_answering, 1)
+        # The restarted worker weighs a at 1 (and the merged weight is the highest) until the
+        # supervisor gives it the drain that stands.
+        await until_async(weight_of_a, 0)
+        undrain = await ask(running.admin, path + "/undrain", "POST", headers=bearer)
+        assert undrain.status == 200, undrain.body
+        assert await weight_of_a() == 1
+
+
+async def until_async(read: Callable[[], Awaitable[int]], wanted: int) -> None:
+    """Poll `read()` every 20 ms until it gives `wanted`, for at most CAP seconds."""
+    with trio.fail_after(CAP):
+        while await read() != wanted:  # noqa: ASYNC110 - another process's figures
+            await trio.sleep(0.02)
 
 
 async def test_workers_a_dead_worker_is_restarted_and_the_rest_go_on(

@@ -9,6 +9,10 @@ Invariants:
   `Served` process), or with `workers` > 1 the supervisor's merge of its workers
   (`fleet.FleetView`); nothing here keeps state of its own, and nothing here knows the
   server's class or the supervisor's.
+- `GET /sessions` lists live sessions; the actions (`POST /sessions/{id}/close`,
+  `/pools/{pool}/servers/{server}/drain` and `/undrain`) pass the listener's `Guard` first,
+  then are parsed (`adminapi`; a body of at most `MAX_BODY` bytes), then reach the view. A
+  known path asked with another method is a 405 naming the one it takes.
 """
 
 from __future__ import annotations
@@ -22,13 +26,34 @@ import time
 from collections import Counter as Tally
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import h11
 import trio
 
 from wsproxy import __version__
+from wsproxy.adminapi import (
+    MAX_BODY,
+    NOBODY,
+    Action,
+    BadRequest,
+    CloseSession,
+    Drain,
+    Guard,
+    SessionQuery,
+    SessionRow,
+    action_done,
+    action_unknown,
+    describe,
+    is_action,
+    parse_action,
+    parse_query,
+    refusal,
+    select_sessions,
+    sessions_document,
+)
 from wsproxy.balancer import PoolStatus
+from wsproxy.closes import Close
 from wsproxy.history import History, HistoryStatus
 from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
@@ -41,6 +66,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT: Final = 10.0
 NO_STORE: Final = ((b"cache-control", b"no-store"),)
+TEXT: Final = "text/plain; charset=utf-8"
+JSON: Final = "application/json"
+READABLE: Final = (b"/healthz", b"/readyz", b"/metrics", b"/status", b"/sessions", b"/")
 _STARTED: Final = time.time()
 
 
@@ -69,6 +97,12 @@ class AdminView(Protocol):
 
     async def metrics(self) -> str:
         """The `/metrics` text."""
+
+    async def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        """The live sessions `query` lists (`adminapi.select_sessions`)."""
+
+    async def act(self, action: Action) -> bool:
+        """Begin `action`; False if what it names (a session, a pool's server) is unknown."""
 
 
 class Sessions(Protocol):
@@ -105,6 +139,18 @@ class Served(Protocol):
     def history(self) -> History:
         """Its servers' recent sessions."""
 
+    def close_session(self, session_id: str, close: Close) -> bool:
+        """Ask the live session `session_id` to close with `close`, in the background; False
+        if there is none."""
+
+    def drain(self, pool: str, server: str, window: float, code: int) -> bool:
+        """No new sessions to `server` (its identity, as /status names it) of `pool`, and its
+        sessions closed with `code` spread over `window` seconds; False if there is no such
+        server."""
+
+    def undrain(self, pool: str, server: str) -> bool:
+        """New sessions may go to that server again; False if there is no such server."""
+
 
 class ProxyView:
     """The admin view of one proxy process."""
@@ -121,37 +167,88 @@ class ProxyView:
     async def metrics(self) -> str:
         return metrics_text(self.proxy)
 
+    async def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        return select_sessions(session_rows(self.proxy.registry.live()), query)
+
+    async def act(self, action: Action) -> bool:
+        proxy = self.proxy
+        if isinstance(action, CloseSession):
+            return proxy.close_session(action.session, Close(action.code, action.reason))
+        if isinstance(action, Drain):
+            return proxy.drain(action.pool, action.server, action.window, action.code)
+        return proxy.undrain(action.pool, action.server)
+
+
+def session_rows(live: Collection[LiveSession]) -> list[SessionRow]:
+    """Each live session as `/sessions` shows it."""
+    now = trio.current_time()
+    rows = []
+    for each in live:
+        session = each.session
+        messages_in, messages_out = session.messages
+        rows.append(
+            SessionRow(
+                id=each.id,
+                client=each.client,
+                route=each.route,
+                pool=each.balancer.name,
+                server=each.server.key,
+                age=round(now - each.started, 6),  # fine enough that the order is the start order
+                messages_in=messages_in,
+                messages_out=messages_out,
+                bytes_in=session.client.bytes_in,
+                bytes_out=session.backend.bytes_in,
+            )
+        )
+    return rows
+
+
+class Reply(NamedTuple):
+    """One admin answer."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+
 
 async def serve_admin(
     view: AdminView,
     listener: trio.SocketListener,
+    guard: Guard = NOBODY,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer admin requests on `listener` until cancelled."""
+    """Answer admin requests on `listener` until cancelled; `guard` says who may act."""
     async with listener, trio.open_nursery() as handlers:
         task_status.started()
-        await accept_forever(listener, handlers, functools.partial(_answer, view), "admin endpoint")
+        await accept_forever(
+            listener, handlers, functools.partial(_answer, view, guard), "admin endpoint"
+        )
 
 
-async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
+async def _answer(view: AdminView, guard: Guard, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
         with trio.move_on_after(REQUEST_TIMEOUT):
-            request = await _read_request(stream, conn)
-            if request is None:
+            read = await _read_request(stream, conn)
+            if read is None:
                 return
+            request, body = read
             try:
-                status, content_type, body = await respond(view, request)
+                if body is None:
+                    reply = Reply(400, TEXT, b"the body is larger than %d bytes\n" % MAX_BODY)
+                else:
+                    reply = await respond(view, request, body, guard)
             except Exception:  # a bug in one answer must stop neither the endpoint nor the proxy
                 log.exception("admin request for %s failed", request.target.decode("latin-1"))
-                status, content_type, body = 500, "text/plain; charset=utf-8", b"internal error\n"
+                reply = Reply(500, TEXT, b"internal error\n")
             await stream.send_all(
                 answer(
-                    status,
-                    content_type.encode(),
-                    body,
-                    extra=NO_STORE,
+                    reply.status,
+                    reply.content_type.encode(),
+                    reply.body,
+                    extra=(*NO_STORE, *reply.headers),
                     head=request.method == b"HEAD",
                 )
             )
@@ -161,34 +258,75 @@ async def _answer(view: AdminView, stream: trio.SocketStream) -> None:
         await trio.aclose_forcefully(stream)
 
 
-async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
-    event = await next_event(stream, conn)
-    return event if isinstance(event, h11.Request) else None
+async def _read_request(
+    stream: trio.SocketStream, conn: h11.Connection
+) -> tuple[h11.Request, bytes | None] | None:
+    """The request and its body (None: longer than `MAX_BODY`), or None if none came whole."""
+    request = await next_event(stream, conn)
+    if not isinstance(request, h11.Request):
+        return None
+    body = bytearray()
+    while isinstance(event := await next_event(stream, conn), h11.Data):
+        body += event.data
+        if len(body) > MAX_BODY:
+            return request, None
+    return (request, bytes(body)) if isinstance(event, h11.EndOfMessage) else None
 
 
-async def respond(view: AdminView, request: h11.Request) -> tuple[int, str, bytes]:
-    """(status, content type, body) for one admin request."""
-    if request.method not in (b"GET", b"HEAD"):
-        return 405, "text/plain; charset=utf-8", b"only GET and HEAD\n"
-    path = request.target.split(b"?", 1)[0]
+async def respond(
+    view: AdminView, request: h11.Request, body: bytes = b"", guard: Guard = NOBODY
+) -> Reply:
+    """The answer to one admin request with its `body`."""
+    path, _, query = request.target.partition(b"?")
+    if path in READABLE:
+        if request.method not in (b"GET", b"HEAD"):
+            return Reply(405, TEXT, b"only GET and HEAD\n", ((b"allow", b"GET, HEAD"),))
+        return await _read(view, path, query)
+    if is_action(path):
+        if request.method != b"POST":
+            return Reply(405, TEXT, b"only POST\n", ((b"allow", b"POST"),))
+        return await _act(view, request, path, body, guard)
+    return Reply(404, TEXT, b"not found (try /healthz, /readyz, /metrics, /status, /sessions)\n")
+
+
+async def _read(view: AdminView, path: bytes, query: bytes) -> Reply:
     if path == b"/healthz":
-        return 200, "text/plain; charset=utf-8", b"ok\n"
+        return Reply(200, TEXT, b"ok\n")
     if path == b"/readyz":
         problem = await view.not_ready()
         if problem:
-            return 503, "text/plain; charset=utf-8", f"not ready: {problem}\n".encode()
-        return 200, "text/plain; charset=utf-8", b"ready\n"
+            return Reply(503, TEXT, f"not ready: {problem}\n".encode())
+        return Reply(200, TEXT, b"ready\n")
     if path == b"/metrics":
-        return 200, CONTENT_TYPE, (await view.metrics()).encode()
+        return Reply(200, CONTENT_TYPE, (await view.metrics()).encode())
     if path == b"/status":
-        return 200, "application/json", json.dumps(asdict(await view.status()), indent=1).encode()
-    if path == b"/":
-        return 200, "text/html; charset=utf-8", PAGE.encode()
-    return (
-        404,
-        "text/plain; charset=utf-8",
-        b"not found (try /healthz, /readyz, /metrics, /status)\n",
-    )
+        return Reply(200, JSON, json.dumps(asdict(await view.status()), indent=1).encode())
+    if path == b"/sessions":
+        try:
+            wanted = parse_query(query)
+        except BadRequest as exc:
+            return Reply(400, TEXT, f"{exc}\n".encode())
+        return Reply(200, JSON, sessions_document(await view.sessions(wanted)))
+    return Reply(200, "text/html; charset=utf-8", PAGE.encode())
+
+
+async def _act(
+    view: AdminView, request: h11.Request, path: bytes, body: bytes, guard: Guard
+) -> Reply:
+    refused = refusal(guard, [value for name, value in request.headers if name == b"authorization"])
+    if refused is not None:
+        status, sentence = refused
+        challenge = ((b"www-authenticate", b"Bearer"),) if status == 401 else ()
+        return Reply(status, TEXT, f"{sentence}\n".encode(), challenge)
+    try:
+        action = parse_action(path, body)
+    except BadRequest as exc:
+        return Reply(400, TEXT, f"{exc}\n".encode())
+    if not await view.act(action):
+        return Reply(404, TEXT, f"{action_unknown(action)}\n".encode())
+    if not guard.trusted:  # a worker's is the supervisor's, logged there
+        log.info("admin action: %s", describe(action))
+    return Reply(200, JSON, action_done(action))
 
 
 def not_ready(proxy: Served) -> str:

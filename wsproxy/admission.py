@@ -107,7 +107,7 @@ class Admission:
                 stream, ip, early, deadline, secure=tls is not None, client=f"{ip}:{peer[1]}"
             )
             if live is not None:
-                await registry.relay(stream, live, f"{ip}:{peer[1]}")
+                await registry.relay(stream, live)
         except Exception:
             log.exception("session of %s:%s failed", peer[0], peer[1])
         finally:
@@ -200,6 +200,7 @@ class Admission:
         switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
         return LiveSession(
             id=self.registry.new_id(),
+            client=client,
             session=session,
             switching=switching,
             balancer=balancer,

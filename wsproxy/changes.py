@@ -20,7 +20,7 @@ from typing import Final, TypeGuard
 from wsproxy.config import Config, Pool, Route, Server
 from wsproxy.units import GIB, KIB, MIB
 
-_SECRETS: Final = frozenset({"secret"})
+_SECRETS: Final = frozenset({"secret", "token"})
 _SIZE_UNITS: Final = ((GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB"))
 _TIME_UNITS: Final = ((3600.0, "h"), (60.0, "m"), (1.0, "s"))
 

@@ -1,4 +1,5 @@
-"""The `wsproxy` command: serve, check, client, echo, demo and --version, with their exit codes.
+"""The `wsproxy` command: serve, check, client, echo, demo, admin and --version, with their exit
+codes.
 
 Invariants:
 - This is the only module that turns exceptions into exit codes: 0 clean stop, 2 bad
@@ -21,6 +22,28 @@ from typing import Final
 import trio
 
 from wsproxy import __version__
+from wsproxy.adminapi import (
+    CLOSE_CODE,
+    DRAIN_CODE,
+    MAX_LIMIT,
+    Action,
+    BadRequest,
+    CloseSession,
+    Drain,
+    SessionQuery,
+    Undrain,
+    action_body,
+    action_target,
+    parse_action,
+)
+from wsproxy.adminclient import (
+    AdminError,
+    act,
+    find_endpoint,
+    list_sessions,
+    needs_config,
+    sessions_table,
+)
 from wsproxy.client import ClientError, parse_url, run_client
 from wsproxy.config import Config, ConfigError, load_config, read_config, summary
 from wsproxy.demo import DemoPorts, demo_config, run_demo
@@ -29,6 +52,7 @@ from wsproxy.listening import ListenError
 from wsproxy.logs import setup_logging
 from wsproxy.server import Proxy
 from wsproxy.snapshot import build_snapshot
+from wsproxy.units import duration
 from wsproxy.workers import Supervisor, for_worker, run_worker
 
 log = logging.getLogger("wsproxy")
@@ -51,6 +75,9 @@ exit codes:
   2  bad configuration or arguments"""
 
 
+DEFAULT: Final = "wsproxy.yaml"  # the configuration file without -c or $WSPROXY_CONFIG
+
+
 class UsageError(Exception):
     """Bad arguments: exit code 2."""
 
@@ -67,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"wsproxy: {problem}", file=sys.stderr)
         return 2
-    except UsageError as exc:
+    except (UsageError, AdminError) as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 2
     except (ListenError, ClientError) as exc:
@@ -145,6 +172,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
+    _admin_parser(commands)
+
     # Started by `serve` when `workers` > 1; not for people (see wsproxy.workers).
     worker = commands.add_parser("worker")
     worker.add_argument("-c", "--config", required=True)
@@ -156,9 +185,61 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+ADMIN_DESCRIPTION: Final = """\
+Ask a running proxy's admin endpoint: list its live sessions, close one, drain a server (no
+new sessions; its sessions closed over a window) or undrain it. The endpoint's address and
+token come from the configuration file (found as `serve` finds it); --url and --token, or
+$WSPROXY_ADMIN_TOKEN, override them. Actions need the token (admin.token); listing does not."""
+
+ADMIN_EPILOG: Final = """\
+examples:
+  wsproxy admin sessions --pool chat --limit 20
+  wsproxy admin close 3fa2c1-1b --code 4000 --reason "please reconnect"
+  wsproxy admin drain chat ws://10.0.0.7:9000 --window 60s
+  wsproxy admin --url http://127.0.0.1:9090 undrain chat ws://10.0.0.7:9000
+
+exit codes:
+  0  done (an action is under way once it is reported)
+  2  bad arguments, the endpoint unreachable, or refused (401, 403, 404, 400)"""
+
+
+def _admin_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admin = commands.add_parser(
+        "admin",
+        help="list live sessions, close one, drain or undrain a server",
+        description=ADMIN_DESCRIPTION,
+        epilog=ADMIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    admin.add_argument(
+        "-c", "--config", help="configuration file ($WSPROXY_CONFIG, ./wsproxy.yaml)"
+    )
+    admin.add_argument("--url", help="the admin endpoint, http://HOST:PORT (admin.address)")
+    admin.add_argument("--token", help="the admin token ($WSPROXY_ADMIN_TOKEN, admin.token)")
+    admin.set_defaults(run=_admin)
+    actions = admin.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sessions = actions.add_parser("sessions", help="list live sessions, the oldest first")
+    sessions.add_argument("--pool", default="", help="only this pool's sessions")
+    sessions.add_argument("--server", default="", help="only this server's (its URL)")
+    sessions.add_argument(
+        "--limit", type=int, default=1000, help=f"at most this many (1-{MAX_LIMIT})"
+    )
+    close = actions.add_parser("close", help="close one session")
+    close.add_argument("id", metavar="ID", help="the session's id, as `sessions` lists it")
+    close.add_argument("--code", type=int, default=CLOSE_CODE, help="the close code")
+    close.add_argument("--reason", default="", help="the close reason (at most 123 bytes)")
+    drain = actions.add_parser("drain", help="no new sessions to a server; close its sessions")
+    undrain = actions.add_parser("undrain", help="let a drained server take new sessions")
+    for each in (drain, undrain):
+        each.add_argument("pool", metavar="POOL")
+        each.add_argument("server", metavar="SERVER", help="the server's URL, as /status names it")
+    drain.add_argument("--window", default="30s", help="close its sessions over this time")
+    drain.add_argument("--code", type=int, default=DRAIN_CODE, help="the close code")
+
+
 def _config_path(given: str | None) -> str:
-    path = given or os.environ.get("WSPROXY_CONFIG") or "wsproxy.yaml"
-    if not given and path == "wsproxy.yaml" and not Path(path).exists():
+    path = given or os.environ.get("WSPROXY_CONFIG") or DEFAULT
+    if not given and path == DEFAULT and not Path(path).exists():
         raise UsageError(
             "no configuration: there is no ./wsproxy.yaml here; "
             "give a file with -c FILE or $WSPROXY_CONFIG"
@@ -168,6 +249,44 @@ def _config_path(given: str | None) -> str:
 
 def _load(given: str | None) -> Config:
     return load_config(_config_path(given), os.environ)
+
+
+def _admin(args: argparse.Namespace) -> int:
+    acting = args.action != "sessions"
+    admin = None
+    if needs_config(args.url, args.token, os.environ, acting=acting) and (
+        not args.url or args.config or os.environ.get("WSPROXY_CONFIG") or Path(DEFAULT).exists()
+    ):  # with --url, a token is looked for in a file only if there is one
+        admin = _load(args.config).admin
+    endpoint = find_endpoint(args.url, args.token, os.environ, admin)
+    if args.action == "sessions":
+        query = SessionQuery(args.pool, args.server, args.limit)
+        if not 1 <= query.limit <= MAX_LIMIT:
+            raise UsageError(f"--limit must be from 1 to {MAX_LIMIT}, got {query.limit}")
+        print(sessions_table(list_sessions(endpoint, query)))
+        return 0
+    print(act(endpoint, _action(args)))
+    return 0
+
+
+def _action(args: argparse.Namespace) -> Action:
+    """The action the arguments ask for, checked as the endpoint will check it."""
+    action: Action
+    if args.action == "close":
+        action = CloseSession(args.id, args.code, args.reason)
+    elif args.action == "undrain":
+        action = Undrain(args.pool, args.server)
+    else:
+        try:
+            window = duration(args.window)
+        except ValueError as exc:
+            raise UsageError(f"--window: {exc}") from None
+        action = Drain(args.pool, args.server, window, args.code)
+    try:
+        parse_action(action_target(action).encode(), action_body(action))
+    except BadRequest as exc:
+        raise UsageError(str(exc)) from None
+    return action
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -86,6 +86,7 @@ class Admin:
     address: str  # as written, "HOST:PORT"
     host: str
     port: int
+    token: str = ""  # the Bearer token admin actions need; "": actions are refused
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,6 +274,8 @@ def summary(config: Config) -> str:
 BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "cookie")
 HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
+MIN_ADMIN_TOKEN: Final = 16  # characters, for the same reason
+_TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
 _POOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -468,13 +471,14 @@ class _Checker(Problems):
         return None
 
     def admin(self, raw: object, path: str) -> Admin | None:
-        mapping = self.section(raw, path, ("address",))
+        mapping = self.section(raw, path, ("address", "token"))
         if mapping is not None and "address" not in mapping:
             self.problem(f"{path}.address", "missing (required)")
         elif mapping is not None:
             parsed = self.parse(self.scalar(listen_address), mapping["address"], f"{path}.address")
-            if parsed is not None:
-                return Admin(address=parsed[0], host=parsed[1], port=parsed[2])
+            token = self.parse(self.scalar(_admin_token), mapping.get("token", ""), f"{path}.token")
+            if parsed is not None and token is not None:
+                return Admin(address=parsed[0], host=parsed[1], port=parsed[2], token=token)
         return None
 
     def security(self, raw: object, path: str) -> Security | None:
@@ -642,6 +646,21 @@ def _cookie_secret(value: object) -> str:
         raise ValueError(
             f"expected a string of at least {MIN_COOKIE_SECRET} characters (e.g. "
             "${WSPROXY_COOKIE_SECRET} from the environment)"
+        )
+    return value
+
+
+def _admin_token(value: object) -> str:
+    if value == "":
+        return ""  # as `${WSPROXY_ADMIN_TOKEN:-}` gives when the variable is not set: no actions
+    if (
+        not isinstance(value, str)
+        or len(value) < MIN_ADMIN_TOKEN
+        or not _TOKEN_CHARACTERS.fullmatch(value)
+    ):
+        raise ValueError(
+            f"expected a string of at least {MIN_ADMIN_TOKEN} characters without spaces or "
+            "control characters (e.g. ${WSPROXY_ADMIN_TOKEN} from the environment)"
         )
     return value
 

@@ -15,6 +15,12 @@ Invariants:
   of the summed sessions), and a pool is rebalancing if any worker's is. Histories are summed
   per server at each sample time (`history.merge_histories`).
 - A worker's answer that is not what a worker of this version gives counts as no answer.
+- `/sessions` is selected again from the union of the workers' lists. An action, already
+  checked and parsed by the supervisor, goes to every worker in its normal form; it is done if
+  any worker did it (a session lives in one worker; every worker knows every server).
+- A drain that was done stands until its undrain: `restore` gives it to a worker that becomes
+  ready later (restarted, or not yet ready when the drain came), so no worker sends new
+  sessions to a drained server.
 """
 
 from __future__ import annotations
@@ -28,6 +34,18 @@ import trio
 
 from wsproxy import __version__
 from wsproxy.admin import ProcessStatus
+from wsproxy.adminapi import (
+    Action,
+    Drain,
+    SessionQuery,
+    SessionRow,
+    Undrain,
+    action_body,
+    action_target,
+    parse_sessions,
+    query_target,
+    select_sessions,
+)
 from wsproxy.balancer import PoolStatus
 from wsproxy.history import merge_histories, parse_history
 from wsproxy.metrics import Family, Gauge, merge, render
@@ -72,8 +90,9 @@ class Member(Protocol):
     @property
     def restarts(self) -> int: ...
 
-    async def ask(self, path: str) -> Answer | None:
-        """Its answer to `GET path`, or None (not running, not ready, or silent)."""
+    async def ask(self, path: str, post: bytes | None = None) -> Answer | None:
+        """Its answer to `GET path` (`POST path` with the body `post`), or None (not running,
+        not ready, or silent)."""
 
 
 class Supervised(Protocol):
@@ -94,13 +113,14 @@ class FleetView:
 
     def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
+        self.standing: dict[tuple[str, str], Drain] = {}  # drains done, by pool and server
 
-    async def _ask_all(self, path: str) -> list[Answer | None]:
+    async def _ask_all(self, path: str, post: bytes | None = None) -> list[Answer | None]:
         members = self.supervisor.workers
         answers: list[Answer | None] = [None] * len(members)
 
         async def ask(index: int, member: Member) -> None:
-            answers[index] = await member.ask(path)
+            answers[index] = await member.ask(path, post)
 
         async with trio.open_nursery() as nursery:
             for index, member in enumerate(members):
@@ -128,6 +148,33 @@ class FleetView:
                 member.metrics = without(answer[1], [family.name for family in own])
         answering = sum(1 for answer in answers if answer is not None and answer[0] == 200)
         return merge_metrics([(m.base, m.metrics) for m in members], own, answering)
+
+    async def sessions(self, query: SessionQuery) -> list[SessionRow]:
+        answers = await self._ask_all(query_target(query))
+        return merge_sessions(answers, query)
+
+    async def act(self, action: Action) -> bool:
+        answers = await self._ask_all(action_target(action), action_body(action))
+        done = any(answer is not None and answer[0] == 200 for answer in answers)
+        if done and isinstance(action, Drain | Undrain):
+            self.standing.pop((action.pool, action.server), None)
+            if isinstance(action, Drain):
+                self.standing[action.pool, action.server] = action
+        return done
+
+    async def restore(self, member: Member) -> None:
+        """Give `member`, just become ready, every drain that stands."""
+        for drain in list(self.standing.values()):
+            await member.ask(action_target(drain), action_body(drain))
+
+
+def merge_sessions(answers: Sequence[Answer | None], query: SessionQuery) -> list[SessionRow]:
+    """The sessions `query` lists, from each worker's answer to it."""
+    rows: list[SessionRow] = []
+    for answer in answers:
+        if answer is not None and answer[0] == 200:
+            rows += parse_sessions(answer[1]) or []
+    return select_sessions(rows, query)
 
 
 def not_ready_because(indexes: Sequence[int], answers: Sequence[Answer | None]) -> str:

@@ -1,7 +1,7 @@
 """HTTP/1.1 as wsproxy speaks it outside the WebSocket stream: one writer for the answers it
 gives (refusals, pass-through, the 101, the admin endpoint, the echo backend, the demo page),
-one reader of the next h11 event, and the client side of a plain GET (health checks, the
-supervisor asking its workers).
+one reader of the next h11 event, and the client side of a plain GET or POST (health checks,
+the supervisor asking its workers).
 
 Invariants:
 - An answer's head is written by `response_head` only: status line with the reason given, the
@@ -88,6 +88,19 @@ async def send_get(stream: trio.abc.SendStream, target: bytes, headers: Headers)
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(method=b"GET", target=target, headers=list(headers))
     await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    return conn
+
+
+async def send_post(
+    stream: trio.abc.SendStream, target: bytes, headers: Headers, body: bytes
+) -> h11.Connection:
+    """Send `POST target` with `headers` (Host among them) and `body`; the connection to read
+    the answer with, as `send_get`'s."""
+    conn = h11.Connection(h11.CLIENT)
+    framing = (b"content-length", b"%d" % len(body))
+    request = h11.Request(method=b"POST", target=target, headers=[*headers, framing])
+    data = conn.send(request) + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
+    await stream.send_all(data)
     return conn
 
 

@@ -48,6 +48,7 @@ class LiveSession:
     """A session whose backend said yes: all the relay and the access line need."""
 
     id: str  # unique among the sessions of every process (`Registry.new_id`)
+    client: str  # IP:PORT, as the access line and `/sessions` name it
     session: Session
     switching: bytes  # our 101 to the client
     balancer: PoolBalancer
@@ -81,6 +82,11 @@ class Registry:
     def live(self) -> Collection[LiveSession]:
         """The sessions being relayed now."""
         return self.sessions.values()
+
+    def find(self, session_id: str) -> LiveSession | None:
+        """The live session called `session_id`, if any (a walk over them all: it serves the
+        rare admin request, and keeps the start and end of every session free of an index)."""
+        return next((live for live in self.sessions.values() if live.id == session_id), None)
 
     # ---------------------------------------------------------------- counts
 
@@ -118,9 +124,8 @@ class Registry:
 
     # ---------------------------------------------------------------- sessions
 
-    async def relay(self, stream: trio.abc.Stream, live: LiveSession, client: str) -> None:
-        """Send the 101 on `stream` and relay `live` to its end; `client` (IP:PORT) names the
-        client in the access line."""
+    async def relay(self, stream: trio.abc.Stream, live: LiveSession) -> None:
+        """Send the 101 on `stream` and relay `live` to its end."""
         session = live.session
         started = live.started
         live.balancer.started(live.server)
@@ -143,7 +148,7 @@ class Registry:
         write_access(
             AccessRecord(
                 time=iso_time(wall_time()),
-                client=client,
+                client=live.client,
                 route=live.route,
                 pool=live.balancer.name,
                 server=live.server.key,

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import trio
 
 from wsproxy.admin import ProxyView, serve_admin
+from wsproxy.adminapi import Guard
 from wsproxy.admission import Admission
 from wsproxy.changes import config_changes
 from wsproxy.closes import Close
@@ -126,7 +127,7 @@ class Proxy(ServerDrains):
             await upkeep.start(keep_balanced, self.registry, snapshot, stopping)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
-                await upkeep.start(serve_admin, ProxyView(self), admin)
+                await upkeep.start(serve_admin, ProxyView(self), admin, self._guard())
             if self.worker is None:
                 if admin is not None:
                     log.info("admin endpoint on %s", address_of(admin))
@@ -152,6 +153,24 @@ class Proxy(ServerDrains):
                         await trio.aclose_forcefully(each.listener)
                 await self._drain(handlers)
             upkeep.cancel_scope.cancel()
+
+    def _guard(self) -> Guard:
+        """Who may act on this process's admin listener: a worker's is its supervisor's alone
+        (a Unix socket in a directory only the proxy's user may enter), which checks the
+        token first; a single process's needs `admin.token`."""
+        if self.worker is not None:
+            return Guard(trusted=True)
+        admin = self.config.admin  # as at the start: a reload keeps it
+        return Guard(token=admin.token if admin is not None else "")
+
+    def close_session(self, session_id: str, close: Close) -> bool:
+        """Ask the live session `session_id` to close with `close` (in the background, so the
+        asker need not wait for a slow client); False if there is no such session."""
+        live = self.registry.find(session_id)
+        if live is None or self._upkeep is None:
+            return False
+        self._upkeep.start_soon(live.session.shutdown, close)
+        return True
 
     async def _sample_history(self) -> None:
         """Each server's sessions into `history`, at the start of every interval."""

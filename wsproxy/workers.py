@@ -22,10 +22,12 @@ Invariants:
   MAX_RESTART_PAUSE. A worker that exits before every worker has first become ready stops the
   start: the other workers are stopped and the supervisor exits 1.
 - The admin endpoint is the supervisor's. Each worker answers admin requests on a Unix socket
-  of its own; `/metrics` and `/status` combine the workers' answers (`fleet`: counts summed,
-  health the best any worker sees) with the supervisor's own figures. Totals never go down: a
-  worker that does not answer in ASK_TIMEOUT counts with its last answer, and the totals of a
-  worker that died are kept as a base under its successor's.
+  of its own, in a directory only the proxy's user may enter; the supervisor checks an
+  action's token, then passes the action on to every worker, which takes it without one.
+  `/metrics` and `/status` combine the workers' answers (`fleet`: counts summed, health the
+  best any worker sees) with the supervisor's own figures, `/sessions` their lists. Totals
+  never go down: a worker that does not answer in ASK_TIMEOUT counts with its last answer, and
+  the totals of a worker that died are kept as a base under its successor's.
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ import h11
 import trio
 
 from wsproxy.admin import serve_admin
+from wsproxy.adminapi import Guard
 from wsproxy.config import Config, ConfigError, read_config
 from wsproxy.fleet import FleetView
-from wsproxy.http1 import NoAnswer, read_body, read_response, send_get
+from wsproxy.http1 import NoAnswer, read_body, read_response, send_get, send_post
 from wsproxy.listening import ListenError, bind_shared, host_port
 from wsproxy.logs import change_logging
 from wsproxy.metrics import Counter, Family, ProxyMetrics, cumulative, merge
@@ -136,12 +139,13 @@ class Worker:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    async def ask(self, path: str) -> tuple[int, str] | None:
-        """Its answer to `GET path` on its admin socket; None unless it runs and is ready."""
+    async def ask(self, path: str, post: bytes | None = None) -> tuple[int, str] | None:
+        """Its answer to `GET path` (`POST path` with the body `post`) on its admin socket;
+        None unless it runs and is ready."""
         process = self.process
         if not self.ready or process is None or process.returncode is not None:
             return None
-        return await _ask(self.control, path)
+        return await _ask(self.control, path, post)
 
 
 class Supervisor:
@@ -164,6 +168,7 @@ class Supervisor:
         self._stopping = trio.Event()
         self._start_failed = False
         self._ready = trio.Event()  # every worker has been ready once
+        self.view = FleetView(self)  # the admin endpoint's, which keeps the drains that stand
 
     @property
     def stopping(self) -> bool:
@@ -200,7 +205,8 @@ class Supervisor:
         async with trio.open_nursery() as outer:
             outer.start_soon(obey, signals, self)
             if admin is not None:
-                await outer.start(serve_admin, FleetView(self), admin)
+                guard = Guard(token=self.config.admin.token if self.config.admin else "")
+                await outer.start(serve_admin, self.view, admin, guard)
             async with trio.open_nursery() as running:
                 for worker in self.workers:
                     running.start_soon(self._keep_running, worker, ports)
@@ -315,13 +321,15 @@ class Supervisor:
                 process_left.kill()  # only when the supervisor itself is being torn down
 
     async def _become_ready(self, worker: Worker, process: trio.Process) -> None:
-        """Wait until the worker answers on its admin socket, then give it what is pending."""
+        """Wait until the worker answers on its admin socket, then give it what is pending:
+        signals, and the drains that stand (a worker's drains end with its life)."""
         while await _ask(worker.control, "/healthz") is None:  # noqa: ASYNC110 - polling a socket
             await trio.sleep(READY_POLL)
         worker.ready = True
         pending, worker.pending = worker.pending, []
         for signum in pending:
             process.send_signal(signum)
+        await self.view.restore(worker)
 
     async def _announce(self, ports: list[int], admin: trio.SocketListener | None) -> None:
         """Log once every worker is ready, as a single process logs once it listens."""
@@ -397,13 +405,19 @@ class Supervisor:
         return [self.reloads, self.restarts]
 
 
-async def _ask(control: str, path: str) -> tuple[int, str] | None:
-    """A worker's answer to `GET path` (status, body), or None if it gave none in time."""
+async def _ask(control: str, path: str, post: bytes | None = None) -> tuple[int, str] | None:
+    """A worker's answer to `GET path` (`POST path` with the body `post`): status and body, or
+    None if it gave none in time. The worker's socket takes actions without a token: only the
+    supervisor can reach it, and it checked the asker's token first."""
+    host = ((b"Host", b"worker"),)
     with trio.move_on_after(ASK_TIMEOUT):
         try:
             stream = await trio.open_unix_socket(control)
             async with stream:
-                conn = await send_get(stream, path.encode(), ((b"Host", b"worker"),))
+                if post is None:
+                    conn = await send_get(stream, path.encode(), host)
+                else:
+                    conn = await send_post(stream, path.encode(), host, post)
                 response = await read_response(stream, conn)
                 body = await read_body(stream, conn)
         except (OSError, trio.BrokenResourceError, h11.RemoteProtocolError, NoAnswer):
