@@ -365,10 +365,10 @@ async def test_drains_end_to_end_proxy_drain_and_undrain_on_a_running_proxy(
             for _ in range(6):
                 await clients.start(hold, url, heard)
             assert (count_on(a), count_on(b)) == (3, 3)
-            assert not proxy.drain("main", "ws://127.0.0.1:1", 1.0, 1012)
-            assert not proxy.undrain("nope", a.url)
+            assert not proxy.actions.drain("main", "ws://127.0.0.1:1", 1.0, 1012)
+            assert not proxy.actions.undrain("nope", a.url)
             began = trio.current_time()
-            assert proxy.drain(
+            assert proxy.actions.drain(
                 "main", a.url, 1.0, 4000
             )  # returns; the closes run in the background
             assert heard.closes == []
@@ -376,7 +376,7 @@ async def test_drains_end_to_end_proxy_drain_and_undrain_on_a_running_proxy(
                 await clients.start(hold, url, heard)
             assert (count_on(a), count_on(b)) == (3, 5)
             await heard.at_least(3)
-            assert proxy.undrain("main", a.url)
+            assert proxy.actions.undrain("main", a.url)
             for _ in range(2):
                 await clients.start(hold, url, heard)
             assert count_on(a) == 4, "undrained: new sessions go there again"

@@ -84,6 +84,7 @@ def pool(name: str, healthy: int, *servers: ServerStatus) -> PoolStatus:
         sessions=sum(s.sessions for s in servers),
         rebalancing=False,
         rebalance_closes=0,
+        tolerance=None,
         servers=servers,
     )
 

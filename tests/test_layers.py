@@ -58,6 +58,7 @@ LAYERS: Final = {
     "registry": 3,
     "admission": 3,
     "drains": 3,
+    "actions": 3,  # the admin endpoint's actions on one process
     "rebalancing": 3,
     "server": 4,
     "echo": 4,

@@ -4,7 +4,7 @@ marks of rebalancing and drains."""
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import trio
@@ -127,27 +127,9 @@ async def drawn(page: DevTools, server: str) -> list[int]:
 # --- the figures rebalancing and drains add, from a view that has them ------------------------
 
 
-@dataclass(frozen=True)
-class BalancedServer(ServerStatus):
-    """A server with the figures issue 11's rebalancing and agent checks add to `/status`."""
-
-    share: float
-    effective_weight: int
-    agent_weight: int | None
-    draining: bool
-    drain_left: float
-
-
-@dataclass(frozen=True)
-class RebalancingPool(PoolStatus):
-    rebalancing: bool
-    rebalance_closes: int
-    tolerance: float
-
-
 def balanced(
     name: str, sessions: int, share: float, *, weight: int = 2, **changes: object
-) -> BalancedServer:
+) -> ServerStatus:
     base = server(name, sessions=sessions, weight=weight)
     fields = {
         "share": share,
@@ -157,7 +139,7 @@ def balanced(
         "drain_left": 0.0,
         **changes,
     }
-    return BalancedServer(**{**asdict(base), **fields})
+    return replace(base, **fields)  # type: ignore[arg-type]
 
 
 HISTORY = HistoryStatus(
@@ -183,15 +165,15 @@ class FakeView:
 
     async def status(self) -> ProcessStatus:
         chat = (
-            balanced("s1", 9, 0.5),  # 7 is its share, 8.75 the tolerance's limit
-            balanced("s2", 4, 0.5, effective_weight=1, agent_weight=1),
+            balanced("s1", 9, 7.0),  # 7 is its share, 8.75 the tolerance's limit
+            balanced("s2", 4, 7.0, effective_weight=1, agent_weight=1),
             balanced("s3", 1, 0.0, draining=True, drain_left=41.2),
             balanced("s4", 0, 0.0, listed=False),
         )
         plain = (
-            server("p1", sessions=1, weight=1),
-            server("p2", sessions=3, weight=3),
-            server("p3", "down", sessions=0, weight=1),
+            server("p1", sessions=1, weight=1, share=1.0),
+            server("p2", sessions=3, weight=3, share=3.0),
+            server("p3", "down", sessions=0, weight=1, share=0.0),
         )
         return ProcessStatus(
             version=__version__,
@@ -201,8 +183,8 @@ class FakeView:
             connections=18,
             sessions=18,
             pools=(
-                RebalancingPool("chat", "round_robin", 3, 14, chat, True, 3, 0.25),
-                PoolStatus("plain", "round_robin", 2, 4, plain),
+                PoolStatus("chat", "round_robin", 3, 14, True, 3, 0.25, chat),
+                PoolStatus("plain", "round_robin", 2, 4, False, 0, None, plain),
             ),
             history=HISTORY,
         )
@@ -248,7 +230,7 @@ async def test_page_marks_rebalancing_drains_and_weights_in_chromium(
             )
             assert await page.evaluate(chart("chat", "samples")) == "2"
             assert await page.evaluate(f"{counts('chat', 's1')}.join()") == "5,7,9"
-            # Without the new figures: shares by weight among the servers that can take one.
+            # A pool that does not rebalance: no tolerance, no badges.
             await expect_bars(
                 page,
                 {"p1": (1, 1, "within"), "p2": (3, 3, "within"), "p3": (0, 0, "within")},

@@ -91,7 +91,16 @@ class FakeProxy:
         assert server is not None
         session = cast(Session, StandIn(self))
         live = LiveSession(
-            self.registry.new_id(), session, b"", balancer, server, pick, "/", "", now
+            id=self.registry.new_id(),
+            session=session,
+            switching=b"",
+            balancer=balancer,
+            server=server,
+            pick=pick,
+            route="/",
+            subprotocol="",
+            started=now,
+            client="10.1.0.1:40000",
         )
         balancer.started(server)
         self.registry.sessions[session] = live

@@ -24,7 +24,7 @@ import os
 import resource
 import time
 from collections import Counter as Tally
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from typing import Final, NamedTuple, Protocol
 
@@ -54,7 +54,7 @@ from wsproxy.adminapi import (
 )
 from wsproxy.balancer import PoolStatus
 from wsproxy.closes import Close
-from wsproxy.history import History, HistoryStatus
+from wsproxy.history import History, HistoryStatus, sessions_of
 from wsproxy.http1 import answer, next_event
 from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
@@ -120,6 +120,21 @@ class Sessions(Protocol):
         """The sessions being relayed now."""
 
 
+class Operable(Protocol):
+    """The actions of one process (`actions.Actions`); each returns False when what it names is
+    unknown."""
+
+    def close_session(self, session_id: str, close: Close) -> bool:
+        """Ask the live session `session_id` to close with `close`, in the background."""
+
+    def drain(self, pool: str, server: str, window: float, code: int) -> bool:
+        """No new sessions to `server` (as /status names it) of `pool`, and its sessions closed
+        with `code` spread over `window` seconds."""
+
+    def undrain(self, pool: str, server: str) -> bool:
+        """New sessions may go to that server again."""
+
+
 class Served(Protocol):
     """One proxy process as the admin endpoint reads it (`server.Proxy`)."""
 
@@ -139,17 +154,9 @@ class Served(Protocol):
     def history(self) -> History:
         """Its servers' recent sessions."""
 
-    def close_session(self, session_id: str, close: Close) -> bool:
-        """Ask the live session `session_id` to close with `close`, in the background; False
-        if there is none."""
-
-    def drain(self, pool: str, server: str, window: float, code: int) -> bool:
-        """No new sessions to `server` (its identity, as /status names it) of `pool`, and its
-        sessions closed with `code` spread over `window` seconds; False if there is no such
-        server."""
-
-    def undrain(self, pool: str, server: str) -> bool:
-        """New sessions may go to that server again; False if there is no such server."""
+    @property
+    def actions(self) -> Operable:
+        """What an operator may do to it."""
 
 
 class ProxyView:
@@ -171,12 +178,12 @@ class ProxyView:
         return select_sessions(session_rows(self.proxy.registry.live()), query)
 
     async def act(self, action: Action) -> bool:
-        proxy = self.proxy
+        actions = self.proxy.actions
         if isinstance(action, CloseSession):
-            return proxy.close_session(action.session, Close(action.code, action.reason))
+            return actions.close_session(action.session, Close(action.code, action.reason))
         if isinstance(action, Drain):
-            return proxy.drain(action.pool, action.server, action.window, action.code)
-        return proxy.undrain(action.pool, action.server)
+            return actions.drain(action.pool, action.server, action.window, action.code)
+        return actions.undrain(action.pool, action.server)
 
 
 def session_rows(live: Collection[LiveSession]) -> list[SessionRow]:
@@ -210,6 +217,14 @@ class Reply(NamedTuple):
     content_type: str
     body: bytes
     headers: tuple[tuple[bytes, bytes], ...] = ()
+
+
+async def keep_history(history: History, snapshot: Callable[[], Snapshot]) -> None:
+    """Sample each server's sessions into `history` (the page's chart) at the start of every
+    interval, for as long as the proxy serves."""
+    while True:
+        history.record(time.time(), sessions_of(snapshot().status(trio.current_time())))
+        await trio.sleep(history.until_next(time.time()))
 
 
 async def serve_admin(

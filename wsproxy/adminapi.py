@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from wsproxy.config import Admin
 from wsproxy.frames import close_code_allowed
 from wsproxy.units import duration
 
@@ -53,6 +54,15 @@ class Guard:
 
 
 NOBODY: Final = Guard()  # a listener on which nobody may act
+
+
+def guard_for(admin: Admin | None, worker: int | None) -> Guard:
+    """Who may act on a process's admin listener: a worker's is its supervisor's alone (a Unix
+    socket in a directory only the proxy's user may enter), which checks the token first; a
+    single process's needs `admin.token`."""
+    if worker is not None:
+        return Guard(trusted=True)
+    return Guard(token=admin.token if admin is not None else "")
 
 
 def refusal(guard: Guard, authorization: Sequence[bytes]) -> Refusal | None:

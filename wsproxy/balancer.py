@@ -100,6 +100,7 @@ class PoolStatus:
     sessions: int
     rebalancing: bool  # closing sessions on servers above their share, new ones below it
     rebalance_closes: int  # sessions closed to rebalance, since the process started
+    tolerance: float | None  # its rebalance tolerance (0.25 for 25 %); None: no rebalancing
     servers: tuple[ServerStatus, ...]  # listed ones first, in configuration order
 
 
@@ -292,6 +293,7 @@ class PoolBalancer:
             sessions=sum(s.sessions for s in everyone),
             rebalancing=self.rebalancing,
             rebalance_closes=self.rebalance_closes,
+            tolerance=self.pool.rebalance.tolerance if self.pool.rebalance else None,
             servers=tuple(s.status(now, round(share[s], 3)) for s in everyone),
         )
 

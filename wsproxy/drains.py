@@ -135,21 +135,3 @@ class Drains:
             server=state,
             going_on=lambda: state.drain is drain,
         )
-
-
-class ServerDrains:
-    """The drains of `server.Proxy`, which the admin endpoint calls (here, so that server.py
-    stays small)."""
-
-    drains: Drains
-
-    def drain(self, pool: str, server: str, window: float, code: int = AGENT_CLOSE_CODE) -> bool:
-        """`Drains.drain`: `server` (its identity or URL, as /status names it) of `pool` takes
-        no new sessions, and its sessions are closed with `code` spread over `window` seconds,
-        in the background; False when the pool or server is unknown."""
-        return self.drains.drain(pool, server, window, code)
-
-    def undrain(self, pool: str, server: str) -> bool:
-        """`Drains.undrain`: new sessions may go to `server` of `pool` again, and no more of its
-        sessions are closed; False when the pool or server is unknown."""
-        return self.drains.undrain(pool, server)

@@ -3,10 +3,8 @@ style and script inline, nothing fetched but `/status`), which redraws itself fr
 every second.
 
 Invariants:
-- Everything it shows comes from the `/status` document; the fields issue 11 adds (per server
-  `share`, `effective_weight`, `agent_weight`, `draining`, `drain_left`; per pool
-  `rebalancing`, `rebalance_closes`, `tolerance`) are optional: without them a server's share
-  is its weight over the weights of the servers that can take sessions, and nothing is drained.
+- Everything it shows comes from the `/status` document: a server's `share` is the proxy's
+  figure (in sessions), the weights, drain and rebalancing figures too.
 - Text from the document is set as text (`textContent`, attributes), never as HTML.
 - Per pool: a table with a bar per server (its sessions against its share of the pool's
   sessions, a mark at the share), and a chart of each server's sessions over the history the
@@ -78,15 +76,6 @@ function cell(row, field, text, cls) {
 function seconds(value) {
   return value >= 90 ? `${Math.round(value / 60)} min` : `${Math.ceil(value)}s`;
 }
-// A server's share of its pool's sessions: the proxy's figure, or its weight over the
-// weights of the servers that can take a session now.
-function shares(pool) {
-  const weight = (s) => s.effective_weight ?? s.weight;
-  const open = (s) => s.health === "up" && s.listed && !s.draining && weight(s) > 0;
-  const total = pool.servers.reduce((sum, s) => sum + (open(s) ? weight(s) : 0), 0);
-  return pool.servers.map((s) =>
-    typeof s.share === "number" ? s.share : (open(s) && total ? weight(s) / total : 0));
-}
 function bar(sessions, expected, tolerance, scale) {
   const node = element("div", "bar");
   const at = (value) => `${Math.min(100 * value / scale, 100)}%`;
@@ -124,9 +113,8 @@ function table(pool) {
                       "drain", "total", "failures", "note"]) {
     head.appendChild(element("th", "", name));
   }
-  const share = shares(pool);
   const tolerance = typeof pool.tolerance === "number" ? pool.tolerance : null;
-  const expected = share.map((x) => x * pool.sessions);
+  const expected = pool.servers.map((s) => s.share);  // in sessions
   const scale = Math.max(1, ...pool.servers.map((s, i) =>
     Math.max(s.sessions, expected[i] * (1 + (tolerance ?? 0)))));
   pool.servers.forEach((s, i) => {
@@ -139,8 +127,9 @@ function table(pool) {
     cell(row, "health", s.health, s.health);
     cell(row, "sessions", s.sessions);
     const balance = cell(row, "balance");
+    const percent = pool.sessions ? Math.round(100 * expected[i] / pool.sessions) : 0;
     balance.append(bar(s.sessions, expected[i], tolerance, scale),
-      `${s.sessions} / ${expected[i].toFixed(1)} (${Math.round(100 * share[i])}%)`);
+      `${s.sessions} / ${expected[i].toFixed(1)} (${percent}%)`);
     cell(row, "weight", weights(s));
     if (s.draining) cell(row, "drain", `draining, ${seconds(s.drain_left ?? 0)} left`, "draining");
     else cell(row, "drain", "");

@@ -21,21 +21,21 @@ import functools
 import logging
 import os
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import trio
 
-from wsproxy.admin import ProxyView, serve_admin
-from wsproxy.adminapi import Guard
+from wsproxy.actions import Actions
+from wsproxy.admin import ProxyView, keep_history, serve_admin
+from wsproxy.adminapi import guard_for
 from wsproxy.admission import Admission
 from wsproxy.changes import config_changes
 from wsproxy.closes import Close
 from wsproxy.config import Config, ConfigError
 from wsproxy.discovery import Resolver, resolve_tcp
-from wsproxy.drains import Drains, ServerDrains
+from wsproxy.drains import Drains
 from wsproxy.health import Probe
-from wsproxy.history import History, sessions_of
+from wsproxy.history import History
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
 from wsproxy.rebalancing import keep_balanced
@@ -49,9 +49,8 @@ from wsproxy.upstream import Dial, dial_tcp
 log = logging.getLogger(__name__)
 
 
-class Proxy(ServerDrains):
-    """Serves one configuration on its listeners until `stop()`; `drain` and `undrain` one of
-    its servers (`ServerDrains`)."""
+class Proxy:
+    """Serves one configuration on its listeners until `stop()`."""
 
     def __init__(
         self,
@@ -77,6 +76,7 @@ class Proxy(ServerDrains):
         self.history = History()  # for the status page's chart
         self.admission = Admission(self.registry, lambda: self.snapshot, dial=dial)
         self.drains = Drains(self.registry, lambda: self.snapshot)
+        self.actions = Actions(self.registry, self.drains)  # the admin endpoint's
         self._keep_up = functools.partial(
             keep_up, resolve=resolve, dial=dial, probe=probe, rng=self._rng, agent=self.drains.apply
         )
@@ -120,14 +120,17 @@ class Proxy(ServerDrains):
         async with trio.open_nursery() as upkeep:
             async with self._switching:  # a reload waits until upkeep has begun
                 await resolve_names(self.snapshot, self._resolve)
-                self._upkeep = self.admission.reports = self.drains.nursery = upkeep
+                self._upkeep = self.admission.reports = upkeep
+                self.drains.nursery = self.actions.nursery = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
-            upkeep.start_soon(self._sample_history)
+            upkeep.start_soon(keep_history, self.history, lambda: self.snapshot)
             snapshot, stopping = (lambda: self.snapshot), (lambda: self.stopping)
             await upkeep.start(keep_balanced, self.registry, snapshot, stopping)
             addresses = [address_of(x.listener) for x in listening]
             if admin is not None:
-                await upkeep.start(serve_admin, ProxyView(self), admin, self._guard())
+                await upkeep.start(
+                    serve_admin, ProxyView(self), admin, guard_for(self.config.admin, self.worker)
+                )
             if self.worker is None:
                 if admin is not None:
                     log.info("admin endpoint on %s", address_of(admin))
@@ -153,31 +156,6 @@ class Proxy(ServerDrains):
                         await trio.aclose_forcefully(each.listener)
                 await self._drain(handlers)
             upkeep.cancel_scope.cancel()
-
-    def _guard(self) -> Guard:
-        """Who may act on this process's admin listener: a worker's is its supervisor's alone
-        (a Unix socket in a directory only the proxy's user may enter), which checks the
-        token first; a single process's needs `admin.token`."""
-        if self.worker is not None:
-            return Guard(trusted=True)
-        admin = self.config.admin  # as at the start: a reload keeps it
-        return Guard(token=admin.token if admin is not None else "")
-
-    def close_session(self, session_id: str, close: Close) -> bool:
-        """Ask the live session `session_id` to close with `close` (in the background, so the
-        asker need not wait for a slow client); False if there is no such session."""
-        live = self.registry.find(session_id)
-        if live is None or self._upkeep is None:
-            return False
-        self._upkeep.start_soon(live.session.shutdown, close)
-        return True
-
-    async def _sample_history(self) -> None:
-        """Each server's sessions into `history`, at the start of every interval."""
-        while True:
-            pools = self.snapshot.status(trio.current_time())
-            self.history.record(time.time(), sessions_of(pools))
-            await trio.sleep(self.history.until_next(time.time()))
 
     async def _handle(self, tcp: trio.SocketStream, listening: Listening) -> None:
         try:
