@@ -234,6 +234,35 @@ async def test_rebalancing_leaves_a_draining_servers_sessions_to_its_drain(
     assert proxy.loads() == {"10.0.0.1": 20, "10.0.0.2": 20}
 
 
+async def test_rebalancing_a_name_that_resolves_to_one_more_address_spreads_onto_it(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    named = parse_config(
+        """
+listen: [{address: 127.0.0.1:0}]
+security: {allowed_origins: ["*"]}
+routes: [{path: /, pool: main}]
+pools:
+  main:
+    rebalance: {rate: 10/s, min_age: 0s}
+    servers: [ws://app.internal:9000]
+""",
+        {},
+    )
+    proxy = FakeProxy(named)
+    balancer = proxy.snapshot.balancers["main"]
+    server = named.pools["main"].servers[0]
+    balancer.resolved(server, ["10.0.0.1", "10.0.0.2"])
+    for _ in range(40):
+        proxy.connect()
+    await proxy.start(nursery)
+    await trio.sleep_until(10.5)
+    balancer.resolved(server, ["10.0.0.1", "10.0.0.2", "10.0.0.3"])  # DNS answers one more
+    await trio.sleep_until(100.0)
+    assert closes_at(proxy) == pytest.approx(spaced(11.0, 0.1, 10))
+    assert proxy.loads() == {"10.0.0.1": 15, "10.0.0.2": 15, "10.0.0.3": 10}
+
+
 async def test_rebalancing_workers_share_the_rate(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
