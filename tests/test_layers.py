@@ -37,6 +37,7 @@ LAYERS: Final = {
     "metrics": 2,
     "proxyproto": 2,
     "changes": 2,
+    "ratelimit": 2,  # token buckets for the rate limits
     "wire": 3,
     "relay": 3,
     "upstream": 3,
