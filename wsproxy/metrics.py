@@ -176,6 +176,14 @@ class ProxyMetrics:
             "Ended sessions, by who closed and the close code the client got.",
             ("side", "code"),
         )
+        self.throttled = Counter(
+            "wsproxy_throttled_seconds_total",
+            "Seconds clients were not read because they sent faster than limits.per_session.",
+        )
+        self.rate_limit_closes = Counter(
+            "wsproxy_rate_limit_closes_total",
+            "Sessions closed with 1008 for sending faster than limits.per_session.",
+        )
         self.config_reloads = Counter(
             "wsproxy_config_reloads_total", "Configuration reloads, by result.", ("result",)
         )

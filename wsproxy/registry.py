@@ -165,6 +165,10 @@ class Registry:
         code = session.close.code if session.close else CLOSE_ABNORMAL
         metrics.closes.inc(side, close_code_label(code, self._config().metrics.close_codes))
         metrics.session_seconds.observe(seconds)
+        if (limit := session.limit) is not None:
+            metrics.throttled.inc(amount=limit.throttled)
+            if limit.exceeded:
+                metrics.rate_limit_closes.inc()
 
     # ---------------------------------------------------------------- the drain's close
 
