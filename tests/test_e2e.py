@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import random
@@ -30,6 +31,7 @@ from tests.helpers import Peer
 from tests.test_admin import series
 from wsproxy.admin import metrics_text
 from wsproxy.handshake import accept_value
+from wsproxy.logs import JsonFormatter, TextFormatter
 
 pytestmark = pytest.mark.e2e
 
@@ -548,3 +550,43 @@ async def test_e2e_handshakes_per_ip_beyond_the_burst_are_429_with_retry_after(
     assert series(metrics_text(running.proxy), "wsproxy_handshake_rejections_total") == {
         '{status="429"}': 1.0
     }
+
+
+# ---------------------------------------------------------------- progress lines
+
+
+async def test_e2e_progress_lines_while_a_session_runs_then_its_access_line(
+    nursery: trio.Nursery, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`log.session_interval: 200ms`: a session that lives 0.7 s, with a message in its first
+    moments, gets progress lines that count it once between them, written as access lines
+    with event=progress, then its usual access line."""
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="log: {session_interval: 200ms}")
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await trio.sleep(0.7)  # the session's own length, not a wait for something
+        await running.proxy.registry.all_closed()
+    lines = [(r, TextFormatter().format(r), JsonFormatter().format(r)) for r in caplog.records]
+    progress = [(text, json.loads(entry)) for r, text, entry in lines if "progress" in r.__dict__]
+    assert len(progress) >= 3  # at 0.2, 0.4 and 0.6 s at least
+    first_text, first = progress[0]
+    assert " access event=progress time=" in first_text
+    assert first_text.endswith(" close_code=- closed_by=-")
+    assert (first["type"], first["event"], first["close_code"], first["closed_by"]) == (
+        "access",
+        "progress",
+        None,
+        None,
+    )
+    # Each line counts what moved since the previous one: together, the message each way.
+    assert sum(entry["messages_in"] for _, entry in progress) == 1
+    assert sum(entry["messages_out"] for _, entry in progress) == 1
+    assert [entry["duration"] >= 0.2 for _, entry in progress] == [True] * len(progress)
+    final = [json.loads(entry) for r, _, entry in lines if "access" in r.__dict__]
+    assert [(e["messages_in"], e["close_code"]) for e in final] == [(1, 1000)]
+    assert "event" not in final[0]

@@ -9,6 +9,10 @@ Invariants:
   101 sent or not; its server counts it (`balancer.started` / `ended`) for exactly that time.
 - When a session ends its messages, bytes, close and duration are added to `metrics`, once,
   and a session that got its 101 writes one access line.
+- With `log.session_interval`, one timer (`timers`) walks the live sessions each interval, from
+  the first session's start while any is live: each session at least an interval old gets a
+  progress line with what moved since its previous one (or its start). The timer is set again
+  by the next session to start once none was left.
 - `close_paced` asks each session still open to close, evenly spread over the window, the
   first at once (`close_times`); a session that ended before its turn is skipped.
 """
@@ -25,12 +29,21 @@ from typing import Final
 
 import trio
 
+from wsproxy import timers
 from wsproxy.balancer import Pick, PoolBalancer
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security
 from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import Reject
-from wsproxy.logs import AccessRecord, access_log, iso_time, wall_time, write_access
+from wsproxy.logs import (
+    AccessRecord,
+    ProgressRecord,
+    access_log,
+    iso_time,
+    wall_time,
+    write_access,
+    write_progress,
+)
 from wsproxy.metrics import ProxyMetrics, close_code_label
 from wsproxy.relay import Session
 from wsproxy.servers import ServerState
@@ -69,6 +82,10 @@ class Registry:
         self._all_closed.set()
         self._id_prefix = secrets.token_hex(3)  # tells this process's ids from other workers'
         self._serial = itertools.count(1)
+        self._progress: timers.Timer | None = None  # the next walk for progress lines
+        # Each live session's client (IP:PORT), and the totals its previous progress line
+        # counted up to.
+        self._reported: dict[Session, tuple[str, tuple[int, int, int, int]]] = {}
 
     def new_id(self) -> str:
         """A session id no other session of any process has: this process's prefix, a serial."""
@@ -121,7 +138,10 @@ class Registry:
         started = live.started
         live.balancer.started(live.server)
         self.sessions[session] = live
+        self._reported[session] = (client, (0, 0, 0, 0))
         self.metrics.sessions.inc(live.route, live.balancer.name)
+        if self._progress is None and (interval := self._config().log.session_interval):
+            self._progress = timers.at(started + interval, self._write_progress)
         try:
             await stream.send_all(live.switching)
             await session.run()
@@ -129,6 +149,7 @@ class Registry:
             return  # the client left before its 101 was sent
         finally:
             del self.sessions[session]
+            del self._reported[session]
             live.balancer.ended(live.server)
             self._count_ended(session, trio.current_time() - started)
             await close_forcefully(session.backend.stream)
@@ -153,6 +174,43 @@ class Registry:
                 closed_by=session.closed_by.value if session.closed_by else "unknown",
             )
         )
+
+    def _write_progress(self) -> None:
+        """A progress line for each live session at least `log.session_interval` old; then
+        the timer is set an interval later, while sessions are left."""
+        self._progress = None
+        interval = self._config().log.session_interval
+        if not interval or not self.sessions:
+            return
+        now = trio.current_time()
+        self._progress = timers.at(now + interval, self._write_progress)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        time = iso_time(wall_time())
+        for session, live in self.sessions.items():
+            age = now - live.started
+            if age < interval:
+                continue
+            messages_in, messages_out = session.messages
+            totals = (messages_in, messages_out, session.client.bytes_in, session.backend.bytes_in)
+            client, before = self._reported[session]
+            self._reported[session] = client, totals
+            moved = [total - then for total, then in zip(totals, before, strict=True)]
+            write_progress(
+                ProgressRecord(
+                    time=time,
+                    client=client,
+                    route=live.route,
+                    pool=live.balancer.name,
+                    server=live.server.key,
+                    subprotocol=live.subprotocol,
+                    duration=round(age, 3),
+                    messages_in=moved[0],
+                    messages_out=moved[1],
+                    bytes_in=moved[2],
+                    bytes_out=moved[3],
+                )
+            )
 
     def _count_ended(self, session: Session, seconds: float) -> None:
         metrics = self.metrics
