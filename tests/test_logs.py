@@ -671,7 +671,7 @@ def progress_record() -> ProgressRecord:
     fields = {
         k: v for k, v in asdict(access_record()).items() if k not in ("close_code", "closed_by")
     }
-    return ProgressRecord(**fields)  # type: ignore[arg-type]
+    return ProgressRecord(**fields)
 
 
 def with_progress(record: ProgressRecord) -> logging.LogRecord:

@@ -4,16 +4,18 @@ the per-IP handshake buckets, on instants given by hand."""
 from __future__ import annotations
 
 import os
+from typing import Final
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from wsproxy.frames import OP_BINARY, OP_PING, FrameReader, control_frame
+from wsproxy.frames import OP_BINARY, OP_CLOSE, OP_PING, FrameReader, control_frame
 from wsproxy.ratelimit import (
     MIN_CLIENT_HEADER,
     HandshakeLimit,
     SessionLimit,
     TokenBucket,
+    before_message,
     retry_after,
 )
 
@@ -75,42 +77,67 @@ def test_ratelimit_session_default_burst_is_the_rate_and_at_least_one() -> None:
 
 def test_ratelimit_session_without_buckets_allows_everything() -> None:
     limit = SessionLimit(0.0)
-    assert limit.allowance(0.0, 10**6, 0, 65536) == 65536
+    assert limit.allowance(0.0, 10**6, 0, bytes(65536)) == 65536
     assert limit.ready_at(0.0, 0, 65536) == 0.0
 
 
 def test_ratelimit_session_bytes_pass_up_to_one_second_then_at_the_rate() -> None:
     limit = SessionLimit(0.0, bytes_per_second=1000)
-    assert limit.allowance(0.0, 0, 0, 600) == 600
-    assert limit.allowance(0.0, 0, 0, 600) == 400
-    assert limit.allowance(0.0, 0, 0, 600) == 0
+    assert limit.allowance(0.0, 0, 0, bytes(600)) == 600
+    assert limit.allowance(0.0, 0, 0, bytes(600)) == 400
+    assert limit.allowance(0.0, 0, 0, bytes(600)) == 0
     assert limit.ready_at(0.0, 0, 600) == pytest.approx(0.6)  # all 600 waiting bytes at once
     assert limit.ready_at(0.0, 0, 5000) == pytest.approx(1.0)  # at most a bucketful
-    assert limit.allowance(0.6, 0, 0, 600) == 600
+    assert limit.allowance(0.6, 0, 0, bytes(600)) == 600
 
 
 def test_ratelimit_session_messages_bound_the_headers_a_feed_can_complete() -> None:
     limit = SessionLimit(0.0, messages_per_second=10, burst=3)
-    assert limit.allowance(0.0, 0, 0, 65536) == 3 * MIN_CLIENT_HEADER
-    # Three messages completed: paid for at the next question, which then allows none.
-    assert limit.allowance(0.0, 3, 0, 65536) == 0
+    assert limit.allowance(0.0, 0, 0, MESSAGES) == 3 * MIN_CLIENT_HEADER
+    # Three messages completed: paid for at the next question. No token is left, so only
+    # what completes no message passes: the next header short of its last byte.
+    assert limit.allowance(0.0, 3, 0, MESSAGES) == MIN_CLIENT_HEADER - 1
+    assert limit.allowance(0.0, 3, 0, MESSAGES[5:], MESSAGES[:5]) == 0
     assert limit.ready_at(0.0, 0, 65536) == pytest.approx(0.1)
     # The rest of a frame under way needs no message token.
-    assert limit.allowance(0.0, 3, 5000, 65536) == 5000
+    assert limit.allowance(0.0, 3, 5000, MESSAGES) == 5000
     assert limit.ready_at(0.0, 5000, 65536) == 0.0
-    assert limit.allowance(0.1, 3, 0, 65536) == MIN_CLIENT_HEADER
-    assert limit.allowance(0.1, 3, 0, 4) == 4  # never more than was read
+    assert limit.allowance(0.1, 3, 0, MESSAGES) == MIN_CLIENT_HEADER
+    assert limit.allowance(0.1, 3, 0, MESSAGES[:4]) == 4  # never more than was read
 
 
 def test_ratelimit_session_both_buckets_the_smaller_allowance_wins() -> None:
     limit = SessionLimit(0.0, messages_per_second=100, bytes_per_second=10)
-    assert limit.allowance(0.0, 0, 0, 65536) == 10
-    assert limit.allowance(0.0, 0, 0, 65536) == 0
+    assert limit.allowance(0.0, 0, 0, MESSAGES) == 10
+    assert limit.allowance(0.0, 0, 0, MESSAGES) == 0
     limit = SessionLimit(0.0, messages_per_second=1, bytes_per_second=10_000)
-    assert limit.allowance(0.0, 0, 0, 65536) == MIN_CLIENT_HEADER
-    assert limit.allowance(0.0, 1, 0, 65536) == 0
+    assert limit.allowance(0.0, 0, 0, MESSAGES) == MIN_CLIENT_HEADER
+    assert limit.allowance(0.0, 1, 0, MESSAGES[6:], MESSAGES[:6]) == 0
     # Waiting for both: the message token (1 s) and the bytes (already there).
     assert limit.ready_at(0.0, 0, 65536) == pytest.approx(1.0)
+
+
+def test_ratelimit_session_without_tokens_control_frames_and_fragments_still_pass() -> None:
+    """Pings, pongs, a close and the fragments before a final one complete no message."""
+    limit = SessionLimit(0.0, messages_per_second=1, burst=1)
+    assert limit.allowance(0.0, 0, 0, MESSAGES) == MIN_CLIENT_HEADER
+    ping = control_frame(OP_PING, b"are you there", b"abcd")
+    first = _frame(70_000, fin=False)
+    data = ping + first[:20]
+    assert limit.allowance(0.0, 1, 0, data) == len(data)  # the fragment's payload is its own
+    close = control_frame(OP_CLOSE, b"\x03\xe8", b"abcd")
+    assert limit.allowance(0.0, 1, 0, close) == len(close)
+    assert limit.allowance(0.0, 1, 0, ping + MESSAGES) == len(ping) + MIN_CLIENT_HEADER - 1
+    # A header cut by the end of the read: all of it passes, it completes nothing yet.
+    assert limit.allowance(0.0, 1, 0, MESSAGES[:3]) == 3
+    # A long run of control frames: as far as one look goes.
+    assert limit.allowance(0.0, 1, 0, ping * 1000) == 4096
+
+
+@pytest.mark.parametrize("scan", [1, 7, 4096])
+def test_ratelimit_before_message_counts_pending_bytes_as_already_fed(scan: int) -> None:
+    frame = _frame(300)  # a 16-bit length: 8 bytes of header
+    assert before_message(frame[:3], frame[3:], scan) == min(scan, 4)
 
 
 def _frame(size: int, *, fin: bool = True, opcode: int = OP_BINARY) -> bytes:
@@ -123,6 +150,9 @@ def _frame(size: int, *, fin: bool = True, opcode: int = OP_BINARY) -> bytes:
     else:
         header = bytes([b0, 0x80 | 127]) + size.to_bytes(8, "big")
     return header + os.urandom(4) + bytes(size)
+
+
+MESSAGES: Final = b"".join(_frame(2) for _ in range(10_000))  # 80,000 bytes of tiny messages
 
 
 def _drive(
@@ -140,7 +170,7 @@ def _drive(
         data = stream[pos : pos + next(sizes, 65536)]
         pos += len(data)
         while data:
-            take = limit.allowance(now, reader.messages, reader.payload_left, len(data))
+            take = limit.allowance(now, reader.messages, reader.payload_left, data, reader.pending)
             if not take:
                 later = limit.ready_at(now, reader.payload_left, len(data))
                 assert later > now

@@ -1227,3 +1227,21 @@ async def test_relay_client_over_its_rate_with_action_close_hears_1008(
 
 async def test_relay_without_limits_has_no_limit(rig: Rig) -> None:
     assert rig.session.limit is None
+
+
+async def test_relay_client_without_tokens_still_pings_pongs_and_closes_with_action_close(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Control frames are not messages: after its one message the client's ping reaches the
+    backend at once, and its close ends the session politely, not with 1008."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(messages_per_second=1, burst=1, action="close"))
+        await rig.client.send_binary(b"one")
+        await rig.client.ping(b"still there?")
+        assert payload_of(await next_frame(rig.backend)) == b"one"
+        frame = await next_frame(rig.backend)
+        assert (frame.opcode, payload_of(frame)) == (Opcode.PING, b"still there?")
+        await rig.client.close(1000, "bye")
+        assert await rig.backend.expect_close() == (1000, "bye")
+        assert rig.session.limit is not None
+        assert not rig.session.limit.exceeded

@@ -11,6 +11,9 @@ Invariants:
   of the bytes read may be given to the frame reader now: few enough that the messages they
   can complete (each frame header from a client is at least `MIN_CLIENT_HEADER` bytes) and
   the bytes they are fit both buckets. The messages so completed are paid for at the next call.
+  With no message token left, what comes before the next message's final header (control
+  frames, fragments that are not final, the start of that header) still passes: only a
+  message waits for a token, and only a message can be over the limit.
 - `HandshakeLimit` keeps a bucket per client IP only while it is not full: a full bucket is
   the same as none, so buckets are forgotten once full, and memory follows the IPs that used
   a handshake in the last `burst / rate` seconds, not every IP ever seen.
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import math
 from typing import Final
+
+from wsproxy.frames import Buffer
 
 # A client's frame header: 2 bytes, and 4 of masking key (RFC 6455 5.3, every client frame).
 MIN_CLIENT_HEADER: Final = 6
@@ -101,19 +106,28 @@ class SessionLimit:
         self.exceeded = False  # the session was closed for its rate (`closes`)
         self._counted = 0  # the reader's messages paid for so far
 
-    def allowance(self, now: float, messages: int, payload_left: int, available: int) -> int:
-        """How many of `available` bytes read from the client may be fed to its frame reader
-        at `now` (0: none yet, see `ready_at`). `messages` is the reader's count of messages
-        so far (those not yet paid for are paid now), `payload_left` the bytes of its current
-        data frame still to come. The bytes allowed are taken from the byte bucket."""
+    def allowance(
+        self, now: float, messages: int, payload_left: int, data: Buffer, pending: Buffer = b""
+    ) -> int:
+        """How many bytes of `data`, read from the client, may be fed to its frame reader at
+        `now` (0: none yet, see `ready_at`). `messages` is the reader's count of messages so
+        far (those not yet paid for are paid now), `payload_left` the bytes of its current data
+        frame still to come, `pending` the bytes it holds back (`FrameReader.pending`). The
+        bytes allowed are taken from the byte bucket."""
+        available = len(data)
         bucket = self.messages
         if bucket is not None:
             done = messages - self._counted
             if done:
                 bucket.take(now, done)
                 self._counted = messages
-            # Past the current frame's payload, each whole token pays for one more header.
-            allowed = payload_left + max(0, bucket.whole(now)) * MIN_CLIENT_HEADER
+            tokens = bucket.whole(now)
+            if tokens > 0:  # past the current frame's payload, a token pays for a header
+                allowed = payload_left + tokens * MIN_CLIENT_HEADER
+            elif payload_left:
+                allowed = payload_left
+            else:
+                allowed = before_message(pending, data)
             if allowed < available:
                 available = allowed
         if self.bytes is not None:
@@ -133,6 +147,30 @@ class SessionLimit:
         if self.bytes is not None:
             when = max(when, self.bytes.ready_at(now, min(available, self.bytes.capacity)))
         return when
+
+
+def before_message(pending: Buffer, data: Buffer, scan: int = 4096) -> int:
+    """How many bytes of `data` (at a frame boundary once `pending` is taken into account)
+    complete no message: the whole control frames and non-final fragments in front, then the
+    start of the next final data frame's header, short of its last byte. Looks at `scan` bytes
+    of `data` at most (then says that many, or fewer)."""
+    head = bytes(pending) + bytes(data[:scan])
+    size = len(head)
+    pos = 0
+    while True:
+        if size - pos < 2:
+            break
+        b0, b1 = head[pos], head[pos + 1]
+        length = b1 & 0x7F
+        header = 2 + (2 if length == 126 else 8 if length == 127 else 0) + (4 if b1 & 0x80 else 0)
+        if size - pos < header:
+            break
+        if b0 & 0x80 and not b0 & 0x08:  # a final data frame: its header completes a message
+            return max(0, pos + header - 1 - len(pending))
+        if length >= 126:
+            length = int.from_bytes(head[pos + 2 : pos + (4 if length == 126 else 10)], "big")
+        pos += header + length
+    return min(len(data), max(0, size - len(pending)))
 
 
 class HandshakeLimit:

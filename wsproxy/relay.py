@@ -334,7 +334,7 @@ class Session:
         reader = src.reader
         while not (src.sent_close or dst.sent_close or dst.lost):  # then nothing is relayed
             now = trio.current_time()
-            take = limit.allowance(now, reader.messages, reader.payload_left, len(data))
+            take = limit.allowance(now, reader.messages, reader.payload_left, data, reader.pending)
             if take:
                 return (data, b"") if take == len(data) else (data[:take], data[take:])
             if limit.closes:
