@@ -266,6 +266,8 @@ pools:
     assert series(text, "wsproxy_backend_sessions_active") == dict.fromkeys(servers, 0.0)
     assert series(text, "wsproxy_backend_up") == dict.fromkeys(servers, 1.0)
     assert "# TYPE wsproxy_sessions_total counter" in text.splitlines()
+    assert series(text, "wsproxy_throttled_seconds_total") == {"": 0.0}
+    assert series(text, "wsproxy_rate_limit_closes_total") == {"": 0.0}
 
 
 async def test_admin_metrics_gauges_go_back_to_zero_when_the_session_ends(

@@ -248,3 +248,33 @@ async def test_admission_failure_is_logged_with_the_given_address_and_uncounted(
     assert record.getMessage() == "session of 2001:db8::7:5555 failed"
     assert (rig.registry.connections, dict(rig.registry.per_ip)) == (0, {})
     assert await client.receive_some(100) == b""  # closed, without an answer
+
+
+async def test_admission_handshakes_per_ip_beyond_the_burst_are_429_with_retry_after(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog_info: pytest.LogCaptureFixture,
+) -> None:
+    """Burst 2, one a second: the third handshake at once is 429 with Retry-After 1 (the wait
+    rounded up to whole seconds, at least 1, at 0.5 s too); another address has its own
+    bucket; at 1 s the first address passes again."""
+    limits = "limits: {per_ip: {handshakes_per_second: 1, burst: 2}}"
+    rig = Rig(nursery, config_with(security=limits), accept_and_echo)
+
+    async def handshake(peer: tuple[str, int] = PEER) -> tuple[int, bytes | None]:
+        client = rig.connect(peer)
+        await client.send_all(request())
+        status, headers, _ = await read_head_of(client)
+        return status, headers.get(b"retry-after")
+
+    answers = [await handshake() for _ in range(3)]
+    answers.append(await handshake(("198.51.100.9", 5000)))
+    assert answers == [(101, None), (101, None), (429, b"1"), (101, None)]
+    await trio.sleep(0.5)
+    assert await handshake() == (429, b"1")
+    await trio.sleep(0.5)
+    assert await handshake() == (101, None)
+    assert [(r.status, r.reason) for r in refusals(caplog_info)] == [
+        (429, "too many handshakes from your address")
+    ] * 2
+    assert rig.registry.metrics.rejections.values == {("429",): 2}

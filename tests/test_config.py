@@ -17,10 +17,13 @@ from wsproxy.config import (
     ConfigError,
     HealthCheck,
     Keepalive,
+    Limits,
     Listener,
     ListenerTLS,
     Log,
     Metrics,
+    PerIP,
+    PerSession,
     Pool,
     Rebalance,
     Route,
@@ -111,6 +114,7 @@ def test_config_example_states_the_defaults() -> None:
     assert dataclasses.replace(config.security, allowed_origins=()) == Security(allowed_origins=())
     assert (config.timeouts, config.keepalive) == (Timeouts(), Keepalive())
     assert (config.shutdown, config.log, config.metrics) == (Shutdown(), Log(), Metrics())
+    assert config.limits == Limits()
     default = config.pools["default"]
     assert dataclasses.replace(default, health_check=None, servers=(), rebalance=None) == Pool(
         name="default", servers=()
@@ -125,6 +129,7 @@ def test_config_example_documents_every_key() -> None:
         for cls in (
             *(Config, Security, Timeouts, Keepalive, Route, Pool),
             *(HealthCheck, StickyCookie, Shutdown, Log, Metrics, Rebalance),
+            *(Limits, PerSession, PerIP),
         )
         for f in dataclasses.fields(cls)
     } - {"name"}
@@ -1166,4 +1171,94 @@ def test_config_load_problems_inside_the_file_have_dotted_paths(tmp_path: Path) 
         load_config(str(path), {"LEVEL": "loud"})
     assert caught.value.problems == [
         "log.level: expected debug, info, warning or error, got 'loud'"
+    ]
+
+
+# ---------------------------------------------------------------------------- limits and progress
+
+
+def test_config_limits_parse_with_their_defaults() -> None:
+    config = parse_config(
+        config_yaml(
+            limits={
+                "per_session": {"messages_per_second": 100, "bytes_per_second": "1MiB"},
+                "per_ip": {"handshakes_per_second": "20", "burst": 40},
+            },
+            log={"session_interval": "5m"},
+        ),
+        {},
+    )
+    assert config.limits == Limits(
+        per_session=PerSession(messages_per_second=100, bytes_per_second=1024 * 1024),
+        per_ip=PerIP(handshakes_per_second=20, burst=40),
+    )
+    assert config.limits.per_session is not None
+    assert config.limits.per_session.action == "throttle"
+    assert config.log.session_interval == 300.0
+    assert parse_config(MINIMAL, {}).limits == Limits()
+    assert parse_config(MINIMAL, {}).log.session_interval == 0.0
+
+
+def test_config_limits_close_action_and_burst() -> None:
+    limits = parse_config(
+        config_yaml(
+            limits={"per_session": {"messages_per_second": 5, "burst": 50, "action": "CLOSE"}}
+        ),
+        {},
+    ).limits
+    assert limits == Limits(per_session=PerSession(messages_per_second=5, burst=50, action="close"))
+
+
+@pytest.mark.parametrize(
+    ("limits", "problem"),
+    [
+        (
+            {"per_session": {}},
+            "limits.per_session: limits nothing: give messages_per_second, bytes_per_second "
+            "or both",
+        ),
+        (
+            {"per_session": {"bytes_per_second": "1MiB", "burst": 10}},
+            "limits.per_session.burst: only used with messages_per_second",
+        ),
+        (
+            {"per_session": {"messages_per_second": 0}},
+            "limits.per_session.messages_per_second: must be at least 1, got 0",
+        ),
+        (
+            {"per_session": {"messages_per_second": 10, "burst": "lots"}},
+            "limits.per_session.burst: expected a whole number, got 'lots'",
+        ),
+        (
+            {"per_session": {"bytes_per_second": "1MB"}},
+            "limits.per_session.bytes_per_second: expected a size like 512, 64KiB, 1MiB or "
+            "1GiB, got '1MB' (sizes are binary: use KiB/MiB/GiB, e.g. '1MiB')",
+        ),
+        (
+            {"per_session": {"messages_per_second": 10, "action": "drop"}},
+            "limits.per_session.action: expected throttle or close, got 'drop'",
+        ),
+        (
+            {"per_session": {"messages_per_second": 10, "brust": 5}},
+            "limits.per_session.brust: unknown key (did you mean 'burst'?)",
+        ),
+        ({"per_ip": {"burst": 10}}, "limits.per_ip.handshakes_per_second: missing (required)"),
+        (
+            {"per_ip": {"handshakes_per_second": -1}},
+            "limits.per_ip.handshakes_per_second: must be at least 1, got -1",
+        ),
+        ({"per_ip": 20}, "limits.per_ip: expected a mapping, got 20"),
+        (
+            {"per_connection": {}},
+            "limits.per_connection: unknown key (did you mean 'per_session'?)",
+        ),
+    ],
+)
+def test_config_limits_problems(limits: dict[str, object], problem: str) -> None:
+    assert problems_of(config_yaml(limits=limits)) == [problem]
+
+
+def test_config_session_interval_problems() -> None:
+    assert problems_of(config_yaml(log={"session_interval": "often"})) == [
+        "log.session_interval: expected a duration like 250ms, 5s, 2m or 1h, got 'often'"
     ]

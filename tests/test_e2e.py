@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import random
@@ -27,7 +28,10 @@ from tests.conftest import (
     start_proxy,
 )
 from tests.helpers import Peer
+from tests.test_admin import series
+from wsproxy.admin import metrics_text
 from wsproxy.handshake import accept_value
+from wsproxy.logs import JsonFormatter, TextFormatter
 
 pytestmark = pytest.mark.e2e
 
@@ -468,3 +472,121 @@ async def test_e2e_backend_answer_head_limit_does_not_depend_on_segmentation(
             answer = await raw_answer(running.port)
             assert answer.startswith(b"HTTP/1.1 502 ")
             assert answer.endswith(b"\r\n\r\nthe backend's answer head was too large\n")
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+async def test_e2e_throttled_client_gets_its_rate_and_every_message_in_order(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """A client sending 450 messages as fast as it can, limited to 200 a second with a burst
+    of 50: the backend echoes all of them, in order, no sooner than (450 - 50) / 200 = 2 s,
+    and the throttled time shows in /metrics."""
+    limits = "limits: {per_session: {messages_per_second: 200, burst: 50}}"
+    running = await start_proxy(nursery, proxy_config(backend.url, extra=limits))
+    count, rate, burst = 450, 200, 50
+    sent = [f"message {n}" for n in range(count)]
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            start = trio.current_time()
+
+            async def send_all() -> None:
+                for message in sent:
+                    await ws.send(message)
+
+            nursery.start_soon(send_all)
+            received = [await ws.recv() for _ in range(count)]
+            elapsed = trio.current_time() - start
+            throttled = series(metrics_text(running.proxy), "wsproxy_throttled_seconds_total")
+    assert received == sent
+    measured = count / elapsed
+    logging.getLogger(__name__).warning(
+        "throttled client: %d messages in %.3f s = %.1f/s (limit %d/s, burst %d)",
+        count,
+        elapsed,
+        measured,
+        rate,
+        burst,
+    )
+    assert elapsed >= (count - burst) / rate - 0.01
+    assert count - burst <= rate * elapsed + 1  # within the limit, plus the burst
+    assert elapsed < (count - burst) / rate + 1.5  # and not far below it
+    assert throttled[""] > 1.0
+
+
+async def test_e2e_client_over_its_rate_with_action_close_hears_1008(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    """The client hears 1008, the backend 1001 (after the two messages within the burst)."""
+    limits = "limits: {per_session: {messages_per_second: 1, burst: 2, action: close}}"
+    running = await start_proxy(nursery, proxy_config(backend.url, extra=limits))
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            for n in range(3):  # the burst is 2: the third one is too many
+                await ws.send(f"message {n}")
+            close = await closed_by_peer(ws)
+        await backend.ended.wait()
+        await running.proxy.registry.all_closed()  # its end counted
+    assert (close.code, close.reason) == (1008, "rate limit exceeded")
+    assert backend.closes == [(1001, "client exceeded its rate limit")]
+    text = metrics_text(running.proxy)
+    assert series(text, "wsproxy_rate_limit_closes_total") == {"": 1.0}
+    assert series(text, "wsproxy_closes_total")['{side="proxy",code="1008"}'] == 1.0
+
+
+async def test_e2e_handshakes_per_ip_beyond_the_burst_are_429_with_retry_after(
+    nursery: trio.Nursery, backend: Backend
+) -> None:
+    limits = "limits: {per_ip: {handshakes_per_second: 1, burst: 1}}"
+    running = await start_proxy(nursery, proxy_config(backend.url, extra=limits))
+    with trio.fail_after(CAP):
+        client = await raw_client(running.port)  # the burst: 101
+        answer = await raw_answer(running.port)
+        await client.stream.aclose()
+    head = answer.split(b"\r\n\r\n")[0].lower().split(b"\r\n")
+    assert head[0] == b"http/1.1 429 too many requests"
+    assert b"retry-after: 1" in head
+    assert series(metrics_text(running.proxy), "wsproxy_handshake_rejections_total") == {
+        '{status="429"}': 1.0
+    }
+
+
+# ---------------------------------------------------------------- progress lines
+
+
+async def test_e2e_progress_lines_while_a_session_runs_then_its_access_line(
+    nursery: trio.Nursery, backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`log.session_interval: 200ms`: a session that lives 0.7 s, with a message in its first
+    moments, gets progress lines that count it once between them, written as access lines
+    with event=progress, then its usual access line."""
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="log: {session_interval: 200ms}")
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await trio.sleep(0.7)  # the session's own length, not a wait for something
+        await running.proxy.registry.all_closed()
+    lines = [(r, TextFormatter().format(r), JsonFormatter().format(r)) for r in caplog.records]
+    progress = [(text, json.loads(entry)) for r, text, entry in lines if "progress" in r.__dict__]
+    assert len(progress) >= 3  # at 0.2, 0.4 and 0.6 s at least
+    first_text, first = progress[0]
+    assert " access event=progress time=" in first_text
+    assert first_text.endswith(" close_code=- closed_by=-")
+    assert (first["type"], first["event"], first["close_code"], first["closed_by"]) == (
+        "access",
+        "progress",
+        None,
+        None,
+    )
+    # Each line counts what moved since the previous one: together, the message each way.
+    assert sum(entry["messages_in"] for _, entry in progress) == 1
+    assert sum(entry["messages_out"] for _, entry in progress) == 1
+    assert [entry["duration"] >= 0.2 for _, entry in progress] == [True] * len(progress)
+    final = [json.loads(entry) for r, _, entry in lines if "access" in r.__dict__]
+    assert [(e["messages_in"], e["close_code"]) for e in final] == [(1, 1000)]
+    assert "event" not in final[0]

@@ -42,6 +42,7 @@ LAYERS: Final = {
     "page": 2,  # the status page's HTML text
     "history": 2,  # the ring of session samples behind the page's chart
     "rebalance": 2,
+    "ratelimit": 2,  # token buckets for the rate limits
     "wire": 3,
     "relay": 3,
     "upstream": 3,

@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final
@@ -26,6 +27,7 @@ from wsproxy.logs import (
     AccessRecord,
     JsonFormatter,
     LineLimit,
+    ProgressRecord,
     RefusalRecord,
     TextFormatter,
     access_log,
@@ -37,6 +39,7 @@ from wsproxy.logs import (
     setup_logging,
     wall_time,
     write_access,
+    write_progress,
     write_refusal,
     write_refusals_suppressed,
 )
@@ -659,3 +662,49 @@ def test_line_limit_every_line_is_written_or_counted_exactly_once(per_window: in
         assert written + reported == total
         # at most per_window lines in any one window; windows here last 4 steps
         assert written <= per_window * 2
+
+
+# ------------------------------------------------------------------------------ progress lines
+
+
+def progress_record() -> ProgressRecord:
+    fields = {
+        k: v for k, v in asdict(access_record()).items() if k not in ("close_code", "closed_by")
+    }
+    return ProgressRecord(**fields)
+
+
+def with_progress(record: ProgressRecord) -> logging.LogRecord:
+    """The record `write_progress` makes: message "progress", the data in `progress`."""
+    log_record = make_record("progress", name="wsproxy.access")
+    log_record.progress = record
+    return log_record
+
+
+def test_progress_record_has_the_access_fields_in_their_order() -> None:
+    assert tuple(ProgressRecord.__dataclass_fields__) == ACCESS_FIELDS
+
+
+def test_text_formatter_progress_line_is_an_access_line_with_event_progress() -> None:
+    line = TextFormatter().format(with_progress(progress_record()))
+    assert line == (
+        "2026-11-22T08:00:01.123Z access event=progress time=2026-11-22T08:00:01.123Z"
+        ' client=127.0.0.1:51234 route=/ pool=default server=ws://127.0.0.1:9001 subprotocol=""'
+        " duration=12.004 messages_in=3 messages_out=4 bytes_in=120 bytes_out=96 close_code=-"
+        " closed_by=-"
+    )
+
+
+def test_json_formatter_progress_line_has_type_access_and_event_progress() -> None:
+    entry = json.loads(JsonFormatter().format(with_progress(progress_record())))
+    assert list(entry) == ["type", "event", *ACCESS_FIELDS]
+    assert (entry["type"], entry["event"]) == ("access", "progress")
+    assert (entry["messages_in"], entry["close_code"], entry["closed_by"]) == (3, None, None)
+
+
+def test_write_progress_logs_on_the_access_logger(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    write_progress(progress_record())
+    (record,) = caplog.records
+    assert (record.name, record.getMessage()) == ("wsproxy.access", "progress")
+    assert record.__dict__["progress"] == progress_record()

@@ -3,17 +3,23 @@ autojump clock with exact instants (the relay of a whole session is in test_admi
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import trio
 import trio.testing
 
 from tests.conftest import proxy_config
-from tests.helpers import FakeSession, on
+from tests.helpers import FakeSession, Peer, on
+from wsproxy.balancer import Pick
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security, Server
 from wsproxy.handshake import Reject
-from wsproxy.registry import RETRY_AFTER, Registry, close_times
+from wsproxy.logs import ProgressRecord
+from wsproxy.registry import RETRY_AFTER, LiveSession, Registry, close_times
+from wsproxy.relay import Session
 from wsproxy.servers import ServerState
+from wsproxy.snapshot import Snapshot, build_snapshot
 
 SERVER = Server(url="ws://10.0.0.1:9000", host="10.0.0.1", port=9000)
 OTHER = Server(url="ws://10.0.0.2:9000", host="10.0.0.2", port=9000)
@@ -215,3 +221,117 @@ async def test_registry_close_paced_of_a_server_looks_once_more_at_the_windows_e
         await registry.close_paced(close, 2.0, server=draining)
     assert [s.asked for s in (*first, *late)] == [[(0.0, close)], [(2.0, close)]]
     assert trio.current_time() == 2.05, "returns once the last close ended, no more looks"
+
+
+# ---------------------------------------------------------------- progress lines
+
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
+
+
+async def open_session(
+    nursery: trio.Nursery, registry: Registry, snapshot: Snapshot, client: str
+) -> tuple[Peer, Peer]:
+    """A session relayed by `registry` on memory streams: the test's client and backend."""
+    client_end, proxy_client = trio.testing.memory_stream_pair()
+    backend_end, proxy_backend = trio.testing.memory_stream_pair()
+    balancer = snapshot.balancers["main"]
+    live = LiveSession(
+        id=registry.new_id(),
+        session=Session(snapshot.config, proxy_client, proxy_backend, compressed=False),
+        switching=SWITCHING,
+        balancer=balancer,
+        server=balancer.servers[0],
+        pick=Pick(),
+        route="/",
+        subprotocol="",
+        started=trio.current_time(),
+        client=client,
+    )
+    nursery.start_soon(registry.relay, proxy_client, live)
+    head = b""
+    while len(head) < len(SWITCHING):
+        head += await client_end.receive_some(len(SWITCHING) - len(head))
+    return Peer(client_end, client=True), Peer(backend_end, client=False)
+
+
+async def close_session(client: Peer, backend: Peer) -> None:
+    """The client closes; the backend answers and hangs up: the session ends at once."""
+    await client.close()
+    await backend.expect_close()
+    await backend.close()
+    await backend.stream.aclose()
+
+
+def progress_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, float, int, int, int]]:
+    return [
+        (p.client, p.duration, p.messages_in, p.messages_out, p.bytes_in)
+        for p in (r.__dict__.get("progress") for r in caplog.records)
+        if isinstance(p, ProgressRecord)
+    ]
+
+
+async def test_registry_progress_lines_each_interval_count_what_moved_since_the_last(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Interval 10 s, from the first session's start (0): A (from 0) at 10, 20 and 30 with what
+    moved since its previous line; B (from 5) first at 20, when it is 15 s old; after the last
+    session ends no walk is set until the next one starts (C at 50: first walk at 60)."""
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    config = proxy_config(
+        "ws://127.0.0.1:9",
+        extra="log: {session_interval: 10s}\nkeepalive: {interval: 0}\ntimeouts: {idle: 0}",
+    )
+    snapshot = build_snapshot(config)
+    registry = Registry(lambda: config)
+    a_client, a_backend = await open_session(nursery, registry, snapshot, "192.0.2.1:1")
+    await trio.sleep(1)
+    await a_client.send_text("hi")  # 8 bytes from a client: 2 + 4 of mask + 2
+    await a_client.send_text("yo")
+    await trio.sleep(1)
+    await a_backend.send_text("back")
+    await trio.sleep_until(5)
+    b_client, b_backend = await open_session(nursery, registry, snapshot, "192.0.2.2:2")
+    await trio.sleep_until(12)
+    await a_client.send_text("more")
+    await trio.sleep_until(25)
+    await close_session(b_client, b_backend)
+    await trio.sleep_until(35)
+    await close_session(a_client, a_backend)
+    await trio.sleep_until(50)
+    assert not registry.sessions
+    assert progress_lines(caplog) == [
+        ("192.0.2.1:1", 10.0, 2, 1, 16),
+        ("192.0.2.1:1", 20.0, 1, 0, 10),
+        ("192.0.2.2:2", 15.0, 0, 0, 0),
+        ("192.0.2.1:1", 30.0, 0, 0, 0),
+    ]
+    ended = [r.__dict__["access"] for r in caplog.records if "access" in r.__dict__]
+    assert [(e.client, e.messages_in, e.messages_out) for e in ended] == [
+        ("192.0.2.2:2", 0, 0),
+        ("192.0.2.1:1", 3, 1),  # the final line counts the whole session, as ever
+    ]
+    caplog.clear()
+    await open_session(nursery, registry, snapshot, "192.0.2.3:3")
+    await trio.sleep_until(59.5)
+    assert progress_lines(caplog) == []
+    await trio.sleep_until(60)
+    await trio.testing.wait_all_tasks_blocked()  # the timer task's turn at 60 too
+    assert progress_lines(caplog) == [("192.0.2.3:3", 10.0, 0, 0, 0)]
+    nursery.cancel_scope.cancel()
+
+
+async def test_registry_without_session_interval_writes_no_progress_line(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    config = proxy_config("ws://127.0.0.1:9", extra="keepalive: {interval: 0}\ntimeouts: {idle: 0}")
+    snapshot = build_snapshot(config)
+    registry = Registry(lambda: config)
+    await open_session(nursery, registry, snapshot, "192.0.2.1:1")
+    await trio.sleep(3600)
+    assert progress_lines(caplog) == []
+    nursery.cancel_scope.cancel()

@@ -26,7 +26,18 @@ from tests.helpers import Peer
 from tests.memsocket import SocketEnd, socket_pair
 from wsproxy import closes
 from wsproxy.closes import Close, Side
-from wsproxy.config import Config, Keepalive, Listener, Pool, Route, Security, Server, Timeouts
+from wsproxy.config import (
+    Config,
+    Keepalive,
+    Limits,
+    Listener,
+    PerSession,
+    Pool,
+    Route,
+    Security,
+    Server,
+    Timeouts,
+)
 from wsproxy.frames import OP_CLOSE, control_frame
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.wire import ImmediateStream, ImmediateWire
@@ -1091,3 +1102,146 @@ async def test_relay_faulty_stream_honours_the_stream_contract_until_broken(
 
     with trio.fail_after(CAP):
         await trio.testing.check_two_way_stream(memory_pair, clogged_pair)
+
+
+# ---------------------------------------------------------------- rate limits
+
+
+def limited(**per_session: object) -> Config:
+    return make_config(
+        limits=Limits(per_session=PerSession(**per_session)),  # type: ignore[arg-type]
+        security=Security(allowed_origins=("*",), max_message_size=1 << 20),
+    )
+
+
+async def collect(peer: Peer, count: int) -> list[tuple[float, bytes]]:
+    """The next `count` data messages (whole frames) with their arrival instants; pings are
+    answered on the way."""
+    got: list[tuple[float, bytes]] = []
+    while len(got) < count:
+        frame = await next_frame(peer)
+        if frame.opcode is Opcode.PING:
+            await peer.pong(payload_of(frame))
+        else:
+            assert frame.message_finished
+            got.append((trio.current_time(), payload_of(frame)))
+    return got
+
+
+async def test_relay_throttled_client_passes_its_burst_then_its_rate_in_order(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """25 messages in one write: 5 (the burst) pass at once, then one every 1/10 s."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(messages_per_second=10, burst=5))
+        start = trio.current_time()
+        sender = FrameProtocol(client=True, extensions=[])
+        await rig.client.send(b"".join(bytes(sender.send_data(b"%d" % n, True)) for n in range(25)))
+        got = await collect(rig.backend, 25)
+        assert [payload for _, payload in got] == [b"%d" % n for n in range(25)]
+        times = [round(t - start, 6) for t, _ in got]
+        assert times == [0.0] * 5 + [round(0.1 * n, 6) for n in range(1, 21)]
+        assert rig.session.limit is not None
+        assert rig.session.limit.throttled == pytest.approx(2.0)
+        assert rig.session.messages == (25, 0)
+
+
+async def test_relay_throttled_client_is_not_read_until_tokens_refill(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Back-pressure, not buffering: on a lockstep pair the client's third write completes only
+    when the proxy reads again, once a token has come back (1 s)."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(
+            nursery,
+            limited(messages_per_second=1, burst=1),
+            client_pair=trio.testing.lockstep_stream_pair,
+        )
+        start = trio.current_time()
+        nursery.start_soon(collect, rig.backend, 3)
+        await rig.client.send_binary(b"one")
+        await rig.client.send_binary(b"two")  # read at once, held back until 1 s
+        assert trio.current_time() == start
+        await rig.client.send_binary(b"three")
+        assert trio.current_time() - start == pytest.approx(1.0)
+
+
+async def test_relay_throttled_client_bytes_pass_at_their_rate(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A 10,000-byte message at 2,000 bytes a second: a second's worth at once, the rest at the
+    rate, so its last byte reaches the backend at 4 s."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(bytes_per_second=2000))
+        start = trio.current_time()
+        frame = bytes(FrameProtocol(client=True, extensions=[]).send_data(b"x" * 9992, True))
+        assert len(frame) == 10_000
+        await rig.client.send(frame)
+        chunks = await read_raw_until(rig.backend.stream, start + 10)
+        assert b"".join(chunk for _, chunk in chunks) == frame
+        for at, _ in chunks:
+            passed = sum(len(c) for t, c in chunks if t <= at)
+            assert passed <= 2000 + 2000 * (at - start) + 1e-6
+        assert chunks[-1][0] - start == pytest.approx(4.0)
+
+
+async def test_relay_throttled_client_is_not_pinged_or_dropped_while_held_back(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """80 messages at 2 a second take 39.5 s, past interval + timeout (30 s): the client, which
+    sends nothing else, is neither pinged nor dropped until INTERVAL after the last passed."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(messages_per_second=2, burst=1))
+        start = trio.current_time()
+        sender = FrameProtocol(client=True, extensions=[])
+        await rig.client.send(b"".join(bytes(sender.send_data(b"m", True)) for _ in range(80)))
+        pings: list[float] = []
+        nursery.start_soon(answer_pings, rig.client, pings)
+        got = await collect(rig.backend, 80)
+        nursery.start_soon(answer_pings, rig.backend, [])
+        assert got[-1][0] - start == pytest.approx(39.5)
+        await trio.sleep_until(start + 39.5 + INTERVAL + 1)
+        assert not rig.session.client.lost
+        assert rig.session.close is None
+        assert [t - start for t in pings] == [pytest.approx(39.5 + INTERVAL)]
+
+
+async def test_relay_client_over_its_rate_with_action_close_hears_1008(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Within the burst messages pass; the next one closes: 1008 to the client, 1001 to the
+    backend, and the session is counted as closed for its rate."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(messages_per_second=1, burst=2, action="close"))
+        sender = FrameProtocol(client=True, extensions=[])
+        await rig.client.send(b"".join(bytes(sender.send_data(b"%d" % n, True)) for n in range(3)))
+        assert [p for _, p in await collect(rig.backend, 2)] == [b"0", b"1"]
+        assert await rig.backend.expect_close() == (1001, "client exceeded its rate limit")
+        assert await rig.client.expect_close() == (1008, "rate limit exceeded")
+        await rig.done.wait()
+        assert rig.session.close == closes.RATE_LIMIT
+        assert rig.session.closed_by is Side.PROXY
+        assert rig.session.limit is not None
+        assert rig.session.limit.exceeded
+
+
+async def test_relay_without_limits_has_no_limit(rig: Rig) -> None:
+    assert rig.session.limit is None
+
+
+async def test_relay_client_without_tokens_still_pings_pongs_and_closes_with_action_close(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Control frames are not messages: after its one message the client's ping reaches the
+    backend at once, and its close ends the session politely, not with 1008."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(messages_per_second=1, burst=1, action="close"))
+        await rig.client.send_binary(b"one")
+        await rig.client.ping(b"still there?")
+        assert payload_of(await next_frame(rig.backend)) == b"one"
+        frame = await next_frame(rig.backend)
+        assert (frame.opcode, payload_of(frame)) == (Opcode.PING, b"still there?")
+        await rig.client.close(1000, "bye")
+        assert await rig.backend.expect_close() == (1000, "bye")
+        assert rig.session.limit is not None
+        assert not rig.session.limit.exceeded

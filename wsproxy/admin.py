@@ -383,8 +383,11 @@ def metrics_text(proxy: Served) -> str:
     started.update(metrics.sessions.values)
     messages = Tally(metrics.messages.values)
     wire = Tally(metrics.bytes.values)
+    throttled = 0.0
     for each in live:  # live sessions count too, so the totals move as they run
         session = each.session
+        if session.limit is not None:
+            throttled += session.limit.throttled
         messages_in, messages_out = session.messages
         messages.update({("in",): messages_in, ("out",): messages_out})
         wire.update({("in",): session.client.bytes_in, ("out",): session.backend.bytes_in})
@@ -479,6 +482,20 @@ def metrics_text(proxy: Served) -> str:
                     | metrics.rebalance_closes.values
                 ).items()
             ),
+            kind="counter",
+        ),
+        Gauge(
+            metrics.throttled.name,
+            metrics.throttled.help,
+            (),
+            [((), metrics.throttled.values.get((), 0.0) + throttled)],
+            kind="counter",
+        ),
+        Gauge(
+            metrics.rate_limit_closes.name,
+            metrics.rate_limit_closes.help,
+            (),
+            [((), metrics.rate_limit_closes.values.get((), 0.0))],
             kind="counter",
         ),
         metrics.config_reloads,

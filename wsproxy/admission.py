@@ -12,6 +12,9 @@ Invariants:
   the request head, with the context of the snapshot in use when the connection came.
 - A handshake takes one snapshot (configuration, balancers, TLS contexts) once its request head
   is read, and its session keeps that configuration.
+- `limits.per_ip` takes a handshake from the client IP's bucket as its connection is judged
+  for the connection limits; an empty bucket is a 429 whose `Retry-After` says when the next
+  handshake would pass (whole seconds, at least 1). The buckets outlive reloads, not the process.
 - Every refusal is an HTTP answer with a short plain-text body, then a polite close, and one
   INFO line on `wsproxy.refusals` (at most `REFUSAL_LINES_PER_SECOND`; then a count of those
   left out). A backend's own refusal, passed on to the client, is logged the same way.
@@ -28,6 +31,7 @@ from typing import Any
 import trio
 
 from wsproxy.balancer import find_route
+from wsproxy.config import PerIP
 from wsproxy.handshake import Reject, RequestHead, client_accept_response, judge_request
 from wsproxy.http1 import response_head
 from wsproxy.intake import (
@@ -48,6 +52,7 @@ from wsproxy.logs import (
     write_refusal,
     write_refusals_suppressed,
 )
+from wsproxy.ratelimit import HandshakeLimit, retry_after
 from wsproxy.registry import LiveSession, Registry
 from wsproxy.relay import Session
 from wsproxy.snapshot import Snapshot
@@ -66,6 +71,7 @@ class Admission:
         self._current = current
         self._dial = dial
         self.refusal_lines = LineLimit(REFUSAL_LINES_PER_SECOND)
+        self.handshakes = HandshakeLimit()  # `limits.per_ip`: a bucket per client IP
         self.reports: trio.Nursery | None = None  # where a count of left-out lines waits
 
     async def handle(self, tcp: trio.abc.Stream, peer: Any, listening: Listening) -> None:
@@ -129,8 +135,11 @@ class Admission:
         `early` holds bytes already read behind a PROXY header; the request head must be whole
         by `deadline`. `client` (IP:PORT) names the client in refusal lines.
         """
-        security = self._current().config.security
-        over_limit = self.registry.over_limit(ip, security)
+        first = self._current().config
+        security = first.security
+        over_limit = self.registry.over_limit(ip, security) or self._too_fast(
+            ip, first.limits.per_ip
+        )
         with trio.move_on_at(deadline) as reading:
             try:
                 head, trailing = await read_head(stream, security.max_header_size, early)
@@ -212,6 +221,17 @@ class Admission:
         )
 
     # ---------------------------------------------------------------- refusals
+
+    def _too_fast(self, ip: str, per_ip: PerIP | None) -> Reject | None:
+        """The refusal due to a handshake from `ip` by `limits.per_ip`, if any."""
+        if per_ip is None:
+            return None
+        rate = per_ip.handshakes_per_second
+        wait = self.handshakes.take(ip, trio.current_time(), rate, per_ip.burst or rate)
+        if not wait:
+            return None
+        after = b"%d" % retry_after(wait)
+        return Reject(429, "too many handshakes from your address", ((b"retry-after", after),))
 
     async def _reject(
         self,

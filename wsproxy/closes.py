@@ -6,12 +6,14 @@ Invariants:
   away", except that a client whose backend failed (went away, or broke the protocol: 1002 or
   1007, an invalid close frame included) hears 1011, the code browsers report as a server error.
   A backend's message over the size limit is a limit, not a failure: the client hears 1001.
+- A client over its rate limit (`action: close`) hears 1008 "policy violation"; its backend 1001.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 from wsproxy.frames import (
     CLOSE_GOING_AWAY,
@@ -20,6 +22,8 @@ from wsproxy.frames import (
     CLOSE_PROTOCOL_ERROR,
     Violation,
 )
+
+CLOSE_POLICY_VIOLATION: Final = 1008
 
 _PROTOCOL_BREACHES = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_INVALID_DATA})
 
@@ -53,3 +57,6 @@ def for_violation(sender: Side, violation: Violation) -> tuple[Close, Close]:
 
 IDLE = Close(CLOSE_GOING_AWAY, "idle timeout")
 SHUTDOWN = Close(CLOSE_GOING_AWAY, "proxy shutting down")
+# `limits.per_session` with `action: close`: the client sent faster than its limit.
+RATE_LIMIT = Close(CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+RATE_LIMITED_PEER = Close(CLOSE_GOING_AWAY, "client exceeded its rate limit")

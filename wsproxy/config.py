@@ -207,9 +207,32 @@ class Shutdown:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PerSession:
+    """Token buckets on what each client sends (at least one of the two rates is given)."""
+
+    messages_per_second: int | None = None  # None: messages are not limited
+    burst: int | None = None  # messages at once; None: messages_per_second
+    bytes_per_second: int | None = None  # None: bytes are not limited; the bucket holds 1 s
+    action: str = "throttle"  # throttle (stop reading: back-pressure) | close (1008)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PerIP:
+    handshakes_per_second: int
+    burst: int | None = None  # handshakes at once; None: handshakes_per_second
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    per_session: PerSession | None = None  # None: a session's client is never held back
+    per_ip: PerIP | None = None  # None: handshakes are limited only by the connection limits
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Log:
     level: str = "info"  # debug | info | warning | error
     format: str = "text"  # text | json
+    session_interval: float = 0.0  # a progress line per older session each interval; 0 = none
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -230,6 +253,7 @@ class Config:
     routes: tuple[Route, ...]
     pools: Mapping[str, Pool] = field(default_factory=lambda: MappingProxyType({}))
     shutdown: Shutdown = field(default_factory=Shutdown)
+    limits: Limits = field(default_factory=Limits)
     log: Log = field(default_factory=Log)
     metrics: Metrics = field(default_factory=Metrics)
 
@@ -273,6 +297,7 @@ def summary(config: Config) -> str:
 
 BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "cookie")
 HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
+LIMIT_ACTIONS: Final = ("throttle", "close")
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
 MIN_ADMIN_TOKEN: Final = 16  # characters, for the same reason
 _TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
@@ -416,8 +441,16 @@ class _Checker(Problems):
                     "close_code": scalar(shutdown_close_code),
                 },
             ),
+            "limits": self.limits,
             "log": lambda v, p: self.build(
-                Log, v, p, {"level": scalar(_level), "format": scalar(_format)}
+                Log,
+                v,
+                p,
+                {
+                    "level": scalar(_level),
+                    "format": scalar(_format),
+                    "session_interval": scalar(duration),
+                },
             ),
             "workers": scalar(workers),
             "metrics": lambda v, p: self.build(
@@ -500,6 +533,37 @@ class _Checker(Problems):
                 "require_origin: false to let only clients that send no Origin through)",
             )
         return security
+
+    def limits(self, raw: object, path: str) -> Limits | None:
+        at_least_1 = self.scalar(_at_least_1)
+        per_session: dict[str, Parse] = {
+            "messages_per_second": at_least_1,
+            "burst": at_least_1,
+            "bytes_per_second": self.scalar(lambda v: size(v, minimum=1)),
+            "action": self.scalar(lambda v: choice(v, LIMIT_ACTIONS)),
+        }
+        per_ip: dict[str, Parse] = {"handshakes_per_second": at_least_1, "burst": at_least_1}
+        limits = self.build(
+            Limits,
+            raw,
+            path,
+            {
+                "per_session": lambda v, p: self.build(PerSession, v, p, per_session),
+                "per_ip": lambda v, p: self.build(PerIP, v, p, per_ip),
+            },
+        )
+        session = limits.per_session if limits is not None else None
+        if session is not None:
+            where = join(path, "per_session")
+            if session.messages_per_second is None and session.bytes_per_second is None:
+                self.problem(
+                    where, "limits nothing: give messages_per_second, bytes_per_second or both"
+                )
+                return None
+            if session.burst is not None and session.messages_per_second is None:
+                self.problem(join(where, "burst"), "only used with messages_per_second")
+                return None
+        return limits
 
     def route(self, raw: object, path: str) -> Route | None:
         parsers: dict[str, Parse] = {

@@ -136,6 +136,11 @@ class FrameReader:
         self.stopped = False
 
     @property
+    def pending(self) -> Buffer:
+        """Bytes fed but not returned yet: the start of a frame header or of a control frame."""
+        return self._pending
+
+    @property
     def at_boundary(self) -> bool:
         """Everything returned so far ends exactly where a frame ends."""
         return self.payload_left == 0

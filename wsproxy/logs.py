@@ -6,6 +6,10 @@ Invariants:
 - `wall_time()` is the only place wsproxy reads the wall clock.
 - An access record is one line: `format: json` makes it one JSON object whose keys are
   `ACCESS_FIELDS`; `format: text` makes it `key=value` pairs in that order.
+- A progress line (`log.session_interval`) is an access line of a session still running, whose
+  counts are what moved since its previous line: the same keys in the same order, its close
+  (not come yet) "-" (null in JSON), and `event=progress` right after `access` (in JSON,
+  `"event": "progress"` right after `"type": "access"`). The final access line is as it was.
 - A refusal line (logger `wsproxy.refusals`, INFO) is `handshake refused` and the pairs of
   `REFUSAL_FIELDS` in that order; `format: json` gives them as keys of its object, with
   `"type": "refusal"`. Every value a client chose went through `log_safe` first: one line, no
@@ -62,6 +66,25 @@ class AccessRecord:
 
 
 ACCESS_FIELDS: Final = tuple(AccessRecord.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressRecord:
+    """What a session still running did since its previous progress line (or its start)."""
+
+    time: str
+    client: str
+    route: str
+    pool: str
+    server: str
+    subprotocol: str
+    duration: float  # the session's age
+    messages_in: int  # each count: since the previous line
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    close_code: int | None = None  # the session has not closed: "-" in text, null in JSON
+    closed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +197,12 @@ class TextFormatter(logging.Formatter):
         if isinstance(access, AccessRecord):
             fields = " ".join(f"{k}={_text_value(v)}" for k, v in asdict(access).items())
             return f"{access.time} access {fields}"
+        progress = getattr(record, "progress", None)
+        if isinstance(progress, ProgressRecord):
+            fields = " ".join(
+                f"{k}={'-' if v is None else _text_value(v)}" for k, v in asdict(progress).items()
+            )
+            return f"{progress.time} access event=progress {fields}"
         name = record.name if self.worker is None else f"{record.name}[worker {self.worker}]"
         line = f"{iso_time(record.created)} {record.levelname} {name}: {record.getMessage()}"
         if record.exc_info:
@@ -190,6 +219,9 @@ class JsonFormatter(logging.Formatter):
         access = getattr(record, "access", None)
         if isinstance(access, AccessRecord):
             return json.dumps({"type": "access", **asdict(access)})
+        progress = getattr(record, "progress", None)
+        if isinstance(progress, ProgressRecord):
+            return json.dumps({"type": "access", "event": "progress", **asdict(progress)})
         refusal = getattr(record, "refusal", None)
         suppressed = getattr(record, "refusals_suppressed", None)
         entry: dict[str, object] = {
@@ -260,6 +292,10 @@ def _formatter(form: str, worker: int | None) -> logging.Formatter:
 
 def write_access(record: AccessRecord) -> None:
     access_log.info("access", extra={"access": record})
+
+
+def write_progress(record: ProgressRecord) -> None:
+    access_log.info("progress", extra={"progress": record})
 
 
 def write_refusal(record: RefusalRecord) -> None:

@@ -186,6 +186,14 @@ class ProxyMetrics:
             "Sessions closed to rebalance their pool, by pool.",
             ("pool",),
         )
+        self.throttled = Counter(
+            "wsproxy_throttled_seconds_total",
+            "Seconds clients were not read because they sent faster than limits.per_session.",
+        )
+        self.rate_limit_closes = Counter(
+            "wsproxy_rate_limit_closes_total",
+            "Sessions closed with 1008 for sending faster than limits.per_session.",
+        )
         self.config_reloads = Counter(
             "wsproxy_config_reloads_total", "Configuration reloads, by result.", ("result",)
         )

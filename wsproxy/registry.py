@@ -9,6 +9,10 @@ Invariants:
   101 sent or not; its server counts it (`balancer.started` / `ended`) for exactly that time.
 - When a session ends its messages, bytes, close and duration are added to `metrics`, once,
   and a session that got its 101 writes one access line.
+- With `log.session_interval`, one timer (`timers`) walks the live sessions each interval, from
+  the first session's start while any is live: each session at least an interval old gets a
+  progress line with what moved since its previous one (or its start). The timer is set again
+  by the next session to start once none was left.
 - `close_paced` asks each session still open (of one server, for a server's drain) to close,
   evenly spread over the window, the first at once (`close_times`); a session that ended
   before its turn is skipped, and once `going_on()` is False no more are asked. Sessions that
@@ -29,12 +33,21 @@ from typing import Final
 
 import trio
 
+from wsproxy import timers
 from wsproxy.balancer import Pick, PoolBalancer
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security
 from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import Reject
-from wsproxy.logs import AccessRecord, access_log, iso_time, wall_time, write_access
+from wsproxy.logs import (
+    AccessRecord,
+    ProgressRecord,
+    access_log,
+    iso_time,
+    wall_time,
+    write_access,
+    write_progress,
+)
 from wsproxy.metrics import ProxyMetrics, close_code_label
 from wsproxy.relay import Session
 from wsproxy.servers import ServerState
@@ -74,6 +87,9 @@ class Registry:
         self._all_closed.set()
         self._id_prefix = secrets.token_hex(3)  # tells this process's ids from other workers'
         self._serial = itertools.count(1)
+        self._progress: timers.Timer | None = None  # the next walk for progress lines
+        # What each live session's previous progress line counted up to (none before its first)
+        self._reported: dict[Session, tuple[int, int, int, int]] = {}
 
     def new_id(self) -> str:
         """A session id no other session of any process has: this process's prefix, a serial."""
@@ -131,6 +147,8 @@ class Registry:
         live.balancer.started(live.server)
         self.sessions[session] = live
         self.metrics.sessions.inc(live.route, live.balancer.name)
+        if self._progress is None and (interval := self._config().log.session_interval):
+            self._progress = timers.at(started + interval, self._write_progress)
         try:
             await stream.send_all(live.switching)
             await session.run()
@@ -138,6 +156,7 @@ class Registry:
             return  # the client left before its 101 was sent
         finally:
             del self.sessions[session]
+            self._reported.pop(session, None)
             live.balancer.ended(live.server)
             self._count_ended(session, trio.current_time() - started)
             await close_forcefully(session.backend.stream)
@@ -163,6 +182,43 @@ class Registry:
             )
         )
 
+    def _write_progress(self) -> None:
+        """A progress line for each live session at least `log.session_interval` old; then
+        the timer is set an interval later, while sessions are left."""
+        self._progress = None
+        interval = self._config().log.session_interval
+        if not interval or not self.sessions:
+            return
+        now = trio.current_time()
+        self._progress = timers.at(now + interval, self._write_progress)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        time = iso_time(wall_time())
+        for session, live in self.sessions.items():
+            age = now - live.started
+            if age < interval:
+                continue
+            messages_in, messages_out = session.messages
+            totals = (messages_in, messages_out, session.client.bytes_in, session.backend.bytes_in)
+            before = self._reported.get(session, (0, 0, 0, 0))
+            self._reported[session] = totals
+            moved = [total - then for total, then in zip(totals, before, strict=True)]
+            write_progress(
+                ProgressRecord(
+                    time=time,
+                    client=live.client,
+                    route=live.route,
+                    pool=live.balancer.name,
+                    server=live.server.key,
+                    subprotocol=live.subprotocol,
+                    duration=round(age, 3),
+                    messages_in=moved[0],
+                    messages_out=moved[1],
+                    bytes_in=moved[2],
+                    bytes_out=moved[3],
+                )
+            )
+
     def _count_ended(self, session: Session, seconds: float) -> None:
         metrics = self.metrics
         messages_in, messages_out = session.messages
@@ -174,6 +230,10 @@ class Registry:
         code = session.close.code if session.close else CLOSE_ABNORMAL
         metrics.closes.inc(side, close_code_label(code, self._config().metrics.close_codes))
         metrics.session_seconds.observe(seconds)
+        if (limit := session.limit) is not None:
+            metrics.throttled.inc(amount=limit.throttled)
+            if limit.exceeded:
+                metrics.rate_limit_closes.inc()
 
     # ---------------------------------------------------------------- the drain's close
 

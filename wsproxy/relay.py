@@ -15,6 +15,10 @@ Invariants:
   the other leg (`Leg.held`), that leg is neither pinged nor declared dead, and its silence
   counts from the moment the wait ends. When both legs are held (neither peer reads), both are
   judged as usual, so two stalled peers cannot hold a session for ever.
+- With `limits.per_session`, the client's bytes go to its frame reader only as fast as
+  `ratelimit.SessionLimit` allows: throttled, its pump stops reading (holding at most the rest
+  of the chunk it read) and counts as `held` while it waits; with `action: close`, the client
+  gets 1008 and the backend 1001 instead. Without limits the pump pays one `None` test a chunk.
 - After a close frame has been written to a leg, nothing else is. The session ends when both
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
@@ -43,6 +47,7 @@ from wsproxy.frames import (
     close_payload,
     control_frame,
 )
+from wsproxy.ratelimit import SessionLimit
 from wsproxy.wire import close_forcefully, wire_for
 
 CHUNK: Final = 65536
@@ -141,6 +146,18 @@ class Session:
         self._nursery: trio.Nursery | None = None  # while running
         self._timer: timers.Timer | None = None  # when the clocks are looked at next
         self._pings = 0
+        per_session = config.limits.per_session
+        self.limit = (  # what the client may send; None: no limit
+            None
+            if per_session is None
+            else SessionLimit(
+                self.last_relay,
+                messages_per_second=per_session.messages_per_second,
+                burst=per_session.burst,
+                bytes_per_second=per_session.bytes_per_second,
+                closes=per_session.action == "close",
+            )
+        )
 
     # ---------------------------------------------------------------- running
 
@@ -184,6 +201,8 @@ class Session:
         receive = src.wire.receive
         send_all = dst.wire.send_all
         send_now = dst.wire.send_now
+        limit = self.limit if src is self.client else None
+        rest: Buffer = b""  # what a limit kept back of the last read, to be fed next
         holding = False
         try:
             while True:
@@ -197,9 +216,13 @@ class Session:
                     if not data:
                         break
                     now = src.last_rx = trio.current_time()
+                if limit is not None:
+                    data, rest = await self._within_limit(src, dst, limit, data, holding)
+                    if not data:
+                        return  # closed for its rate, and dropped
                 src.bytes_in += len(data)
                 out = reader.feed(data)
-                data = b""
+                data = rest
                 if reader.controls or reader.violation is not None:
                     holding = await self._forward_special(src, dst, out, holding)
                     if reader.violation is not None:
@@ -302,6 +325,33 @@ class Session:
             await self._settle(src)
             await self._settle(dst)
         return holding
+
+    async def _within_limit(
+        self, src: Leg, dst: Leg, limit: SessionLimit, data: Buffer, holding: bool
+    ) -> tuple[Buffer, Buffer]:
+        """The part of `data` that `limit` lets through, once it does (meanwhile nothing is
+        read from `src`), and the rest; (b"", b"") when the session was closed for it."""
+        reader = src.reader
+        while not (src.sent_close or dst.sent_close or dst.lost):  # then nothing is relayed
+            now = trio.current_time()
+            take = limit.allowance(now, reader.messages, reader.payload_left, data, reader.pending)
+            if take:
+                return (data, b"") if take == len(data) else (data[:take], data[take:])
+            if limit.closes:
+                limit.exceeded = True
+                self._begin_close(closes.RATE_LIMIT, Side.PROXY)
+                await self._send_close(dst, closes.RATE_LIMITED_PEER, holding=holding)
+                await self._send_close(src, closes.RATE_LIMIT, holding=False)
+                await self._lose(src)
+                return b"", b""
+            src.held = True
+            try:
+                await trio.sleep_until(limit.ready_at(now, reader.payload_left, len(data)))
+            finally:
+                src.held = False
+                src.last_rx = trio.current_time()
+                limit.throttled += src.last_rx - now
+        return data, b""
 
     # ---------------------------------------------------------------- closing
 
