@@ -335,3 +335,32 @@ async def test_registry_without_session_interval_writes_no_progress_line(
     await trio.sleep(3600)
     assert progress_lines(caplog) == []
     nursery.cancel_scope.cancel()
+
+
+async def test_registry_a_reload_turns_progress_lines_on_and_off_for_running_sessions(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    quiet = "keepalive: {interval: 0}\ntimeouts: {idle: 0}"
+    off = proxy_config("ws://127.0.0.1:9", extra=quiet)
+    on_every_10s = proxy_config(
+        "ws://127.0.0.1:9", extra=f"log: {{session_interval: 10s}}\n{quiet}"
+    )
+    in_use = [off]
+    registry = Registry(lambda: in_use[0])
+    await open_session(nursery, registry, build_snapshot(off), "192.0.2.1:1")
+    await trio.sleep_until(100)
+    in_use[0] = on_every_10s
+    registry.interval_changed(0.0)
+    await trio.sleep_until(125)
+    assert progress_lines(caplog) == [
+        ("192.0.2.1:1", 110.0, 0, 0, 0),
+        ("192.0.2.1:1", 120.0, 0, 0, 0),
+    ]
+    in_use[0] = off
+    registry.interval_changed(10.0)
+    await trio.sleep_until(200)
+    assert len(progress_lines(caplog)) == 2, "off again: no more lines"
+    nursery.cancel_scope.cancel()

@@ -12,7 +12,7 @@ Invariants:
 - With `log.session_interval`, one timer (`timers`) walks the live sessions each interval, from
   the first session's start while any is live: each session at least an interval old gets a
   progress line with what moved since its previous one (or its start). The timer is set again
-  by the next session to start once none was left.
+  by the next session to start once none was left, and by a reload that changes the interval.
 - `close_paced` asks each session still open (of one server, for a server's drain) to close,
   evenly spread over the window, the first at once (`close_times`); a session that ended
   before its turn is skipped, and once `going_on()` is False no more are asked. Sessions that
@@ -181,6 +181,18 @@ class Registry:
                 closed_by=session.closed_by.value if session.closed_by else "unknown",
             )
         )
+
+    def interval_changed(self, before: float) -> None:
+        """A reload changed `log.session_interval` from `before`: the walk follows the new
+        interval from now (it may turn progress lines on or off for the sessions running)."""
+        interval = self._config().log.session_interval
+        if interval == before:
+            return
+        if self._progress is not None:
+            self._progress.cancel()
+            self._progress = None
+        if interval and self.sessions:
+            self._progress = timers.at(trio.current_time() + interval, self._write_progress)
 
     def _write_progress(self) -> None:
         """A progress line for each live session at least `log.session_interval` old; then

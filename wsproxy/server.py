@@ -203,6 +203,7 @@ class Proxy:
                     log.info("reload: %s", change)
                 if config.log != old.config.log:  # after the lines above, in the old settings
                     change_logging(config.log.level, config.log.format, self.worker)
+                    self.registry.interval_changed(old.config.log.session_interval)
                 return True
             log.warning("reload abandoned: the proxy began draining while names were resolved")
             return False
