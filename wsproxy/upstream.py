@@ -47,7 +47,7 @@ from wsproxy.intake import HeadTooLarge, read_head
 from wsproxy.servers import ServerState
 from wsproxy.tls import backend_context
 from wsproxy.units import is_address
-from wsproxy.wire import close_forcefully
+from wsproxy.wire import close_forcefully, wire_for
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,16 @@ class _HandshakeFailed(Exception):
         self.answer = answer
 
 
+_is_address = functools.lru_cache(maxsize=1024)(is_address)  # asked for every dial
+
+
 async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
     """A TCP stream to `host` (an address, or a name still to resolve), with TCP_NODELAY.
 
     An address is dialled directly: `open_tcp_stream`'s lookup and happy-eyeballs nursery are
     for names, and cost a visible share of each handshake.
     """
-    if not is_address(host):
+    if not _is_address(host):
         stream = await trio.open_tcp_stream(host, port)
         stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
         return stream
@@ -253,7 +256,7 @@ async def _handshake(
     key = new_key(os.urandom(16))
     request = backend_request(upgrade, key=key, client_ip=client_ip, scheme=scheme)
     try:
-        await stream.send_all(request.head())
+        await wire_for(stream).send_all(request.head())
         head, behind = await _answer_head(stream, request, max_head)
         if not isinstance(head, _Final):
             verdict = judge_backend_response(head, key=key, upgrade=upgrade)
