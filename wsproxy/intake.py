@@ -12,6 +12,8 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import h11
@@ -20,7 +22,7 @@ import trio
 from wsproxy.handshake import Reject, RequestHead, reject_from_h11_error
 from wsproxy.http1 import plain_request, refusal, response_head
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
-from wsproxy.wire import wire_for
+from wsproxy.wire import SocketWire
 
 if TYPE_CHECKING:  # upstream reads its backends' answers with `read_head`
     from wsproxy.upstream import Passthrough
@@ -57,16 +59,16 @@ async def read_proxy_header(
 
 
 async def read_head(
-    stream: trio.abc.Stream, limit: int, early: bytes = b""
+    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b""
 ) -> tuple[bytes | None, bytes]:
     """Read up to the blank line that ends an HTTP head (a client's request, a backend's
     answer): (head, the bytes behind it), or (None, every byte read) if the peer closed first.
 
     `early` holds bytes of the head already read. A head longer than `limit` bytes, blank line
     included, raises `HeadTooLarge`, however its bytes are split into reads. A socket is read
-    through its wire (`wire.wire_for`), without the layers of trio's socket stream."""
+    through its wire (`wire.SocketWire`), without the layers of trio's socket stream."""
     buffer = bytearray(early)
-    receive = None
+    receive: Callable[[], Awaitable[bytes | bytearray]] | None = None
     searched_from = 0
     while True:
         end = buffer.find(b"\r\n\r\n", searched_from)
@@ -77,7 +79,10 @@ async def read_head(
         if len(buffer) > limit:
             raise HeadTooLarge
         if receive is None:
-            receive = wire_for(stream).receive
+            if isinstance(stream, trio.SocketStream):
+                receive = SocketWire(stream).receive
+            else:
+                receive = functools.partial(stream.receive_some, _CHUNK)
         data = await receive()
         if not data:
             return None, bytes(buffer)
