@@ -358,6 +358,12 @@ class RecordingWire:
     async def receive(self) -> bytes | bytearray:
         return await self.wire.receive()
 
+    async def readable(self) -> None:
+        await self.wire.readable()
+
+    def read_now(self) -> bytes | bytearray | None:
+        return self.wire.read_now()
+
     def send_now(self, data: bytes | bytearray | memoryview) -> int:
         taken = self.wire.send_now(data)
         self.writes.append(("now", len(data), taken))

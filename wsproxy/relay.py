@@ -181,9 +181,7 @@ class Session:
         """Forward what `src` sends to `dst`, starting with `data` (bytes that came right
         behind the handshake head), until `src` is gone."""
         reader = src.reader
-        receive = src.wire.receive
-        send_all = dst.wire.send_all
-        send_now = dst.wire.send_now
+        wire = src.wire
         holding = False
         try:
             while True:
@@ -191,11 +189,15 @@ class Session:
                     now = trio.current_time()
                 else:
                     try:
-                        data = await receive()
+                        await wire.readable()
+                        read = wire.read_now()
                     except _GONE:
                         break
-                    if not data:
+                    if read is None:
+                        continue  # woken, but nothing to read yet
+                    if not read:
                         break
+                    data = read
                     now = src.last_rx = trio.current_time()
                 src.bytes_in += len(data)
                 out = reader.feed(data)
@@ -211,7 +213,7 @@ class Session:
                     # Whole frames, and no other writer: what the kernel takes at once needs no
                     # lock, as no other task runs before the lock is taken for the rest.
                     try:
-                        sent = send_now(out)
+                        sent = dst.wire.send_now(out)
                     except _GONE:
                         await self._lose(dst)
                         continue
@@ -228,7 +230,7 @@ class Session:
                         except trio.WouldBlock:
                             await lock.acquire()
                         holding = True
-                    await send_all(out)
+                    await dst.wire.send_all(out)
                 except _GONE:
                     await self._lose(dst)
                     continue
