@@ -105,6 +105,24 @@ class Leg:
 class Session:
     """Relays one client's frames to and from its backend until both legs are gone."""
 
+    __slots__ = (
+        "_backend_prefix",
+        "_client_prefix",
+        "_deadline",
+        "_ended",
+        "_idle",
+        "_nursery",
+        "_ping_interval",
+        "_ping_timeout",
+        "_pings",
+        "_timer",
+        "backend",
+        "client",
+        "close",
+        "closed_by",
+        "last_relay",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -188,6 +206,7 @@ class Session:
                 if data:
                     now = trio.current_time()
                 else:
+                    out: Buffer = b""  # a pump that waits holds none of the last chunk
                     try:
                         await wire.readable()
                         read = wire.read_now()
@@ -197,7 +216,7 @@ class Session:
                         continue  # woken, but nothing to read yet
                     if not read:
                         break
-                    data = read
+                    data, read = read, None
                     now = src.last_rx = trio.current_time()
                 src.bytes_in += len(data)
                 out = reader.feed(data)

@@ -40,13 +40,13 @@ class SocketWire:
     descriptor number that a newer connection has reused is never touched.
     """
 
-    __slots__ = ("_fileno",)
+    __slots__ = ("_socket",)
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self._fileno = stream.socket.fileno
+        self._socket = stream.socket  # not its bound `fileno`: one object less per leg
 
     def _fd(self) -> int:
-        fd = self._fileno()
+        fd = self._socket.fileno()
         if fd < 0:
             raise trio.ClosedResourceError
         return fd
