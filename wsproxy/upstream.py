@@ -170,28 +170,27 @@ async def open_backend(
     start = trio.current_time()
     if connect_total is None:
         connect_total = connect_timeout * (1 + balancer.retries)
+    total_deadline = start + connect_total
     tried: list[ServerState] = []
     failure: _HandshakeFailed | None = None
-    with trio.move_on_after(connect_total) as total:
-        while len(tried) <= balancer.retries:
-            server = balancer.choose(trio.current_time(), pick, exclude=tried)
-            if server is None:
-                break
-            tried.append(server)
-            server.connecting += 1
-            began = trio.current_time()
-            try:
-                with trio.fail_after(connect_timeout):
-                    result = await _try_server(
-                        server, upgrade, client_ip, scheme, dial, tls, max_head
-                    )
-            except trio.TooSlowError:
-                failure = _HandshakeFailed(
-                    f"no answer within {connect_timeout:g}s (timeouts.connect)", TOO_SLOW
-                )
-            except _HandshakeFailed as exc:
-                failure = exc
-            else:
+    out_of_total = False
+    while len(tried) <= balancer.retries:
+        began = trio.current_time()
+        server = balancer.choose(began, pick, exclude=tried)
+        if server is None:
+            break
+        tried.append(server)
+        server.connecting += 1
+        # One scope per attempt: its own time, or what is left of the total if that ends first
+        # (the total wins a tie, as it did when it was the outer of two scopes).
+        own_deadline = began + connect_timeout
+        try:
+            with trio.move_on_at(min(own_deadline, total_deadline)) as attempt:
+                result = await _try_server(server, upgrade, client_ip, scheme, dial, tls, max_head)
+        except _HandshakeFailed as exc:
+            failure = exc
+        else:
+            if not attempt.cancelled_caught:
                 server.succeeded()
                 if isinstance(result, Backend):
                     return Backend(
@@ -202,11 +201,18 @@ async def open_backend(
                         trio.current_time() - start,
                     )
                 return result
-            finally:
-                server.connecting -= 1
-            log.warning("backend %s failed: %s", server.key, failure)
-            server.failed(trio.current_time())
-    if total.cancelled_caught and tried:
+        finally:
+            server.connecting -= 1
+        if attempt.cancelled_caught:
+            if own_deadline >= total_deadline:
+                out_of_total = True
+                break
+            failure = _HandshakeFailed(
+                f"no answer within {connect_timeout:g}s (timeouts.connect)", TOO_SLOW
+            )
+        log.warning("backend %s failed: %s", server.key, failure)
+        server.failed(trio.current_time())
+    if out_of_total:
         failure = _HandshakeFailed(
             f"no answer within the {connect_total:g}s of timeouts.connect_total", TOO_SLOW
         )
