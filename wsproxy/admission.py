@@ -107,7 +107,7 @@ class Admission:
                 stream, ip, early, deadline, secure=tls is not None, client=f"{ip}:{peer[1]}"
             )
             if live is not None:
-                await registry.relay(stream, live, f"{ip}:{peer[1]}")
+                await registry.relay(live, f"{ip}:{peer[1]}")
         except Exception:
             log.exception("session of %s:%s failed", peer[0], peer[1])
         finally:

@@ -114,16 +114,16 @@ class Registry:
 
     # ---------------------------------------------------------------- sessions
 
-    async def relay(self, stream: trio.abc.Stream, live: LiveSession, client: str) -> None:
-        """Send the 101 on `stream` and relay `live` to its end; `client` (IP:PORT) names the
-        client in the access line."""
+    async def relay(self, live: LiveSession, client: str) -> None:
+        """Send the 101 to the client (through its leg's wire) and relay `live` to its end;
+        `client` (IP:PORT) names the client in the access line."""
         session = live.session
         started = live.started
         live.balancer.started(live.server)
         self.sessions[session] = live
         self.metrics.sessions.inc(live.route, live.balancer.name)
         try:
-            await stream.send_all(live.switching)
+            await session.client.wire.send_all(live.switching)
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client left before its 101 was sent
