@@ -133,7 +133,9 @@ class Admission:
         over_limit = self.registry.over_limit(ip, security)
         with trio.move_on_at(deadline) as reading:
             try:
-                head, trailing = await read_head(stream, security.max_header_size, early)
+                head, trailing = await read_head(
+                    stream, security.max_header_size, early, arrived=True
+                )
             except HeadTooLarge:
                 await self._reject(stream, Reject(431, "request head too large"), client)
                 return None

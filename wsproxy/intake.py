@@ -59,14 +59,16 @@ async def read_proxy_header(
 
 
 async def read_head(
-    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b""
+    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b"", *, arrived: bool = False
 ) -> tuple[bytes | None, bytes]:
     """Read up to the blank line that ends an HTTP head (a client's request, a backend's
     answer): (head, the bytes behind it), or (None, every byte read) if the peer closed first.
 
     `early` holds bytes of the head already read. A head longer than `limit` bytes, blank line
     included, raises `HeadTooLarge`, however its bytes are split into reads. A socket is read
-    through its wire (`wire.SocketWire`), without the layers of trio's socket stream."""
+    through its wire (`wire.SocketWire`), without the layers of trio's socket stream; with
+    `arrived` (the head was most likely sent before we asked, as a client's request is) what
+    the socket already holds is read before any wait."""
     buffer = bytearray(early)
     receive: Callable[[], Awaitable[bytes | bytearray]] | None = None
     searched_from = 0
@@ -80,7 +82,15 @@ async def read_head(
             raise HeadTooLarge
         if receive is None:
             if isinstance(stream, trio.SocketStream):
-                receive = SocketWire(stream).receive
+                wire = SocketWire(stream)
+                receive = wire.receive
+                first = wire.read_now() if arrived else None
+                if first is not None:
+                    if not first:
+                        return None, bytes(buffer)
+                    searched_from = max(len(buffer) - 3, 0)
+                    buffer += first
+                    continue
             else:
                 receive = functools.partial(stream.receive_some, _CHUNK)
         data = await receive()
