@@ -4,7 +4,8 @@ Invariants:
 - One task reads each leg (its pump); `Leg.lock` serialises every write to a leg that may wait.
   A pump holds the destination's lock from the first byte of a frame to its last, so the
   proxy's own pings and closes, which take the lock, always land on a frame boundary. (A chunk
-  of whole frames that the kernel takes at once, while nobody holds the lock, skips it.)
+  of whole frames, data or control, that the kernel takes at once while nobody holds the lock
+  skips it.)
 - Frames are forwarded as they arrived (payload bytes untouched, so compression negotiated end to
   end keeps working); only our own keepalive pongs are dropped. A close frame the reader refuses
   (RFC 6455 keeps it off the wire) is a violation like any other: never forwarded, and never
@@ -288,10 +289,38 @@ class Session:
             await self._settle(src)
             await self._settle(dst)
             return holding
+        if (
+            violation is None
+            and not holding
+            and reader.at_boundary
+            and not dst.busy()
+            and not dst.sent_close
+            and not dst.lost
+        ):
+            # Whole frames and no other writer: as in `_pump`, what the kernel takes at once
+            # needs no lock (most closes and pongs go this way).
+            try:
+                sent = dst.wire.send_now(payload)
+            except _GONE:
+                await self._lose(dst)
+                sent = len(payload)
+            else:
+                if sent == len(payload):
+                    self.last_relay = trio.current_time()
+                    dst.sent_close = src.got_close
+            if sent == len(payload):
+                await self._settle(src)
+                await self._settle(dst)
+                return False
+            payload = payload[sent:]
         src.held = True
         try:
             if not holding:
-                await dst.lock.acquire()
+                lock = dst.lock
+                try:
+                    lock.acquire_nowait()  # free unless another writer has it
+                except trio.WouldBlock:
+                    await lock.acquire()
         finally:
             src.held = False
             src.last_rx = trio.current_time()
