@@ -18,6 +18,8 @@ from wsproxy.handshake import (
     Headers,
     Reject,
     UpgradeRequest,
+    _split_list,  # the comma-list fast path ...
+    _split_quoted,  # ... and the byte-by-byte split it must agree with
     accept_value,
     backend_request,
     client_accept_response,
@@ -1071,3 +1073,19 @@ def test_reject_from_h11_error_unsupported_transfer_encoding_is_400() -> None:
     error = _h11_error(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
     assert error.error_status_hint == 501
     assert reject_from_h11_error(error) == Reject(400, "malformed HTTP request")
+
+
+# --- comma-separated lists ---------------------------------------------------------------------
+
+
+def test_split_list_keeps_commas_inside_quoted_strings() -> None:
+    assert _split_list(b'a, "b,c", ,d ') == [b"a", b'"b,c"', b"d"]
+    assert _split_list(b"a,\tb ,, c") == [b"a", b"b", b"c"]
+
+
+@given(
+    st.binary(max_size=40)
+    | st.lists(st.sampled_from([b",", b" ", b"\t", b'"', b"\\", b"x"])).map(b"".join)
+)
+def test_split_list_agrees_with_the_byte_by_byte_split(value: bytes) -> None:
+    assert _split_list(value) == _split_quoted(value)

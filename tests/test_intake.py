@@ -62,6 +62,25 @@ async def test_intake_read_head_client_left_early() -> None:
         assert await read_head(await fed(), 1024) == (None, b"")
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])
+async def test_intake_read_head_of_a_socket_that_arrived_reads_before_waiting(split: bool) -> None:
+    """A client's request is read at once when it is there (no wait, no checkpoint); what is
+    not there yet is waited for, and the bytes behind the head are returned."""
+    left, right = trio.socket.socketpair()
+    async with trio.SocketStream(left) as ours, trio.SocketStream(right) as peer:
+        with trio.fail_after(CAP):
+            await peer.send_all(HEAD[:10] if split else HEAD + b"\x81")
+            if not split:
+                with trio.testing.assert_no_checkpoints():
+                    assert await read_head(ours, 1024, arrived=True) == (HEAD, b"\x81")
+                return
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(peer.send_all, HEAD[10:])
+                assert await read_head(ours, 1024, arrived=True) == (HEAD, b"")
+            await peer.send_eof()
+            assert await read_head(ours, 1024, arrived=True) == (None, b"")
+
+
 def test_intake_parse_request_refuses_what_is_not_a_request() -> None:
     request = parse_request(HEAD)
     assert not isinstance(request, Reject)

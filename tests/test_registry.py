@@ -247,7 +247,7 @@ async def open_session(
         started=trio.current_time(),
         client=client,
     )
-    nursery.start_soon(registry.relay, proxy_client, live)
+    nursery.start_soon(registry.relay, live)
     head = b""
     while len(head) < len(SWITCHING):
         head += await client_end.receive_some(len(SWITCHING) - len(head))

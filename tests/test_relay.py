@@ -369,6 +369,12 @@ class RecordingWire:
     async def receive(self) -> bytes | bytearray:
         return await self.wire.receive()
 
+    async def readable(self) -> None:
+        await self.wire.readable()
+
+    def read_now(self) -> bytes | bytearray | None:
+        return self.wire.read_now()
+
     def send_now(self, data: bytes | bytearray | memoryview) -> int:
         taken = self.wire.send_now(data)
         self.writes.append(("now", len(data), taken))
@@ -415,6 +421,21 @@ async def test_relay_whole_frames_take_the_immediate_write_and_part_frames_the_l
             ("all", len(split) - 300),
         ]
         assert not rig.session.backend.lock.locked()
+
+
+async def test_relay_a_whole_close_frame_takes_the_immediate_write(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A close (a control frame, forwarded by `_forward_special`) goes like a whole data frame:
+    at once, without the lock, when the kernel takes it all and nobody else writes."""
+    with trio.fail_after(CAP):
+        rig, backend_wire = await socket_rig(nursery, capacity=65536)
+        close = bytes(rig.client.protocol.close(1000, "bye"))
+        await rig.client.send(close)
+        received, _ = await read_raw_until_size(rig.backend.stream, len(close))
+        assert received == close
+        assert backend_wire.writes == [("now", len(close), len(close))]
+        assert rig.session.backend.sent_close
 
 
 async def test_relay_partial_immediate_write_finishes_under_the_lock_in_order(

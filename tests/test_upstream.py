@@ -10,6 +10,7 @@ so a test can tell whether a failed attempt's stream was closed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -1017,9 +1018,24 @@ async def test_dial_tcp_refused_address_raises_oserror_and_leaks_no_socket() -> 
         port = listener.socket.getsockname()[1]
         await listener.aclose()
         before = len(os.listdir("/proc/self/fd"))
-        with pytest.raises(OSError, match="refused"):
+        with pytest.raises(OSError, match="refused") as refused:
             await dial_tcp("127.0.0.1", port)
         assert len(os.listdir("/proc/self/fd")) == before
+        # The error is the kernel's own, as the log line quotes it (no address repeated in it).
+        assert refused.value.errno == errno.ECONNREFUSED
+        assert refused.value.strerror == os.strerror(errno.ECONNREFUSED)
+
+
+async def test_dial_tcp_cancelled_while_connecting_leaks_no_socket(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A SYN nobody answers (a non-routable address) keeps the connect waiting; cancelling it
+    closes the socket."""
+    before = len(os.listdir("/proc/self/fd"))
+    # (OSError: no route here at all, so nothing to wait for and nothing to cancel.)
+    with trio.move_on_after(1), contextlib.suppress(OSError):
+        await dial_tcp("10.255.255.1", 9)
+    assert len(os.listdir("/proc/self/fd")) == before
 
 
 async def test_open_backend_default_dial_refused_is_502_naming_no_address(

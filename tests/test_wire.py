@@ -120,6 +120,40 @@ async def test_socketwire_receive_is_a_checkpoint_even_with_data_ready() -> None
                 assert await wire.receive() == b"ready"
 
 
+async def test_socketwire_read_now_gives_none_until_readable_then_data_then_empty_at_eof() -> None:
+    with trio.fail_after(CAP):
+        async with unix_pair() as (ours, peer):
+            wire = SocketWire(ours)
+            with trio.testing.assert_no_checkpoints():
+                assert wire.read_now() is None  # nothing yet: never waits
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wire.readable)
+                await trio.testing.wait_all_tasks_blocked()
+                await peer.send_all(b"late")
+            assert wire.read_now() == b"late"
+            await peer.send_eof()
+            with trio.testing.assert_checkpoints():
+                await wire.readable()
+            assert wire.read_now() == b""
+
+
+async def test_socketwire_readable_waiting_wakes_when_own_stream_closes() -> None:
+    with trio.fail_after(CAP):
+        async with unix_pair() as (ours, _peer):
+            wire = SocketWire(ours)
+
+            async def wait() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await wire.readable()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(wait)
+                await trio.testing.wait_all_tasks_blocked()
+                await close_forcefully(ours)
+            with pytest.raises(trio.ClosedResourceError):
+                wire.read_now()
+
+
 async def test_socketwire_send_all_taken_at_once_is_not_a_checkpoint() -> None:
     with trio.fail_after(CAP):
         async with unix_pair() as (ours, peer):
@@ -381,6 +415,27 @@ async def test_streamwire_delegates_to_the_stream() -> None:
                 await wire.receive()
             with pytest.raises(trio.ClosedResourceError):
                 await wire.send_all(b"x")
+
+
+@pytest.mark.parametrize("make", [StreamWire, ImmediateWire], ids=["stream", "immediate"])
+async def test_streamwire_readable_reads_ahead_for_read_now(
+    make: Callable[[trio.abc.Stream], StreamWire],
+) -> None:
+    with trio.fail_after(CAP):
+        ours, peer = socket_pair()
+        async with ours, peer:
+            wire = make(ours)
+            assert wire.read_now() is None  # nothing read ahead yet
+            await peer.send_all(b"first")
+            with trio.testing.assert_checkpoints():
+                await wire.readable()
+            with trio.testing.assert_checkpoints():
+                await wire.readable()  # still unread: no second read, but a checkpoint
+            assert wire.read_now() == b"first"
+            assert wire.read_now() is None
+            await peer.aclose()
+            await wire.readable()
+            assert wire.read_now() == b""
 
 
 async def test_streamwire_receive_reads_at_most_a_chunk() -> None:

@@ -113,7 +113,7 @@ class Admission:
                 stream, ip, early, deadline, secure=tls is not None, client=f"{ip}:{peer[1]}"
             )
             if live is not None:
-                await registry.relay(stream, live)
+                await registry.relay(live)
         except Exception:
             log.exception("session of %s:%s failed", peer[0], peer[1])
         finally:
@@ -142,7 +142,9 @@ class Admission:
         )
         with trio.move_on_at(deadline) as reading:
             try:
-                head, trailing = await read_head(stream, security.max_header_size, early)
+                head, trailing = await read_head(
+                    stream, security.max_header_size, early, arrived=True
+                )
             except HeadTooLarge:
                 await self._reject(stream, Reject(431, "request head too large"), client)
                 return None

@@ -159,6 +159,8 @@ class FrameReader:
         size = len(buf)
         pos = 0
         left = self.payload_left
+        mask_bit = self._mask_bit
+        max_size = self._max_message_size
         while pos < size:
             if left:
                 step = size - pos
@@ -188,6 +190,16 @@ class FrameReader:
                 if length > _MAX_PAYLOAD_LENGTH:
                     self.payload_left = left
                     return self._stop(buf, pos, _TOP_BIT_LENGTH)
+            if (
+                (b0 == 0x82 or b0 == 0x81)  # a whole text or binary message, no extension bit
+                and b1 & 0x80 == mask_bit
+                and length <= max_size
+                and not self.in_message
+            ):
+                self.messages += 1  # what `_check` says of it, the common case kept short
+                pos += header
+                left = length
+                continue
             problem = self._check(b0, b1, length)
             if problem is not None:
                 self.payload_left = left

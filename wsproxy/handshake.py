@@ -413,6 +413,13 @@ def _tokens(headers: Headers, name: bytes) -> list[bytes]:
 
 
 def _split_list(value: bytes) -> list[bytes]:
+    if b'"' not in value:  # no quoted string, so every comma separates (the common case)
+        return [stripped for item in value.split(b",") if (stripped := item.strip(b" \t"))]
+    return _split_quoted(value)
+
+
+def _split_quoted(value: bytes) -> list[bytes]:
+    """`_split_list` the long way: byte by byte, commas inside quoted strings kept."""
     items: list[bytes] = []
     start = 0
     quoted = escaped = False

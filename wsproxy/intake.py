@@ -12,6 +12,8 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import h11
@@ -20,6 +22,7 @@ import trio
 from wsproxy.handshake import Reject, RequestHead, reject_from_h11_error
 from wsproxy.http1 import plain_request, refusal, response_head
 from wsproxy.proxyproto import ProxyHeader, ProxyProtocolError, parse as parse_proxy_header
+from wsproxy.wire import SocketWire
 
 if TYPE_CHECKING:  # upstream reads its backends' answers with `read_head`
     from wsproxy.upstream import Passthrough
@@ -56,14 +59,18 @@ async def read_proxy_header(
 
 
 async def read_head(
-    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b""
+    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b"", *, arrived: bool = False
 ) -> tuple[bytes | None, bytes]:
     """Read up to the blank line that ends an HTTP head (a client's request, a backend's
     answer): (head, the bytes behind it), or (None, every byte read) if the peer closed first.
 
     `early` holds bytes of the head already read. A head longer than `limit` bytes, blank line
-    included, raises `HeadTooLarge`, however its bytes are split into reads."""
+    included, raises `HeadTooLarge`, however its bytes are split into reads. A socket is read
+    through its wire (`wire.SocketWire`), without the layers of trio's socket stream; with
+    `arrived` (the head was most likely sent before we asked, as a client's request is) what
+    the socket already holds is read before any wait."""
     buffer = bytearray(early)
+    receive: Callable[[], Awaitable[bytes | bytearray]] | None = None
     searched_from = 0
     while True:
         end = buffer.find(b"\r\n\r\n", searched_from)
@@ -73,7 +80,20 @@ async def read_head(
             return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
         if len(buffer) > limit:
             raise HeadTooLarge
-        data = await stream.receive_some(_CHUNK)
+        if receive is None:
+            if isinstance(stream, trio.SocketStream):
+                wire = SocketWire(stream)
+                receive = wire.receive
+                first = wire.read_now() if arrived else None
+                if first is not None:
+                    if not first:
+                        return None, bytes(buffer)
+                    searched_from = max(len(buffer) - 3, 0)
+                    buffer += first
+                    continue
+            else:
+                receive = functools.partial(stream.receive_some, _CHUNK)
+        data = await receive()
         if not data:
             return None, bytes(buffer)
         searched_from = max(len(buffer) - 3, 0)

@@ -140,8 +140,8 @@ class Registry:
 
     # ---------------------------------------------------------------- sessions
 
-    async def relay(self, stream: trio.abc.Stream, live: LiveSession) -> None:
-        """Send the 101 on `stream` and relay `live` to its end."""
+    async def relay(self, live: LiveSession) -> None:
+        """Send the 101 to the client (through its leg's wire) and relay `live` to its end."""
         session = live.session
         started = live.started
         live.balancer.started(live.server)
@@ -150,7 +150,7 @@ class Registry:
         if self._progress is None and (interval := self._config().log.session_interval):
             self._progress = timers.at(started + interval, self._write_progress)
         try:
-            await stream.send_all(live.switching)
+            await session.client.wire.send_all(live.switching)
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client left before its 101 was sent

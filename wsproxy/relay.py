@@ -4,7 +4,8 @@ Invariants:
 - One task reads each leg (its pump); `Leg.lock` serialises every write to a leg that may wait.
   A pump holds the destination's lock from the first byte of a frame to its last, so the
   proxy's own pings and closes, which take the lock, always land on a frame boundary. (A chunk
-  of whole frames that the kernel takes at once, while nobody holds the lock, skips it.)
+  of whole frames, data or control, that the kernel takes at once while nobody holds the lock
+  skips it.)
 - Frames are forwarded as they arrived (payload bytes untouched, so compression negotiated end to
   end keeps working); only our own keepalive pongs are dropped. A close frame the reader refuses
   (RFC 6455 keeps it off the wire) is a violation like any other: never forwarded, and never
@@ -110,6 +111,25 @@ class Leg:
 class Session:
     """Relays one client's frames to and from its backend until both legs are gone."""
 
+    __slots__ = (
+        "_backend_prefix",
+        "_client_prefix",
+        "_deadline",
+        "_ended",
+        "_idle",
+        "_nursery",
+        "_ping_interval",
+        "_ping_timeout",
+        "_pings",
+        "_timer",
+        "backend",
+        "client",
+        "close",
+        "closed_by",
+        "last_relay",
+        "limit",
+    )
+
     def __init__(
         self,
         config: Config,
@@ -198,9 +218,7 @@ class Session:
         """Forward what `src` sends to `dst`, starting with `data` (bytes that came right
         behind the handshake head), until `src` is gone."""
         reader = src.reader
-        receive = src.wire.receive
-        send_all = dst.wire.send_all
-        send_now = dst.wire.send_now
+        wire = src.wire
         limit = self.limit if src is self.client else None
         rest: Buffer = b""  # what a limit kept back of the last read, to be fed next
         holding = False
@@ -209,12 +227,17 @@ class Session:
                 if data:
                     now = trio.current_time()
                 else:
+                    out: Buffer = b""  # a pump that waits holds none of the last chunk
                     try:
-                        data = await receive()
+                        await wire.readable()
+                        read = wire.read_now()
                     except _GONE:
                         break
-                    if not data:
+                    if read is None:
+                        continue  # woken, but nothing to read yet
+                    if not read:
                         break
+                    data, read = read, None
                     now = src.last_rx = trio.current_time()
                 if limit is not None:
                     data, rest = await self._within_limit(src, dst, limit, data, holding)
@@ -234,7 +257,7 @@ class Session:
                     # Whole frames, and no other writer: what the kernel takes at once needs no
                     # lock, as no other task runs before the lock is taken for the rest.
                     try:
-                        sent = send_now(out)
+                        sent = dst.wire.send_now(out)
                     except _GONE:
                         await self._lose(dst)
                         continue
@@ -251,7 +274,7 @@ class Session:
                         except trio.WouldBlock:
                             await lock.acquire()
                         holding = True
-                    await send_all(out)
+                    await dst.wire.send_all(out)
                 except _GONE:
                     await self._lose(dst)
                     continue
@@ -290,10 +313,38 @@ class Session:
             await self._settle(src)
             await self._settle(dst)
             return holding
+        if (
+            violation is None
+            and not holding
+            and reader.at_boundary
+            and not dst.busy()
+            and not dst.sent_close
+            and not dst.lost
+        ):
+            # Whole frames and no other writer: as in `_pump`, what the kernel takes at once
+            # needs no lock (most closes and pongs go this way).
+            try:
+                sent = dst.wire.send_now(payload)
+            except _GONE:
+                await self._lose(dst)
+                sent = len(payload)
+            else:
+                if sent == len(payload):
+                    self.last_relay = trio.current_time()
+                    dst.sent_close = src.got_close
+            if sent == len(payload):
+                await self._settle(src)
+                await self._settle(dst)
+                return False
+            payload = payload[sent:]
         src.held = True
         try:
             if not holding:
-                await dst.lock.acquire()
+                lock = dst.lock
+                try:
+                    lock.acquire_nowait()  # free unless another writer has it
+                except trio.WouldBlock:
+                    await lock.acquire()
         finally:
             src.held = False
             src.last_rx = trio.current_time()

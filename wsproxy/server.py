@@ -21,7 +21,7 @@ import functools
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
@@ -157,13 +157,14 @@ class Proxy:
                 await self._drain(handlers)
             upkeep.cancel_scope.cancel()
 
-    async def _handle(self, tcp: trio.SocketStream, listening: Listening) -> None:
+    def _handle(self, tcp: trio.SocketStream, listening: Listening) -> Awaitable[None]:
+        """The connection's task: admission, or a close if its peer is already gone. (Not a
+        coroutine itself: the task runs admission's, one frame less held by every session.)"""
         try:
             peer = tcp.socket.getpeername()
         except OSError:
-            await trio.aclose_forcefully(tcp)
-            return
-        await self.admission.handle(tcp, peer, listening)
+            return trio.aclose_forcefully(tcp)  # noqa: ASYNC105 (the task awaits it)
+        return self.admission.handle(tcp, peer, listening)
 
     async def reload(self, load: Callable[[], Config]) -> bool:
         """Serve new sessions with the configuration `load` returns; sessions in flight keep

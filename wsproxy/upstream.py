@@ -19,9 +19,11 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ from wsproxy.intake import HeadTooLarge, read_head
 from wsproxy.servers import ServerState
 from wsproxy.tls import backend_context
 from wsproxy.units import is_address
-from wsproxy.wire import close_forcefully
+from wsproxy.wire import close_forcefully, wire_for
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +95,34 @@ class _HandshakeFailed(Exception):
         self.answer = answer
 
 
+_is_address = functools.lru_cache(maxsize=1024)(is_address)  # asked for every dial
+
+
 async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
     """A TCP stream to `host` (an address, or a name still to resolve), with TCP_NODELAY.
 
-    An address is dialled directly: `open_tcp_stream`'s lookup and happy-eyeballs nursery are
-    for names, and cost a visible share of each handshake.
+    An address is dialled directly, a non-blocking connect on a plain socket and trio's wait
+    until it is writable: `open_tcp_stream`'s lookup and happy-eyeballs nursery are for names,
+    and trio's socket layers cost a visible share of each handshake. A failure is the kernel's
+    `OSError` (`strerror` as the log quotes it).
     """
-    if not is_address(host):
+    if not _is_address(host):
         stream = await trio.open_tcp_stream(host, port)
         stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
         return stream
-    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
-    sock = trio.socket.socket(family, trio.socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
-        await sock.connect((host, port))
+        sock.setblocking(False)
+        error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(sock)
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))
     except BaseException:
         sock.close()
         raise
-    return trio.SocketStream(sock)  # which sets TCP_NODELAY
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))  # which sets TCP_NODELAY
 
 
 async def connect(
@@ -167,28 +179,27 @@ async def open_backend(
     start = trio.current_time()
     if connect_total is None:
         connect_total = connect_timeout * (1 + balancer.retries)
+    total_deadline = start + connect_total
     tried: list[ServerState] = []
     failure: _HandshakeFailed | None = None
-    with trio.move_on_after(connect_total) as total:
-        while len(tried) <= balancer.retries:
-            server = balancer.choose(trio.current_time(), pick, exclude=tried)
-            if server is None:
-                break
-            tried.append(server)
-            server.connecting += 1
-            began = trio.current_time()
-            try:
-                with trio.fail_after(connect_timeout):
-                    result = await _try_server(
-                        server, upgrade, client_ip, scheme, dial, tls, max_head
-                    )
-            except trio.TooSlowError:
-                failure = _HandshakeFailed(
-                    f"no answer within {connect_timeout:g}s (timeouts.connect)", TOO_SLOW
-                )
-            except _HandshakeFailed as exc:
-                failure = exc
-            else:
+    out_of_total = False
+    while len(tried) <= balancer.retries:
+        began = trio.current_time()
+        server = balancer.choose(began, pick, exclude=tried)
+        if server is None:
+            break
+        tried.append(server)
+        server.connecting += 1
+        # One scope per attempt: its own time, or what is left of the total if that ends first
+        # (the total wins a tie, as it did when it was the outer of two scopes).
+        own_deadline = began + connect_timeout
+        try:
+            with trio.move_on_at(min(own_deadline, total_deadline)) as attempt:
+                result = await _try_server(server, upgrade, client_ip, scheme, dial, tls, max_head)
+        except _HandshakeFailed as exc:
+            failure = exc
+        else:
+            if not attempt.cancelled_caught:
                 server.succeeded()
                 if isinstance(result, Backend):
                     return Backend(
@@ -199,11 +210,18 @@ async def open_backend(
                         trio.current_time() - start,
                     )
                 return result
-            finally:
-                server.connecting -= 1
-            log.warning("backend %s failed: %s", server.key, failure)
-            server.failed(trio.current_time())
-    if total.cancelled_caught and tried:
+        finally:
+            server.connecting -= 1
+        if attempt.cancelled_caught:
+            if own_deadline >= total_deadline:
+                out_of_total = True
+                break
+            failure = _HandshakeFailed(
+                f"no answer within {connect_timeout:g}s (timeouts.connect)", TOO_SLOW
+            )
+        log.warning("backend %s failed: %s", server.key, failure)
+        server.failed(trio.current_time())
+    if out_of_total:
         failure = _HandshakeFailed(
             f"no answer within the {connect_total:g}s of timeouts.connect_total", TOO_SLOW
         )
@@ -253,7 +271,7 @@ async def _handshake(
     key = new_key(os.urandom(16))
     request = backend_request(upgrade, key=key, client_ip=client_ip, scheme=scheme)
     try:
-        await stream.send_all(request.head())
+        await wire_for(stream).send_all(request.head())
         head, behind = await _answer_head(stream, request, max_head)
         if not isinstance(head, _Final):
             verdict = judge_backend_response(head, key=key, upgrade=upgrade)

@@ -6,7 +6,10 @@ first, and a wait for room only for what it did not take.
 
 Invariants:
 - `receive` always waits for readiness first, so it is a checkpoint on every call: a pump that
-  finds data every time still lets other tasks run.
+  finds data every time still lets other tasks run. A pump reads in two steps, `readable()`
+  (the wait, always a checkpoint) then `read_now()` (never waits; None when a wake-up found
+  nothing to read yet), so that a socket leg's idle pump waits in trio's own frames, with none
+  of ours between.
 - `send_all` returns without a checkpoint when the kernel takes the whole chunk at once, which is
   the common case; it waits for writability only when the socket buffer is full. `send_now`
   never waits (and on a plain trio stream sends nothing), so no other task runs during it.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import abc
 import os
+from collections.abc import Awaitable
 from typing import Final
 
 import trio
@@ -36,16 +40,29 @@ class SocketWire:
     descriptor number that a newer connection has reused is never touched.
     """
 
-    __slots__ = ("_fileno",)
+    __slots__ = ("_socket",)
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        self._fileno = stream.socket.fileno
+        self._socket = stream.socket  # not its bound `fileno`: one object less per leg
 
     def _fd(self) -> int:
-        fd = self._fileno()
+        fd = self._socket.fileno()
         if fd < 0:
             raise trio.ClosedResourceError
         return fd
+
+    def readable(self) -> Awaitable[None]:
+        """Wait until the socket can be read (trio's own wait, with no frame of ours)."""
+        return trio.lowlevel.wait_readable(self._fd())  # noqa: ASYNC105 (the caller awaits it)
+
+    def read_now(self) -> bytes | None:
+        """What the kernel has for us now (b"" at end of stream), or None if nothing yet."""
+        try:
+            return os.read(self._fd(), CHUNK)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from None
 
     async def receive(self) -> bytes:
         while True:
@@ -83,13 +100,27 @@ class SocketWire:
 
 
 class StreamWire:
-    __slots__ = ("_stream",)
+    """Any other trio stream: a read is `receive_some`, which `readable` does ahead for
+    `read_now`; nothing can be written without waiting."""
+
+    __slots__ = ("_pending", "_stream")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
+        self._pending: bytes | bytearray | None = None  # read by `readable`, for `read_now`
 
     async def receive(self) -> bytes | bytearray:
         return await self._stream.receive_some(CHUNK)
+
+    async def readable(self) -> None:
+        if self._pending is None:
+            self._pending = await self._stream.receive_some(CHUNK)
+        else:
+            await trio.lowlevel.checkpoint()
+
+    def read_now(self) -> bytes | bytearray | None:
+        data, self._pending = self._pending, None
+        return data
 
     def send_now(self, data: bytes | bytearray | memoryview) -> int:
         """A trio stream can't write without waiting: nothing is sent now."""
@@ -107,30 +138,29 @@ class ImmediateStream(trio.abc.Stream):
         """Take what fits at once, without waiting or a checkpoint; return how many bytes."""
 
 
-class ImmediateWire:
+class ImmediateWire(StreamWire):
     """An `ImmediateStream` driven as `SocketWire` drives a socket: what `send_now` takes needs
     no checkpoint; `wait_send_all_might_not_block` stands in for waiting until writable."""
 
-    __slots__ = ("_stream",)
+    __slots__ = ("_immediate",)
 
     def __init__(self, stream: ImmediateStream) -> None:
-        self._stream = stream
-
-    async def receive(self) -> bytes | bytearray:
-        return await self._stream.receive_some(CHUNK)
+        super().__init__(stream)
+        self._immediate = stream
 
     def send_now(self, data: bytes | bytearray | memoryview) -> int:
-        return self._stream.send_now(data)
+        return self._immediate.send_now(data)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        sent = self._stream.send_now(data)
+        stream = self._immediate
+        sent = stream.send_now(data)
         size = len(data)
         if sent == size:
             return
         view = memoryview(data)
         while sent < size:
-            await self._stream.wait_send_all_might_not_block()
-            sent += self._stream.send_now(view[sent:])
+            await stream.wait_send_all_might_not_block()
+            sent += stream.send_now(view[sent:])
 
 
 def wire_for(stream: trio.abc.Stream) -> SocketWire | StreamWire | ImmediateWire:
