@@ -171,7 +171,8 @@ def test_adminapi_sessions_document_reads_back() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "not json", "[]", '{"sessions": 1}', '{"sessions": [{"id": "a"}]}', "{}"]
+    "text",
+    ["", "not json", "[]", '{"sessions": 1}', '{"sessions": [{"id": "a"}]}', "{}", "[" * 3000],
 )
 def test_adminapi_parse_sessions_of_something_else_is_none(text: str) -> None:
     assert parse_sessions(text) is None
@@ -240,6 +241,8 @@ def test_adminapi_parse_action(path: bytes, body: bytes, action: Action) -> None
     [
         (b"/sessions/a/close", b"{", "the body is not JSON"),
         (b"/sessions/a/close", b"\xff", "the body is not JSON"),
+        (b"/sessions/a/close", b"[" * 3000, "the body is not JSON"),  # deeper than Python goes
+        (b"/pools/p/servers/s/drain", b'{"code": ' + b"[" * 4000, "the body is not JSON"),
         (b"/sessions/a/close", b"[1000]", "the body must be a JSON object"),
         (
             b"/sessions/a/close",

@@ -154,7 +154,7 @@ def parse_sessions(text: str) -> list[SessionRow] | None:
     try:
         document = json.loads(text)
         rows = [SessionRow(**item) for item in document["sessions"]]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, RecursionError, TypeError, KeyError):
         return None
     return rows
 
@@ -287,7 +287,7 @@ def _fields(body: bytes, known: tuple[str, ...]) -> dict[str, Any]:
         return {}
     try:
         fields = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         raise BadRequest("the body is not JSON") from None
     if not isinstance(fields, dict):
         raise BadRequest("the body must be a JSON object")
