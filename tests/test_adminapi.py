@@ -151,6 +151,24 @@ def test_adminapi_select_sessions_oldest_first_ties_by_id_filtered_and_limited()
     assert DEFAULT_LIMIT == 1000
 
 
+def test_adminapi_select_sessions_names_a_server_by_its_identity_or_its_url() -> None:
+    rows = [
+        row("a", 4.0, server="ws://app:9000 (10.0.0.5)"),
+        row("b", 3.0, server="ws://app:9000 (10.0.0.6)"),
+        row("c", 2.0, server="ws://10.0.0.7:9000"),
+        row("d", 1.0, server="ws://app:900 (10.0.0.8)"),
+    ]
+
+    def ids(server: str) -> list[str]:
+        return [r.id for r in select_sessions(rows, SessionQuery(server=server))]
+
+    assert ids("ws://app:9000") == ["a", "b"]  # every address of a DNS-named server
+    assert ids("ws://app:9000 (10.0.0.6)") == ["b"]
+    assert ids("ws://10.0.0.7:9000") == ["c"]
+    assert ids("ws://app:900") == ["d"]
+    assert ids("ws://app") == ids("10.0.0.5") == ids("ws://app:9000 (10.0.0.") == []
+
+
 def test_adminapi_sessions_document_reads_back() -> None:
     rows = [row("a", 1.5), row("b", 0.25)]
     document = sessions_document(rows)
