@@ -151,6 +151,24 @@ def test_adminapi_select_sessions_oldest_first_ties_by_id_filtered_and_limited()
     assert DEFAULT_LIMIT == 1000
 
 
+def test_adminapi_select_sessions_names_a_server_by_its_identity_or_its_url() -> None:
+    rows = [
+        row("a", 4.0, server="ws://app:9000 (10.0.0.5)"),
+        row("b", 3.0, server="ws://app:9000 (10.0.0.6)"),
+        row("c", 2.0, server="ws://10.0.0.7:9000"),
+        row("d", 1.0, server="ws://app:900 (10.0.0.8)"),
+    ]
+
+    def ids(server: str) -> list[str]:
+        return [r.id for r in select_sessions(rows, SessionQuery(server=server))]
+
+    assert ids("ws://app:9000") == ["a", "b"]  # every address of a DNS-named server
+    assert ids("ws://app:9000 (10.0.0.6)") == ["b"]
+    assert ids("ws://10.0.0.7:9000") == ["c"]
+    assert ids("ws://app:900") == ["d"]
+    assert ids("ws://app") == ids("10.0.0.5") == ids("ws://app:9000 (10.0.0.") == []
+
+
 def test_adminapi_sessions_document_reads_back() -> None:
     rows = [row("a", 1.5), row("b", 0.25)]
     document = sessions_document(rows)
@@ -171,7 +189,8 @@ def test_adminapi_sessions_document_reads_back() -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "not json", "[]", '{"sessions": 1}', '{"sessions": [{"id": "a"}]}', "{}"]
+    "text",
+    ["", "not json", "[]", '{"sessions": 1}', '{"sessions": [{"id": "a"}]}', "{}", "[" * 3000],
 )
 def test_adminapi_parse_sessions_of_something_else_is_none(text: str) -> None:
     assert parse_sessions(text) is None
@@ -240,6 +259,8 @@ def test_adminapi_parse_action(path: bytes, body: bytes, action: Action) -> None
     [
         (b"/sessions/a/close", b"{", "the body is not JSON"),
         (b"/sessions/a/close", b"\xff", "the body is not JSON"),
+        (b"/sessions/a/close", b"[" * 3000, "the body is not JSON"),  # deeper than Python goes
+        (b"/pools/p/servers/s/drain", b'{"code": ' + b"[" * 4000, "the body is not JSON"),
         (b"/sessions/a/close", b"[1000]", "the body must be a JSON object"),
         (
             b"/sessions/a/close",

@@ -57,11 +57,40 @@ def test_adminclient_find_endpoint(
     assert find_endpoint(url, token, env, admin) == endpoint
 
 
-@pytest.mark.parametrize("url", ["https://a:1", "http://a:port", "http://:1", "ftp://a"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://a:1",
+        "http://a:port",
+        "http://a:65536",
+        "http://:1",
+        "ftp://a",
+        "http://[::1",
+        "[::1:80",
+        "http://a b:1",
+        "http://a\x01b:1",
+    ],
+)
 def test_adminclient_find_endpoint_refuses_a_url_it_cannot_ask(url: str) -> None:
     with pytest.raises(AdminError) as refused:
         find_endpoint(url, None, {}, None)
     assert str(refused.value) == f"--url must be http://HOST:PORT, got {url!r}"
+
+
+@pytest.mark.parametrize(
+    "token", ["jeton-\u00e0-moi-0123456789", "\u20ac" * 16, "a b", "a\r\nX: y"]
+)
+@pytest.mark.parametrize("by_flag", [True, False])
+def test_adminclient_find_endpoint_refuses_a_token_no_configuration_can_have(
+    token: str, by_flag: bool
+) -> None:
+    flag, env = (token, {}) if by_flag else (None, {"WSPROXY_ADMIN_TOKEN": token})
+    with pytest.raises(AdminError) as refused:
+        find_endpoint("http://a:1", flag, env, None)
+    assert str(refused.value) == (
+        "the admin token (--token, $WSPROXY_ADMIN_TOKEN) must be printable ASCII "
+        "without spaces, as admin.token is"
+    )
 
 
 def test_adminclient_find_endpoint_without_url_or_admin_section() -> None:
@@ -129,6 +158,14 @@ def test_adminclient_an_unreachable_endpoint_is_one_sentence() -> None:
     assert str(failed.value) == (
         f"cannot reach the admin endpoint at http://127.0.0.1:{port}: Connection refused"
     )
+
+
+def test_adminclient_a_host_name_dns_cannot_encode_is_one_sentence() -> None:
+    with pytest.raises(AdminError) as failed:
+        request(Endpoint("a..b", 1, ""), "/sessions")
+    sentence = str(failed.value)  # then the codec's words, which depend on Python's version
+    assert sentence.startswith("cannot reach the admin endpoint at http://a..b:1: ")
+    assert "\n" not in sentence
 
 
 TOKEN = "0123456789abcdef-token"

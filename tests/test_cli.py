@@ -875,6 +875,12 @@ async def test_cli_admin_lists_sessions_and_closes_one_with_the_token_of_the_fil
             "cannot reach the admin endpoint at http://127.0.0.1:@PORT@: Connection refused",
         ),
         (("--url", "https://a:1", "sessions"), "--url must be http://HOST:PORT, got 'https://a:1'"),
+        (("--url", "http://[::1", "sessions"), "--url must be http://HOST:PORT, got 'http://[::1'"),
+        (
+            ("--url", "http://127.0.0.1:@PORT@", "--token", "\u20ac" * 16, "close", "x"),
+            "the admin token (--token, $WSPROXY_ADMIN_TOKEN) must be printable ASCII "
+            "without spaces, as admin.token is",
+        ),
         (
             ("--url", "http://a:1", "--token", "t", "close", "x", "--code", "1005"),
             "code must be a close code that may be sent (1000-1003, 1007-1014, 3000-4999), "

@@ -186,24 +186,46 @@ async def test_workers_admin_lists_every_workers_sessions_and_closes_one_on_each
         fleet(tmp_path, backend.url, token=TOKEN) as running,
         AsyncExitStack() as sessions,
     ):
-        clients = [
-            await sessions.enter_async_context(connect(running.url, origin=ORIGIN, proxy=None))
-            for _ in range(16)
-        ]
-        for index, ws in enumerate(clients):
-            await echo(ws, f"client {index}")
-        with trio.fail_after(CAP):
-            listed = json.loads((await ask(running.admin, "/sessions")).body)["sessions"]
-            oldest = json.loads((await ask(running.admin, "/sessions?limit=5")).body)["sessions"]
-        by_client = {session["client"]: session for session in listed}
+        clients: list[ClientConnection] = []
+
+        async def listing(query: str = "") -> list[dict[str, Any]]:
+            with trio.fail_after(CAP):
+                rows: list[dict[str, Any]] = json.loads(
+                    (await ask(running.admin, "/sessions" + query)).body
+                )["sessions"]
+            return rows
+
+        def worker_of(session: dict[str, Any]) -> str:  # each worker's ids have their prefix
+            return str(session["id"]).split("-")[0]
+
+        # The kernel spreads connections over the workers as it likes: 16 reach both but with
+        # a chance of 2 * 2**-16, so a few more are made until they do.
+        listed: list[dict[str, Any]] = []
+        while len(clients) < 16 or len({worker_of(s) for s in listed}) < 2:
+            assert len(clients) < 64, listed
+            ws = await sessions.enter_async_context(connect(running.url, origin=ORIGIN, proxy=None))
+            await echo(ws, f"client {len(clients)}")
+            clients.append(ws)
+            if len(clients) >= 16:
+                listed = await listing()
+        oldest = await listing("?limit=5")
         addresses = ["{}:{}".format(*ws.local_address[:2]) for ws in clients]
-        assert sorted(by_client) == sorted(addresses)
-        assert [s["id"] for s in oldest] == [s["id"] for s in listed[:5]]
-        # Each worker's ids have a prefix of its own; the kernel spread 16 connections over
-        # both workers but with a chance of 2 * 2**-16.
-        workers = {session["id"].split("-")[0] for session in listed}
-        assert len(workers) == 2, listed
-        chosen = [next(s for s in listed if s["id"].startswith(w)) for w in sorted(workers)]
+        # Every worker's sessions are listed, merged oldest first.
+        assert sorted(s["client"] for s in listed) == sorted(addresses)
+        assert [s["age"] for s in listed] == sorted((s["age"] for s in listed), reverse=True)
+        workers = sorted({worker_of(s) for s in listed})
+        for worker in workers:  # a worker's own sessions are in the order they connected
+            theirs = [s["client"] for s in listed if worker_of(s) == worker]
+            assert theirs == [address for address in addresses if address in theirs]
+        # The limit applies to the merged list. Each worker tells the ages at its own moment,
+        # so sessions of two workers that started close together may interleave differently
+        # from one listing to the next; each worker's oldest come first in both.
+        assert len(oldest) == 5
+        assert [s["age"] for s in oldest] == sorted((s["age"] for s in oldest), reverse=True)
+        for worker in workers:
+            theirs = [s["id"] for s in oldest if worker_of(s) == worker]
+            assert theirs == [s["id"] for s in listed if worker_of(s) == worker][: len(theirs)]
+        chosen = [next(s for s in listed if worker_of(s) == w) for w in workers]
         with trio.fail_after(CAP):
             for number, session in enumerate(chosen):
                 path = f"/sessions/{session['id']}/close"

@@ -10,7 +10,8 @@ Invariants:
   normal form, and the supervisor passes on to its workers exactly that form (`query_target`,
   `action_target`, `action_body`), so a worker never judges a request the supervisor did not.
 - A listing is the oldest sessions first (ties by id), filtered by pool and server, at most
-  `limit` of them (`DEFAULT_LIMIT` unless given, at most `MAX_LIMIT`). Merging the listings of
+  `limit` of them (`DEFAULT_LIMIT` unless given, at most `MAX_LIMIT`). A server is named by its
+  identity or by its URL (every address of it), as drains name it. Merging the listings of
   several workers is selecting again from their union (`select_sessions`).
 """
 
@@ -87,7 +88,7 @@ class SessionQuery:
     """Which sessions `GET /sessions` lists."""
 
     pool: str = ""  # "": every pool
-    server: str = ""  # a server's identity as /status names it; "": every server
+    server: str = ""  # a server's identity as /status names it, or its URL; "": every server
     limit: int = DEFAULT_LIMIT
 
 
@@ -138,10 +139,17 @@ def select_sessions(rows: Iterable[SessionRow], query: SessionQuery) -> list[Ses
         row
         for row in rows
         if (not query.pool or row.pool == query.pool)
-        and (not query.server or row.server == query.server)
+        and (not query.server or _names(query.server, row.server))
     ]
     chosen.sort(key=lambda row: (-row.age, row.id))
     return chosen[: query.limit]
+
+
+def _names(server: str, key: str) -> bool:
+    """Whether `server`, as an operator gives it, names the server whose identity is `key`:
+    the identity itself, or its URL (every address of it, as a drain takes it). An identity is
+    the URL, or the URL and ` (ADDRESS)`; a URL has no space."""
+    return key == server or key.partition(" (")[0] == server
 
 
 def sessions_document(rows: Iterable[SessionRow]) -> bytes:
@@ -154,7 +162,7 @@ def parse_sessions(text: str) -> list[SessionRow] | None:
     try:
         document = json.loads(text)
         rows = [SessionRow(**item) for item in document["sessions"]]
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, RecursionError, TypeError, KeyError):
         return None
     return rows
 
@@ -287,7 +295,7 @@ def _fields(body: bytes, known: tuple[str, ...]) -> dict[str, Any]:
         return {}
     try:
         fields = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         raise BadRequest("the body is not JSON") from None
     if not isinstance(fields, dict):
         raise BadRequest("the body must be a JSON object")

@@ -4,7 +4,8 @@ send, one request each, and the answers as an operator's shell shows them.
 Invariants:
 - The address is `--url`, else the configuration's `admin.address` (a wildcard host asked on
   loopback); the token is `--token`, else `$WSPROXY_ADMIN_TOKEN`, else `admin.token`. A
-  request is sent with the token only when there is one.
+  request is sent with the token only when there is one, and only one an `Authorization`
+  header can carry (printable ASCII, no space: what `admin.token` may be).
 - Every failure is an `AdminError` with one sentence: the endpoint unreachable or silent
   within `TIMEOUT`, or an answer other than 200 (the endpoint's own sentence is kept). The
   token never appears in one.
@@ -29,7 +30,7 @@ from wsproxy.adminapi import (
     parse_sessions,
     query_target,
 )
-from wsproxy.config import Admin
+from wsproxy.config import TOKEN_CHARACTERS, Admin
 
 TIMEOUT: Final = 10.0  # seconds for the endpoint to answer
 TOKEN_VARIABLE: Final = "WSPROXY_ADMIN_TOKEN"
@@ -67,15 +68,22 @@ def find_endpoint(
     """The endpoint from the command's `url` and `token`, the environment and the
     configuration's `admin` section (None: the file has none, or was not read)."""
     token = token or env.get(TOKEN_VARIABLE) or (admin.token if admin is not None else "")
+    if token and not TOKEN_CHARACTERS.fullmatch(token):  # a header could not carry it
+        raise AdminError(
+            f"the admin token (--token, ${TOKEN_VARIABLE}) must be printable ASCII without "
+            "spaces, as admin.token is"
+        )
     if url:
-        parts = urlsplit(url if "//" in url else f"http://{url}")
+        unfit = AdminError(f"--url must be http://HOST:PORT, got {url!r}")
         try:
+            parts = urlsplit(url if "//" in url else f"http://{url}")
             port = parts.port or 80
-        except ValueError:
-            port = -1
-        if parts.scheme != "http" or not parts.hostname or port < 0:
-            raise AdminError(f"--url must be http://HOST:PORT, got {url!r}")
-        return Endpoint(parts.hostname, port, token)
+        except ValueError:  # an unclosed [IPv6 address, or a port that is not a number
+            raise unfit from None
+        host = parts.hostname
+        if parts.scheme != "http" or not host or not host.isprintable() or " " in host:
+            raise unfit
+        return Endpoint(host, port, token)
     if admin is None:
         raise AdminError("the configuration has no admin.address: give --url http://HOST:PORT")
     return Endpoint(_WILDCARDS.get(admin.host, admin.host), admin.port, token)
@@ -101,7 +109,7 @@ def request(endpoint: Endpoint, path: str, body: bytes | None = None) -> bytes:
         conn.request("POST" if body is not None else "GET", path, body=body, headers=headers)
         response = conn.getresponse()
         status, text = response.status, response.read()
-    except (OSError, http.client.HTTPException) as exc:
+    except (OSError, http.client.HTTPException, UnicodeError) as exc:  # UnicodeError: IDNA
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise AdminError(f"cannot reach the admin endpoint at {where}: {reason}") from None
     finally:

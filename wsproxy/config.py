@@ -300,7 +300,7 @@ HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
 LIMIT_ACTIONS: Final = ("throttle", "close")
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
 MIN_ADMIN_TOKEN: Final = 16  # characters, for the same reason
-_TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
+TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
 _POOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -720,7 +720,7 @@ def _admin_token(value: object) -> str:
     if (
         not isinstance(value, str)
         or len(value) < MIN_ADMIN_TOKEN
-        or not _TOKEN_CHARACTERS.fullmatch(value)
+        or not TOKEN_CHARACTERS.fullmatch(value)
     ):
         raise ValueError(
             f"expected a string of at least {MIN_ADMIN_TOKEN} characters without spaces or "
