@@ -537,3 +537,11 @@ def test_workers_for_worker_takes_the_supervisors_ports_and_no_admin(tmp_path: P
         {},
     )
     assert for_worker(limited, [1]).pools["main"].max_connections_per_server == 3
+
+
+def test_workers_for_worker_shares_out_the_rebalancing_rate(tmp_path: Path) -> None:
+    text = write(tmp_path / "c.yaml", 0, 9090, "ws://127.0.0.1:9").read_text()
+    text = text.replace("servers: [", "rebalance: {rate: 5/s}\n    servers: [")
+    rebalance = for_worker(parse_config(text, {}), [1]).pools["main"].rebalance
+    assert rebalance is not None
+    assert rebalance.rate == 2.5

@@ -12,7 +12,8 @@ Invariants:
   pools: until no session is misplaced), re-planned once a `CHECK_INTERVAL` from what is live.
 - Closes are paced per pool by `rebalance.next_close_at`, from the instants closes were made:
   however late a wake-up comes, no window of one second holds more than `rate` closes. With
-  `workers`, each process takes an equal part of the rate.
+  `workers`, each process's configuration carries its equal part of the rate
+  (`workers.for_worker`).
 - A close is `session.shutdown(Close(close_code, REASON))` in a task of its own, so a slow
   client never delays the next; it is counted in `wsproxy_rebalance_closes_total{pool}` and the
   pool's `/status`. A session is closed only if it is still live and nobody has begun its close.
@@ -86,14 +87,13 @@ async def keep_balanced(
                 settings = balancer.pool.rebalance
                 if settings is None or stopping() or not watch.queue:
                     continue
-                rate = settings.rate / snapshot.config.workers
-                if now >= next_close_at(watch.recent, rate):
+                if now >= next_close_at(watch.recent, settings.rate):
                     _close_next(watch, balancer, registry, closing, settings.close_code, now)
-                    while len(watch.recent) > per_second(rate):
+                    while len(watch.recent) > per_second(settings.rate):
                         watch.recent.popleft()
                     balancer.rebalance_closes = watch.closes
                 if watch.queue:
-                    wake = min(wake, next_close_at(watch.recent, rate))
+                    wake = min(wake, next_close_at(watch.recent, settings.rate))
             await trio.sleep_until(wake)
 
 

@@ -74,7 +74,8 @@ READY_POLL: Final = 0.02  # seconds between looks at whether a started worker an
 
 def for_worker(config: Config, ports: Sequence[int]) -> Config:
     """A worker's view of `config`: the supervisor's ports, its share of each connection
-    limit, no admin address (the supervisor has it), one process."""
+    limit and of each pool's rebalancing rate, no admin address
+    (the supervisor has it), one process."""
     share = config.workers
     listen = tuple(
         dataclasses.replace(x, port=port) for x, port in zip(config.listen, ports, strict=True)
@@ -87,13 +88,22 @@ def for_worker(config: Config, ports: Sequence[int]) -> Config:
     pools = MappingProxyType(
         {
             name: dataclasses.replace(
-                pool, max_connections_per_server=-(-pool.max_connections_per_server // share)
+                pool,
+                max_connections_per_server=-(-pool.max_connections_per_server // share),
+                rebalance=None
+                if pool.rebalance is None
+                else dataclasses.replace(pool.rebalance, rate=pool.rebalance.rate / share),
             )
             for name, pool in config.pools.items()
         }
     )
     return dataclasses.replace(
-        config, listen=listen, security=security, pools=pools, admin=None, workers=1
+        config,
+        listen=listen,
+        security=security,
+        pools=pools,
+        admin=None,
+        workers=1,
     )
 
 
