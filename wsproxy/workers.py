@@ -74,7 +74,7 @@ READY_POLL: Final = 0.02  # seconds between looks at whether a started worker an
 
 def for_worker(config: Config, ports: Sequence[int]) -> Config:
     """A worker's view of `config`: the supervisor's ports, its share of each connection
-    limit and of each pool's rebalancing rate, no admin address
+    limit, of the per-IP handshake rate and of each pool's rebalancing rate, no admin address
     (the supervisor has it), one process."""
     share = config.workers
     listen = tuple(
@@ -85,6 +85,15 @@ def for_worker(config: Config, ports: Sequence[int]) -> Config:
         max_connections=-(-config.security.max_connections // share),
         max_connections_per_ip=-(-config.security.max_connections_per_ip // share),
     )
+    per_ip = config.limits.per_ip
+    if per_ip is not None:
+        rate = per_ip.handshakes_per_second
+        per_ip = dataclasses.replace(
+            per_ip,
+            handshakes_per_second=-(-rate // share),
+            burst=-(-(per_ip.burst or rate) // share),
+        )
+    limits = dataclasses.replace(config.limits, per_ip=per_ip)
     pools = MappingProxyType(
         {
             name: dataclasses.replace(
@@ -101,6 +110,7 @@ def for_worker(config: Config, ports: Sequence[int]) -> Config:
         config,
         listen=listen,
         security=security,
+        limits=limits,
         pools=pools,
         admin=None,
         workers=1,
