@@ -223,7 +223,7 @@ class ServerStatus:
     address: str
     port: int
     weight: int
-    share: float  # of its pool's sessions, by effective weight; 0.0 when it takes none
+    share: float  # of its pool's sessions, by effective weight (`rebalance.shares`)
     health: str  # up | down (active check) | ejected (passive, for `ejected_for` seconds)
     listed: bool  # False: removed from its pool, finishing the sessions it has
     sessions: int
