@@ -102,6 +102,24 @@ async def test_drains_agent_silence_never_ends_an_operators_drain(
     assert f.a.effective_weight == 0
 
 
+async def test_drains_an_operators_drain_over_an_agents_is_not_ended_by_the_agent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        f = Fixture(nursery)
+        sessions = on(f.registry, f.a, 3)
+        f.drains.apply(f.balancer, f.a, AgentReport(drain=3.0))
+        await trio.sleep(0.5)
+        assert f.drains.drain("main", "ws://10.0.0.1:9000", 60.0, 4000)
+        await trio.sleep(0.5)
+        f.drains.apply(f.balancer, f.a, AgentReport())  # the agent stops asking at 1.0
+        assert f.a.draining
+        await trio.sleep(10.0)
+    close = Close(1012, DRAIN_REASON)  # the schedule in force goes on: the agent's
+    assert [s.asked for s in sessions] == [[(0.0, close)], [(1.0, close)], [(2.0, close)]]
+    assert f.a.draining, "only an undrain ends it"
+
+
 async def test_drains_bad_headers_warn_once_per_server_and_problem_then_every_minute(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:

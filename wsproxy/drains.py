@@ -9,8 +9,10 @@ Invariants:
   no longer the server's (undrained, or ended and started anew), so no two schedules ever
   close one server's sessions; a drain started while one runs keeps the running one.
 - An agent report sets the server's agent weight (absent: back to the configured weight), and
-  starts or ends an agent drain; it never ends an operator's drain. An operator's undrain ends
-  either kind (an agent still asking starts a new one at its next answer).
+  starts or ends an agent drain; it never ends an operator's drain. An operator's drain over an
+  agent's running one keeps its schedule but becomes the operator's, so only an undrain ends
+  it. An operator's undrain ends either kind (an agent still asking starts a new one at its
+  next answer).
 - A report's problems are logged at WARNING, once per server and problem, then again only
   after `WARN_EVERY` seconds: a backend sending a bad header every probe does not flood the
   log.
@@ -113,8 +115,19 @@ class Drains:
     ) -> None:
         """Drain `state` unless it drains already (the running drain is kept)."""
         running = state.drain
+        was = running.by if running is not None else None
         drain = state.start_drain(by, window, code, trio.current_time())
         if drain is running:
+            if was != drain.by:
+                log.info(
+                    "pool %s: server %s: the operator's drain takes over the agent's "
+                    "(closing with %d over %gs, %.3gs left)",
+                    balancer.name,
+                    state.key,
+                    drain.code,
+                    drain.window,
+                    drain.left(trio.current_time()),
+                )
             return
         log.info(
             "pool %s: server %s draining (%s): %d sessions closed with %d over %gs",
