@@ -14,9 +14,10 @@ Invariants:
   however late a wake-up comes, no window of one second holds more than `rate` closes. With
   `workers`, each process's configuration carries its equal part of the rate
   (`workers.for_worker`).
-- A close is `session.shutdown(Close(close_code, REASON))` in a task of its own, so a slow
-  client never delays the next; it is counted in `wsproxy_rebalance_closes_total{pool}` and the
-  pool's `/status`. A session is closed only if it is still live and nobody has begun its close.
+- A close is `registry.ask_to_close(session, Close(close_code, REASON))` in a task of its own,
+  so a slow client never delays the next, and a failing one never stops the loop; it is
+  counted in `wsproxy_rebalance_closes_total{pool}` and the pool's `/status`. A session is
+  closed only if it is still live and nobody has begun its close.
 - The sessions of a draining server are its drain's to close (over the drain's window): they
   count as leaving, and rebalancing never closes one.
 - Nothing is closed once the proxy is stopping: the drain closes what is left.
@@ -168,7 +169,7 @@ def _close_next(
             log.debug(
                 "rebalance: closing session %s on %s, %.3fs old", live.id, live.server.key, age
             )
-            closing.start_soon(live.session.shutdown, Close(code, REASON))
+            closing.start_soon(registry.ask_to_close, live.session, Close(code, REASON))
             watch.pending[live.id] = live
             watch.recent.append(now)
             watch.closes += 1
