@@ -3,6 +3,9 @@ Started by its agent (`Wsproxy-Drain` in a health answer, with `health_check.age
 operator (`Proxy.drain`, which the admin endpoint calls); agent weights are applied here too.
 
 Invariants:
+- A server is found by pool and name in the snapshot in use (servers a reload unlisted
+  included) or, for a pool a reload removed, among the servers its live sessions run on: a
+  drain of a removed pool's server can still be ended while its paced close goes on.
 - The state of a drain is the server's (`ServerState.drain`); this module starts the paced
   close that goes with it (`Registry.close_paced` over that server's sessions) in the nursery
   it is given, and returns at once. The close stops asking as soon as the drain it serves is
@@ -74,11 +77,12 @@ class Drains:
 
     def _find(self, pool: str, server: str) -> list[tuple[PoolBalancer, ServerState]]:
         balancer = self._snapshot().balancers.get(pool)
-        if balancer is None:
-            return []
-        states = [*balancer.servers, *balancer.retired]
-        named = [s for s in states if s.key == server] or [s for s in states if s.url == server]
-        return [(balancer, state) for state in named]
+        if balancer is not None:
+            found = {s: balancer for s in (*balancer.servers, *balancer.retired)}
+        else:  # a pool a reload removed: the servers its sessions still run on
+            found = {x.server: x.balancer for x in self._registry.live() if x.balancer.name == pool}
+        named = [s for s in found if s.key == server] or [s for s in found if s.url == server]
+        return [(found[state], state) for state in named]
 
     # ---- an agent's
 
