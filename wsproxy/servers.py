@@ -39,6 +39,11 @@ def identity(server: Server, address: str) -> str:
     return server.url if address == server.host else f"{server.url} ({address})"
 
 
+def url_of(key: str) -> str:
+    """The URL in a server's identity (`identity`); a URL is its own."""
+    return key.split(" (", 1)[0]
+
+
 @dataclass(slots=True, eq=False)
 class Drain:
     """A server taking no new sessions while its sessions are closed spread over `window`.
