@@ -9,12 +9,14 @@ import trio
 import trio.testing
 
 from tests.conftest import proxy_config
-from tests.helpers import FakeSession
+from tests.helpers import FakeSession, Peer
 from wsproxy.actions import Actions
+from wsproxy.balancer import Pick
 from wsproxy.closes import Close
 from wsproxy.config import Config
 from wsproxy.drains import Drains
-from wsproxy.registry import Registry
+from wsproxy.registry import LiveSession, Registry
+from wsproxy.relay import Session
 from wsproxy.servers import ServerStates
 from wsproxy.snapshot import build_snapshot
 
@@ -25,6 +27,9 @@ class Named:
 
     id: str
     session: FakeSession
+
+
+SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\n\r\n"
 
 
 def actions_for(config: Config) -> tuple[Actions, Registry]:
@@ -59,3 +64,42 @@ async def test_actions_drain_and_undrain_name_a_pools_server_or_return_false(
     assert not actions.undrain("main", "ws://10.0.0.2:9000")
     assert actions.drain("main", "ws://10.0.0.1:9000", 1.0, 1012)
     assert actions.undrain("main", "ws://10.0.0.1:9000")
+
+
+async def test_actions_a_close_during_the_101_waits_for_it_and_never_fails_the_nursery(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    config = proxy_config("ws://10.0.0.1:9000")
+    actions, registry = actions_for(config)
+    snapshot = build_snapshot(config, ServerStates())
+    client_end, proxy_client = trio.testing.lockstep_stream_pair()  # the 101 waits for a reader
+    backend_end, proxy_backend = trio.testing.memory_stream_pair()
+    balancer = snapshot.balancers["main"]
+    live = LiveSession(
+        id=registry.new_id(),
+        session=Session(config, proxy_client, proxy_backend, compressed=False),
+        switching=SWITCHING,
+        balancer=balancer,
+        server=balancer.servers[0],
+        pick=Pick(),
+        route="/",
+        subprotocol="",
+        started=trio.current_time(),
+        client="10.1.0.1:40000",
+    )
+    client, backend = Peer(client_end, client=True), Peer(backend_end, client=False)
+    async with trio.open_nursery() as nursery:
+        actions.nursery = nursery
+        nursery.start_soon(registry.relay, live)
+        await trio.testing.wait_all_tasks_blocked()  # the 101 is being sent
+        assert actions.close_session(live.id, Close(4000, "bye"))
+        await trio.testing.wait_all_tasks_blocked()
+        head = b""
+        while len(head) < len(SWITCHING):
+            head += await client_end.receive_some(len(SWITCHING) - len(head))
+        assert head == SWITCHING, "the 101 first, whole"
+        assert await client.expect_close() == (4000, "bye")
+        assert await backend.expect_close() == (4000, "bye")
+        await client.close(4000)
+        await backend.close(4000)
+    assert not registry.sessions

@@ -21,12 +21,12 @@ from tests.helpers import ask, on
 from wsproxy.agent import AgentReport
 from wsproxy.balancer import PoolBalancer
 from wsproxy.closes import Close
-from wsproxy.config import Config
+from wsproxy.config import Config, parse_config
 from wsproxy.drains import DRAIN_REASON, WARN_EVERY, Drains
 from wsproxy.registry import Registry
 from wsproxy.server import Proxy
-from wsproxy.servers import ServerState
-from wsproxy.snapshot import Snapshot, build_snapshot
+from wsproxy.servers import ServerState, ServerStates
+from wsproxy.snapshot import Snapshot, build_snapshot, retire
 
 CAP = 20.0
 QUICK_STOP = "shutdown: {drain_timeout: 0s, close_window: 0s}"  # the rest hear 1001 at once
@@ -100,6 +100,24 @@ async def test_drains_agent_silence_never_ends_an_operators_drain(
     assert f.a.drain is not None
     assert f.a.drain.by == "admin"
     assert f.a.effective_weight == 0
+
+
+async def test_drains_an_operators_drain_over_an_agents_is_not_ended_by_the_agent(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        f = Fixture(nursery)
+        sessions = on(f.registry, f.a, 3)
+        f.drains.apply(f.balancer, f.a, AgentReport(drain=3.0))
+        await trio.sleep(0.5)
+        assert f.drains.drain("main", "ws://10.0.0.1:9000", 60.0, 4000)
+        await trio.sleep(0.5)
+        f.drains.apply(f.balancer, f.a, AgentReport())  # the agent stops asking at 1.0
+        assert f.a.draining
+        await trio.sleep(10.0)
+    close = Close(1012, DRAIN_REASON)  # the schedule in force goes on: the agent's
+    assert [s.asked for s in sessions] == [[(0.0, close)], [(1.0, close)], [(2.0, close)]]
+    assert f.a.draining, "only an undrain ends it"
 
 
 async def test_drains_bad_headers_warn_once_per_server_and_problem_then_every_minute(
@@ -210,6 +228,39 @@ async def test_drains_undrained_then_drained_again_gets_a_new_schedule(
         f.drains.apply(f.balancer, f.a, AgentReport(drain=1.0))  # back, at 1.0
     close = Close(1012, DRAIN_REASON)
     assert [s.asked for s in sessions] == [[(0.0, close)], [(1.0, close)], [(1.5, close)]]
+
+
+async def test_drains_a_server_of_a_pool_a_reload_removed_can_still_be_undrained(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    states = ServerStates()
+    both = parse_config(
+        """
+listen: [{address: 127.0.0.1:0}]
+security: {allowed_origins: ["*"]}
+routes: [{path: /, pool: main}, {path: /old, pool: old}]
+pools:
+  main: {servers: ["ws://10.0.0.1:9000"]}
+  old: {servers: ["ws://10.0.0.9:9000"]}
+""",
+        {},
+    )
+    snapshot = build_snapshot(both, states)
+    registry = Registry(lambda: both)
+    drains = Drains(registry, lambda: snapshot)
+    gone = snapshot.balancers["old"].servers[0]
+    sessions = on(registry, gone, 3, pool="old")
+    async with trio.open_nursery() as nursery:
+        drains.nursery = nursery
+        assert drains.drain("old", "ws://10.0.0.9:9000", 3.0, 1012)
+        await trio.sleep(0.5)
+        after = build_snapshot(proxy_config("ws://10.0.0.1:9000"), states)
+        retire(snapshot, after, states)
+        snapshot = after  # the reload removed pool old
+        assert drains.undrain("old", "ws://10.0.0.9:9000")
+        assert not gone.draining
+        assert not drains.undrain("old", "ws://10.0.0.8:9000")
+    assert [len(s.asked) for s in sessions] == [1, 0, 0], "the undrain stopped the closes"
 
 
 # --- end to end ----------------------------------------------------------------------------------

@@ -519,6 +519,39 @@ async def test_fleet_view_drains_done_stand_for_workers_ready_later() -> None:
     assert list(view.standing) == [("chat", "ws://b:1")]
 
 
+async def test_fleet_view_standing_drains_follow_either_spelling_of_a_server() -> None:
+    url, one, two = "ws://app:1", "ws://app:1 (10.0.0.5)", "ws://app:1 (10.0.0.6)"
+    actions = [Drain("chat", s) for s in (url, one, two)] + [
+        Undrain("chat", s) for s in (url, one, two)
+    ]
+    view = FleetView(
+        FakeSupervisor([FakeMember(0, {action_target(a): (200, "{}") for a in actions})])
+    )
+
+    async def replayed() -> list[str]:
+        late = FakeMember(1)
+        await view.restore(late)
+        return late.asked
+
+    def asks(*actions: Action) -> list[str]:
+        return [action_target(action) for action in actions]
+
+    assert await view.act(Drain("chat", url))
+    assert await view.act(Undrain("chat", one))  # one address of it takes sessions again
+    assert await replayed() == asks(Drain("chat", url), Undrain("chat", one))
+    assert await view.act(Drain("chat", one))  # drained again: the drain of it stands
+    assert await replayed() == asks(Drain("chat", url), Drain("chat", one))
+    assert await view.act(Undrain("chat", url))  # by URL: every address of it
+    assert await replayed() == []
+    assert await view.act(Drain("chat", two))
+    assert await view.act(Undrain("chat", url))  # drained by identity, undrained by URL
+    assert await replayed() == []
+    assert await view.act(Drain("chat", url))
+    assert await view.act(Undrain("chat", two))
+    assert await view.act(Drain("chat", url))  # the URL again: every address drains
+    assert await replayed() == asks(Drain("chat", url))
+
+
 def test_fleet_member_protocol_is_what_workers_give() -> None:
     from wsproxy.workers import Worker
 

@@ -454,3 +454,43 @@ def test_rebalance_plan_never_closes_a_session_whose_client_would_come_straight_
     plan = plan_tolerance([s0, s1, s2], sessions, 1e6, tolerance=0.1, min_age=0, rebalancing=False)
     assert plan.counts() == {s0: 6, s2: 2}
     assert loads_after([s0, s1, s2], plan, 1e6) == {"s0": 6, "s1": 8, "s2": 2}
+
+
+def test_rebalance_a_server_that_only_stops_taking_sessions_keeps_its_own() -> None:
+    # weight 0 (its agent's or configured) and a passive ejection stop new sessions, not live
+    # ones: such a server's share is its own load, so it never gives a session (nor takes one)
+    a, b, weightless, ejected = state("a"), state("b"), state("w"), state("e")
+    weightless.agent_weight = 0
+    ejected.failed(0.5)  # one failed connect: ejected until 1.5
+    sessions = fill(a, 40) + fill(b, 40) + fill(weightless, 30) + fill(ejected, 30)
+    servers = [a, b, weightless, ejected]
+    assert shares(servers, 1.0) == {a: 40.0, b: 40.0, weightless: 30.0, ejected: 30.0}
+    assert below_share(servers, 1.0) == []
+    plan = plan_tolerance(servers, sessions, 1.0, tolerance=0.25, min_age=0, rebalancing=False)
+    assert plan == Plan(False, ())
+    plan = plan_tolerance(servers, sessions, 1.0, tolerance=0.0, min_age=0, rebalancing=True)
+    assert plan == Plan(False, ())
+    # once back in the room, the ejected server is reckoned by its weight again
+    assert shares(servers, 2.0)[ejected] == pytest.approx(110 / 3)  # w still holds its 30
+
+
+def test_rebalance_a_draining_server_still_has_no_share() -> None:
+    a, draining = state("a"), state("d")
+    draining.start_drain("admin", 60.0, 1012, 0.0)
+    fill(a, 10)
+    fill(draining, 10)
+    assert shares([a, draining], 1.0) == {a: 20.0, draining: 0.0}
+
+
+def test_rebalance_affinity_sessions_stay_on_a_server_that_only_stops_taking_new_ones() -> None:
+    states = ServerStates()
+    balancer = hash_pool(states, "a", "b", "c", "d")
+    sessions = place(balancer, [f"10.0.0.{i}" for i in range(80)])
+    a, b, c, _ = balancer.servers
+    a.agent_weight = 0
+    b.failed(0.5)
+    plan = plan_affinity(balancer.servers, sessions, 1.0, belongs(balancer), min_age=0)
+    assert plan == Plan(False, ())
+    c.checked_up = False  # down by its active check: its sessions go
+    plan = plan_affinity(balancer.servers, sessions, 1.0, belongs(balancer), min_age=0)
+    assert set(plan.closes) == {s for s in sessions if s.server is c}

@@ -29,6 +29,7 @@ from wsproxy.registry import LiveSession, Registry
 from wsproxy.relay import Session
 from wsproxy.servers import ServerStates
 from wsproxy.snapshot import Snapshot, build_snapshot, retire
+from wsproxy.workers import for_worker
 
 ADDRESSES = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
 CAP = 30.0
@@ -266,12 +267,13 @@ pools:
 async def test_rebalancing_workers_share_the_rate(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    proxy = FakeProxy(config(1, "{rate: 10/s, min_age: 0s}", workers=2))
+    # a worker runs the configuration the supervisor hands it
+    proxy = FakeProxy(for_worker(config(1, "{rate: 10/s, min_age: 0s}", workers=2), [0]))
     for _ in range(20):
         proxy.connect()
     await proxy.start(nursery)
     await trio.sleep_until(0.5)
-    proxy.reload(config(2, "{rate: 10/s, min_age: 0s}", workers=2))
+    proxy.reload(for_worker(config(2, "{rate: 10/s, min_age: 0s}", workers=2), [0]))
     await trio.sleep_until(30.0)
     assert closes_at(proxy) == pytest.approx(spaced(1.0, 0.2, 8))  # 5/s in each of 2 workers
     assert most_in_a_second(closes_at(proxy)) == 5

@@ -4,6 +4,7 @@ autojump clock with exact instants (the relay of a whole session is in test_admi
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import pytest
 import trio
@@ -119,6 +120,35 @@ async def test_registry_close_paced_asks_each_at_its_instant_and_skips_the_ended
     assert [s.asked for s in sessions] == [[(0.0, close)], [(0.3, close)], []]
     assert trio.current_time() == 0.6  # asked when its turn came, and it had ended
     assert not registry.sessions
+
+
+class Failing(FakeSession):
+    async def shutdown(self, close: Close) -> None:
+        self.asked.append((trio.current_time(), close))
+        raise trio.BusyResourceError("another task is already sending")
+
+
+@dataclass(frozen=True)
+class Named:
+    id: str
+
+
+async def test_registry_a_close_that_fails_is_logged_and_stops_nothing(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = registry_for()
+    failing, fine = Failing(registry), FakeSession(registry)
+    registry.sessions[failing] = Named("a-1")  # type: ignore[index, assignment]
+    registry.sessions[fine] = Named("a-2")  # type: ignore[index, assignment]
+    close = Close(1012, "server draining")
+    await registry.close_paced(close, 1.0)  # would raise out of the drain's nursery
+    assert [failing.asked, fine.asked] == [[(0.0, close)], [(0.5, close)]]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("ERROR", "closing session a-1 with 1012 failed")
+    ]
+    ended = FakeSession(registry)  # not live (any more): nothing to ask
+    await registry.ask_to_close(ended, close)  # type: ignore[arg-type]
+    assert ended.asked == []
 
 
 def test_registry_session_ids_are_distinct_within_a_process_and_between_processes() -> None:

@@ -198,12 +198,23 @@ def test_servers_available_needs_health_too() -> None:
 
 def test_servers_a_drain_started_twice_keeps_the_earlier_schedule() -> None:
     state = ServerState(server())
-    first = state.start_drain("agent", 30.0, 1012, 5.0)
-    assert (first.by, first.window, first.started, first.code) == ("agent", 30.0, 5.0, 1012)
-    again = state.start_drain("admin", 2.0, 4000, 9.0)
+    first = state.start_drain("admin", 30.0, 1012, 5.0)
+    assert (first.by, first.window, first.started, first.code) == ("admin", 30.0, 5.0, 1012)
+    again = state.start_drain("agent", 2.0, 4000, 9.0)
     assert again is first
     assert state.drain is first
+    assert (first.by, first.window, first.started, first.code) == ("admin", 30.0, 5.0, 1012)
     assert state.draining
+
+
+def test_servers_an_operators_drain_over_an_agents_makes_it_the_operators() -> None:
+    state = ServerState(server())
+    first = state.start_drain("agent", 600.0, 1012, 5.0)
+    again = state.start_drain("admin", 60.0, 4000, 9.0)
+    assert again is first, "the schedule is kept"
+    assert (first.by, first.window, first.started, first.code) == ("admin", 600.0, 5.0, 1012)
+    assert not state.end_drain("agent"), "the agent's silence no longer ends it"
+    assert state.end_drain("admin")
 
 
 def draining(state: ServerState) -> bool:

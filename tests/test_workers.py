@@ -559,3 +559,23 @@ def test_workers_for_worker_takes_the_supervisors_ports_and_no_admin(tmp_path: P
         {},
     )
     assert for_worker(limited, [1]).pools["main"].max_connections_per_server == 3
+
+
+def test_workers_for_worker_shares_out_the_handshake_and_rebalancing_rates(
+    tmp_path: Path,
+) -> None:
+    text = write(tmp_path / "c.yaml", 0, 9090, "ws://127.0.0.1:9").read_text()
+    text = text.replace("servers: [", "rebalance: {rate: 5/s}\n    servers: [")
+    limited = parse_config(text + "limits: {per_ip: {handshakes_per_second: 5}}\n", {})
+    worker = for_worker(limited, [1])
+    rebalance = worker.pools["main"].rebalance
+    assert rebalance is not None
+    assert rebalance.rate == 2.5
+    per_ip = worker.limits.per_ip
+    assert per_ip is not None
+    assert (per_ip.handshakes_per_second, per_ip.burst) == (3, 3)  # the burst defaulted to 5
+    bursty = parse_config(text + "limits: {per_ip: {handshakes_per_second: 5, burst: 41}}\n", {})
+    per_ip = for_worker(bursty, [1]).limits.per_ip
+    assert per_ip is not None
+    assert (per_ip.handshakes_per_second, per_ip.burst) == (3, 21)
+    assert for_worker(parse_config(text, {}), [1]).limits.per_ip is None

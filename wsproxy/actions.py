@@ -4,7 +4,8 @@ session, drain or undrain one server.
 Invariants:
 - Every action begins in the background (in `nursery`, the proxy's upkeep, once it serves) and
   returns at once, so a slow client never holds the asker; an action that names nothing known
-  returns False and changes nothing.
+  returns False and changes nothing. Closes go through `Registry.ask_to_close`, so none can
+  fail the nursery.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Actions:
         live = self._registry.find(session_id)
         if live is None or self.nursery is None:
             return False
-        self.nursery.start_soon(live.session.shutdown, close)
+        self.nursery.start_soon(self._registry.ask_to_close, live.session, close)
         return True
 
     def drain(self, pool: str, server: str, window: float, code: int) -> bool:

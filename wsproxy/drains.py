@@ -3,14 +3,19 @@ Started by its agent (`Wsproxy-Drain` in a health answer, with `health_check.age
 operator (`Proxy.drain`, which the admin endpoint calls); agent weights are applied here too.
 
 Invariants:
+- A server is found by pool and name in the snapshot in use (servers a reload unlisted
+  included) or, for a pool a reload removed, among the servers its live sessions run on: a
+  drain of a removed pool's server can still be ended while its paced close goes on.
 - The state of a drain is the server's (`ServerState.drain`); this module starts the paced
   close that goes with it (`Registry.close_paced` over that server's sessions) in the nursery
   it is given, and returns at once. The close stops asking as soon as the drain it serves is
   no longer the server's (undrained, or ended and started anew), so no two schedules ever
   close one server's sessions; a drain started while one runs keeps the running one.
 - An agent report sets the server's agent weight (absent: back to the configured weight), and
-  starts or ends an agent drain; it never ends an operator's drain. An operator's undrain ends
-  either kind (an agent still asking starts a new one at its next answer).
+  starts or ends an agent drain; it never ends an operator's drain. An operator's drain over an
+  agent's running one keeps its schedule but becomes the operator's, so only an undrain ends
+  it. An operator's undrain ends either kind (an agent still asking starts a new one at its
+  next answer).
 - A report's problems are logged at WARNING, once per server and problem, then again only
   after `WARN_EVERY` seconds: a backend sending a bad header every probe does not flood the
   log.
@@ -72,11 +77,12 @@ class Drains:
 
     def _find(self, pool: str, server: str) -> list[tuple[PoolBalancer, ServerState]]:
         balancer = self._snapshot().balancers.get(pool)
-        if balancer is None:
-            return []
-        states = [*balancer.servers, *balancer.retired]
-        named = [s for s in states if s.key == server] or [s for s in states if s.url == server]
-        return [(balancer, state) for state in named]
+        if balancer is not None:
+            found = {s: balancer for s in (*balancer.servers, *balancer.retired)}
+        else:  # a pool a reload removed: the servers its sessions still run on
+            found = {x.server: x.balancer for x in self._registry.live() if x.balancer.name == pool}
+        named = [s for s in found if s.key == server] or [s for s in found if s.url == server]
+        return [(found[state], state) for state in named]
 
     # ---- an agent's
 
@@ -113,8 +119,19 @@ class Drains:
     ) -> None:
         """Drain `state` unless it drains already (the running drain is kept)."""
         running = state.drain
+        was = running.by if running is not None else None
         drain = state.start_drain(by, window, code, trio.current_time())
         if drain is running:
+            if was != drain.by:
+                log.info(
+                    "pool %s: server %s: the operator's drain takes over the agent's "
+                    "(closing with %d over %gs, %.3gs left)",
+                    balancer.name,
+                    state.key,
+                    drain.code,
+                    drain.window,
+                    drain.left(trio.current_time()),
+                )
             return
         log.info(
             "pool %s: server %s draining (%s): %d sessions closed with %d over %gs",

@@ -20,7 +20,10 @@ Invariants:
   any worker did it (a session lives in one worker; every worker knows every server).
 - A drain that was done stands until its undrain: `restore` gives it to a worker that becomes
   ready later (restarted, or not yet ready when the drain came), so no worker sends new
-  sessions to a drained server.
+  sessions to a drained server. What stands is what the workers were left with, whichever
+  spelling (a server's identity or its URL) each action used: an undrain by URL ends the drains
+  of each of its addresses, and an undrain of one address of a URL that stands drained stands
+  itself (replayed after that drain), until a drain of that address or URL replaces it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from wsproxy.adminapi import (
 from wsproxy.balancer import PoolStatus
 from wsproxy.history import merge_histories, parse_history
 from wsproxy.metrics import Family, Gauge, merge, render
-from wsproxy.servers import ServerStatus
+from wsproxy.servers import ServerStatus, url_of
 
 HEALTH_ORDER: Final = ("up", "ejected", "down")  # best first
 _SUMMED: Final = ("sessions", "connecting", "sessions_total", "failures_total", "share")
@@ -113,7 +116,9 @@ class FleetView:
 
     def __init__(self, supervisor: Supervised) -> None:
         self.supervisor = supervisor
-        self.standing: dict[tuple[str, str], Drain] = {}  # drains done, by pool and server
+        # drains done (and undrains of one address under a URL's drain), by pool and server,
+        # in the order to replay them
+        self.standing: dict[tuple[str, str], Drain | Undrain] = {}
 
     async def _ask_all(self, path: str, post: bytes | None = None) -> list[Answer | None]:
         members = self.supervisor.workers
@@ -157,15 +162,27 @@ class FleetView:
         answers = await self._ask_all(action_target(action), action_body(action))
         done = any(answer is not None and answer[0] == 200 for answer in answers)
         if done and isinstance(action, Drain | Undrain):
-            self.standing.pop((action.pool, action.server), None)
-            if isinstance(action, Drain):
-                self.standing[action.pool, action.server] = action
+            self._stand(action)
         return done
 
+    def _stand(self, action: Drain | Undrain) -> None:
+        """Keep what the workers were left with after `action` (see the module's invariants)."""
+        pool, server = action.pool, action.server
+        draining = isinstance(action, Drain)
+        for (of, named), done in list(self.standing.items()):
+            if of != pool or (named != server and url_of(named) != server):
+                continue  # neither that server nor one of its addresses
+            # a drain replaces its own spelling and the undrains it covers; an undrain ends all
+            if not draining or named == server or isinstance(done, Undrain):
+                del self.standing[of, named]
+        if draining or (pool, url_of(server)) in self.standing:
+            self.standing[pool, server] = action
+
     async def restore(self, member: Member) -> None:
-        """Give `member`, just become ready, every drain that stands."""
-        for drain in list(self.standing.values()):
-            await member.ask(action_target(drain), action_body(drain))
+        """Give `member`, just become ready, every drain that stands (and the undrains of
+        single addresses that follow them)."""
+        for done in list(self.standing.values()):
+            await member.ask(action_target(done), action_body(done))
 
 
 def merge_sessions(answers: Sequence[Answer | None], query: SessionQuery) -> list[SessionRow]:

@@ -4,10 +4,13 @@ of tolerance, and which sessions to close so the clients that reconnect land whe
 Invariants:
 - Pure: no I/O, no clock of its own; callers pass `now` (trio's clock, in seconds).
 - Room: a server that is listed, healthy and of effective weight above 0. Only room takes new
-  sessions; a server that is not room (removed, down, ejected, weight 0) has a share of 0.
-- A server's share is the pool's load (connecting + live sessions, on every server of the pool,
-  removed ones included) * its effective weight / the sum of the room's effective weights. The
-  shares of a pool with room add up to its load.
+  sessions. A server that is gone (removed, down by its active check, or draining) has a share
+  of 0: its sessions are to leave it. A server that only stops taking new sessions (still
+  listed, up by its active check, not draining, but at weight 0 or passively ejected) is held:
+  its share is its own load, so it never gives a session nor takes one.
+- A room server's share is what the held servers do not hold of the pool's load (connecting +
+  live sessions, on every server of the pool, removed ones included) * its effective weight /
+  the sum of the room's effective weights. The shares of a pool with room add up to its load.
 - Tolerance (round_robin, least_connections, random): a pool starts rebalancing when a server
   holds more than its upper bound, max((1 + tolerance) * share, ceil(share)); once started it
   goes on until no server is above its upper bound and no room server below its lower bound,
@@ -21,8 +24,8 @@ Invariants:
   many that its own fall below its share, rounded down, and none gives one whose client would
   come straight back to it.
 - Affinity (hash, cookie): tolerance does not apply. A session is misplaced when its server is
-  not room or its affinity now names another server (`Owner`, the balancer's own mapping); the
-  plan closes exactly the misplaced sessions, no others.
+  gone, or is room and its affinity now names another server (`Owner`, the balancer's own
+  mapping); the plan closes exactly the misplaced sessions, no others (a held server's stay).
 - On each server the oldest sessions go first (earliest `started`, then `id`): they have had the
   longest of their connect-time choice, and a client moved once is the last to be moved again.
 - Pacing (`next_close_at`): closes at least 1 / rate apart, and no more than max(1, floor(rate))
@@ -76,13 +79,27 @@ def is_room(server: ServerState, now: float) -> bool:
     return server.listed and server.healthy(now) and server.effective_weight > 0
 
 
+def is_gone(server: ServerState) -> bool:
+    """Removed, down by its active check, or draining: its sessions are to leave it."""
+    return not server.listed or not server.checked_up or server.draining
+
+
+def is_held(server: ServerState, now: float) -> bool:
+    """Taking no new sessions (weight 0, passively ejected) but keeping the ones it has."""
+    return not is_gone(server) and not is_room(server, now)
+
+
 def shares(servers: Iterable[ServerState], now: float) -> dict[ServerState, float]:
-    """Each server's weighted share of the pool's load (0.0 for servers that are not room)."""
+    """Each server's weighted share of the pool's load (a held server's own load, 0.0 for a
+    gone one or for every server without room)."""
     pool = list(servers)
-    total = sum(server.load for server in pool)
     weights = {s: s.effective_weight for s in pool if is_room(s, now)}
+    if not weights:
+        return dict.fromkeys(pool, 0.0)
+    held = {s: float(s.load) for s in pool if is_held(s, now)}
+    rest = sum(server.load for server in pool) - sum(held.values())
     room_weight = sum(weights.values())
-    return {s: total * weights[s] / room_weight if s in weights else 0.0 for s in pool}
+    return {s: rest * weights[s] / room_weight if s in weights else held.get(s, 0.0) for s in pool}
 
 
 def below_share(servers: Iterable[ServerState], now: float) -> list[ServerState]:
@@ -211,7 +228,7 @@ def plan_affinity(
 
     def misplaced(session: S) -> bool:
         if session.server not in roomy:
-            return True
+            return is_gone(session.server)
         home = owner(session, room)
         return home is not None and home is not session.server
 

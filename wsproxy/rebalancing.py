@@ -12,10 +12,12 @@ Invariants:
   pools: until no session is misplaced), re-planned once a `CHECK_INTERVAL` from what is live.
 - Closes are paced per pool by `rebalance.next_close_at`, from the instants closes were made:
   however late a wake-up comes, no window of one second holds more than `rate` closes. With
-  `workers`, each process takes an equal part of the rate.
-- A close is `session.shutdown(Close(close_code, REASON))` in a task of its own, so a slow
-  client never delays the next; it is counted in `wsproxy_rebalance_closes_total{pool}` and the
-  pool's `/status`. A session is closed only if it is still live and nobody has begun its close.
+  `workers`, each process's configuration carries its equal part of the rate
+  (`workers.for_worker`).
+- A close is `registry.ask_to_close(session, Close(close_code, REASON))` in a task of its own,
+  so a slow client never delays the next, and a failing one never stops the loop; it is
+  counted in `wsproxy_rebalance_closes_total{pool}` and the pool's `/status`. A session is
+  closed only if it is still live and nobody has begun its close.
 - The sessions of a draining server are its drain's to close (over the drain's window): they
   count as leaving, and rebalancing never closes one.
 - Nothing is closed once the proxy is stopping: the drain closes what is left.
@@ -86,14 +88,13 @@ async def keep_balanced(
                 settings = balancer.pool.rebalance
                 if settings is None or stopping() or not watch.queue:
                     continue
-                rate = settings.rate / snapshot.config.workers
-                if now >= next_close_at(watch.recent, rate):
+                if now >= next_close_at(watch.recent, settings.rate):
                     _close_next(watch, balancer, registry, closing, settings.close_code, now)
-                    while len(watch.recent) > per_second(rate):
+                    while len(watch.recent) > per_second(settings.rate):
                         watch.recent.popleft()
                     balancer.rebalance_closes = watch.closes
                 if watch.queue:
-                    wake = min(wake, next_close_at(watch.recent, rate))
+                    wake = min(wake, next_close_at(watch.recent, settings.rate))
             await trio.sleep_until(wake)
 
 
@@ -168,7 +169,7 @@ def _close_next(
             log.debug(
                 "rebalance: closing session %s on %s, %.3fs old", live.id, live.server.key, age
             )
-            closing.start_soon(live.session.shutdown, Close(code, REASON))
+            closing.start_soon(registry.ask_to_close, live.session, Close(code, REASON))
             watch.pending[live.id] = live
             watch.recent.append(now)
             watch.closes += 1

@@ -7,6 +7,10 @@ Invariants:
   holds no IP at 0. `all_closed` returns once `connections` is 0.
 - A session is in `sessions` from the moment its backend said yes until it has ended, its
   101 sent or not; its server counts it (`balancer.started` / `ended`) for exactly that time.
+- Every close the proxy asks of a session from the background (a drain, rebalancing, an
+  operator's) goes through `ask_to_close`: it waits until the session's 101 has been sent (no
+  close frame ever overtakes the 101 or writes beside it), does nothing to a session that has
+  ended, and logs, never raises, what goes wrong, so no close can stop the task that began it.
 - When a session ends its messages, bytes, close and duration are added to `metrics`, once,
   and a session that got its 101 writes one access line.
 - With `log.session_interval`, one timer (`timers`) walks the live sessions each interval, from
@@ -53,6 +57,8 @@ from wsproxy.relay import Session
 from wsproxy.servers import ServerState
 from wsproxy.wire import close_forcefully
 
+log = logging.getLogger(__name__)
+
 RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 
 
@@ -90,6 +96,9 @@ class Registry:
         self._progress: timers.Timer | None = None  # the next walk for progress lines
         # What each live session's previous progress line counted up to (none before its first)
         self._reported: dict[Session, tuple[int, int, int, int]] = {}
+        # The sessions whose 101 is being sent, and the event a close waits on (made by the
+        # first close that waits)
+        self._switching: dict[Session, trio.Event | None] = {}
 
     def new_id(self) -> str:
         """A session id no other session of any process has: this process's prefix, a serial."""
@@ -149,8 +158,13 @@ class Registry:
         self.metrics.sessions.inc(live.route, live.balancer.name)
         if self._progress is None and (interval := self._config().log.session_interval):
             self._progress = timers.at(started + interval, self._write_progress)
+        self._switching[session] = None
         try:
-            await session.client.wire.send_all(live.switching)
+            try:
+                await session.client.wire.send_all(live.switching)
+            finally:
+                if (sent := self._switching.pop(session)) is not None:
+                    sent.set()
             await session.run()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return  # the client left before its 101 was sent
@@ -181,6 +195,21 @@ class Registry:
                 closed_by=session.closed_by.value if session.closed_by else "unknown",
             )
         )
+
+    async def ask_to_close(self, session: Session, close: Close) -> None:
+        """Ask `session` to close with `close`, once its 101 has been sent, unless it has ended
+        by then; what goes wrong is logged, never raised."""
+        if session in self._switching:
+            sent = self._switching[session] or trio.Event()
+            self._switching[session] = sent
+            await sent.wait()
+        if session not in self.sessions:
+            return
+        live = self.sessions[session]
+        try:
+            await session.shutdown(close)
+        except Exception:
+            log.exception("closing session %s with %d failed", live.id, close.code)
 
     def interval_changed(self, before: float) -> None:
         """A reload changed `log.session_interval` from `before`: the walk follows the new
@@ -294,7 +323,7 @@ class Registry:
         if session in self.sessions and going_on():
             if counted:
                 self.metrics.drain_closes.inc(self.sessions[session].balancer.name)
-            await session.shutdown(close)
+            await self.ask_to_close(session, close)
 
 
 def close_times(count: int, window: float) -> list[float]:

@@ -16,7 +16,9 @@ Invariants:
   else the weight its agent reported (`health_check.agent`), else the configured one. A server
   at 0 gets no new session (`available`).
 - One drain at a time: a drain started while one runs keeps the earlier one (its window and
-  start); `end_drain` ends it (only one its starter began, when a starter is named).
+  start); `end_drain` ends it (only one its starter began, when a starter is named). An
+  operator's drain over an agent's makes the running drain the operator's (`by`), so the
+  agent's silence no longer ends it.
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ def identity(server: Server, address: str) -> str:
     return server.url if address == server.host else f"{server.url} ({address})"
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+def url_of(key: str) -> str:
+    """The URL in a server's identity (`identity`); a URL is its own."""
+    return key.split(" (", 1)[0]
+
+
+@dataclass(slots=True, eq=False)
 class Drain:
     """A server taking no new sessions while its sessions are closed spread over `window`.
     Compared by identity: a drain ended and started again is another drain."""
 
-    by: DrainedBy
+    by: DrainedBy  # the only field that changes: from "agent" to "admin" (`start_drain`)
     window: float  # seconds
     started: float  # trio's clock
     code: int  # what its sessions hear
@@ -167,9 +174,12 @@ class ServerState:
     # ---- drains and the agent
 
     def start_drain(self, by: DrainedBy, window: float, code: int, now: float) -> Drain:
-        """Drain from `now` over `window`, unless a drain runs already: the drain in force."""
+        """Drain from `now` over `window`, unless a drain runs already (an operator's over an
+        agent's makes it the operator's): the drain in force."""
         if self.drain is None:
             self.drain = Drain(by, window, now, code)
+        elif by == "admin":
+            self.drain.by = by
         return self.drain
 
     def end_drain(self, by: DrainedBy | None = None) -> bool:
@@ -223,7 +233,7 @@ class ServerStatus:
     address: str
     port: int
     weight: int
-    share: float  # of its pool's sessions, by effective weight; 0.0 when it takes none
+    share: float  # of its pool's sessions, by effective weight (`rebalance.shares`)
     health: str  # up | down (active check) | ejected (passive, for `ejected_for` seconds)
     listed: bool  # False: removed from its pool, finishing the sessions it has
     sessions: int

@@ -74,7 +74,8 @@ READY_POLL: Final = 0.02  # seconds between looks at whether a started worker an
 
 def for_worker(config: Config, ports: Sequence[int]) -> Config:
     """A worker's view of `config`: the supervisor's ports, its share of each connection
-    limit, no admin address (the supervisor has it), one process."""
+    limit, of the per-IP handshake rate and of each pool's rebalancing rate, no admin address
+    (the supervisor has it), one process."""
     share = config.workers
     listen = tuple(
         dataclasses.replace(x, port=port) for x, port in zip(config.listen, ports, strict=True)
@@ -84,16 +85,35 @@ def for_worker(config: Config, ports: Sequence[int]) -> Config:
         max_connections=-(-config.security.max_connections // share),
         max_connections_per_ip=-(-config.security.max_connections_per_ip // share),
     )
+    per_ip = config.limits.per_ip
+    if per_ip is not None:
+        rate = per_ip.handshakes_per_second
+        per_ip = dataclasses.replace(
+            per_ip,
+            handshakes_per_second=-(-rate // share),
+            burst=-(-(per_ip.burst or rate) // share),
+        )
+    limits = dataclasses.replace(config.limits, per_ip=per_ip)
     pools = MappingProxyType(
         {
             name: dataclasses.replace(
-                pool, max_connections_per_server=-(-pool.max_connections_per_server // share)
+                pool,
+                max_connections_per_server=-(-pool.max_connections_per_server // share),
+                rebalance=None
+                if pool.rebalance is None
+                else dataclasses.replace(pool.rebalance, rate=pool.rebalance.rate / share),
             )
             for name, pool in config.pools.items()
         }
     )
     return dataclasses.replace(
-        config, listen=listen, security=security, pools=pools, admin=None, workers=1
+        config,
+        listen=listen,
+        security=security,
+        limits=limits,
+        pools=pools,
+        admin=None,
+        workers=1,
     )
 
 
