@@ -1266,3 +1266,21 @@ async def test_relay_client_without_tokens_still_pings_pongs_and_closes_with_act
         assert await rig.backend.expect_close() == (1000, "bye")
         assert rig.session.limit is not None
         assert not rig.session.limit.exceeded
+
+
+async def test_relay_byte_limit_close_in_the_middle_of_a_message_is_1008_to_the_client(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A 10,000-byte message at 2,000 bytes a second with `action: close`: the backend has the
+    first 2,000 bytes of the frame, so it can hear no close frame and is dropped; the client
+    still hears 1008, not the 1011 of a backend that went away."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(bytes_per_second=2000, action="close"))
+        frame = bytes(FrameProtocol(client=True, extensions=[]).send_data(b"x" * 9992, True))
+        await rig.client.send(frame)
+        assert await rig.client.expect_close() == (1008, "rate limit exceeded")
+        received, _ = await read_raw_to_eof(rig.backend.stream)
+        assert received == frame[:2000]
+        await rig.done.wait()
+        assert rig.session.close == closes.RATE_LIMIT
+        assert rig.session.closed_by is Side.PROXY

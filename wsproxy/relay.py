@@ -20,6 +20,9 @@ Invariants:
   `ratelimit.SessionLimit` allows: throttled, its pump stops reading (holding at most the rest
   of the chunk it read) and counts as `held` while it waits; with `action: close`, the client
   gets 1008 and the backend 1001 instead. Without limits the pump pays one `None` test a chunk.
+- A close the proxy begins (`shutdown`, a violation, a rate limit) is sent to each leg by the
+  code that began it: a leg lost meanwhile (a backend that has part of a client's frame can
+  take no close frame, so it is dropped) does not make the other hear 1011 or 1001 instead.
 - After a close frame has been written to a leg, nothing else is. The session ends when both
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
@@ -391,8 +394,15 @@ class Session:
             if limit.closes:
                 limit.exceeded = True
                 self._begin_close(closes.RATE_LIMIT, Side.PROXY)
-                await self._send_close(dst, closes.RATE_LIMITED_PEER, holding=holding)
-                await self._send_close(src, closes.RATE_LIMIT, holding=False)
+                async with trio.open_nursery() as nursery:  # neither peer waits on the other
+                    nursery.start_soon(
+                        functools.partial(
+                            self._send_close, dst, closes.RATE_LIMITED_PEER, holding=holding
+                        )
+                    )
+                    nursery.start_soon(
+                        functools.partial(self._send_close, src, closes.RATE_LIMIT, holding=False)
+                    )
                 await self._lose(src)
                 return b"", b""
             src.held = True
@@ -446,8 +456,11 @@ class Session:
         if leg.lost:
             return
         await self._drop(leg)
-        if leg.got_close:
-            return  # it closed properly; its close frame went to the other side
+        if leg.got_close or self.closed_by is Side.PROXY:
+            # It closed properly (its close frame went to the other side), or the proxy is
+            # closing the session and tells each leg its own close: a leg it gave up on (one
+            # that cannot take a close mid-frame) must not make the other hear "went away".
+            return
         survivor = closes.for_survivor_of(leg.side)
         self._begin_close(survivor, leg.side)
         other = self._other(leg)
