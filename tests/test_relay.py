@@ -1284,3 +1284,28 @@ async def test_relay_byte_limit_close_in_the_middle_of_a_message_is_1008_to_the_
         await rig.done.wait()
         assert rig.session.close == closes.RATE_LIMIT
         assert rig.session.closed_by is Side.PROXY
+
+
+async def test_relay_action_close_does_not_count_the_time_its_backend_held_the_client_back(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client within its rate (10 a second, burst 10) while its backend takes nothing for 5 s:
+    the 50 messages it sent meanwhile are read at once when the backend reads again; that
+    backlog is the proxy's doing, so all pass and nobody is closed."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(
+            nursery,
+            limited(messages_per_second=10, burst=10, action="close"),
+            backend_pair=trio.testing.lockstep_stream_pair,
+        )
+        start = trio.current_time()
+        for n in range(60):
+            await trio.sleep_until(start + 0.1 * n)
+            await rig.client.send_binary(b"%d" % n)
+            if n == 49:
+                got = await collect(rig.backend, 50)  # the backend reads again at 4.9 s
+        got += await collect(rig.backend, 10)
+        assert [payload for _, payload in got] == [b"%d" % n for n in range(60)]
+        assert rig.session.close is None
+        assert rig.session.limit is not None
+        assert not rig.session.limit.exceeded
