@@ -298,9 +298,9 @@ def summary(config: Config) -> str:
 BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "cookie")
 HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
 LIMIT_ACTIONS: Final = ("throttle", "close")
+MIN_SESSION_INTERVAL: Final = 1.0  # seconds; each walk writes a line per older session
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
 MIN_ADMIN_TOKEN: Final = 16  # characters, for the same reason
-MIN_SESSION_INTERVAL: Final = 1.0  # seconds; each walk writes a line per older session
 _TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
 _POOL_NAME: Final = re.compile(r"[A-Za-z0-9_-]+")
 
