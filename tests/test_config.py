@@ -1262,3 +1262,12 @@ def test_config_session_interval_problems() -> None:
     assert problems_of(config_yaml(log={"session_interval": "often"})) == [
         "log.session_interval: expected a duration like 250ms, 5s, 2m or 1h, got 'often'"
     ]
+    # Each interval writes a line per older session: less than a second apart is a mistake.
+    assert problems_of(config_yaml(log={"session_interval": "1ms"})) == [
+        "log.session_interval: expected 0 (no progress lines) or at least 1s, got '1ms'"
+    ]
+    assert problems_of(config_yaml(log={"session_interval": 0.999})) == [
+        "log.session_interval: expected 0 (no progress lines) or at least 1s, got 0.999"
+    ]
+    assert parse_config(config_yaml(log={"session_interval": "1s"}), {}).log.session_interval == 1
+    assert parse_config(config_yaml(log={"session_interval": 0}), {}).log.session_interval == 0

@@ -55,6 +55,43 @@ def test_ratelimit_bucket_a_hair_short_of_a_token_has_it() -> None:
     assert bucket.ready_at(when, 1) == when
 
 
+def test_ratelimit_bucket_credit_earns_the_held_time_beyond_capacity_then_drains() -> None:
+    """Rate 10, capacity 5, emptied at 0: refilled (capped) until the hold starts at 1, then
+    the 4 s of the hold earn 40 more, uncapped; the unused rest drains at the rate."""
+    bucket = TokenBucket(10, 5, now=0.0)
+    bucket.take(0.0, 5)
+    bucket.credit(1.0, 5.0)
+    assert bucket.tokens(5.0) == pytest.approx(45)
+    bucket.take(5.0, 30)
+    assert bucket.tokens(5.5) == pytest.approx(10)  # 15 left, drained by 5
+    assert bucket.tokens(6.0) == pytest.approx(5)  # back at capacity, and no lower
+    assert bucket.tokens(60.0) == pytest.approx(5)
+    bucket.take(60.0, 5)
+    assert bucket.tokens(60.2) == pytest.approx(2)  # below capacity it refills as before
+
+
+def test_ratelimit_bucket_credit_of_no_time_or_before_its_stamp_changes_nothing() -> None:
+    bucket = TokenBucket(10, 5, now=10.0)
+    bucket.take(10.0, 5)
+    bucket.credit(4.0, 10.0)  # a hold that began before the bucket last counted
+    bucket.credit(10.0, 10.0)
+    assert bucket.tokens(10.0) == 0
+    bucket.credit(8.0, 11.0)  # only the second after the stamp counts, uncapped
+    assert bucket.tokens(11.0) == pytest.approx(10)
+
+
+def test_ratelimit_session_credit_reaches_both_buckets() -> None:
+    """Messages 10/s (burst 10), bytes 100/s: after a 5 s hold the backlog of 60 messages of
+    6 bytes (360 bytes) passes at once, where without the credit only the burst would."""
+    held = SessionLimit(0.0, messages_per_second=10, burst=10, bytes_per_second=100)
+    plain = SessionLimit(0.0, messages_per_second=10, burst=10, bytes_per_second=100)
+    backlog = _frame(0) * 60
+    assert len(backlog) == 360
+    held.credit(0.0, 5.0)
+    assert held.allowance(5.0, 0, 0, backlog) == 360
+    assert plain.allowance(5.0, 0, 0, backlog) == 60
+
+
 def test_ratelimit_bucket_needs_a_positive_rate_and_capacity() -> None:
     with pytest.raises(ValueError, match="positive"):
         TokenBucket(0, 1, now=0.0)

@@ -12,6 +12,7 @@ import trio.testing
 
 from tests.conftest import proxy_config
 from tests.helpers import FakeSession, Peer, on
+from wsproxy import registry as registry_module, timers
 from wsproxy.balancer import Pick
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security, Server
@@ -349,6 +350,106 @@ async def test_registry_progress_lines_each_interval_count_what_moved_since_the_
     await trio.sleep_until(60)
     await trio.testing.wait_all_tasks_blocked()  # the timer task's turn at 60 too
     assert progress_lines(caplog) == [("192.0.2.3:3", 10.0, 0, 0, 0)]
+    nursery.cancel_scope.cancel()
+
+
+async def test_registry_progress_lines_are_written_in_batches_that_let_timers_run_between(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Batches of 2 lines, 5 sessions due at 10: the walk is not the timer task's (a timer due
+    at the same instant runs before any line is written), and it yields between batches: a
+    task started as each line is written has not run by the end of that batch, and the
+    first batch's have run by the third batch."""
+    caplog.set_level(logging.INFO, "wsproxy.access")  # else no line is built at all
+    monkeypatch.setattr(registry_module, "PROGRESS_BATCH", 2)
+    ran: list[None] = []
+    seen: list[tuple[float, int]] = []  # each line's duration, and how many tasks had run
+
+    async def run() -> None:
+        ran.append(None)
+
+    def write_progress(record: ProgressRecord) -> None:
+        seen.append((record.duration, len(ran)))
+        nursery.start_soon(run)
+
+    monkeypatch.setattr(registry_module, "write_progress", write_progress)
+    config = proxy_config(
+        "ws://127.0.0.1:9",
+        extra="log: {session_interval: 10s}\nkeepalive: {interval: 0}\ntimeouts: {idle: 0}",
+    )
+    snapshot = build_snapshot(config)
+    registry = Registry(lambda: config)
+    for n in range(5):
+        await open_session(nursery, registry, snapshot, f"192.0.2.{n}:1")
+    seen_by_timer: list[int] = []
+    timers.at(10.0, lambda: seen_by_timer.append(len(seen)))
+    await trio.sleep_until(11)
+    assert seen_by_timer == [0]
+    assert [duration for duration, _ in seen] == [10.0] * 5
+    assert [count for _, count in seen[:2]] == [0, 0]
+    assert seen[4][1] >= 2
+    nursery.cancel_scope.cancel()
+
+
+async def test_registry_progress_walk_due_while_the_last_one_still_writes_is_skipped(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One line a batch, three sessions; writing the first line at 10 takes a whole interval
+    (the clock jumps to 20 meanwhile): the walk due at 20, whose turn comes while the lines
+    of 10 are still being written, is skipped; the one at 30 counts from those of 10."""
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    monkeypatch.setattr(registry_module, "PROGRESS_BATCH", 1)
+    written: list[tuple[str, float]] = []
+
+    def write_progress(record: ProgressRecord) -> None:
+        if not written:
+            autojump_clock.jump(10)
+        written.append((record.client, record.duration))
+
+    monkeypatch.setattr(registry_module, "write_progress", write_progress)
+    config = proxy_config(
+        "ws://127.0.0.1:9",
+        extra="log: {session_interval: 10s}\nkeepalive: {interval: 0}\ntimeouts: {idle: 0}",
+    )
+    snapshot = build_snapshot(config)
+    registry = Registry(lambda: config)
+    for n in range(3):
+        await open_session(nursery, registry, snapshot, f"192.0.2.{n}:1")
+    await trio.sleep_until(35)
+    assert written == [(f"192.0.2.{n}:1", age) for age in (10.0, 30.0) for n in range(3)]
+    nursery.cancel_scope.cancel()
+
+
+async def test_registry_progress_walk_that_fails_is_logged_and_the_next_one_runs(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, "wsproxy.access")
+    config = proxy_config(
+        "ws://127.0.0.1:9",
+        extra="log: {session_interval: 10s}\nkeepalive: {interval: 0}\ntimeouts: {idle: 0}",
+    )
+    registry = Registry(lambda: config)
+    await open_session(nursery, registry, build_snapshot(config), "192.0.2.1:1")
+    written: list[ProgressRecord] = []
+
+    def write_progress(record: ProgressRecord) -> None:
+        written.append(record)
+        if len(written) == 1:
+            raise OSError("the log's disk is full (injected)")
+
+    monkeypatch.setattr(registry_module, "write_progress", write_progress)
+    await trio.sleep_until(25)
+    assert [record.duration for record in written] == [10.0, 20.0]
+    assert "progress lines failed" in caplog.text
     nursery.cancel_scope.cancel()
 
 

@@ -1266,3 +1266,46 @@ async def test_relay_client_without_tokens_still_pings_pongs_and_closes_with_act
         assert await rig.backend.expect_close() == (1000, "bye")
         assert rig.session.limit is not None
         assert not rig.session.limit.exceeded
+
+
+async def test_relay_byte_limit_close_in_the_middle_of_a_message_is_1008_to_the_client(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A 10,000-byte message at 2,000 bytes a second with `action: close`: the backend has the
+    first 2,000 bytes of the frame, so it can hear no close frame and is dropped; the client
+    still hears 1008, not the 1011 of a backend that went away."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(nursery, limited(bytes_per_second=2000, action="close"))
+        frame = bytes(FrameProtocol(client=True, extensions=[]).send_data(b"x" * 9992, True))
+        await rig.client.send(frame)
+        assert await rig.client.expect_close() == (1008, "rate limit exceeded")
+        received, _ = await read_raw_to_eof(rig.backend.stream)
+        assert received == frame[:2000]
+        await rig.done.wait()
+        assert rig.session.close == closes.RATE_LIMIT
+        assert rig.session.closed_by is Side.PROXY
+
+
+async def test_relay_action_close_does_not_count_the_time_its_backend_held_the_client_back(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client within its rate (10 a second, burst 10) while its backend takes nothing for 5 s:
+    the 50 messages it sent meanwhile are read at once when the backend reads again; that
+    backlog is the proxy's doing, so all pass and nobody is closed."""
+    with trio.fail_after(CAP):
+        rig = await start_rig(
+            nursery,
+            limited(messages_per_second=10, burst=10, action="close"),
+            backend_pair=trio.testing.lockstep_stream_pair,
+        )
+        start = trio.current_time()
+        for n in range(60):
+            await trio.sleep_until(start + 0.1 * n)
+            await rig.client.send_binary(b"%d" % n)
+            if n == 49:
+                got = await collect(rig.backend, 50)  # the backend reads again at 4.9 s
+        got += await collect(rig.backend, 10)
+        assert [payload for _, payload in got] == [b"%d" % n for n in range(60)]
+        assert rig.session.close is None
+        assert rig.session.limit is not None
+        assert not rig.session.limit.exceeded

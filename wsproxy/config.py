@@ -298,6 +298,7 @@ def summary(config: Config) -> str:
 BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "cookie")
 HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
 LIMIT_ACTIONS: Final = ("throttle", "close")
+MIN_SESSION_INTERVAL: Final = 1.0  # seconds; each walk writes a line per older session
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
 MIN_ADMIN_TOKEN: Final = 16  # characters, for the same reason
 TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
@@ -449,7 +450,7 @@ class _Checker(Problems):
                 {
                     "level": scalar(_level),
                     "format": scalar(_format),
-                    "session_interval": scalar(duration),
+                    "session_interval": scalar(_session_interval),
                 },
             ),
             "workers": scalar(workers),
@@ -748,6 +749,13 @@ def _positive(value: object) -> float:
 
 def _at_least_1(value: object) -> int:
     return whole(value, minimum=1)
+
+
+def _session_interval(value: object) -> float:
+    seconds = duration(value)
+    if 0 < seconds < MIN_SESSION_INTERVAL:
+        raise ValueError(f"expected 0 (no progress lines) or at least 1s, got {describe(value)}")
+    return seconds
 
 
 def _level(value: object) -> str:

@@ -6,6 +6,10 @@ Invariants:
 - A bucket holds at most `capacity` tokens and gains `rate` a second. Whatever passes in any
   span of T seconds is at most `capacity + rate * T`: tokens are taken before (or, for a
   session's messages, by the time) what they pay for passes, and never go below zero.
+  The one exception is `credit`: time in which the owner was not read for reasons of ours
+  earns its tokens without the cap (what it sent meanwhile is read late, all at once); tokens
+  above `capacity` are not refilled but drain at `rate`, so an unused credit of H seconds is
+  gone H seconds later at most.
 - A session's messages are counted when their final frame's header has been read
   (`FrameReader.messages`), its bytes as they are read. `SessionLimit.allowance` says how many
   of the bytes read may be given to the frame reader now: few enough that the messages they
@@ -50,9 +54,21 @@ class TokenBucket:
     def tokens(self, now: float) -> float:
         """The tokens in the bucket at `now`."""
         if now > self._stamp:
-            self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
+            gained = (now - self._stamp) * self.rate
+            if self._tokens > self.capacity:  # what is left of a credit drains away
+                self._tokens = max(self.capacity, self._tokens - gained)
+            else:
+                self._tokens = min(self.capacity, self._tokens + gained)
             self._stamp = now
         return self._tokens
+
+    def credit(self, since: float, now: float) -> None:
+        """The owner was not read from `since` to `now` for reasons of ours: that time earns
+        its tokens beyond `capacity` (nothing was taken from the bucket meanwhile)."""
+        since = max(since, self._stamp)
+        if now > since:
+            self._tokens = self.tokens(since) + (now - since) * self.rate
+            self._stamp = now
 
     def whole(self, now: float) -> int:
         """The whole tokens in the bucket at `now`."""
@@ -136,6 +152,14 @@ class SessionLimit:
                 available = affordable
             self.bytes.take(now, available)
         return available
+
+    def credit(self, since: float, now: float) -> None:
+        """The client was not read from `since` to `now` because its backend would not take
+        more: what it sent meanwhile is read late, and must not count against it."""
+        if self.messages is not None:
+            self.messages.credit(since, now)
+        if self.bytes is not None:
+            self.bytes.credit(since, now)
 
     def ready_at(self, now: float, payload_left: int, available: int) -> float:
         """When `allowance` will give something again, once it gave nothing at `now`: a

@@ -17,6 +17,9 @@ Invariants:
   the first session's start while any is live: each session at least an interval old gets a
   progress line with what moved since its previous one (or its start). The timer is set again
   by the next session to start once none was left, and by a reload that changes the interval.
+  The walk is a task of its own (a system task: the registry has no nursery), writing
+  `PROGRESS_BATCH` lines between checkpoints; a walk still under way when the next is due
+  makes that next one skipped, and one that fails is logged, never raised.
 - `close_paced` asks each session still open (of one server, for a server's drain) to close,
   evenly spread over the window, the first at once (`close_times`); a session that ended
   before its turn is skipped, and once `going_on()` is False no more are asked. Sessions that
@@ -60,6 +63,9 @@ from wsproxy.wire import close_forcefully
 log = logging.getLogger(__name__)
 
 RETRY_AFTER: Final = ((b"retry-after", b"5"),)
+PROGRESS_BATCH: Final = 200  # progress lines written between two checkpoints
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +100,7 @@ class Registry:
         self._id_prefix = secrets.token_hex(3)  # tells this process's ids from other workers'
         self._serial = itertools.count(1)
         self._progress: timers.Timer | None = None  # the next walk for progress lines
+        self._walking = False  # a walk is writing its lines (from a task of its own)
         # What each live session's previous progress line counted up to (none before its first)
         self._reported: dict[Session, tuple[int, int, int, int]] = {}
         # The sessions whose 101 is being sent, and the event a close waits on (made by the
@@ -224,8 +231,8 @@ class Registry:
             self._progress = timers.at(trio.current_time() + interval, self._write_progress)
 
     def _write_progress(self) -> None:
-        """A progress line for each live session at least `log.session_interval` old; then
-        the timer is set an interval later, while sessions are left."""
+        """The timer's callback: set the next walk an interval later, while sessions are left,
+        and start this one in a task of its own (a timer callback must not wait)."""
         self._progress = None
         interval = self._config().log.session_interval
         if not interval or not self.sessions:
@@ -233,32 +240,52 @@ class Registry:
         now = trio.current_time()
         self._progress = timers.at(now + interval, self._write_progress)
         if not access_log.isEnabledFor(logging.INFO):
-            return
-        time = iso_time(wall_time())
-        for session, live in self.sessions.items():
-            age = now - live.started
-            if age < interval:
-                continue
-            messages_in, messages_out = session.messages
-            totals = (messages_in, messages_out, session.client.bytes_in, session.backend.bytes_in)
-            before = self._reported.get(session, (0, 0, 0, 0))
-            self._reported[session] = totals
-            moved = [total - then for total, then in zip(totals, before, strict=True)]
-            write_progress(
-                ProgressRecord(
-                    time=time,
-                    client=live.client,
-                    route=live.route,
-                    pool=live.balancer.name,
-                    server=live.server.key,
-                    subprotocol=live.subprotocol,
-                    duration=round(age, 3),
-                    messages_in=moved[0],
-                    messages_out=moved[1],
-                    bytes_in=moved[2],
-                    bytes_out=moved[3],
-                )
+            return  # no line is written: none is built
+        if self._walking:
+            return  # the last walk is still writing: the next one counts from its lines
+        self._walking = True
+        trio.lowlevel.spawn_system_task(self._walk, now, interval, name="wsproxy progress lines")
+
+    async def _walk(self, now: float, interval: float) -> None:
+        """A progress line for each session at least `interval` old at `now`, `PROGRESS_BATCH`
+        at a time with a checkpoint between: thousands of lines must not hold up the rest."""
+        try:
+            time = iso_time(wall_time())
+            due = [item for item in self.sessions.items() if now - item[1].started >= interval]
+            for first in range(0, len(due), PROGRESS_BATCH):
+                if first:
+                    await trio.lowlevel.checkpoint()
+                for session, live in due[first : first + PROGRESS_BATCH]:
+                    if session in self.sessions:  # not ended since the walk began
+                        self._write_progress_line(session, live, time, now - live.started)
+        except Exception:
+            log.exception("progress lines failed")
+        finally:
+            self._walking = False
+
+    def _write_progress_line(
+        self, session: Session, live: LiveSession, time: str, age: float
+    ) -> None:
+        messages_in, messages_out = session.messages
+        totals = (messages_in, messages_out, session.client.bytes_in, session.backend.bytes_in)
+        before = self._reported.get(session, (0, 0, 0, 0))
+        self._reported[session] = totals
+        moved = [total - then for total, then in zip(totals, before, strict=True)]
+        write_progress(
+            ProgressRecord(
+                time=time,
+                client=live.client,
+                route=live.route,
+                pool=live.balancer.name,
+                server=live.server.key,
+                subprotocol=live.subprotocol,
+                duration=round(age, 3),
+                messages_in=moved[0],
+                messages_out=moved[1],
+                bytes_in=moved[2],
+                bytes_out=moved[3],
             )
+        )
 
     def _count_ended(self, session: Session, seconds: float) -> None:
         metrics = self.metrics

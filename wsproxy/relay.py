@@ -19,7 +19,13 @@ Invariants:
 - With `limits.per_session`, the client's bytes go to its frame reader only as fast as
   `ratelimit.SessionLimit` allows: throttled, its pump stops reading (holding at most the rest
   of the chunk it read) and counts as `held` while it waits; with `action: close`, the client
-  gets 1008 and the backend 1001 instead. Without limits the pump pays one `None` test a chunk.
+  gets 1008 and the backend 1001 instead. Time the client's pump spends `held` by its backend
+  is credited to the buckets (`SessionLimit.credit`): a client is judged by when it could
+  send, not by when the proxy got round to reading it. Without limits the pump pays one
+  `None` test a chunk (and one more when a write has to wait).
+- A close the proxy begins (`shutdown`, a violation, a rate limit) is sent to each leg by the
+  code that began it: a leg lost meanwhile (a backend that has part of a client's frame can
+  take no close frame, so it is dropped) does not make the other hear 1011 or 1001 instead.
 - After a close frame has been written to a leg, nothing else is. The session ends when both
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
@@ -279,8 +285,7 @@ class Session:
                     await self._lose(dst)
                     continue
                 finally:
-                    src.held = False
-                    src.last_rx = trio.current_time()
+                    self._resume(src)
                 self.last_relay = now
                 if not reader.payload_left:
                     dst.lock.release()
@@ -346,8 +351,7 @@ class Session:
                 except trio.WouldBlock:
                     await lock.acquire()
         finally:
-            src.held = False
-            src.last_rx = trio.current_time()
+            self._resume(src)
         try:
             if payload and not dst.sent_close and not dst.lost:
                 src.held = True
@@ -359,8 +363,7 @@ class Session:
                     self.last_relay = trio.current_time()
                     dst.sent_close = src.got_close
                 finally:
-                    src.held = False
-                    src.last_rx = trio.current_time()
+                    self._resume(src)
             if violation is not None:
                 to_src, to_dst = closes.for_violation(src.side, violation)
                 self._begin_close(to_src, Side.PROXY)
@@ -377,6 +380,16 @@ class Session:
             await self._settle(dst)
         return holding
 
+    def _resume(self, src: Leg) -> None:
+        """`src`'s pump is done waiting on the other leg (`held` since `src.last_rx`, the
+        instant it last read or last waited): its silence counts from now, and the wait is not
+        counted against its rate limit (what its client sent meanwhile is read late)."""
+        since = src.last_rx
+        src.held = False
+        src.last_rx = trio.current_time()
+        if self.limit is not None and src is self.client:
+            self.limit.credit(since, src.last_rx)
+
     async def _within_limit(
         self, src: Leg, dst: Leg, limit: SessionLimit, data: Buffer, holding: bool
     ) -> tuple[Buffer, Buffer]:
@@ -391,8 +404,15 @@ class Session:
             if limit.closes:
                 limit.exceeded = True
                 self._begin_close(closes.RATE_LIMIT, Side.PROXY)
-                await self._send_close(dst, closes.RATE_LIMITED_PEER, holding=holding)
-                await self._send_close(src, closes.RATE_LIMIT, holding=False)
+                async with trio.open_nursery() as nursery:  # neither peer waits on the other
+                    nursery.start_soon(
+                        functools.partial(
+                            self._send_close, dst, closes.RATE_LIMITED_PEER, holding=holding
+                        )
+                    )
+                    nursery.start_soon(
+                        functools.partial(self._send_close, src, closes.RATE_LIMIT, holding=False)
+                    )
                 await self._lose(src)
                 return b"", b""
             src.held = True
@@ -446,8 +466,11 @@ class Session:
         if leg.lost:
             return
         await self._drop(leg)
-        if leg.got_close:
-            return  # it closed properly; its close frame went to the other side
+        if leg.got_close or self.closed_by is Side.PROXY:
+            # It closed properly (its close frame went to the other side), or the proxy is
+            # closing the session and tells each leg its own close: a leg it gave up on (one
+            # that cannot take a close mid-frame) must not make the other hear "went away".
+            return
         survivor = closes.for_survivor_of(leg.side)
         self._begin_close(survivor, leg.side)
         other = self._other(leg)
