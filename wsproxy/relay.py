@@ -239,9 +239,8 @@ class Session:
                 nursery.cancel_scope.cancel()
             self.client.waiting = self.backend.waiting = False
             nursery.start_soon(self._pump, self.backend, self.client, backend_prefix)
-            if self._timer is not None:
-                self._timer.cancel()
-            self._due()  # the keepalive and idle clocks start (again)
+            if self._timer is None:  # at the start, or woken by the clocks themselves
+                self._due()  # the keepalive and idle clocks start (again)
             if self._parker is not None:
                 self._parker.watch(self)
             await self._pump(self.client, self.backend, client_prefix)
