@@ -268,8 +268,6 @@ class Session:
         nursery = self._nursery
         if nursery is None or self._parking or self.close is not None or self._ended:
             return None
-        if len(nursery.child_tasks) != 1:  # more than the backend's pump
-            return None
         for leg in (self.client, self.backend):
             if (
                 not leg.waiting
@@ -282,6 +280,8 @@ class Session:
                 or not leg.reader.at_boundary
             ):
                 return None
+        if len(nursery.child_tasks) != 1:  # more than the backend's pump: a ping, a watch
+            return None
         client, backend = self.client.wire, self.backend.wire
         assert isinstance(client, SocketWire)
         assert isinstance(backend, SocketWire)
