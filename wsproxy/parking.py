@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # How long both legs of a session must have been quiet (nothing read, nothing held) before it
 # parks; it parks between one and two of these after its last byte.
-PARK_AFTER: Final = 1.0
+PARK_AFTER: Final = 0.5
 
 
 class Parkable(Protocol):
