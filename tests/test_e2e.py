@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -29,9 +30,11 @@ from tests.conftest import (
 )
 from tests.helpers import Peer
 from tests.test_admin import series
+from wsproxy import parking
 from wsproxy.admin import metrics_text
 from wsproxy.handshake import accept_value
 from wsproxy.logs import JsonFormatter, TextFormatter
+from wsproxy.relay import Session
 
 pytestmark = pytest.mark.e2e
 
@@ -590,3 +593,96 @@ async def test_e2e_progress_lines_while_a_session_runs_then_its_access_line(
     final = [json.loads(entry) for r, _, entry in lines if "access" in r.__dict__]
     assert [(e["messages_in"], e["close_code"]) for e in final] == [(1, 1000)]
     assert "event" not in final[0]
+
+
+# ---------------------------------------------------------------- parked sessions
+
+
+@pytest.fixture
+def parks(monkeypatch: pytest.MonkeyPatch) -> trio.MemoryReceiveChannel[Session]:
+    """Sessions park after 50 ms of quiet; each one that parks is sent here as it does."""
+    monkeypatch.setattr(parking, "PARK_AFTER", 0.05)
+    send, receive = trio.open_memory_channel[Session](math.inf)
+    park = Session.park
+
+    def noted(session: Session) -> None:
+        park(session)
+        send.send_nowait(session)
+
+    monkeypatch.setattr(Session, "park", noted)
+    return receive
+
+
+async def test_e2e_parked_session_echoes_and_closes_as_before(
+    nursery: trio.Nursery, backend: Backend, parks: trio.MemoryReceiveChannel[Session]
+) -> None:
+    running = await start_proxy(nursery, proxy_config(backend.url))
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None, ping_interval=None) as ws:
+            await ws.send("before")
+            assert await ws.recv() == "before"
+            await parks.receive()
+            await ws.send("while parked")
+            assert await ws.recv() == "while parked"
+            await parks.receive()  # and again
+            await ws.aclose(1000, "done")
+        await backend.ended.wait()
+    assert backend.closes == [(1000, "done")]
+
+
+async def test_e2e_parked_session_is_pinged_and_its_pong_keeps_it(
+    nursery: trio.Nursery, backend: Backend, parks: trio.MemoryReceiveChannel[Session]
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="keepalive: {interval: 500ms, timeout: 1s}")
+    )
+    with trio.fail_after(CAP):
+        client = await raw_client(running.port)
+        session = await parks.receive()
+        ping = await client.receive()
+        assert ping is not None
+        assert ping.opcode is Opcode.PING
+        assert await parks.receive() is session  # parked again while its pong is awaited
+        await client.pong(bytes(ping.payload))  # type: ignore[arg-type]
+        again = await client.receive()  # the pong woke it and counted: pinged once more
+        assert again is not None
+        assert again.opcode is Opcode.PING
+        await client.pong(bytes(again.payload))  # type: ignore[arg-type]
+        await client.send_text("still here")
+        echo = await client.receive()
+        while echo is not None and echo.opcode is Opcode.PING:
+            await client.pong(bytes(echo.payload))  # type: ignore[arg-type]
+            echo = await client.receive()
+        assert echo is not None
+        assert echo.payload == "still here"
+        assert session.close is None
+        await client.stream.aclose()
+
+
+async def test_e2e_parked_session_ends_when_its_client_leaves(
+    nursery: trio.Nursery, backend: Backend, parks: trio.MemoryReceiveChannel[Session]
+) -> None:
+    running = await start_proxy(nursery, proxy_config(backend.url))
+    with trio.fail_after(CAP):
+        client = await raw_client(running.port)
+        await parks.receive()
+        await client.stream.aclose()
+        await backend.ended.wait()
+    assert backend.closes[0][0] == 1001
+    assert not running.proxy.registry.sessions
+
+
+async def test_e2e_drain_closes_parked_sessions_1001(
+    nursery: trio.Nursery, backend: Backend, parks: trio.MemoryReceiveChannel[Session]
+) -> None:
+    running = await start_proxy(
+        nursery, proxy_config(backend.url, extra="shutdown: {drain_timeout: 100ms}")
+    )
+    with trio.fail_after(CAP):
+        async with connect(running.url, origin=ORIGIN, proxy=None, ping_interval=None) as ws:
+            await parks.receive()
+            running.proxy.stop()
+            close = await closed_by_peer(ws)
+        await backend.ended.wait()
+    assert close.code == 1001
+    assert backend.closes[0][0] == 1001

@@ -50,6 +50,7 @@ LAYERS: Final = {
     "http1": 3,
     "keepalive": 3,  # STYLE.md names it; not written yet
     "timers": 3,  # every session's keepalive and idle clocks (STYLE.md's keepalive.py)
+    "parking": 3,  # idle sessions, parked without their pump tasks
     "health": 3,
     "discovery": 3,
     "tls": 3,

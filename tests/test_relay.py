@@ -13,7 +13,7 @@ to a real socket, so whole frames take the immediate write that skips the lock.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Final
 
@@ -24,7 +24,7 @@ from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 from tests.helpers import Peer
 from tests.memsocket import SocketEnd, socket_pair
-from wsproxy import closes
+from wsproxy import closes, parking
 from wsproxy.closes import Close, Side
 from wsproxy.config import (
     Config,
@@ -39,6 +39,7 @@ from wsproxy.config import (
     Timeouts,
 )
 from wsproxy.frames import OP_CLOSE, control_frame
+from wsproxy.parking import PARK_AFTER
 from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.wire import ImmediateStream, ImmediateWire
 
@@ -1309,3 +1310,248 @@ async def test_relay_action_close_does_not_count_the_time_its_backend_held_the_c
         assert rig.session.close is None
         assert rig.session.limit is not None
         assert not rig.session.limit.exceeded
+
+
+# ---------------------------------------------------------------- parking (real socket pairs)
+
+
+@dataclass
+class SocketSession:
+    """A session whose legs are real sockets (socket pairs), so that it may park."""
+
+    session: Session
+    client: Peer
+    backend: Peer
+    done: trio.Event
+
+
+def real_socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    left, right = trio.socket.socketpair()
+    return trio.SocketStream(left), trio.SocketStream(right)
+
+
+@pytest.fixture
+async def peer_ends() -> AsyncIterator[list[trio.SocketStream]]:
+    """The test's ends of the socket pairs, closed when the test is over."""
+    ends: list[trio.SocketStream] = []
+    yield ends
+    for end in ends:
+        end.socket.close()
+
+
+async def start_socket_session(
+    nursery: trio.Nursery, peer_ends: list[trio.SocketStream], config: Config | None = None
+) -> SocketSession:
+    client_end, proxy_client = real_socket_pair()
+    backend_end, proxy_backend = real_socket_pair()
+    peer_ends += (client_end, backend_end)
+    session = Session(
+        make_config() if config is None else config, proxy_client, proxy_backend, compressed=False
+    )
+    done = trio.Event()
+
+    async def run() -> None:
+        await session.run()
+        done.set()
+
+    nursery.start_soon(run)
+    return SocketSession(
+        session, Peer(client_end, client=True), Peer(backend_end, client=False), done
+    )
+
+
+def pump_tasks() -> int:
+    """Pump tasks running anywhere in this run (a session's backend pump is one)."""
+    name = f"{Session._pump.__module__}.{Session._pump.__qualname__}"
+    count = 0
+    tasks = [trio.lowlevel.current_root_task()]
+    while tasks:
+        task = tasks.pop()
+        assert task is not None
+        count += task.name == name
+        tasks.extend(child for nursery in task.child_nurseries for child in nursery.child_tasks)
+    return count
+
+
+def is_parked(session: Session) -> bool:
+    """No nursery, no pump: the session's task waits for the parker."""
+    return session._nursery is None and not session._ended and pump_tasks() == 0
+
+
+async def test_relay_quiet_socket_session_parks_then_relays_and_closes_as_before(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await running.client.send_text("hello")
+        assert (await next_frame(running.backend)).payload == "hello"
+        await trio.testing.wait_all_tasks_blocked()
+        assert not is_parked(running.session)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        await running.backend.send_text("back")  # wakes it
+        assert (await next_frame(running.client)).payload == "back"
+        assert not is_parked(running.session)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        await running.client.close(1000, "bye")
+        assert await running.backend.expect_close() == (1000, "bye")
+        await running.backend.close(1000, "bye")
+        assert await running.client.expect_close() == (1000, "bye")
+        await running.client.expect_eof()
+        await running.done.wait()
+        assert running.session.close == Close(1000, "bye")
+        assert running.session.messages == (1, 1)
+        assert parking.parker().parked == {}
+
+
+async def test_relay_parked_session_is_pinged_and_a_late_pong_wakes_it(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """The keepalive clock wakes a parked session to ping; it parks again while the pong is
+    awaited, and the pong (5 s late) wakes it: it counts, and is not relayed."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        running = await start_socket_session(nursery, peer_ends)
+        backend_pings: list[float] = []
+        nursery.start_soon(answer_pings, running.backend, backend_pings)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        ping = await next_frame(running.client)
+        assert ping.opcode is Opcode.PING
+        assert trio.current_time() - start == INTERVAL
+        await trio.sleep(5)
+        assert is_parked(running.session)
+        await running.client.pong(payload_of(ping))
+        again = await next_frame(running.client)
+        assert again.opcode is Opcode.PING
+        assert trio.current_time() - start == 2 * INTERVAL + 5  # heard at 25: pinged at 45
+        assert [t - start for t in backend_pings] == [INTERVAL, 2 * INTERVAL]
+        assert running.session.close is None
+
+
+async def test_relay_parked_session_ends_when_a_peer_leaves(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        await running.backend.stream.aclose()
+        assert (await running.client.expect_close())[0] == 1011
+        await running.client.close(1011)
+        await running.client.expect_eof()
+        await running.done.wait()
+        assert running.session.closed_by is Side.BACKEND
+
+
+async def test_relay_shutdown_of_a_parked_session_closes_both_legs(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        nursery.start_soon(running.session.shutdown)
+        assert await running.client.expect_close() == (1001, "proxy shutting down")
+        assert await running.backend.expect_close() == (1001, "proxy shutting down")
+        await running.client.close(1001)
+        await running.backend.close(1001)
+        await running.client.expect_eof()
+        await running.done.wait()
+        assert running.session.closed_by is Side.PROXY
+
+
+async def test_relay_shutdown_of_a_parked_session_keeps_the_close_deadline(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """A peer that never answers the shutdown's close is dropped `CLOSE_TIMEOUT` after it."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        asked = trio.current_time()
+        nursery.start_soon(running.session.shutdown)
+        assert (await running.client.expect_close())[0] == 1001
+        await running.done.wait()  # neither peer answers
+        assert trio.current_time() - asked == CLOSE_TIMEOUT
+
+
+async def test_relay_parked_session_cancelled_lets_its_sockets_go(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    with trio.fail_after(CAP):
+        client_end, proxy_client = real_socket_pair()
+        backend_end, proxy_backend = real_socket_pair()
+        peer_ends += (client_end, backend_end)
+        session = Session(make_config(), proxy_client, proxy_backend, compressed=False)
+        with trio.move_on_after(3 * PARK_AFTER):
+            async with trio.open_nursery() as inner:
+                inner.start_soon(session.run)
+                await trio.sleep(2 * PARK_AFTER)
+                assert is_parked(session)
+                assert parking.parker().parked
+        assert parking.parker().parked == {}
+        assert await client_end.receive_some(10) == b""  # closed
+        assert await backend_end.receive_some(10) == b""
+
+
+async def test_relay_session_mid_frame_does_not_park(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """A pump that holds the other leg's lock for the rest of a frame keeps the session awake."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        frame = bytes(FrameProtocol(client=True, extensions=[]).send_data(b"x" * 100, True))
+        await running.client.send(frame[:50])
+        await trio.sleep(5 * PARK_AFTER)
+        assert not is_parked(running.session)
+        await running.client.send(frame[50:])
+        received = b""
+        while len(received) < 100:  # in pieces, as it was relayed
+            received += payload_of(await next_frame(running.backend))
+        assert received == b"x" * 100
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+
+
+async def test_relay_parked_session_is_closed_when_idle(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        config = make_config(
+            timeouts=Timeouts(connect=5.0, idle=30), keepalive=Keepalive(interval=0, timeout=1)
+        )
+        running = await start_socket_session(nursery, peer_ends, config)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+        assert await running.client.expect_close() == (1001, "idle timeout")
+        assert trio.current_time() - start == 30
+        assert await running.backend.expect_close() == (1001, "idle timeout")
+
+
+async def test_relay_streams_that_are_not_sockets_never_park(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """TLS legs and memory streams: the pumps keep waiting themselves."""
+    with trio.fail_after(CAP):
+        await trio.sleep(5 * PARK_AFTER)
+        assert pump_tasks() == 1
+        assert rig.session._nursery is not None

@@ -30,6 +30,12 @@ Invariants:
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
   close is bounded by `CLOSE_TIMEOUT`.
+- A session of two plain sockets parks (see `parking`) once both pumps have waited for
+  readability for `parking.PARK_AFTER` with nothing held, no frame half-way, no task but the
+  pumps and no close under way: the pumps end (they were only waiting, so nothing is lost) and
+  the task that runs the session waits, with no nursery, until a leg turns readable, a clock is
+  due or the session is shut down; then the pumps start again where they were (the readers,
+  locks and clocks are the session's, not the pumps').
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ from typing import Final
 
 import trio
 
-from wsproxy import closes, timers
+from wsproxy import closes, parking, timers
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config
 from wsproxy.frames import (
@@ -55,7 +61,7 @@ from wsproxy.frames import (
     control_frame,
 )
 from wsproxy.ratelimit import SessionLimit
-from wsproxy.wire import close_forcefully, wire_for
+from wsproxy.wire import SocketWire, close_forcefully, wire_for
 
 CHUNK: Final = 65536
 # How long we wait for a peer to answer a close frame, or to take one, before dropping it.
@@ -81,6 +87,7 @@ class Leg:
         "sent_close",
         "side",
         "stream",
+        "waiting",
         "wire",
     )
 
@@ -93,6 +100,7 @@ class Leg:
         self._lock: trio.StrictFIFOLock | None = None  # made at its first use: most legs never wait
         self.last_rx = trio.current_time()
         self.held = False  # its pump waits on the other leg, so nothing of it can be heard
+        self.waiting = False  # its pump waits for it to turn readable
         self.bytes_in = 0
         self.ping_payload = b""  # our latest keepalive ping's payload; its pong is not relayed
         self.pinged_at = -math.inf
@@ -124,9 +132,13 @@ class Session:
         "_ended",
         "_idle",
         "_nursery",
+        "_parked",
+        "_parker",
+        "_parking",
         "_ping_interval",
         "_ping_timeout",
         "_pings",
+        "_sleeper",
         "_timer",
         "backend",
         "client",
@@ -172,6 +184,18 @@ class Session:
         self._nursery: trio.Nursery | None = None  # while running
         self._timer: timers.Timer | None = None  # when the clocks are looked at next
         self._pings = 0
+        # Parking (see `parking`): only a session of two plain sockets parks. `_parking` from
+        # `park()` until the pumps run again; `_parked` until woken; `_sleeper`, the task that
+        # runs the session, while it waits parked.
+        self._parker = (
+            parking.parker()
+            if isinstance(self.client.wire, SocketWire)
+            and isinstance(self.backend.wire, SocketWire)
+            else None
+        )
+        self._parking = False
+        self._parked = False
+        self._sleeper: trio.lowlevel.Task | None = None
         per_session = config.limits.per_session
         self.limit = (  # what the client may send; None: no limit
             None
@@ -189,25 +213,48 @@ class Session:
 
     async def run(self) -> None:
         """Relay until both legs are gone (or `CLOSE_TIMEOUT` after the first close)."""
+        client_prefix, backend_prefix = self._client_prefix, self._backend_prefix
+        self._client_prefix = self._backend_prefix = b""
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.cancel_scope.deadline = self._deadline
-                if self._ended:
-                    nursery.cancel_scope.cancel()
-                nursery.start_soon(self._pump, self.backend, self.client, self._backend_prefix)
-                self._due()  # the keepalive and idle clocks start
-                await self._pump(self.client, self.backend, self._client_prefix)
+            while True:
+                await self._relay(client_prefix, backend_prefix)
+                if not self._parking:
+                    return
+                client_prefix = backend_prefix = b""
+                if self._parked:  # and not woken meanwhile
+                    self._sleeper = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_sleep)
         finally:
             self._nursery = None
+            if self._parker is not None:
+                self._parker.forget(self)
             if self._timer is not None:
                 self._timer.cancel()
             for leg in (self.client, self.backend):
                 leg.lost = True
                 await close_forcefully(leg.stream)
 
+    async def _relay(self, client_prefix: Buffer, backend_prefix: Buffer) -> None:
+        """Run both pumps until the session ends or parks. (A frame of its own: the one the
+        pumps' cancellation passes through is not kept by a parked session.)"""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._parking = False
+            nursery.cancel_scope.deadline = self._deadline
+            if self._ended:
+                nursery.cancel_scope.cancel()
+            self.client.waiting = self.backend.waiting = False
+            nursery.start_soon(self._pump, self.backend, self.client, backend_prefix)
+            if self._timer is None:  # at the start, or woken by the clocks themselves
+                self._due()  # the keepalive and idle clocks start (again)
+            if self._parker is not None:
+                self._parker.watch(self)
+            await self._pump(self.client, self.backend, client_prefix)
+        self._nursery = None
+
     async def shutdown(self, close: Close = closes.SHUTDOWN) -> None:
         """Ask both peers to close, as the proxy; the session ends when they have."""
+        self.wake()
         self._begin_close(close, Side.PROXY)
         async with trio.open_nursery() as nursery:
             for leg in (self.client, self.backend):
@@ -217,6 +264,59 @@ class Session:
     def messages(self) -> tuple[int, int]:
         """Messages (client to backend, backend to client)."""
         return self.client.reader.messages, self.backend.reader.messages
+
+    # ---------------------------------------------------------------- parking
+
+    def quiet_fds(self, since: float) -> tuple[int, int] | None:
+        """Both descriptors, if the session may park: both pumps wait for their legs to turn
+        readable, neither leg has been heard from since `since`, no frame is half-way, no task
+        but the pumps runs (no ping, no watch), no write waits, and no close is under way."""
+        nursery = self._nursery
+        if nursery is None or self._parking or self.close is not None or self._ended:
+            return None
+        for leg in (self.client, self.backend):
+            if (
+                not leg.waiting
+                or leg.last_rx > since
+                or leg.held
+                or leg.busy()
+                or leg.lost
+                or leg.sent_close
+                or leg.got_close
+                or not leg.reader.at_boundary
+            ):
+                return None
+        if len(nursery.child_tasks) != 1:  # more than the backend's pump: a ping, a watch
+            return None
+        client, backend = self.client.wire, self.backend.wire
+        assert isinstance(client, SocketWire)
+        assert isinstance(backend, SocketWire)
+        return client.fileno(), backend.fileno()
+
+    def park(self) -> None:
+        """End both pumps (each waits for readability: cancelling them loses nothing); `run`
+        then waits until woken."""
+        self._parking = self._parked = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def wake(self) -> None:
+        """Start the pumps again (the parker has seen a leg turn readable, a clock is due, or
+        the session is being shut down); nothing if it is not parked."""
+        if not self._parked:
+            return
+        self._parked = False
+        if self._parker is not None:
+            self._parker.forget(self)
+        sleeper, self._sleeper = self._sleeper, None
+        if sleeper is not None:
+            trio.lowlevel.reschedule(sleeper)
+
+    def _abort_sleep(self, _: object) -> trio.lowlevel.Abort:
+        """The parked session is cancelled: it ends, as if woken."""
+        self._sleeper = None
+        self.wake()
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # ---------------------------------------------------------------- the pump
 
@@ -234,8 +334,12 @@ class Session:
                     now = trio.current_time()
                 else:
                     out: Buffer = b""  # a pump that waits holds none of the last chunk
+                    src.waiting = True
                     try:
                         await wire.readable()
+                        src.waiting = False
+                        if self._parking:
+                            return  # woken as it parked: what came stays for the pumps to come
                         read = wire.read_now()
                     except _GONE:
                         break
@@ -491,6 +595,9 @@ class Session:
         pings due, and set the timer for the next instant; anything that waits (idle close,
         dropping a silent leg) goes to a task of its own, `_watch`."""
         self._timer = None
+        if self._parking:
+            self.wake()  # `run` starts the pumps again, and looks at the clocks then
+            return
         nursery = self._nursery
         if nursery is None:
             return  # the session has ended

@@ -45,6 +45,10 @@ class SocketWire:
     def __init__(self, stream: trio.SocketStream) -> None:
         self._socket = stream.socket  # not its bound `fileno`: one object less per leg
 
+    def fileno(self) -> int:
+        """The socket's descriptor now (ClosedResourceError once it is closed)."""
+        return self._fd()
+
     def _fd(self) -> int:
         fd = self._socket.fileno()
         if fd < 0:
