@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 import websockets
 from websockets.trio.client import ClientConnection, connect
 
@@ -178,7 +179,7 @@ pools: {{other: {{servers: [{b.url}]}}}}
             + b"\r\n\r\n"
         )
         await stream.send_all(head[:20])
-        await trio.sleep(0.05)  # the proxy is now reading the head
+        await trio.testing.wait_all_tasks_blocked()  # the proxy has read it, and waits for more
         assert await reload_to(running.proxy, parse_config(new, {}))
         await stream.send_all(head[20:])
         with trio.fail_after(CAP):
@@ -271,9 +272,10 @@ async def test_reload_while_serve_starts_leaves_one_health_loop(nursery: trio.Nu
     """A reload that comes while `serve` is still resolving names waits for it; afterwards
     only the new pools are checked."""
     (a,) = await backends(nursery, 1)
-    release = trio.Event()
+    resolving, release, checked_new = trio.Event(), trio.Event(), trio.Event()
 
     async def resolve(host: str, port: int) -> list[str]:
+        resolving.set()
         await release.wait()
         return ["127.0.0.1"]
 
@@ -281,6 +283,8 @@ async def test_reload_while_serve_starts_leaves_one_health_loop(nursery: trio.Nu
 
     async def probe(server: object, check: HealthCheck) -> Probed:
         checks.append((trio.current_time(), check.path))
+        if sum(path == "/new" for _, path in checks) >= 8:
+            checked_new.set()
         return Probed(None)
 
     def with_check(path: str) -> Config:
@@ -290,7 +294,7 @@ async def test_reload_while_serve_starts_leaves_one_health_loop(nursery: trio.Nu
     proxy = Proxy(with_check("/old"), resolve=resolve, probe=probe)
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     nursery.start_soon(proxy.serve, listeners)
-    await trio.sleep(0.05)  # serve is resolving
+    await resolving.wait()
     reloaded = trio.Event()
 
     async def reload_now() -> None:
@@ -298,12 +302,13 @@ async def test_reload_while_serve_starts_leaves_one_health_loop(nursery: trio.Nu
         reloaded.set()
 
     nursery.start_soon(reload_now)
-    await trio.sleep(0.05)
+    await trio.testing.wait_all_tasks_blocked()  # the reload waits for serve's start
     release.set()
     with trio.fail_after(CAP):
         await reloaded.wait()
     switched = trio.current_time()
-    await trio.sleep(0.4)
+    with trio.fail_after(CAP):
+        await checked_new.wait()  # eight rounds of checks since
     later = [path for when, path in checks if when > switched]
     assert later
     assert set(later) == {"/new"}
