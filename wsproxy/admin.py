@@ -24,7 +24,7 @@ import os
 import resource
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Final, NamedTuple, Protocol
 
@@ -60,6 +60,7 @@ from wsproxy.listening import accept_forever
 from wsproxy.metrics import CONTENT_TYPE, Family, Gauge, ProxyMetrics, render
 from wsproxy.page import PAGE
 from wsproxy.registry import LiveSession
+from wsproxy.servers import ServerStatus
 from wsproxy.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -426,35 +427,23 @@ def metrics_text(proxy: Served) -> str:
             sorted(wire.items()),
             kind="counter",
         ),
-        Gauge(
+        _per_server(
             "wsproxy_backend_up",
             "1 if the server can take new sessions (listed, healthy), else 0.",
-            ("pool", "server"),
-            [
-                ((pool.pool, server.server), float(server.health == "up" and server.listed))
-                for pool in pools
-                for server in pool.servers
-            ],
+            pools,
+            lambda server: server.health == "up" and server.listed,
         ),
-        Gauge(
+        _per_server(
             "wsproxy_backend_weight",
             "The weight new sessions are reckoned with: configured, agent's, 0 while draining.",
-            ("pool", "server"),
-            [
-                ((pool.pool, server.server), float(server.effective_weight))
-                for pool in pools
-                for server in pool.servers
-            ],
+            pools,
+            lambda server: server.effective_weight,
         ),
-        Gauge(
+        _per_server(
             "wsproxy_backend_draining",
             "1 while the server drains (its agent's or an admin's drain), else 0.",
-            ("pool", "server"),
-            [
-                ((pool.pool, server.server), float(server.draining))
-                for pool in pools
-                for server in pool.servers
-            ],
+            pools,
+            lambda server: server.draining,
         ),
         Gauge(
             "wsproxy_backend_sessions_active",
@@ -502,6 +491,22 @@ def metrics_text(proxy: Served) -> str:
         *_process_figures(),
     ]
     return render(families)
+
+
+def _per_server(
+    name: str, help: str, pools: Sequence[PoolStatus], value: Callable[[ServerStatus], float]
+) -> Gauge:
+    """A gauge with one series per pool and server, of `value` of its status."""
+    return Gauge(
+        name,
+        help,
+        ("pool", "server"),
+        [
+            ((pool.pool, server.server), float(value(server)))
+            for pool in pools
+            for server in pool.servers
+        ],
+    )
 
 
 def _process_figures() -> list[Family]:
