@@ -17,7 +17,7 @@ from wsproxy.balancer import Pick
 from wsproxy.closes import Close
 from wsproxy.config import Config, Security, Server
 from wsproxy.handshake import Reject
-from wsproxy.logs import ProgressRecord
+from wsproxy.logs import AccessRecord
 from wsproxy.registry import RETRY_AFTER, LiveSession, Registry, close_times
 from wsproxy.relay import Session
 from wsproxy.servers import ServerState
@@ -297,7 +297,7 @@ def progress_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, float, i
     return [
         (p.client, p.duration, p.messages_in, p.messages_out, p.bytes_in)
         for p in (r.__dict__.get("progress") for r in caplog.records)
-        if isinstance(p, ProgressRecord)
+        if isinstance(p, AccessRecord)
     ]
 
 
@@ -371,7 +371,7 @@ async def test_registry_progress_lines_are_written_in_batches_that_let_timers_ru
     async def run() -> None:
         ran.append(None)
 
-    def write_progress(record: ProgressRecord) -> None:
+    def write_progress(record: AccessRecord) -> None:
         seen.append((record.duration, len(ran)))
         nursery.start_soon(run)
 
@@ -407,7 +407,7 @@ async def test_registry_progress_walk_due_while_the_last_one_still_writes_is_ski
     monkeypatch.setattr(registry_module, "PROGRESS_BATCH", 1)
     written: list[tuple[str, float]] = []
 
-    def write_progress(record: ProgressRecord) -> None:
+    def write_progress(record: AccessRecord) -> None:
         if not written:
             autojump_clock.jump(10)
         written.append((record.client, record.duration))
@@ -439,9 +439,9 @@ async def test_registry_progress_walk_that_fails_is_logged_and_the_next_one_runs
     )
     registry = Registry(lambda: config)
     await open_session(nursery, registry, build_snapshot(config), "192.0.2.1:1")
-    written: list[ProgressRecord] = []
+    written: list[AccessRecord] = []
 
-    def write_progress(record: ProgressRecord) -> None:
+    def write_progress(record: AccessRecord) -> None:
         written.append(record)
         if len(written) == 1:
             raise OSError("the log's disk is full (injected)")

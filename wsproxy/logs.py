@@ -48,7 +48,8 @@ def iso_time(seconds: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AccessRecord:
-    """What one session did, written when it ends."""
+    """What one session did: written when it ends, and in its progress lines (which count
+    what moved since the previous one, and have no close yet)."""
 
     time: str
     client: str
@@ -61,30 +62,11 @@ class AccessRecord:
     messages_out: int  # backend to client
     bytes_in: int
     bytes_out: int
-    close_code: int
-    closed_by: str
+    close_code: int | None  # None in a progress line: "-" in text, null in JSON
+    closed_by: str | None
 
 
 ACCESS_FIELDS: Final = tuple(AccessRecord.__dataclass_fields__)
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressRecord:
-    """What a session still running did since its previous progress line (or its start)."""
-
-    time: str
-    client: str
-    route: str
-    pool: str
-    server: str
-    subprotocol: str
-    duration: float  # the session's age
-    messages_in: int  # each count: since the previous line
-    messages_out: int
-    bytes_in: int
-    bytes_out: int
-    close_code: int | None = None  # the session has not closed: "-" in text, null in JSON
-    closed_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +175,12 @@ class TextFormatter(logging.Formatter):
         self.worker = worker  # with `workers` > 1, which worker writes (None: the supervisor)
 
     def format(self, record: logging.LogRecord) -> str:
-        access = getattr(record, "access", None)
-        if isinstance(access, AccessRecord):
-            fields = " ".join(f"{k}={_text_value(v)}" for k, v in asdict(access).items())
-            return f"{access.time} access {fields}"
-        progress = getattr(record, "progress", None)
-        if isinstance(progress, ProgressRecord):
+        access, event = _access_of(record)
+        if access is not None:
             fields = " ".join(
-                f"{k}={'-' if v is None else _text_value(v)}" for k, v in asdict(progress).items()
+                f"{k}={'-' if v is None else _text_value(v)}" for k, v in asdict(access).items()
             )
-            return f"{progress.time} access event=progress {fields}"
+            return f"{access.time} access {f'event={event} ' if event else ''}{fields}"
         name = record.name if self.worker is None else f"{record.name}[worker {self.worker}]"
         line = f"{iso_time(record.created)} {record.levelname} {name}: {record.getMessage()}"
         if record.exc_info:
@@ -216,12 +194,11 @@ class JsonFormatter(logging.Formatter):
         self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
-        access = getattr(record, "access", None)
-        if isinstance(access, AccessRecord):
-            return json.dumps({"type": "access", **asdict(access)})
-        progress = getattr(record, "progress", None)
-        if isinstance(progress, ProgressRecord):
-            return json.dumps({"type": "access", "event": "progress", **asdict(progress)})
+        access, event = _access_of(record)
+        if access is not None:
+            return json.dumps(
+                {"type": "access", **({"event": event} if event else {}), **asdict(access)}
+            )
         refusal = getattr(record, "refusal", None)
         suppressed = getattr(record, "refusals_suppressed", None)
         entry: dict[str, object] = {
@@ -241,6 +218,16 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+def _access_of(record: logging.LogRecord) -> tuple[AccessRecord | None, str]:
+    """The access record a log record carries, and its event ("" for a session's end,
+    "progress" for a progress line)."""
+    for key, event in (("access", ""), ("progress", "progress")):
+        access = getattr(record, key, None)
+        if isinstance(access, AccessRecord):
+            return access, event
+    return None, ""
 
 
 def _text_value(value: object) -> str:
@@ -294,7 +281,7 @@ def write_access(record: AccessRecord) -> None:
     access_log.info("access", extra={"access": record})
 
 
-def write_progress(record: ProgressRecord) -> None:
+def write_progress(record: AccessRecord) -> None:
     access_log.info("progress", extra={"progress": record})
 
 

@@ -48,7 +48,6 @@ from wsproxy.frames import CLOSE_ABNORMAL
 from wsproxy.handshake import Reject
 from wsproxy.logs import (
     AccessRecord,
-    ProgressRecord,
     access_log,
     iso_time,
     wall_time,
@@ -66,6 +65,9 @@ RETRY_AFTER: Final = ((b"retry-after", b"5"),)
 PROGRESS_BATCH: Final = 200  # progress lines written between two checkpoints
 
 log = logging.getLogger(__name__)
+
+
+Totals = tuple[int, int, int, int]  # messages in, messages out, bytes in, bytes out
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,7 @@ class Registry:
         self._progress: timers.Timer | None = None  # the next walk for progress lines
         self._walking = False  # a walk is writing its lines (from a task of its own)
         # What each live session's previous progress line counted up to (none before its first)
-        self._reported: dict[Session, tuple[int, int, int, int]] = {}
+        self._reported: dict[Session, Totals] = {}
         # The sessions whose 101 is being sent, and the event a close waits on (made by the
         # first close that waits)
         self._switching: dict[Session, trio.Event | None] = {}
@@ -184,22 +186,14 @@ class Registry:
         if not access_log.isEnabledFor(logging.INFO):
             return  # no access line is written: none is built
         close = session.close
-        messages_in, messages_out = session.messages
         write_access(
-            AccessRecord(
-                time=iso_time(wall_time()),
-                client=live.client,
-                route=live.route,
-                pool=live.balancer.name,
-                server=live.server.key,
-                subprotocol=live.subprotocol,
-                duration=round(trio.current_time() - started, 3),
-                messages_in=messages_in,
-                messages_out=messages_out,
-                bytes_in=session.client.bytes_in,
-                bytes_out=session.backend.bytes_in,
-                close_code=close.code if close else CLOSE_ABNORMAL,
-                closed_by=session.closed_by.value if session.closed_by else "unknown",
+            _record(
+                live,
+                iso_time(wall_time()),
+                trio.current_time() - started,
+                _totals(session),
+                close.code if close else CLOSE_ABNORMAL,
+                session.closed_by.value if session.closed_by else "unknown",
             )
         )
 
@@ -266,26 +260,16 @@ class Registry:
     def _write_progress_line(
         self, session: Session, live: LiveSession, time: str, age: float
     ) -> None:
-        messages_in, messages_out = session.messages
-        totals = (messages_in, messages_out, session.client.bytes_in, session.backend.bytes_in)
+        totals = _totals(session)
         before = self._reported.get(session, (0, 0, 0, 0))
         self._reported[session] = totals
-        moved = [total - then for total, then in zip(totals, before, strict=True)]
-        write_progress(
-            ProgressRecord(
-                time=time,
-                client=live.client,
-                route=live.route,
-                pool=live.balancer.name,
-                server=live.server.key,
-                subprotocol=live.subprotocol,
-                duration=round(age, 3),
-                messages_in=moved[0],
-                messages_out=moved[1],
-                bytes_in=moved[2],
-                bytes_out=moved[3],
-            )
+        moved = (
+            totals[0] - before[0],
+            totals[1] - before[1],
+            totals[2] - before[2],
+            totals[3] - before[3],
         )
+        write_progress(_record(live, time, age, moved, None, None))
 
     def _count_ended(self, session: Session, seconds: float) -> None:
         metrics = self.metrics
@@ -351,6 +335,38 @@ class Registry:
             if counted:
                 self.metrics.drain_closes.inc(self.sessions[session].balancer.name)
             await self.ask_to_close(session, close)
+
+
+def _totals(session: Session) -> Totals:
+    messages_in, messages_out = session.messages
+    return messages_in, messages_out, session.client.bytes_in, session.backend.bytes_in
+
+
+def _record(
+    live: LiveSession,
+    time: str,
+    seconds: float,
+    counts: Totals,
+    close_code: int | None,
+    closed_by: str | None,
+) -> AccessRecord:
+    """The access line's record of `live` (a progress line's: without a close)."""
+    messages_in, messages_out, bytes_in, bytes_out = counts
+    return AccessRecord(
+        time=time,
+        client=live.client,
+        route=live.route,
+        pool=live.balancer.name,
+        server=live.server.key,
+        subprotocol=live.subprotocol,
+        duration=round(seconds, 3),
+        messages_in=messages_in,
+        messages_out=messages_out,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        close_code=close_code,
+        closed_by=closed_by,
+    )
 
 
 def close_times(count: int, window: float) -> list[float]:
