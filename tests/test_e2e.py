@@ -600,17 +600,30 @@ async def test_e2e_progress_lines_while_a_session_runs_then_its_access_line(
 
 @pytest.fixture
 def parks(monkeypatch: pytest.MonkeyPatch) -> trio.MemoryReceiveChannel[Session]:
-    """Sessions park after 50 ms of quiet; each one that parks is sent here as it does."""
+    """Sessions park again every 50 ms; each one that parks (at its start, or again) is sent
+    here as it does."""
     monkeypatch.setattr(parking, "PARK_AFTER", 0.05)
     send, receive = trio.open_memory_channel[Session](math.inf)
-    park = Session.park
+    park, park_at_start = Session.park, Session._park_at_start
 
     def noted(session: Session) -> None:
         park(session)
         send.send_nowait(session)
 
+    def noted_at_start(session: Session) -> bool:
+        parked = park_at_start(session)
+        if parked:
+            send.send_nowait(session)
+        return parked
+
     monkeypatch.setattr(Session, "park", noted)
+    monkeypatch.setattr(Session, "_park_at_start", noted_at_start)
     return receive
+
+
+def still_parked(session: Session) -> bool:
+    parker = parking.parker()
+    return parker is not None and session in parker.parked.values()
 
 
 async def test_e2e_parked_session_echoes_and_closes_as_before(
@@ -619,15 +632,15 @@ async def test_e2e_parked_session_echoes_and_closes_as_before(
     running = await start_proxy(nursery, proxy_config(backend.url))
     with trio.fail_after(CAP):
         async with connect(running.url, origin=ORIGIN, proxy=None, ping_interval=None) as ws:
-            await ws.send("before")
-            assert await ws.recv() == "before"
-            await parks.receive()
-            await ws.send("while parked")
-            assert await ws.recv() == "while parked"
-            await parks.receive()  # and again
+            session = await parks.receive()  # from its start
+            for n in range(3):
+                await ws.send(f"while parked {n}")
+                assert await ws.recv() == f"while parked {n}"
+            assert still_parked(session)  # relayed in line: never woken
             await ws.aclose(1000, "done")
         await backend.ended.wait()
     assert backend.closes == [(1000, "done")]
+    assert session.messages == (3, 3)
 
 
 async def test_e2e_parked_session_is_pinged_and_its_pong_keeps_it(

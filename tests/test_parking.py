@@ -1,10 +1,10 @@
-"""The parker on real socket pairs and virtual time: when it asks sessions whether they may park,
-what it watches, and what wakes them."""
+"""The parker on real socket pairs: what it relays in line, what wakes a session, when it asks
+sessions whether they may park again (virtual time), and, on the real clock, that waiting in
+its own epoll never keeps trio from its tasks, its I/O or its deadlines."""
 
 from __future__ import annotations
 
 import logging
-import math
 import socket
 from collections.abc import Iterator
 from typing import Final
@@ -14,33 +14,55 @@ import trio
 import trio.testing
 
 from wsproxy import parking
-from wsproxy.parking import PARK_AFTER
+from wsproxy.parking import PARK_AFTER, Parker
 
 CAP: Final = 60.0  # virtual seconds
+REAL_CAP: Final = 10.0  # real seconds, for the tests on the real clock
 
 
 class FakeSession:
-    """A `Parkable` over a socket pair's near ends: parks when `quiet` allows it."""
+    """A `Parkable` over two socket pairs' near ends. It relays in line (reads what came, and
+    keeps it) unless `needs_pumps`; it may park when `parkable` says so."""
 
-    def __init__(self, name: str, *, quiet: bool = True, fails: bool = False) -> None:
+    def __init__(self, name: str, *, parkable: bool = True, fails: bool = False) -> None:
         self.name = name
-        self.quiet = quiet
+        self.parkable = parkable
         self.fails = fails
+        self.needs_pumps = False
         client, backend = socket.socketpair(), socket.socketpair()
         self.near = (client[0], backend[0])  # the session's ends
         self.far = (client[1], backend[1])  # its peers' ends
+        for sock in self.near:
+            sock.setblocking(False)
         self.asked: list[float] = []
         self.parked: list[float] = []
         self.woken: list[float] = []
+        self.relayed: list[tuple[int, bytes]] = []  # (leg, bytes) read in line
+        self.on_relay: trio.Event | None = None  # set, and the parker stirred, on each relay
 
-    def quiet_fds(self, since: float) -> tuple[int, int] | None:
+    def fds(self) -> tuple[int, int]:
+        return self.near[0].fileno(), self.near[1].fileno()
+
+    def parkable_fds(self, since: float) -> tuple[int, int] | None:
         self.asked.append(trio.current_time())
         if self.fails:
             raise RuntimeError("injected")
-        return (self.near[0].fileno(), self.near[1].fileno()) if self.quiet else None
+        return self.fds() if self.parkable else None
 
     def park(self) -> None:
         self.parked.append(trio.current_time())
+
+    def relay_ready(self, fd: int) -> bool:
+        if self.needs_pumps:
+            return False
+        leg = self.fds().index(fd)
+        self.relayed.append((leg, self.near[leg].recv(100)))
+        if self.on_relay is not None:
+            self.on_relay.set()
+            parker = parking.parker()
+            assert parker is not None
+            parker.stir()
+        return True
 
     def wake(self) -> None:
         self.woken.append(trio.current_time())
@@ -64,105 +86,161 @@ def fake(sessions: list[FakeSession], name: str, **kwargs: bool) -> FakeSession:
     return session
 
 
-async def test_parking_quiet_session_parks_at_the_next_sweep_and_wakes_on_data(
+def the_parker() -> Parker:
+    parker = parking.parker()
+    assert parker is not None, "trio's epoll could not be reached: sessions would never park"
+    return parker
+
+
+async def test_parking_is_available_on_this_trio() -> None:
+    """The parker needs trio's own epoll descriptor, which is not public: a trio release that
+    moves it must fail here, not silently stop parking."""
+    parker = the_parker()
+    assert parking.parker() is parker  # one per run
+
+
+async def test_parking_relays_in_line_and_the_session_stays_parked(
     sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(CAP):
-        parker = parking.parker()
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+        session.far[0].send(b"one")
+        await trio.testing.wait_all_tasks_blocked()
+        session.far[1].send(b"two")
+        await trio.sleep(1)
+        assert session.relayed == [(0, b"one"), (1, b"two")]
+        assert session.woken == []
+        assert sorted(parker.parked) == sorted(session.fds())
+
+
+async def test_parking_session_that_needs_its_pumps_is_woken_and_let_go(
+    sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+        session.needs_pumps = True
+        start = trio.current_time()
+        session.far[1].send(b"x")
+        await trio.sleep(2)
+        assert session.woken == [start]
+        assert parker.parked == {}
+        session.far[0].send(b"y")  # let go: no second wake-up
+        await trio.sleep(2)
+        assert session.woken == [start]
+
+
+async def test_parking_end_of_stream_goes_to_the_session(
+    sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+        session.far[0].close()  # the peer leaves: the session reads its end of stream
+        await trio.testing.wait_all_tasks_blocked()
+        assert (0, b"") in session.relayed
+
+
+async def test_parking_release_lets_one_descriptor_go(
+    sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
+) -> None:
+    """A leg closed while parked leaves the parker first; the other leg is still watched."""
+    with trio.fail_after(CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+        client_fd, backend_fd = session.fds()
+        parker.release(session, client_fd)
+        assert list(parker.parked) == [backend_fd]
+        session.far[0].send(b"not watched")
+        session.far[1].send(b"watched")
+        await trio.sleep(1)
+        assert session.relayed == [(1, b"watched")]
+        parker.forget(session)
+        assert parker.parked == {}
+
+
+async def test_parking_awake_session_parks_at_the_next_sweep(
+    sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
+) -> None:
+    with trio.fail_after(CAP):
+        parker = the_parker()
         session = fake(sessions, "a")
         start = trio.current_time()
         parker.watch(session)
         await trio.sleep(10)
         assert session.asked == session.parked == [start + PARK_AFTER]
-        assert sorted(parker.parked) == sorted(sock.fileno() for sock in session.near)
+        assert sorted(parker.parked) == sorted(session.fds())
         assert not parker.awake
-        session.far[1].send(b"x")  # the second leg turns readable
-        await trio.testing.wait_all_tasks_blocked()
-        assert session.woken == [start + 10]
-        assert parker.parked == {}
-        session.far[0].send(b"y")  # let go: no second wake-up
-        await trio.sleep(10)
-        assert session.woken == [start + 10]
 
 
-async def test_parking_end_of_stream_wakes_a_parked_session(
+async def test_parking_bytes_that_came_before_parking_are_relayed_at_once(
     sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
 ) -> None:
+    """Level-triggered: bytes already waiting when the session parks are seen right away."""
     with trio.fail_after(CAP):
-        parker = parking.parker()
-        session = fake(sessions, "a")
-        parker.watch(session)
-        await trio.sleep(2 * PARK_AFTER)
-        assert session.parked
-        session.far[0].close()  # the peer leaves
-        await trio.testing.wait_all_tasks_blocked()
-        assert session.woken == [trio.current_time()]
-
-
-async def test_parking_bytes_that_came_before_parking_wake_it_at_once(
-    sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
-) -> None:
-    """Level-triggered: bytes already waiting when the session parks wake it right away."""
-    with trio.fail_after(CAP):
-        parker = parking.parker()
+        parker = the_parker()
         session = fake(sessions, "a")
         session.far[0].send(b"early")
-        start = trio.current_time()
         parker.watch(session)
-        await trio.sleep(5)
-        assert session.parked == session.woken == [start + PARK_AFTER]
+        await trio.sleep(2 * PARK_AFTER)
+        assert session.relayed == [(0, b"early")]
 
 
-async def test_parking_session_not_quiet_is_asked_every_sweep_until_it_parks(
+async def test_parking_session_that_may_not_park_is_asked_every_sweep_until_it_may(
     sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(CAP):
-        parker = parking.parker()
-        busy = fake(sessions, "busy", quiet=False)
+        parker = the_parker()
+        busy = fake(sessions, "busy", parkable=False)
         start = trio.current_time()
         parker.watch(busy)
         await trio.sleep(3.5 * PARK_AFTER)
         assert [t - start for t in busy.asked] == [PARK_AFTER, 2 * PARK_AFTER, 3 * PARK_AFTER]
-        busy.quiet = True
+        busy.parkable = True
         await trio.sleep(PARK_AFTER)
         assert busy.parked == [start + 4 * PARK_AFTER]
 
 
-async def test_parking_sleeps_while_no_session_is_awake(
+async def test_parking_sweeps_stop_while_no_session_is_awake(
     sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
 ) -> None:
-    """With every session parked (or none), the parker sets no deadline: nothing wakes it but
-    a socket; a session watched later is asked a `PARK_AFTER` after it was."""
+    """With every session parked (or none), no sweep is set; a session watched later is asked
+    a `PARK_AFTER` after it was."""
     with trio.fail_after(CAP):
-        parker = parking.parker()
+        parker = the_parker()
         first = fake(sessions, "first")
         parker.watch(first)
         await trio.sleep(2 * PARK_AFTER)
         assert first.parked
-        assert parker._waiting.deadline == math.inf
+        assert parker._sweep_timer is None
         await trio.sleep(7.25)
         second = fake(sessions, "second")
         watched = trio.current_time()
         parker.watch(second)
         await trio.sleep(5)
         assert second.asked == second.parked == [watched + PARK_AFTER]
+        assert first.asked == [first.parked[0]]  # never asked again
 
 
-async def test_parking_forgotten_session_is_never_woken(
+async def test_parking_forgotten_session_is_never_relayed_for(
     sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
 ) -> None:
     """A session woken by something else (or ended) is let go: its descriptors leave the
-    parker before anyone can close them, and their bytes wake nothing."""
+    parker before anyone can close them, and their bytes reach nothing."""
     with trio.fail_after(CAP):
-        parker = parking.parker()
+        parker = the_parker()
         session = fake(sessions, "a")
-        parker.watch(session)
-        await trio.sleep(2 * PARK_AFTER)
-        assert session.parked
+        parker.hold(session, session.fds())
         parker.forget(session)
         assert parker.parked == {}
         session.far[0].send(b"x")
         await trio.sleep(5)
+        assert session.relayed == []
         assert session.woken == []
 
 
@@ -172,7 +250,7 @@ async def test_parking_a_failing_session_is_logged_and_the_others_still_park(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with trio.fail_after(CAP):
-        parker = parking.parker()
+        parker = the_parker()
         failing = fake(sessions, "failing", fails=True)
         fine = fake(sessions, "fine")
         parker.watch(failing)
@@ -183,3 +261,103 @@ async def test_parking_a_failing_session_is_logged_and_the_others_still_park(
         assert not failing.parked
         assert failing not in parker.awake  # not asked again
         assert "parking a session failed" in caplog.text
+
+
+async def test_parking_a_session_failing_to_relay_is_logged_and_woken(
+    sessions: list[FakeSession],
+    autojump_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+
+        def fails(fd: int) -> bool:
+            raise RuntimeError("injected")
+
+        session.relay_ready = fails  # type: ignore[method-assign]
+        with caplog.at_level(logging.ERROR, logger="wsproxy.parking"):
+            session.far[1].send(b"x")
+            await trio.sleep(1)
+        assert "relaying for a parked session failed" in caplog.text
+        assert len(session.woken) == 1
+
+
+# ---------------------------------------------------------------- the real clock: the parker waits
+
+
+async def test_parking_wait_never_lengthens_trio_deadlines(sessions: list[FakeSession]) -> None:
+    """While the parker waits in its own epoll for trio's timeout, trio's own wait is cut
+    short at the end of it: a sleep is not waited out twice."""
+    with trio.fail_after(REAL_CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+        for _ in range(3):
+            before = trio.current_time()
+            await trio.sleep(0.3)
+            assert trio.current_time() - before < 0.55  # twice 0.3 would be 0.6
+
+
+async def test_parking_wait_lets_trio_io_through(sessions: list[FakeSession]) -> None:
+    """A task waiting on its own socket (in trio's epoll) is woken while the parker waits."""
+    with trio.fail_after(REAL_CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        parker.hold(session, session.fds())
+        left, right = trio.socket.socketpair()
+        with left, right:
+
+            async def send_later() -> None:
+                await trio.sleep(0.2)
+                await right.send(b"to a task")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_later)
+                assert await left.recv(100) == b"to a task"
+
+
+async def test_parking_wait_relays_and_wakes_tasks_the_relay_made_runnable(
+    sessions: list[FakeSession],
+) -> None:
+    """Bytes for a parked session are relayed while trio waits (for a whole minute here), and a
+    task the relay makes runnable (the session stirs the parker) runs at once."""
+    with trio.fail_after(REAL_CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        session.on_relay = trio.Event()
+        parker.hold(session, session.fds())
+
+        async def send_later() -> None:
+            await trio.sleep(0.2)
+            session.far[1].send(b"while trio waits")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            nursery.start_soon(trio.sleep, 60)  # trio's next deadline is a minute away
+            await session.on_relay.wait()
+            nursery.cancel_scope.cancel()
+        assert session.relayed == [(1, b"while trio waits")]
+
+
+async def test_parking_wait_wakes_a_session_at_once(sessions: list[FakeSession]) -> None:
+    """A session that needs its pumps is woken while trio waits, and trio runs at once."""
+    with trio.fail_after(REAL_CAP):
+        parker = the_parker()
+        session = fake(sessions, "a")
+        session.needs_pumps = True
+        woken = trio.Event()
+        session.wake = woken.set  # type: ignore[method-assign]
+        parker.hold(session, session.fds())
+
+        async def send_later() -> None:
+            await trio.sleep(0.2)
+            session.far[0].send(b"a ping, say")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_later)
+            nursery.start_soon(trio.sleep, 60)
+            await woken.wait()
+            nursery.cancel_scope.cancel()
+        assert parker.parked == {}

@@ -13,6 +13,7 @@ to a real socket, so whole frames take the immediate write that skips the lock.
 from __future__ import annotations
 
 import functools
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from typing import Final
@@ -38,9 +39,9 @@ from wsproxy.config import (
     Server,
     Timeouts,
 )
-from wsproxy.frames import OP_CLOSE, control_frame
+from wsproxy.frames import OP_CLOSE, Buffer, control_frame
 from wsproxy.parking import PARK_AFTER
-from wsproxy.relay import CLOSE_TIMEOUT, Session
+from wsproxy.relay import CLOSE_TIMEOUT, Leg, Session
 from wsproxy.wire import ImmediateStream, ImmediateWire
 
 INTERVAL: Final = 20.0
@@ -421,7 +422,7 @@ async def test_relay_whole_frames_take_the_immediate_write_and_part_frames_the_l
             ("all", 300),  # the frame goes on: the lock is held to its last byte
             ("all", len(split) - 300),
         ]
-        assert not rig.session.backend.lock.locked()
+        assert not rig.session.backend.busy()
 
 
 async def test_relay_a_whole_close_frame_takes_the_immediate_write(
@@ -459,13 +460,13 @@ async def test_relay_partial_immediate_write_finishes_under_the_lock_in_order(
             ("now", size, 1000 - size),
             ("all", rest),
         ]
-        assert rig.session.backend.lock.locked()
+        assert rig.session.backend.busy()
         await trio.sleep(5)
         received, at = await read_raw_until_size(rig.backend.stream, 3 * size)
         assert received == b"".join(frames)
         assert at == start + 5
         assert backend_wire.writes[3][:2] == ("now", size)  # whole again: immediate first
-        assert not rig.session.backend.lock.locked()
+        assert not rig.session.backend.busy()
 
 
 async def test_relay_keepalive_ping_queued_behind_a_partial_immediate_write_lands_after_it(
@@ -621,6 +622,40 @@ async def test_relay_source_dying_mid_frame_drops_the_other_leg_without_a_close(
         data, eof_at = await read_raw_to_eof(target.stream)
         assert data == frame[:300]  # not a close frame's bytes spliced into the payload
         assert eof_at == start  # there is no close handshake to wait for
+
+
+@pytest.mark.parametrize("source_side", [Side.CLIENT, Side.BACKEND], ids=["client", "backend"])
+async def test_relay_shutdown_while_a_message_is_half_relayed_closes_after_its_end(
+    rig: Rig, autojump_clock: trio.testing.MockClock, source_side: Side
+) -> None:
+    """The proxy's close waits for the frame under way: the rest of it is relayed whole, then
+    the close follows, and the handshake completes (no drop after `CLOSE_TIMEOUT`)."""
+    with trio.fail_after(CAP):
+        source, target = (
+            (rig.client, rig.backend) if source_side is Side.CLIENT else (rig.backend, rig.client)
+        )
+        frame = bytes(source.protocol.send_data(b"x" * 900, True))
+        await source.send(frame[:300])
+        await trio.testing.wait_all_tasks_blocked()
+        rig.session.wake()  # nothing: not parked
+        asked = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.session.shutdown)
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.sleep(1)
+            await source.send(frame[300:])
+            received = b""
+            while len(received) < 900:
+                received += payload_of(await next_frame(target))
+            assert received == b"x" * 900
+            assert await target.expect_close() == (1001, "proxy shutting down")
+            assert await source.expect_close() == (1001, "proxy shutting down")
+            await target.close(1001)
+            await source.close(1001)
+            await rig.client.expect_eof()  # we are its server: its TCP closed by us
+            await rig.backend.stream.aclose()  # the backend closes its own
+        await rig.done.wait()
+        assert trio.current_time() == asked + 1  # the handshakes completed: no timeout
 
 
 # ---------------------------------------------------------------- failures and violations
@@ -1373,38 +1408,180 @@ def pump_tasks() -> int:
     return count
 
 
+def the_parker() -> parking.Parker:
+    parker = parking.parker()
+    assert parker is not None
+    return parker
+
+
 def is_parked(session: Session) -> bool:
     """No nursery, no pump: the session's task waits for the parker."""
     return session._nursery is None and not session._ended and pump_tasks() == 0
 
 
-async def test_relay_quiet_socket_session_parks_then_relays_and_closes_as_before(
+def count_pump_starts(monkeypatch: pytest.MonkeyPatch) -> list[Side]:
+    """The side of every pump started from now on (none while the parker relays in line)."""
+    started: list[Side] = []
+    pump = Session._pump
+
+    async def counted(self: Session, src: Leg, dst: Leg, data: Buffer) -> None:
+        started.append(src.side)
+        await pump(self, src, dst, data)
+
+    monkeypatch.setattr(Session, "_pump", counted)
+    return started
+
+
+async def test_relay_socket_session_is_relayed_and_closed_in_line_without_pumps(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A session of two sockets starts parked: its frames, both closes and the backend's end
+    of stream are relayed by the parker, and no pump ever runs."""
+    pumps = count_pump_starts(monkeypatch)
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await trio.testing.wait_all_tasks_blocked()
+        assert is_parked(running.session)
+        await running.client.send_text("hello")
+        assert (await next_frame(running.backend)).payload == "hello"
+        await running.backend.send_text("back")
+        assert (await next_frame(running.client)).payload == "back"
+        await running.client.close(1000, "bye")
+        assert await running.backend.expect_close() == (1000, "bye")
+        await running.backend.close(1000, "bye")
+        assert await running.client.expect_close() == (1000, "bye")
+        await running.client.expect_eof()  # we are its server: we close its TCP
+        await running.backend.stream.aclose()  # the server closes its own
+        await running.done.wait()
+        assert running.session.close == Close(1000, "bye")
+        assert running.session.closed_by is Side.CLIENT
+        assert running.session.messages == (1, 1)
+        assert pumps == []
+        assert the_parker().parked == {}
+
+
+async def test_relay_in_line_close_keeps_the_close_deadline(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """A close relayed in line starts the same `CLOSE_TIMEOUT`: a backend that never answers
+    it is dropped then, and the client hears nothing more."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await trio.testing.wait_all_tasks_blocked()
+        closed = trio.current_time()
+        await running.client.close(1000, "bye")
+        assert await running.backend.expect_close() == (1000, "bye")
+        await running.done.wait()
+        assert trio.current_time() - closed == CLOSE_TIMEOUT
+        await running.client.expect_eof()
+
+
+async def test_relay_server_initiated_close_is_relayed_in_line(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pumps = count_pump_starts(monkeypatch)
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        await running.backend.close(4000, "done")
+        assert await running.client.expect_close() == (4000, "done")
+        await running.client.close(4000, "done")
+        assert await running.backend.expect_close() == (4000, "done")
+        await running.client.expect_eof()
+        await running.backend.stream.aclose()
+        await running.done.wait()
+        assert running.session.closed_by is Side.BACKEND
+        assert pumps == []
+
+
+async def test_relay_parked_session_hands_a_ping_to_its_pumps(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A control frame other than a close wakes the session; its pump relays what the parker
+    read (data before the ping included, in order), and the session parks again."""
+    pumps = count_pump_starts(monkeypatch)
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        data = bytes(running.client.protocol.send_data("first", True))
+        await running.client.send(data + CLIENT_PING)
+        assert (await next_frame(running.backend)).payload == "first"
+        ping = await next_frame(running.backend)
+        assert (ping.opcode, payload_of(ping)) == (Opcode.PING, b"peer")
+        assert Side.CLIENT in pumps
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+
+
+async def test_relay_parked_session_hands_a_violation_to_its_pumps(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
     peer_ends: list[trio.SocketStream],
 ) -> None:
     with trio.fail_after(CAP):
         running = await start_socket_session(nursery, peer_ends)
-        await running.client.send_text("hello")
-        assert (await next_frame(running.backend)).payload == "hello"
         await trio.testing.wait_all_tasks_blocked()
-        assert not is_parked(running.session)
-        await trio.sleep(2 * PARK_AFTER)
-        assert is_parked(running.session)
-        await running.backend.send_text("back")  # wakes it
-        assert (await next_frame(running.client)).payload == "back"
-        assert not is_parked(running.session)
-        await trio.sleep(2 * PARK_AFTER)
-        assert is_parked(running.session)
-        await running.client.close(1000, "bye")
-        assert await running.backend.expect_close() == (1000, "bye")
-        await running.backend.close(1000, "bye")
-        assert await running.client.expect_close() == (1000, "bye")
+        await running.client.send(b"\x81\x02hi")  # unmasked
+        assert await running.client.expect_close() == (1002, "unmasked frame")
+        assert (await running.backend.expect_close())[0] == 1001
         await running.client.expect_eof()
-        await running.done.wait()
-        assert running.session.close == Close(1000, "bye")
-        assert running.session.messages == (1, 1)
-        assert parking.parker().parked == {}
+
+
+async def test_relay_parked_session_hands_a_write_the_kernel_took_in_part_to_its_pump(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """A backend that reads nothing fills its socket: the parker's write is cut short, the
+    pump writes the rest as the backend reads, and every byte arrives once, in order."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        running.session.backend.stream.socket.setsockopt(  # type: ignore[attr-defined]
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+        )
+        payloads = [bytes([n]) * 900 for n in range(40)]  # 36 KB: more than the buffers hold
+        for payload in payloads:
+            await running.client.send_binary(payload)
+        received = b""
+        while len(received) < 40 * 900:  # in pieces, as it was relayed
+            received += payload_of(await next_frame(running.backend))
+        assert received == b"".join(payloads)
+        await trio.sleep(2 * PARK_AFTER)
+        assert is_parked(running.session)
+
+
+async def test_relay_shutdown_while_a_frame_is_half_relayed_in_line_closes_after_it(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """The parker relayed half a frame: the woken pump holds the backend's lock, so the
+    shutdown's close reaches the backend only after the frame's rest, never inside it."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        frame = bytes(running.client.protocol.send_data(b"x" * 100, True))
+        await running.client.send(frame[:50])
+        await trio.testing.wait_all_tasks_blocked()
+        assert is_parked(running.session)
+        assert running.session.client.reader.payload_left > 0
+        nursery.start_soon(running.session.shutdown)
+        await trio.testing.wait_all_tasks_blocked()
+        await running.client.send(frame[50:])
+        received = b""
+        while len(received) < 100:
+            received += payload_of(await next_frame(running.backend))
+        assert received == b"x" * 100
+        assert await running.backend.expect_close() == (1001, "proxy shutting down")
+        assert await running.client.expect_close() == (1001, "proxy shutting down")
 
 
 async def test_relay_parked_session_is_pinged_and_a_late_pong_wakes_it(
@@ -1502,13 +1679,13 @@ async def test_relay_parked_session_cancelled_lets_its_sockets_go(
                 inner.start_soon(session.run)
                 await trio.sleep(2 * PARK_AFTER)
                 assert is_parked(session)
-                assert parking.parker().parked
-        assert parking.parker().parked == {}
+                assert the_parker().parked
+        assert the_parker().parked == {}
         assert await client_end.receive_some(10) == b""  # closed
         assert await backend_end.receive_some(10) == b""
 
 
-async def test_relay_session_mid_frame_does_not_park(
+async def test_relay_session_whose_pump_is_mid_frame_does_not_park_again(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
     peer_ends: list[trio.SocketStream],
@@ -1516,7 +1693,9 @@ async def test_relay_session_mid_frame_does_not_park(
     """A pump that holds the other leg's lock for the rest of a frame keeps the session awake."""
     with trio.fail_after(CAP):
         running = await start_socket_session(nursery, peer_ends)
-        frame = bytes(FrameProtocol(client=True, extensions=[]).send_data(b"x" * 100, True))
+        await running.client.send(CLIENT_PING)  # wakes it
+        await next_frame(running.backend)
+        frame = bytes(running.client.protocol.send_data(b"x" * 100, True))
         await running.client.send(frame[:50])
         await trio.sleep(5 * PARK_AFTER)
         assert not is_parked(running.session)

@@ -30,12 +30,16 @@ Invariants:
   legs are gone: the client's TCP is closed by us once its close handshake completes (we are its
   server), the backend's when the backend closes it (we are its client), and every wait for a
   close is bounded by `CLOSE_TIMEOUT`.
-- A session of two plain sockets parks (see `parking`) once both pumps have waited for
-  readability for `parking.PARK_AFTER` with nothing held, no frame half-way, no task but the
-  pumps and no close under way: the pumps end (they were only waiting, so nothing is lost) and
-  the task that runs the session waits, with no nursery, until a leg turns readable, a clock is
-  due or the session is shut down; then the pumps start again where they were (the readers,
-  locks and clocks are the session's, not the pumps').
+- A session of two plain sockets without a rate limit starts parked (see `parking`): it has no
+  pump tasks, and the parker relays for it in line (`relay_ready`) what needs no waiting: data
+  frames and close frames the kernel takes whole, and the end of a leg whose close handshake is
+  over. Anything else (another control frame, a violation, a write the kernel takes only in
+  part, a leg lost without a close, a clock that is due, a shutdown) wakes it: the pumps start
+  where the parker stopped, the output it fed but did not write first (`Leg.handed`), and a
+  pump whose frame is half-way on the wire holds the other leg's lock from the wake on, so
+  nothing of ours lands inside it. A session whose pumps run parks again (their tasks end; they
+  were only waiting) at the parker's next sweep once both wait for readability with nothing
+  held, no frame half-way, no task but the pumps and no close under way.
 """
 
 from __future__ import annotations
@@ -77,6 +81,7 @@ class Leg:
         "_lock",
         "bytes_in",
         "got_close",
+        "handed",
         "held",
         "last_rx",
         "lost",
@@ -84,6 +89,7 @@ class Leg:
         "ping_payload",
         "pinged_at",
         "reader",
+        "resumes_holding",
         "sent_close",
         "side",
         "stream",
@@ -97,7 +103,10 @@ class Leg:
         self.wire = wire_for(stream)
         self.reader = reader
         self.masks = side is Side.BACKEND  # frames we write to a server are masked
-        self._lock: trio.StrictFIFOLock | None = None  # made at its first use: most legs never wait
+        # Every write that may wait holds it. A semaphore, not a lock: the parker's wake takes it
+        # for the pump about to resume a frame half-way (see `Session.wake`). Made at its first
+        # use: most legs never wait.
+        self._lock: trio.Semaphore | None = None
         self.last_rx = trio.current_time()
         self.held = False  # its pump waits on the other leg, so nothing of it can be heard
         self.waiting = False  # its pump waits for it to turn readable
@@ -107,16 +116,24 @@ class Leg:
         self.sent_close = False
         self.got_close = False
         self.lost = False
+        # Left by the parker's relay for this leg's pump (see `Session.relay_ready`): output fed
+        # but not (all) written yet, and whether the pump resumes holding the other leg's lock.
+        self.handed: Buffer | None = None
+        self.resumes_holding = False
 
     @property
-    def lock(self) -> trio.StrictFIFOLock:
+    def lock(self) -> trio.Semaphore:
         if self._lock is None:
-            self._lock = trio.StrictFIFOLock()
+            self._lock = trio.Semaphore(1, max_value=1)
         return self._lock
+
+    def finished(self) -> bool:
+        """A close frame has been written to it, or it is gone: nothing more goes to it."""
+        return self.sent_close or self.lost
 
     def busy(self) -> bool:
         """Someone holds the lock (a write to this leg is under way)."""
-        return self._lock is not None and self._lock.locked()
+        return self._lock is not None and self._lock.value == 0
 
     def frame(self, opcode: int, payload: bytes) -> bytes:
         return control_frame(opcode, payload, os.urandom(4) if self.masks else None)
@@ -127,6 +144,7 @@ class Session:
 
     __slots__ = (
         "_backend_prefix",
+        "_client_fd",
         "_client_prefix",
         "_deadline",
         "_ended",
@@ -196,6 +214,7 @@ class Session:
         self._parking = False
         self._parked = False
         self._sleeper: trio.lowlevel.Task | None = None
+        self._client_fd = -1  # while parked: which of the parker's descriptors is the client's
         per_session = config.limits.per_session
         self.limit = (  # what the client may send; None: no limit
             None
@@ -216,14 +235,15 @@ class Session:
         client_prefix, backend_prefix = self._client_prefix, self._backend_prefix
         self._client_prefix = self._backend_prefix = b""
         try:
-            while True:
+            if client_prefix or backend_prefix or not self._park_at_start():
                 await self._relay(client_prefix, backend_prefix)
-                if not self._parking:
-                    return
-                client_prefix = backend_prefix = b""
+            while self._parking:
                 if self._parked:  # and not woken meanwhile
                     self._sleeper = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(self._abort_sleep)
+                if self._ended:
+                    return  # both legs closed while parked
+                await self._relay(b"", b"")
         finally:
             self._nursery = None
             if self._parker is not None:
@@ -267,55 +287,161 @@ class Session:
 
     # ---------------------------------------------------------------- parking
 
-    def quiet_fds(self, since: float) -> tuple[int, int] | None:
+    def parkable_fds(self, since: float) -> tuple[int, int] | None:
         """Both descriptors, if the session may park: both pumps wait for their legs to turn
-        readable, neither leg has been heard from since `since`, no frame is half-way, no task
-        but the pumps runs (no ping, no watch), no write waits, and no close is under way."""
+        readable, no frame is half-way, no task but the pumps runs (no ping, no watch), no write
+        waits, and no close is under way. (A rate-limited session also waits until neither leg
+        has been heard from since `since`: its data wakes it, as the parker cannot meter it.)"""
         nursery = self._nursery
         if nursery is None or self._parking or self.close is not None or self._ended:
             return None
         for leg in (self.client, self.backend):
             if (
                 not leg.waiting
-                or leg.last_rx > since
                 or leg.held
                 or leg.busy()
                 or leg.lost
                 or leg.sent_close
                 or leg.got_close
                 or not leg.reader.at_boundary
+                or (self.limit is not None and leg.last_rx > since)
             ):
                 return None
         if len(nursery.child_tasks) != 1:  # more than the backend's pump: a ping, a watch
             return None
+        return self._fds()
+
+    def _fds(self) -> tuple[int, int]:
         client, backend = self.client.wire, self.backend.wire
         assert isinstance(client, SocketWire)
         assert isinstance(backend, SocketWire)
-        return client.fileno(), backend.fileno()
+        self._client_fd = client.fileno()
+        return self._client_fd, backend.fileno()
+
+    def _park_at_start(self) -> bool:
+        """Start parked (the parker relays from the first byte), unless the pumps are needed
+        from the start: streams that are not sockets, a rate limit, or a clock already due."""
+        if self._parker is None or self.limit is not None:
+            return False
+        due, pings = self._scan(trio.current_time())
+        if pings or not isinstance(due, float):
+            return False
+        if due < math.inf:
+            self._timer = timers.at(due, self._due)
+        self._parking = self._parked = True
+        self._parker.hold(self, self._fds())
+        return True
 
     def park(self) -> None:
         """End both pumps (each waits for readability: cancelling them loses nothing); `run`
-        then waits until woken."""
+        then waits until woken, and the parker relays meanwhile."""
         self._parking = self._parked = True
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
+    def relay_ready(self, fd: int) -> bool:
+        """The parker saw `fd` turn readable: relay what it has, as the pump would, if that is
+        all it takes: data frames, or a close frame (no other control frame, no violation), the
+        kernel taking every byte at once, no rate limit; or the end of a leg whose close
+        handshake is over. False: the session must be woken, and its pump goes on from here
+        (with the output fed but not written, `Leg.handed`)."""
+        src, dst = (
+            (self.client, self.backend) if fd == self._client_fd else (self.backend, self.client)
+        )
+        if self.limit is not None:
+            return False
+        try:
+            data = src.wire.read_now()
+        except _GONE:
+            return False  # the pump reads the error, or the end of stream, again
+        if data is None:
+            return True
+        if not data:
+            if not src.got_close:
+                return False  # gone without a close: the other leg must be told, by a pump
+            self._drop_parked(src)  # the end of a finished close handshake
+            return not self._ended
+        now = src.last_rx = trio.current_time()
+        src.bytes_in += len(data)
+        reader = src.reader
+        mid_frame = reader.payload_left > 0  # what was relayed ends inside a frame
+        out = reader.feed(data)
+        controls = reader.controls
+        if reader.violation is not None or (
+            controls
+            and (len(controls) != 1 or controls[0].opcode != OP_CLOSE or dst.sent_close or dst.lost)
+        ):
+            src.handed = out
+            src.resumes_holding = mid_frame
+            return False
+        if out:
+            try:
+                sent = dst.wire.send_now(out)
+            except _GONE:
+                src.handed = out  # the pump's write finds the leg gone, and says so
+                return False
+            if sent != len(out):
+                src.handed = out[sent:]
+                src.resumes_holding = True
+                return False
+            self.last_relay = now
+        if controls:  # a close, relayed whole, as `_forward_special` relays it
+            close = controls[0]
+            src.got_close = dst.sent_close = True
+            self._begin_close(Close(close.close_code(), close.close_reason()), src.side)
+            self._set_timer(self._deadline)
+            assert self._parker is not None  # it is relaying for us
+            self._parker.stir()  # trio must see the new deadline
+            client = self.client
+            if client.sent_close and client.got_close:
+                self._drop_parked(client)  # its close handshake is complete: we are its server
+        return not self._ended
+
+    def _drop_parked(self, leg: Leg) -> None:
+        """Close `leg`'s socket while parked, once the parker has let its descriptor go."""
+        wire = leg.wire
+        assert isinstance(wire, SocketWire)
+        assert self._parker is not None
+        leg.lost = True
+        self._parker.release(self, wire.fileno())
+        wire.close()
+        if self.client.lost and self.backend.lost:
+            self._ended = True
+
+    def _set_timer(self, when: float) -> None:
+        """Look at the clocks at `when`, unless the timer is set for sooner."""
+        timer = self._timer
+        if timer is not None:
+            if timer.when <= when:
+                return
+            timer.cancel()
+        self._timer = timers.at(when, self._due)
+
     def wake(self) -> None:
-        """Start the pumps again (the parker has seen a leg turn readable, a clock is due, or
-        the session is being shut down); nothing if it is not parked."""
+        """Start the pumps again (the parker has handed a leg over, a clock is due, or the
+        session is being shut down); nothing if it is not parked. A pump that resumes a frame
+        half-way takes the other leg's lock here, before any task can write there."""
+        self._unpark(holding=True)
+
+    def _unpark(self, *, holding: bool) -> None:
         if not self._parked:
             return
         self._parked = False
         if self._parker is not None:
             self._parker.forget(self)
+        if holding:
+            for src, dst in ((self.client, self.backend), (self.backend, self.client)):
+                if src.resumes_holding or (src.handed is None and src.reader.payload_left):
+                    dst.lock.acquire_nowait()  # free: no pump ran, and wakes come before writes
+                    src.resumes_holding = True
         sleeper, self._sleeper = self._sleeper, None
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
 
     def _abort_sleep(self, _: object) -> trio.lowlevel.Abort:
-        """The parked session is cancelled: it ends, as if woken."""
+        """The parked session is cancelled: it ends, as if woken (no pump resumes)."""
         self._sleeper = None
-        self.wake()
+        self._unpark(holding=False)
         return trio.lowlevel.Abort.SUCCEEDED
 
     # ---------------------------------------------------------------- the pump
@@ -327,35 +453,40 @@ class Session:
         wire = src.wire
         limit = self.limit if src is self.client else None
         rest: Buffer = b""  # what a limit kept back of the last read, to be fed next
-        holding = False
+        handed, src.handed = src.handed, None  # what the parker fed and could not write
+        holding, src.resumes_holding = src.resumes_holding, False
         try:
             while True:
-                if data:
+                if handed is not None:
+                    out, handed = handed, None
                     now = trio.current_time()
                 else:
-                    out: Buffer = b""  # a pump that waits holds none of the last chunk
-                    src.waiting = True
-                    try:
-                        await wire.readable()
-                        src.waiting = False
-                        if self._parking:
-                            return  # woken as it parked: what came stays for the pumps to come
-                        read = wire.read_now()
-                    except _GONE:
-                        break
-                    if read is None:
-                        continue  # woken, but nothing to read yet
-                    if not read:
-                        break
-                    data, read = read, None
-                    now = src.last_rx = trio.current_time()
-                if limit is not None:
-                    data, rest = await self._within_limit(src, dst, limit, data, holding)
-                    if not data:
-                        return  # closed for its rate, and dropped
-                src.bytes_in += len(data)
-                out = reader.feed(data)
-                data = rest
+                    if data:
+                        now = trio.current_time()
+                    else:
+                        out = b""  # a pump that waits holds none of the last chunk
+                        src.waiting = True
+                        try:
+                            await wire.readable()
+                            src.waiting = False
+                            if self._parking:
+                                return  # woken as it parked: what came stays for the parker
+                            read = wire.read_now()
+                        except _GONE:
+                            break
+                        if read is None:
+                            continue  # woken, but nothing to read yet
+                        if not read:
+                            break
+                        data, read = read, None
+                        now = src.last_rx = trio.current_time()
+                    if limit is not None:
+                        data, rest = await self._within_limit(src, dst, limit, data, holding)
+                        if not data:
+                            return  # closed for its rate, and dropped
+                    src.bytes_in += len(data)
+                    out = reader.feed(data)
+                    data = rest
                 if reader.controls or reader.violation is not None:
                     holding = await self._forward_special(src, dst, out, holding)
                     if reader.violation is not None:
@@ -384,6 +515,8 @@ class Session:
                         except trio.WouldBlock:
                             await lock.acquire()
                         holding = True
+                        if dst.finished():  # a close got the lock first
+                            continue
                     await dst.wire.send_all(out)
                 except _GONE:
                     await self._lose(dst)
@@ -542,7 +675,6 @@ class Session:
         """Write our own close frame to `leg` at a frame boundary, or drop the leg."""
         if leg.sent_close or leg.lost:
             return
-        leg.sent_close = True
         frame = leg.frame(OP_CLOSE, close_payload(close.code, close.reason))
         other = self._other(leg)
         sent = False
@@ -593,20 +725,26 @@ class Session:
     def _due(self) -> None:
         """Look at the clocks now (the timer set for now, or the session's start): start the
         pings due, and set the timer for the next instant; anything that waits (idle close,
-        dropping a silent leg) goes to a task of its own, `_watch`."""
+        dropping a silent leg) goes to a task of its own, `_watch`. A parked session is woken
+        only when something is due."""
         self._timer = None
+        now = trio.current_time()
+        due, pings = self._scan(now)
         if self._parking:
-            self.wake()  # `run` starts the pumps again, and looks at the clocks then
+            if pings or not isinstance(due, float) or now >= self._deadline:
+                self.wake()  # `run` starts the pumps again, and looks at the clocks then
+            elif min(due, self._deadline) < math.inf:
+                self._timer = timers.at(min(due, self._deadline), self._due)
             return
         nursery = self._nursery
         if nursery is None:
             return  # the session has ended
-        due = self._scan(trio.current_time(), nursery)
-        if isinstance(due, float):
-            if due < math.inf:
-                self._timer = timers.at(due, self._due)
-            return
         with contextlib.suppress(RuntimeError):  # the nursery closed as its last task ended
+            self._start_pings(pings, now, nursery)
+            if isinstance(due, float):
+                if due < math.inf:
+                    self._timer = timers.at(due, self._due)
+                return
             nursery.start_soon(self._watch, due)
 
     async def _watch(self, due: Leg | None) -> None:
@@ -619,24 +757,32 @@ class Session:
             nursery = self._nursery
             if nursery is None:
                 return
-            after = self._scan(trio.current_time(), nursery)
+            now = trio.current_time()
+            after, pings = self._scan(now)
+            self._start_pings(pings, now, nursery)
             if isinstance(after, float):
                 if after < math.inf:
                     self._timer = timers.at(after, self._due)
                 return
             due = after
 
-    def _scan(self, now: float, nursery: trio.Nursery) -> float | Leg | None:
-        """Ping silent legs (each from a task of its own: one leg that takes its time to accept
-        a ping must not hold up the other leg's clock), and say what else is due: None when
-        the session is idle, a leg silent past its timeout, or else the next instant to look.
-        """
+    def _start_pings(self, legs: list[Leg], now: float, nursery: trio.Nursery) -> None:
+        """Ping each of `legs`, each from a task of its own: one leg that takes its time to
+        accept a ping must not hold up the other leg's clock."""
+        for leg in legs:
+            leg.pinged_at = now
+            nursery.start_soon(self._ping, leg)
+
+    def _scan(self, now: float) -> tuple[float | Leg | None, list[Leg]]:
+        """What is due: None when the session is idle, a leg silent past its timeout, or else
+        the next instant to look; and the silent legs to ping now."""
         interval, timeout, idle = self._ping_interval, self._ping_timeout, self._idle
         wake = math.inf
+        pings: list[Leg] = []
         if idle:
             idle_at = self.last_relay + idle
             if now >= idle_at:
-                return None
+                return None, pings
             wake = idle_at
         if interval:
             for leg in (self.client, self.backend):
@@ -648,15 +794,14 @@ class Session:
                 ping_at = leg.last_rx + interval
                 dead_at = ping_at + timeout
                 if now >= dead_at:
-                    return leg
+                    return leg, pings
                 if now >= ping_at:
                     if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
-                        leg.pinged_at = now
-                        nursery.start_soon(self._ping, leg)
+                        pings.append(leg)
                     wake = min(wake, dead_at)
                 else:
                     wake = min(wake, ping_at)
-        return wake
+        return wake, pings
 
     async def _ping(self, leg: Leg) -> None:
         self._pings += 1
@@ -681,10 +826,15 @@ class Session:
 
 
 async def _write_at_boundary(leg: Leg, other: Leg, frame: bytes) -> bool:
-    """Write our own `frame` to `leg` (its lock held), unless a frame from `other` is half-way
-    there (its pump died mid-frame): then nothing can be framed on that leg any more."""
-    if not other.reader.at_boundary:
+    """Write our own close `frame` to `leg` (its lock held), unless a close got there first, or
+    a frame from `other` is half-way there (its pump died mid-frame): then nothing can be
+    framed on that leg any more. `sent_close` is set only here, with the lock held: a pump
+    that holds it finishes its frame first."""
+    if leg.sent_close:
+        return True
+    if leg.lost or not other.reader.at_boundary:
         return False
+    leg.sent_close = True
     try:
         await leg.wire.send_all(frame)
     except _GONE:

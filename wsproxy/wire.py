@@ -49,6 +49,10 @@ class SocketWire:
         """The socket's descriptor now (ClosedResourceError once it is closed)."""
         return self._fd()
 
+    def close(self) -> None:
+        """Close the socket at once (waking any task that waits on it)."""
+        self._socket.close()
+
     def _fd(self) -> int:
         fd = self._socket.fileno()
         if fd < 0:
