@@ -52,7 +52,7 @@ class FakeSession:
     def park(self) -> None:
         self.parked.append(trio.current_time())
 
-    def relay_ready(self, fd: int) -> bool:
+    def relay_ready(self, fd: int, now: float) -> bool:
         if self.needs_pumps:
             return False
         leg = self.fds().index(fd)
@@ -273,7 +273,7 @@ async def test_parking_a_session_failing_to_relay_is_logged_and_woken(
         session = fake(sessions, "a")
         parker.hold(session, session.fds())
 
-        def fails(fd: int) -> bool:
+        def fails(fd: int, now: float) -> bool:
             raise RuntimeError("injected")
 
         session.relay_ready = fails  # type: ignore[method-assign]

@@ -56,8 +56,9 @@ class Parkable(Protocol):
     def park(self) -> None:
         """End the pumps: the parker now watches the descriptors `parkable_fds` gave."""
 
-    def relay_ready(self, fd: int) -> bool:
-        """`fd` turned readable: relay what it has in line; False if the pumps are needed."""
+    def relay_ready(self, fd: int, now: float) -> bool:
+        """`fd` turned readable (at `now`): relay what it has in line; False if the pumps are
+        needed."""
 
     def wake(self) -> None:
         """The pumps are needed (the parker has let both descriptors go): start them again."""
@@ -127,10 +128,12 @@ class Parker(trio.abc.Instrument):
 
     def _relay(self, timeout: float) -> None:
         poll, parked, trio_fd = self._epoll.poll, self.parked, self._trio_fd
+        current_time = trio.lowlevel.current_clock().current_time
         waits = timeout > 0
         end = time.monotonic() + timeout
         while True:
             events = poll(timeout)
+            now = current_time()
             trio_ready = woken = False
             for fd, _ in events:
                 if fd == trio_fd:
@@ -140,7 +143,7 @@ class Parker(trio.abc.Instrument):
                 if session is None:
                     continue  # its other descriptor woke it just now
                 try:
-                    if session.relay_ready(fd):
+                    if session.relay_ready(fd, now):
                         continue
                 except Exception:
                     log.exception("relaying for a parked session failed")

@@ -143,6 +143,7 @@ class Session:
     """Relays one client's frames to and from its backend until both legs are gone."""
 
     __slots__ = (
+        "_backend_fd",
         "_backend_prefix",
         "_client_fd",
         "_client_prefix",
@@ -214,7 +215,9 @@ class Session:
         self._parking = False
         self._parked = False
         self._sleeper: trio.lowlevel.Task | None = None
-        self._client_fd = -1  # while parked: which of the parker's descriptors is the client's
+        # While parked, the legs' descriptors: the parker reads and writes them directly (no
+        # socket can be closed while parked but by `_drop_parked`, which lets its descriptor go).
+        self._client_fd = self._backend_fd = -1
         per_session = config.limits.per_session
         self.limit = (  # what the client may send; None: no limit
             None
@@ -315,8 +318,8 @@ class Session:
         client, backend = self.client.wire, self.backend.wire
         assert isinstance(client, SocketWire)
         assert isinstance(backend, SocketWire)
-        self._client_fd = client.fileno()
-        return self._client_fd, backend.fileno()
+        self._client_fd, self._backend_fd = client.fileno(), backend.fileno()
+        return self._client_fd, self._backend_fd
 
     def _park_at_start(self) -> bool:
         """Start parked (the parker relays from the first byte), unless the pumps are needed
@@ -339,29 +342,30 @@ class Session:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    def relay_ready(self, fd: int) -> bool:
-        """The parker saw `fd` turn readable: relay what it has, as the pump would, if that is
-        all it takes: data frames, or a close frame (no other control frame, no violation), the
-        kernel taking every byte at once, no rate limit; or the end of a leg whose close
-        handshake is over. False: the session must be woken, and its pump goes on from here
-        (with the output fed but not written, `Leg.handed`)."""
-        src, dst = (
-            (self.client, self.backend) if fd == self._client_fd else (self.backend, self.client)
-        )
+    def relay_ready(self, fd: int, now: float) -> bool:
+        """The parker saw `fd` turn readable (at `now`): relay what it has, as the pump would,
+        if that is all it takes: data frames, or a close frame (no other control frame, no
+        violation), the kernel taking every byte at once, no rate limit; or the end of a leg
+        whose close handshake is over. False: the session must be woken, and its pump goes on
+        from here (with the output fed but not written, `Leg.handed`)."""
+        if fd == self._client_fd:
+            src, dst, dst_fd = self.client, self.backend, self._backend_fd
+        else:
+            src, dst, dst_fd = self.backend, self.client, self._client_fd
         if self.limit is not None:
             return False
         try:
-            data = src.wire.read_now()
-        except _GONE:
-            return False  # the pump reads the error, or the end of stream, again
-        if data is None:
+            data = os.read(fd, CHUNK)
+        except BlockingIOError:
             return True
+        except OSError:
+            return False  # the pump reads the error, or the end of stream, again
         if not data:
             if not src.got_close:
                 return False  # gone without a close: the other leg must be told, by a pump
             self._drop_parked(src)  # the end of a finished close handshake
             return not self._ended
-        now = src.last_rx = trio.current_time()
+        src.last_rx = now
         src.bytes_in += len(data)
         reader = src.reader
         mid_frame = reader.payload_left > 0  # what was relayed ends inside a frame
@@ -374,10 +378,12 @@ class Session:
             src.handed = out
             src.resumes_holding = mid_frame
             return False
-        if out:
+        if out and not dst.finished():
             try:
-                sent = dst.wire.send_now(out)
-            except _GONE:
+                sent = os.write(dst_fd, out)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
                 src.handed = out  # the pump's write finds the leg gone, and says so
                 return False
             if sent != len(out):
