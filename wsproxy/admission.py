@@ -32,7 +32,7 @@ import trio
 
 from wsproxy.balancer import find_route
 from wsproxy.config import PerIP
-from wsproxy.handshake import Reject, RequestHead, client_accept_response, judge_request
+from wsproxy.handshake import Reject, RequestHead, client_accept_headers, judge_request
 from wsproxy.http1 import response_head
 from wsproxy.intake import (
     HeadTooLarge,
@@ -206,9 +206,10 @@ class Admission:
             client_prefix=trailing,
             backend_prefix=result.trailing,
         )
-        answer = client_accept_response(upgrade, accept)
         sticky = balancer.sticky_header(result.server, pick, secure=secure)
-        switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
+        switching = response_head(
+            101, b"Switching Protocols", (*client_accept_headers(upgrade, accept), *sticky)
+        )
         return LiveSession(
             id=self.registry.new_id(),
             client=client,
