@@ -22,7 +22,7 @@ from wsproxy.handshake import (
     _split_quoted,  # ... and the byte-by-byte split it must agree with
     accept_value,
     backend_request,
-    client_accept_response,
+    client_accept_headers,
     host_problem,
     judge_backend_response,
     judge_request,
@@ -31,7 +31,7 @@ from wsproxy.handshake import (
     passthrough_headers,
     reject_from_h11_error,
 )
-from wsproxy.http1 import switching_headers
+from wsproxy.http1 import response_head, switching_headers
 
 RFC_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3
 RFC_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -918,12 +918,10 @@ def test_backend_response_subprotocol_without_client_offer_is_502() -> None:
     ],
     ids=["plain", "with-choices"],
 )
-def test_client_accept_response_answers_the_clients_key(
+def test_client_accept_headers_answer_the_clients_key(
     accept: BackendAccept, extra: list[tuple[bytes, bytes]]
 ) -> None:
-    response = client_accept_response(_upgrade(), accept)
-    assert (response.status_code, response.reason) == (101, b"Switching Protocols")
-    assert list(response.headers) == [
+    assert list(client_accept_headers(_upgrade(), accept)) == [
         (b"upgrade", b"websocket"),
         (b"connection", b"Upgrade"),
         (b"sec-websocket-accept", RFC_ACCEPT),
@@ -931,20 +929,36 @@ def test_client_accept_response_answers_the_clients_key(
     ]
 
 
-def test_client_accept_response_switches_protocol_in_h11_on_both_sides() -> None:
+def test_client_accept_headers_head_is_the_one_h11_writes() -> None:
+    """Our 101 head, written without h11, is byte for byte the one h11 would write."""
+    accept = BackendAccept(
+        "chat", "permessage-deflate", True, ((b"set-cookie", b"a=1; Path=/"), (b"x-id", b"7"))
+    )
+    headers = client_accept_headers(_upgrade(), accept)
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(_send_request(h11.Connection(h11.CLIENT), _request()))
+    assert isinstance(server.next_event(), h11.Request)
+    by_h11 = server.send(
+        h11.InformationalResponse(
+            status_code=101, headers=list(headers), reason=b"Switching Protocols"
+        )
+    )
+    assert response_head(101, b"Switching Protocols", headers) == by_h11
+
+
+def test_client_accept_headers_switch_protocol_in_h11() -> None:
     client = h11.Connection(h11.CLIENT)
     server = h11.Connection(h11.SERVER)
     request = _receive_request(server, _send_request(client, _request()))
     upgrade = judge_request(request, SECURITY)
     assert isinstance(upgrade, UpgradeRequest)
-    answer = server.send(client_accept_response(upgrade, BackendAccept(None, None, False, ())))
-    assert answer is not None
+    headers = client_accept_headers(upgrade, BackendAccept(None, None, False, ()))
+    answer = response_head(101, b"Switching Protocols", headers)
     client.receive_data(answer + b"\x81\x00")
     (response,) = _events(client)
     assert isinstance(response, h11.InformationalResponse)
     assert response.status_code == 101
     assert client.states == {h11.CLIENT: h11.SWITCHED_PROTOCOL, h11.SERVER: h11.SWITCHED_PROTOCOL}
-    assert server.states == client.states
     assert client.trailing_data == (b"\x81\x00", False)
 
 
@@ -992,9 +1006,9 @@ def test_handshake_whole_story_between_wsproto_client_and_backend() -> None:
         ((b"set-cookie", b"sticky=s1"),),
     )
 
-    answer = proxy_server.send(client_accept_response(upgrade, accepted))
-    assert answer is not None
-    client.receive_data(answer)
+    client.receive_data(
+        response_head(101, b"Switching Protocols", client_accept_headers(upgrade, accepted))
+    )
     (done,) = client.events()
     assert isinstance(done, AcceptConnection)
     assert done.subprotocol == "v1.chat"

@@ -14,6 +14,7 @@ from wsproxy.config import Security
 from wsproxy.handshake import Reject, UpgradeRequest, host_problem, judge_request
 from wsproxy.intake import (
     HeadTooLarge,
+    HeadTooSlow,
     Replayed,
     parse_request,
     read_head,
@@ -60,6 +61,31 @@ async def test_intake_read_head_client_left_early() -> None:
     with trio.fail_after(CAP):
         assert await read_head(await fed(b"GET /"), 1024) == (None, b"GET /")
         assert await read_head(await fed(), 1024) == (None, b"")
+
+
+async def test_intake_read_head_not_whole_by_the_deadline_is_too_slow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    stream = await fed(HEAD[:10], close=False)
+    deadline = trio.current_time() + 5
+    with pytest.raises(HeadTooSlow):
+        await read_head(stream, 1024, deadline=deadline)
+    assert trio.current_time() == deadline
+
+
+async def test_intake_read_head_whole_at_once_is_read_whatever_the_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The deadline bounds waiting only: a head already whole (in the early bytes, or in what a
+    socket holds) is returned without a wait, even once its deadline has passed."""
+    past = trio.current_time() - 1
+    with trio.testing.assert_no_checkpoints():
+        assert await read_head(await fed(), 1024, HEAD + b"\x81", deadline=past) == (HEAD, b"\x81")
+    left, right = trio.socket.socketpair()
+    async with trio.SocketStream(left) as ours, trio.SocketStream(right) as peer:
+        await peer.send_all(HEAD)
+        with trio.testing.assert_no_checkpoints():
+            assert await read_head(ours, 1024, arrived=True, deadline=past) == (HEAD, b"")
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split"])

@@ -232,3 +232,80 @@ async def test_listening_open_listeners_failure_names_the_key_and_address() -> N
 )
 def test_listening_host_port_brackets_ipv6(host: str, port: int, written: str) -> None:
     assert host_port(host, port) == written
+
+
+# --- a socket listener, accepted from directly (SocketAcceptor) ---------------------------------
+
+CAP_SECONDS = 10.0
+
+
+async def hold(stream: trio.SocketStream) -> None:
+    await trio.sleep_forever()
+
+
+async def queued_clients(listener: trio.SocketListener, count: int) -> list[trio.SocketStream]:
+    """`count` clients connected to `listener`, queued in its backlog (not accepted yet)."""
+    port = listener.socket.getsockname()[1]
+    return [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(count)]
+
+
+async def test_listening_a_socket_listener_hands_over_every_queued_connection_in_one_go() -> None:
+    """Connections already queued are accepted without a scheduler round between them (trio's
+    own `accept` yields after each): a task counting rounds sees at most one go by."""
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    clients = await queued_clients(listener, 5)
+    handled: list[trio.SocketStream] = []
+    all_handled = trio.Event()
+    rounds = 0
+
+    async def handle(stream: trio.SocketStream) -> None:
+        handled.append(stream)
+        if len(handled) == len(clients):
+            all_handled.set()
+        await trio.sleep_forever()
+
+    async def count_rounds() -> None:
+        nonlocal rounds
+        while True:
+            await trio.lowlevel.checkpoint()
+            rounds += 1
+
+    with trio.fail_after(CAP_SECONDS):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(count_rounds)
+            nursery.start_soon(accept_forever, listener, nursery, handle, "test listener")
+            await all_handled.wait()
+            assert rounds <= 2
+            for stream in handled:
+                assert isinstance(stream, trio.SocketStream)
+                assert stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            nursery.cancel_scope.cancel()
+    for each in (*clients, *handled, listener):
+        await each.aclose()
+
+
+async def test_listening_a_socket_listener_closed_under_the_loop_ends_it_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    with trio.fail_after(CAP_SECONDS):
+        async with trio.open_nursery() as handlers, trio.open_nursery() as nursery:
+            nursery.start_soon(accept_forever, listener, handlers, hold, "x")
+            await trio.testing.wait_all_tasks_blocked()
+            await listener.aclose()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_listening_a_socket_listener_stays_open_after_the_loop_is_cancelled() -> None:
+    """The loop lets go of the listener's descriptor, never closing it: the listener accepts
+    again afterwards."""
+    [listener] = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    with trio.fail_after(CAP_SECONDS):
+        async with trio.open_nursery() as handlers:
+            handlers.start_soon(accept_forever, listener, handlers, hold, "x")
+            await trio.testing.wait_all_tasks_blocked()
+            handlers.cancel_scope.cancel()
+        [client] = await queued_clients(listener, 1)
+        async with client, await listener.accept() as accepted, listener:
+            await client.send_all(b"ok")
+            assert await accepted.receive_some(2) == b"ok"

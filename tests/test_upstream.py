@@ -1012,6 +1012,22 @@ async def test_dial_tcp_connects_with_nodelay(listen_on: str, dial_to: str) -> N
                 assert nodelay != 0
 
 
+async def test_dial_tcp_loopback_connect_returns_without_waiting() -> None:
+    """A loopback connect is over when `connect` returns: the stream comes back without a wait
+    for writability (so even in a cancelled scope, where any wait would raise Cancelled)."""
+    with trio.fail_after(10):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        async with listener:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                stream = await dial_tcp("127.0.0.1", port)
+            assert not scope.cancelled_caught
+            async with stream, await listener.accept() as accepted:
+                await stream.send_all(b"ping")
+                assert await accepted.receive_some(4) == b"ping"
+
+
 async def test_dial_tcp_refused_address_raises_oserror_and_leaks_no_socket() -> None:
     with trio.fail_after(10):
         listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]

@@ -32,10 +32,11 @@ import trio
 
 from wsproxy.balancer import find_route
 from wsproxy.config import PerIP
-from wsproxy.handshake import Reject, RequestHead, client_accept_response, judge_request
+from wsproxy.handshake import Reject, RequestHead, client_accept_headers, judge_request
 from wsproxy.http1 import response_head
 from wsproxy.intake import (
     HeadTooLarge,
+    HeadTooSlow,
     Replayed,
     parse_request,
     pass_through,
@@ -140,18 +141,17 @@ class Admission:
         over_limit = self.registry.over_limit(ip, security) or self._too_fast(
             ip, first.limits.per_ip
         )
-        with trio.move_on_at(deadline) as reading:
-            try:
-                head, trailing = await read_head(
-                    stream, security.max_header_size, early, arrived=True
-                )
-            except HeadTooLarge:
-                await self._reject(stream, Reject(431, "request head too large"), client)
-                return None
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-        if reading.cancelled_caught:
+        try:
+            head, trailing = await read_head(
+                stream, security.max_header_size, early, arrived=True, deadline=deadline
+            )
+        except HeadTooLarge:
+            await self._reject(stream, Reject(431, "request head too large"), client)
+            return None
+        except HeadTooSlow:
             await self._reject(stream, Reject(408, "request head not received in time"), client)
+            return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
         if head is None:
             return None  # the client left before finishing its request
@@ -206,9 +206,10 @@ class Admission:
             client_prefix=trailing,
             backend_prefix=result.trailing,
         )
-        answer = client_accept_response(upgrade, accept)
         sticky = balancer.sticky_header(result.server, pick, secure=secure)
-        switching = response_head(101, b"Switching Protocols", (*answer.headers, *sticky))
+        switching = response_head(
+            101, b"Switching Protocols", (*client_accept_headers(upgrade, accept), *sticky)
+        )
         return LiveSession(
             id=self.registry.new_id(),
             client=client,

@@ -26,6 +26,7 @@ import h11
 from wsproxy.config import Security
 
 Headers = tuple[tuple[bytes, bytes], ...]
+Fields = dict[bytes, list[bytes]]  # a head's header names, each with its values in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,8 @@ _REBUILT: Final = frozenset({b"host", b"sec-websocket-protocol", b"sec-websocket
 _FORWARDING: Final = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip"}
 )
+# The client's headers `backend_request` never copies (besides those its Connection names).
+_NOT_COPIED_TO_BACKEND: Final = HOP_BY_HOP | _PER_LEG_REQUEST | _REBUILT | _FORWARDING
 _DEFLATE: Final = b"permessage-deflate"
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _MAX_ECHO: Final = 100  # characters of client input quoted back in a reason
@@ -146,13 +149,14 @@ def judge_request(request: RequestHead, security: Security) -> UpgradeRequest | 
     """Check a client's Host (RFC 9112 3.2: a bad one is a 400 for any request), its upgrade
     request (RFC 6455 4.2.1) and the Origin policy, in that order."""
     headers: Headers = tuple(request.headers)
-    hosts = _values(headers, b"host")
+    fields = _fields(headers)
+    hosts = _values(fields, b"host")
     if len(hosts) != 1:
         return Reject(400, "more than one Host header" if hosts else "the Host header is missing")
     problem = host_problem(hosts[0])
     if problem is not None:
         return Reject(400, problem)
-    if b"websocket" not in _tokens(headers, b"upgrade"):
+    if b"websocket" not in _tokens(fields, b"upgrade"):
         return Reject(
             426,
             "this port serves WebSocket only; send Upgrade: websocket",
@@ -165,27 +169,27 @@ def judge_request(request: RequestHead, security: Security) -> UpgradeRequest | 
     if request.http_version != b"1.1":
         version = request.http_version.decode("latin-1")
         return Reject(400, f"a WebSocket handshake needs HTTP/1.1, not HTTP/{version}")
-    if b"upgrade" not in _tokens(headers, b"connection"):
+    if b"upgrade" not in _tokens(fields, b"connection"):
         return Reject(400, "the Connection header must include upgrade")
-    if _values(headers, b"transfer-encoding") or any(
-        value.lstrip(b"0") for value in _values(headers, b"content-length")
+    if _values(fields, b"transfer-encoding") or any(
+        value.lstrip(b"0") for value in _values(fields, b"content-length")
     ):
         # What follows the head would be a body to one reader and frames to another.
         return Reject(400, "a WebSocket handshake has no body")
-    if _values(headers, b"sec-websocket-version") != [b"13"]:
+    if _values(fields, b"sec-websocket-version") != [b"13"]:
         return Reject(
             426,
             "only WebSocket version 13 is supported; send Sec-WebSocket-Version: 13",
             ((b"sec-websocket-version", b"13"),),
         )
-    keys = _values(headers, b"sec-websocket-key")
+    keys = _values(fields, b"sec-websocket-key")
     if not keys:
         return Reject(400, "Sec-WebSocket-Key is missing")
     if len(keys) > 1:
         return Reject(400, "Sec-WebSocket-Key is repeated")
     if not _is_key(keys[0]):
         return Reject(400, "Sec-WebSocket-Key must be 16 bytes in base64")
-    origins = _values(headers, b"origin")
+    origins = _values(fields, b"origin")
     if len(origins) > 1:
         return Reject(403, "more than one Origin header")
     origin = origins[0].decode("latin-1") if origins else None
@@ -289,6 +293,7 @@ def backend_request(
 ) -> BackendRequest:
     """The upgrade request for the backend: the client's end-to-end headers, fresh per-leg ones."""
     client = upgrade.headers
+    fields = _fields(client)
     host = upgrade.host.encode("latin-1")
     headers: list[tuple[bytes, bytes]] = [
         (b"Host", host),
@@ -298,16 +303,16 @@ def backend_request(
         (b"Sec-WebSocket-Version", b"13"),
     ]
     headers += [
-        (b"Sec-WebSocket-Protocol", value) for value in _values(client, b"sec-websocket-protocol")
+        (b"Sec-WebSocket-Protocol", value) for value in _values(fields, b"sec-websocket-protocol")
     ]
-    offers = _deflate_offers(client)
+    offers = _deflate_offers(fields)
     if offers:
         headers.append((b"Sec-WebSocket-Extensions", b", ".join(offers)))
-    named = _connection_named(client)
-    dropped = HOP_BY_HOP | _PER_LEG_REQUEST | _REBUILT | _FORWARDING | named
+    named = _connection_named(fields)
+    dropped = _NOT_COPIED_TO_BACKEND | named
     headers += [(name, value) for name, value in client if name not in dropped]
     ip = client_ip.encode("latin-1")
-    chain = [] if b"x-forwarded-for" in named else _elements(client, b"x-forwarded-for")
+    chain = [] if b"x-forwarded-for" in named else _elements(fields, b"x-forwarded-for")
     headers += [
         (b"X-Forwarded-For", b", ".join([*chain, ip])),
         (b"X-Forwarded-Proto", scheme.encode("latin-1")),
@@ -322,32 +327,33 @@ def judge_backend_response(
 ) -> BackendAccept | Reject:
     """Check the headers of a backend's 101 (names lower-cased, as h11 gives them; the caller
     has checked the status) against what was offered."""
-    if b"websocket" not in _tokens(headers, b"upgrade"):
+    fields = _fields(headers)
+    if b"websocket" not in _tokens(fields, b"upgrade"):
         return _bad_backend("no Upgrade: websocket")
-    if b"upgrade" not in _tokens(headers, b"connection"):
+    if b"upgrade" not in _tokens(fields, b"connection"):
         return _bad_backend("the Connection header does not include upgrade")
-    accepts = _values(headers, b"sec-websocket-accept")
+    accepts = _values(fields, b"sec-websocket-accept")
     if not accepts:
         return _bad_backend("Sec-WebSocket-Accept is missing")
     if accepts != [accept_value(key)]:
         return _bad_backend("Sec-WebSocket-Accept does not match the key")
-    chosen = _elements(headers, b"sec-websocket-protocol")
+    chosen = _elements(fields, b"sec-websocket-protocol")
     if len(chosen) > 1:
         return _bad_backend("it chose more than one subprotocol")
-    if chosen and chosen[0] not in _elements(upgrade.headers, b"sec-websocket-protocol"):
+    if chosen and chosen[0] not in _elements(_fields(upgrade.headers), b"sec-websocket-protocol"):
         return _bad_backend(
             f"it chose subprotocol {_text(chosen[0])}, which the client did not offer"
         )
-    extensions = _elements(headers, b"sec-websocket-extensions")
+    extensions = _elements(fields, b"sec-websocket-extensions")
     for extension in extensions:
         name = _extension_name(extension)
         if name != _DEFLATE:
             return _bad_backend(f"it accepted extension {_text(name)}, which was not offered")
-        if not _deflate_offers(upgrade.headers):
+        if not _deflate_offers(_fields(upgrade.headers)):
             return _bad_backend("it accepted permessage-deflate, which the client did not offer")
     if len(extensions) > 1:
         return _bad_backend("it accepted permessage-deflate more than once")
-    dropped = HOP_BY_HOP | _connection_named(headers)
+    dropped = HOP_BY_HOP | _connection_named(fields)
     return BackendAccept(
         subprotocol=chosen[0].decode("latin-1") if chosen else None,
         extensions=extensions[0].decode("latin-1") if extensions else None,
@@ -362,30 +368,28 @@ def judge_backend_response(
 
 def passthrough_headers(headers: Headers) -> Headers:
     """A backend's non-101 answer's headers, for the client: hop-by-hop and framing removed."""
-    dropped = HOP_BY_HOP | _connection_named(headers)
+    dropped = HOP_BY_HOP | _connection_named(_fields(headers))
     return tuple((name, value) for name, value in headers if name not in dropped)
 
 
 # --- answers to the client ---------------------------------------------------------------------
 
 
-def client_accept_response(
-    upgrade: UpgradeRequest, accept: BackendAccept
-) -> h11.InformationalResponse:
-    """The client's 101: its own Sec-WebSocket-Accept, the backend's choices and headers."""
+def client_accept_headers(upgrade: UpgradeRequest, accept: BackendAccept) -> Headers:
+    """The headers of the client's 101: its own Sec-WebSocket-Accept, the backend's choices and
+    headers; names lower-cased, as h11 would write them. Every value is ours or came through
+    h11's grammar (the backend's 101), so the head needs no h11 event to be valid."""
     headers: list[tuple[bytes, bytes]] = [
-        (b"Upgrade", b"websocket"),
-        (b"Connection", b"Upgrade"),
-        (b"Sec-WebSocket-Accept", accept_value(upgrade.key)),
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", accept_value(upgrade.key)),
     ]
     if accept.subprotocol is not None:
-        headers.append((b"Sec-WebSocket-Protocol", accept.subprotocol.encode("latin-1")))
+        headers.append((b"sec-websocket-protocol", accept.subprotocol.encode("latin-1")))
     if accept.extensions is not None:
-        headers.append((b"Sec-WebSocket-Extensions", accept.extensions.encode("latin-1")))
+        headers.append((b"sec-websocket-extensions", accept.extensions.encode("latin-1")))
     headers += accept.headers
-    return h11.InformationalResponse(
-        status_code=101, headers=headers, reason=b"Switching Protocols"
-    )
+    return tuple(headers)
 
 
 def reject_from_h11_error(exc: h11.RemoteProtocolError) -> Reject:
@@ -399,17 +403,31 @@ def reject_from_h11_error(exc: h11.RemoteProtocolError) -> Reject:
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def _values(headers: Headers, name: bytes) -> list[bytes]:
-    return [value for field, value in headers if field == name]
+def _fields(headers: Headers) -> Fields:
+    """Each header name of `headers` with its values, in order: one pass, for every lookup."""
+    fields: Fields = {}
+    for name, value in headers:
+        if name in fields:
+            fields[name].append(value)
+        else:
+            fields[name] = [value]
+    return fields
 
 
-def _elements(headers: Headers, name: bytes) -> list[bytes]:
+def _values(fields: Fields, name: bytes) -> list[bytes]:
+    return fields.get(name) or []
+
+
+def _elements(fields: Fields, name: bytes) -> list[bytes]:
     """The non-empty elements of every `name` header, split on commas outside quoted strings."""
-    return [item for value in _values(headers, name) for item in _split_list(value)]
+    values = fields.get(name)
+    if not values:
+        return []
+    return [item for value in values for item in _split_list(value)]
 
 
-def _tokens(headers: Headers, name: bytes) -> list[bytes]:
-    return [item.lower() for item in _elements(headers, name)]
+def _tokens(fields: Fields, name: bytes) -> list[bytes]:
+    return [item.lower() for item in _elements(fields, name)]
 
 
 def _split_list(value: bytes) -> list[bytes]:
@@ -437,18 +455,18 @@ def _split_quoted(value: bytes) -> list[bytes]:
     return [stripped for item in items if (stripped := item.strip(b" \t"))]
 
 
-def _connection_named(headers: Headers) -> frozenset[bytes]:
-    return frozenset(_tokens(headers, b"connection"))
+def _connection_named(fields: Fields) -> frozenset[bytes]:
+    return frozenset(_tokens(fields, b"connection"))
 
 
 def _extension_name(extension: bytes) -> bytes:
     return extension.split(b";", 1)[0].strip(b" \t").lower()
 
 
-def _deflate_offers(headers: Headers) -> list[bytes]:
+def _deflate_offers(fields: Fields) -> list[bytes]:
     return [
         offer
-        for offer in _elements(headers, b"sec-websocket-extensions")
+        for offer in _elements(fields, b"sec-websocket-extensions")
         if _extension_name(offer) == _DEFLATE
     ]
 

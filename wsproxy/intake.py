@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -33,6 +34,10 @@ LINGER: Final = 1.0  # seconds spent reading what a refused client still sends, 
 
 class HeadTooLarge(Exception):
     """The head is longer than its limit (`max_header_size`)."""
+
+
+class HeadTooSlow(Exception):
+    """The head was not whole by its deadline (`handshake_timeout`)."""
 
 
 async def read_proxy_header(
@@ -59,45 +64,74 @@ async def read_proxy_header(
 
 
 async def read_head(
-    stream: trio.abc.ReceiveStream, limit: int, early: bytes = b"", *, arrived: bool = False
+    stream: trio.abc.ReceiveStream,
+    limit: int,
+    early: bytes = b"",
+    *,
+    arrived: bool = False,
+    deadline: float = math.inf,
 ) -> tuple[bytes | None, bytes]:
     """Read up to the blank line that ends an HTTP head (a client's request, a backend's
     answer): (head, the bytes behind it), or (None, every byte read) if the peer closed first.
 
     `early` holds bytes of the head already read. A head longer than `limit` bytes, blank line
-    included, raises `HeadTooLarge`, however its bytes are split into reads. A socket is read
-    through its wire (`wire.SocketWire`), without the layers of trio's socket stream; with
-    `arrived` (the head was most likely sent before we asked, as a client's request is) what
-    the socket already holds is read before any wait."""
+    included, raises `HeadTooLarge`, however its bytes are split into reads; one not whole by
+    `deadline` raises `HeadTooSlow`. A socket is read through its wire (`wire.SocketWire`),
+    without the layers of trio's socket stream; with `arrived` (the head was most likely sent
+    before we asked, as a client's request is) what the socket already holds is read before any
+    wait, and a head found whole there is returned without a wait or a cancel scope."""
     buffer = bytearray(early)
-    receive: Callable[[], Awaitable[bytes | bytearray]] | None = None
-    searched_from = 0
+    found = _head_in(buffer, limit, 0)
+    if found is not None:
+        return found
+    receive: Callable[[], Awaitable[bytes | bytearray]]
+    if isinstance(stream, trio.SocketStream):
+        wire = SocketWire(stream)
+        receive = wire.receive
+        first = wire.read_now() if arrived else None
+        if first is not None:
+            if not first:
+                return None, bytes(buffer)
+            searched_from = max(len(buffer) - 3, 0)
+            buffer += first
+            found = _head_in(buffer, limit, searched_from)
+            if found is not None:
+                return found
+    else:
+        receive = functools.partial(stream.receive_some, _CHUNK)
+    if deadline == math.inf:
+        return await _read_rest(receive, buffer, limit)
+    with trio.move_on_at(deadline):
+        return await _read_rest(receive, buffer, limit)
+    raise HeadTooSlow
+
+
+async def _read_rest(
+    receive: Callable[[], Awaitable[bytes | bytearray]], buffer: bytearray, limit: int
+) -> tuple[bytes | None, bytes]:
+    """`read_head` once `buffer` holds no whole head: read until it does."""
     while True:
-        end = buffer.find(b"\r\n\r\n", searched_from)
-        if end >= 0:
-            if end + 4 > limit:
-                raise HeadTooLarge
-            return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
-        if len(buffer) > limit:
-            raise HeadTooLarge
-        if receive is None:
-            if isinstance(stream, trio.SocketStream):
-                wire = SocketWire(stream)
-                receive = wire.receive
-                first = wire.read_now() if arrived else None
-                if first is not None:
-                    if not first:
-                        return None, bytes(buffer)
-                    searched_from = max(len(buffer) - 3, 0)
-                    buffer += first
-                    continue
-            else:
-                receive = functools.partial(stream.receive_some, _CHUNK)
         data = await receive()
         if not data:
             return None, bytes(buffer)
         searched_from = max(len(buffer) - 3, 0)
         buffer += data
+        found = _head_in(buffer, limit, searched_from)
+        if found is not None:
+            return found
+
+
+def _head_in(buffer: bytearray, limit: int, searched_from: int) -> tuple[bytes, bytes] | None:
+    """The head `buffer` begins with and the bytes behind it, if its blank line is there
+    (at or after `searched_from`); `HeadTooLarge` if it is, or would be, over `limit`."""
+    end = buffer.find(b"\r\n\r\n", searched_from)
+    if end >= 0:
+        if end + 4 > limit:
+            raise HeadTooLarge
+        return bytes(buffer[: end + 4]), bytes(buffer[end + 4 :])
+    if len(buffer) > limit:
+        raise HeadTooLarge
+    return None
 
 
 def parse_request(head: bytes) -> RequestHead | Reject:

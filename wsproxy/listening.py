@@ -6,7 +6,8 @@ Invariants:
   cannot be bound is a `ListenError` naming its key and address, and nothing stays bound.
   Shared ports (`workers`) are bound with SO_REUSEPORT on every address the host resolves to.
 - Each accepted stream is handed at once to its handler, started in the handlers' nursery; the
-  loop itself never waits on a connection.
+  loop itself never waits on a connection. A socket listener's queue is taken in one go, with a
+  checkpoint every `ACCEPT_BATCH` connections, not a scheduler round after each one.
 - Only a capacity error (EMFILE, ENFILE, ENOBUFS, ENOMEM: out of descriptors or memory, which
   connections ending will free) is retried: logged at error, then accept again after
   `CAPACITY_PAUSE` seconds. A listener closed under the loop (the owner shutting down) ends it
@@ -23,7 +24,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, TypeVar, cast
 
 import trio
 
@@ -33,6 +34,29 @@ log = logging.getLogger(__name__)
 
 CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 CAPACITY_PAUSE: Final = 0.1  # seconds; as `trio.serve_listeners` waits
+ACCEPT_BATCH: Final = 16  # connections accepted from a socket between two checkpoints
+# What trio's `SocketListener.accept` skips: a connection that failed while it was queued.
+_IGNORABLE_ACCEPT_ERRNOS: Final = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
 
 StreamT = TypeVar("StreamT", bound=trio.abc.AsyncResource)
 
@@ -44,10 +68,29 @@ async def accept_forever(
     name: str,
 ) -> None:
     """Accept on `listener` and start `handle(stream)` in `handlers` for each connection, until
-    cancelled or the listener is closed. `name` says whose listener it is in the log."""
+    cancelled or the listener is closed. `name` says whose listener it is in the log.
+
+    A trio `SocketListener` is accepted from directly (`SocketAcceptor`): every connection
+    already queued is taken in one go, where `SocketListener.accept` yields to the scheduler
+    after each one."""
+    if type(listener) is not trio.SocketListener:
+        await _accept_loop(listener.accept, handlers, handle, name)
+        return
+    with SocketAcceptor(listener) as acceptor:
+        # (StreamT is trio.SocketStream here, as the listener is a SocketListener)
+        accept = cast("Callable[[], Awaitable[StreamT]]", acceptor.accept)
+        await _accept_loop(accept, handlers, handle, name)
+
+
+async def _accept_loop(
+    accept: Callable[[], Awaitable[StreamT]],
+    handlers: trio.Nursery,
+    handle: Callable[[StreamT], Awaitable[object]],
+    name: str,
+) -> None:
     while True:
         try:
-            stream = await listener.accept()
+            stream = await accept()
         except trio.ClosedResourceError:
             log.debug("%s: the listener was closed, accepting ends", name)
             return
@@ -64,6 +107,58 @@ async def accept_forever(
             await trio.sleep(CAPACITY_PAUSE)
             continue
         handlers.start_soon(handle, stream)
+
+
+class SocketAcceptor:
+    """`SocketListener.accept` without a scheduler round per connection: what is queued is
+    accepted at once (with a checkpoint every `ACCEPT_BATCH`, so a flood cannot hold up the
+    other tasks); only an empty queue waits, in trio's own wait, which the listener's close
+    wakes. The errors trio's `accept` skips are skipped alike, a closed listener is
+    `ClosedResourceError`, and any other `OSError` is raised as it is.
+
+    The kernel's accept is called on a second socket object for the listener's descriptor (the
+    trio socket's own is not public). It is checked open through the trio socket before every
+    use, with no await between, so a number a newer socket reused is never touched; and it
+    lets go of the descriptor on exit, never closing it."""
+
+    def __init__(self, listener: trio.SocketListener) -> None:
+        self._listener = listener.socket
+        self._fd = self._listener.fileno()
+        self._raw = socket.socket(
+            self._listener.family, self._listener.type, self._listener.proto, self._fd
+        )
+        try:
+            self._raw.setblocking(False)  # (it is already; this tells the socket object)
+        except BaseException:
+            self._raw.detach()
+            raise
+        self._taken = 0  # accepted since the last checkpoint
+
+    def __enter__(self) -> SocketAcceptor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._raw.detach()
+
+    async def accept(self) -> trio.SocketStream:
+        if self._taken >= ACCEPT_BATCH:
+            self._taken = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            if self._listener.fileno() != self._fd:
+                raise trio.ClosedResourceError
+            try:
+                accepted, _ = self._raw.accept()
+            except BlockingIOError:
+                self._taken = 0
+                await trio.lowlevel.wait_readable(self._listener)
+                continue
+            except OSError as exc:
+                if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                    continue
+                raise
+            self._taken += 1
+            return trio.SocketStream(trio.socket.from_stdlib_socket(accepted))
 
 
 class ListenError(Exception):

@@ -95,25 +95,32 @@ class _HandshakeFailed(Exception):
         self.answer = answer
 
 
+# Where it exists (Linux), `socket()` itself makes the socket non-blocking: no ioctl of its own.
+_SOCK_NONBLOCK: Final[int] = getattr(socket, "SOCK_NONBLOCK", 0)
+_NONBLOCKING_STREAM: Final = socket.SOCK_STREAM | _SOCK_NONBLOCK
+
 _is_address = functools.lru_cache(maxsize=1024)(is_address)  # asked for every dial
 
 
 async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
     """A TCP stream to `host` (an address, or a name still to resolve), with TCP_NODELAY.
 
-    An address is dialled directly, a non-blocking connect on a plain socket and trio's wait
-    until it is writable: `open_tcp_stream`'s lookup and happy-eyeballs nursery are for names,
-    and trio's socket layers cost a visible share of each handshake. A failure is the kernel's
-    `OSError` (`strerror` as the log quotes it).
-    """
+    An address is dialled directly, a non-blocking connect on a plain socket and, unless it is
+    over at once (`_connected_at_once`), trio's wait until it is writable: `open_tcp_stream`'s
+    lookup and happy-eyeballs nursery are for names, and trio's socket layers cost a visible
+    share of each handshake. A failure is the kernel's `OSError` (`strerror` as the log quotes
+    it)."""
     if not _is_address(host):
         stream = await trio.open_tcp_stream(host, port)
         stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
         return stream
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, _NONBLOCKING_STREAM)
     try:
-        sock.setblocking(False)
+        if not _SOCK_NONBLOCK:
+            sock.setblocking(False)
         error = sock.connect_ex((host, port))
+        if error == errno.EINPROGRESS:
+            error = _connected_at_once(sock)
         if error == errno.EINPROGRESS:
             await trio.lowlevel.wait_writable(sock)
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -123,6 +130,20 @@ async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
         sock.close()
         raise
     return trio.SocketStream(trio.socket.from_stdlib_socket(sock))  # which sets TCP_NODELAY
+
+
+def _connected_at_once(sock: socket.socket) -> int:
+    """The outcome of a non-blocking connect that said EINPROGRESS, if it is known already: 0
+    (connected), the error that ended it, or EINPROGRESS (still under way: wait until the
+    socket is writable). A loopback connect, the common case, is over by the time `connect`
+    returns, and an empty write tells so without a wait and a trip through the scheduler."""
+    try:
+        sock.send(b"")
+    except BlockingIOError:
+        return errno.EINPROGRESS
+    except OSError as exc:
+        return exc.errno or errno.ECONNREFUSED
+    return 0
 
 
 async def connect(
