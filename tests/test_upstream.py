@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -1012,20 +1013,32 @@ async def test_dial_tcp_connects_with_nodelay(listen_on: str, dial_to: str) -> N
                 assert nodelay != 0
 
 
-async def test_dial_tcp_loopback_connect_returns_without_waiting() -> None:
-    """A loopback connect is over when `connect` returns: the stream comes back without a wait
-    for writability (so even in a cancelled scope, where any wait would raise Cancelled)."""
+async def test_dial_tcp_loopback_connect_returns_a_working_stream() -> None:
+    """A loopback connect is over when `connect` returns: the stream comes back (without a wait
+    for writability) and carries bytes."""
+    with trio.fail_after(10):
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listener.socket.getsockname()[1]
+        async with listener:
+            stream = await dial_tcp("127.0.0.1", port)
+            async with stream, await listener.accept() as accepted:
+                await stream.send_all(b"ping")
+                assert await accepted.receive_some(4) == b"ping"
+
+
+async def test_dial_tcp_in_a_cancelled_scope_is_cancelled_before_it_connects() -> None:
+    """A dial is a cancel point even though a loopback connect never waits: a health check
+    whose loop a reload cancelled cannot go on to count a verdict after the reload."""
     with trio.fail_after(10):
         (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listener.socket.getsockname()[1]
         async with listener:
             with trio.CancelScope() as scope:
                 scope.cancel()
-                stream = await dial_tcp("127.0.0.1", port)
-            assert not scope.cancelled_caught
-            async with stream, await listener.accept() as accepted:
-                await stream.send_all(b"ping")
-                assert await accepted.receive_some(4) == b"ping"
+                await dial_tcp("127.0.0.1", port)
+            assert scope.cancelled_caught
+            queued, _, _ = select.select([listener.socket.fileno()], [], [], 0)
+            assert queued == []  # nothing was dialled (a loopback connect queues at once)
 
 
 async def test_dial_tcp_refused_address_raises_oserror_and_leaks_no_socket() -> None:

@@ -109,7 +109,9 @@ async def dial_tcp(host: str, port: int) -> trio.abc.Stream:
     over at once (`_connected_at_once`), trio's wait until it is writable: `open_tcp_stream`'s
     lookup and happy-eyeballs nursery are for names, and trio's socket layers cost a visible
     share of each handshake. A failure is the kernel's `OSError` (`strerror` as the log quotes
-    it)."""
+    it). It is always a cancel point: a dial in a cancelled scope (a health check its reload
+    stopped) raises `Cancelled` before it connects."""
+    await trio.lowlevel.checkpoint_if_cancelled()  # a cancel point even when nothing waits
     if not _is_address(host):
         stream = await trio.open_tcp_stream(host, port)
         stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, 1)
