@@ -1685,6 +1685,38 @@ async def test_relay_parked_session_cancelled_lets_its_sockets_go(
         assert await backend_end.receive_some(10) == b""
 
 
+@pytest.mark.parametrize("parks", [True, False], ids=["parked", "pumps"])
+async def test_relay_violation_whose_close_cannot_be_written_ends_the_session_cleanly(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+    monkeypatch: pytest.MonkeyPatch,
+    parks: bool,
+) -> None:
+    """A violation in the read that ends a frame the pump held the backend's lock for, while
+    the client's own leg is stalled mid-frame (it reads nothing): the violator's close waits
+    until the session's deadline, and the session then ends with its close recorded, each
+    lock let go once (a second release used to escape `run` as an error)."""
+    if not parks:
+        monkeypatch.setattr(Session, "_park_at_start", lambda self: False)
+        monkeypatch.setattr(Session, "parkable_fds", lambda self, since: None)
+    config = make_config(security=Security(allowed_origins=("*",), max_message_size=10_000))
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends, config)
+        backend_frames = b"".join(
+            bytes(running.backend.protocol.send_data(b"y" * 900, True)) for _ in range(400)
+        )
+        await running.backend.send(backend_frames[:150_001])  # stalls half-way to the client
+        frame = bytes(running.client.protocol.send_data(b"z" * 900, True))
+        await running.client.send(frame[:300])
+        await trio.testing.wait_all_tasks_blocked()
+        started = trio.current_time()
+        await running.client.send(frame[300:] + b"\x81\x02hi")  # its end, then unmasked
+        await running.done.wait()
+        assert running.session.close == Close(1002, "unmasked frame")
+        assert trio.current_time() - started == CLOSE_TIMEOUT
+
+
 async def test_relay_session_whose_pump_is_mid_frame_does_not_park_again(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,

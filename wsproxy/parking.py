@@ -25,6 +25,10 @@ Invariants:
   session for `parkable_fds(now - PARK_AFTER)`; a session that answers with its two
   descriptors parks again (`park()`). Awake sessions pay two flag stores per wait of a pump for
   this (`Leg.waiting`).
+- Trio never finds itself idle while the parker waits for it (its own wait returns an event
+  each time): with a parker installed, an autojump clock with a threshold above 0 and
+  `wait_all_tasks_blocked` with a cushion above 0 never fire. (Threshold and cushion 0, the
+  defaults the tests use, never let the parker wait.)
 - Trio's epoll descriptor is not public: where it cannot be reached, `parker()` is None and
   sessions never park (their pumps run, as they would with TLS).
 - A failing session callback is logged; the parker and the other sessions go on.
@@ -194,7 +198,7 @@ def _trio_epoll_fd() -> int | None:
     try:
         runner = trio._core._run.GLOBAL_RUN_CONTEXT.runner
         fd = runner.io_manager._epoll.fileno()
-    except AttributeError:
+    except (AttributeError, ValueError, OSError):
         return None
     return fd if isinstance(fd, int) else None
 

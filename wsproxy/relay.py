@@ -83,13 +83,14 @@ class Leg:
         "got_close",
         "handed",
         "held",
+        "holds",
         "last_rx",
         "lost",
         "masks",
         "ping_payload",
         "pinged_at",
         "reader",
-        "resumes_holding",
+        "relayed_mid_frame",
         "sent_close",
         "side",
         "stream",
@@ -116,10 +117,15 @@ class Leg:
         self.sent_close = False
         self.got_close = False
         self.lost = False
+        # Its pump holds the other leg's lock (from a frame's first byte written to its last):
+        # kept here, not in the pump's frame, so every path that releases it says so at once.
+        self.holds = False
+        # What has been written of its frames to the other leg ends inside a frame (also while
+        # such a write is under way, and after one cut short): no frame of ours may follow.
+        self.relayed_mid_frame = False
         # Left by the parker's relay for this leg's pump (see `Session.relay_ready`): output fed
-        # but not (all) written yet, and whether the pump resumes holding the other leg's lock.
+        # but not (all) written yet.
         self.handed: Buffer | None = None
-        self.resumes_holding = False
 
     @property
     def lock(self) -> trio.Semaphore:
@@ -368,7 +374,6 @@ class Session:
         src.last_rx = now
         src.bytes_in += len(data)
         reader = src.reader
-        mid_frame = reader.payload_left > 0  # what was relayed ends inside a frame
         out = reader.feed(data)
         controls = reader.controls
         if reader.violation is not None or (
@@ -376,7 +381,6 @@ class Session:
             and (len(controls) != 1 or controls[0].opcode != OP_CLOSE or dst.sent_close or dst.lost)
         ):
             src.handed = out
-            src.resumes_holding = mid_frame
             return False
         if out and not dst.finished():
             try:
@@ -388,9 +392,11 @@ class Session:
                 return False
             if sent != len(out):
                 src.handed = out[sent:]
-                src.resumes_holding = True
+                if sent:
+                    src.relayed_mid_frame = True
                 return False
             self.last_relay = now
+            src.relayed_mid_frame = reader.payload_left > 0
         if controls:  # a close, relayed whole, as `_forward_special` relays it
             close = controls[0]
             src.got_close = dst.sent_close = True
@@ -437,9 +443,9 @@ class Session:
             self._parker.forget(self)
         if holding:
             for src, dst in ((self.client, self.backend), (self.backend, self.client)):
-                if src.resumes_holding or (src.handed is None and src.reader.payload_left):
+                if src.relayed_mid_frame:
                     dst.lock.acquire_nowait()  # free: no pump ran, and wakes come before writes
-                    src.resumes_holding = True
+                    src.holds = True
         sleeper, self._sleeper = self._sleeper, None
         if sleeper is not None:
             trio.lowlevel.reschedule(sleeper)
@@ -460,7 +466,6 @@ class Session:
         limit = self.limit if src is self.client else None
         rest: Buffer = b""  # what a limit kept back of the last read, to be fed next
         handed, src.handed = src.handed, None  # what the parker fed and could not write
-        holding, src.resumes_holding = src.resumes_holding, False
         try:
             while True:
                 if handed is not None:
@@ -487,20 +492,25 @@ class Session:
                         data, read = read, None
                         now = src.last_rx = trio.current_time()
                     if limit is not None:
-                        data, rest = await self._within_limit(src, dst, limit, data, holding)
+                        data, rest = await self._within_limit(src, dst, limit, data)
                         if not data:
                             return  # closed for its rate, and dropped
                     src.bytes_in += len(data)
                     out = reader.feed(data)
                     data = rest
                 if reader.controls or reader.violation is not None:
-                    holding = await self._forward_special(src, dst, out, holding)
-                    if reader.violation is not None:
+                    await self._forward_special(src, dst, out)
+                    violation = reader.violation
+                    if violation is not None:
+                        await self._send_close(src, Close(violation.code, violation.reason))
+                        await self._lose(src)
                         return  # the leg has been told why and dropped
+                    await self._settle(src)
+                    await self._settle(dst)
                     continue
                 if not out or dst.sent_close or dst.lost:
                     continue
-                if not holding and not reader.payload_left and not dst.busy():
+                if not src.holds and not reader.payload_left and not dst.busy():
                     # Whole frames, and no other writer: what the kernel takes at once needs no
                     # lock, as no other task runs before the lock is taken for the rest.
                     try:
@@ -514,15 +524,16 @@ class Session:
                     out = out[sent:]
                 src.held = True
                 try:
-                    if not holding:
+                    if not src.holds:
                         lock = dst.lock
                         try:
                             lock.acquire_nowait()
                         except trio.WouldBlock:
                             await lock.acquire()
-                        holding = True
+                        src.holds = True
                         if dst.finished():  # a close got the lock first
                             continue
+                    src.relayed_mid_frame = True
                     await dst.wire.send_all(out)
                 except _GONE:
                     await self._lose(dst)
@@ -531,15 +542,18 @@ class Session:
                     self._resume(src)
                 self.last_relay = now
                 if not reader.payload_left:
+                    src.relayed_mid_frame = False
+                    src.holds = False
                     dst.lock.release()
-                    holding = False
         finally:
-            if holding:
+            if src.holds:
+                src.holds = False
                 dst.lock.release()
         await self._lose(src)
 
-    async def _forward_special(self, src: Leg, dst: Leg, out: Buffer, holding: bool) -> bool:
-        """Forward `out`, which holds control frames or stops at a violation; return `holding`."""
+    async def _forward_special(self, src: Leg, dst: Leg, out: Buffer) -> None:
+        """Forward `out`, which holds control frames or stops at a violation (and then close
+        `dst` for it); the other leg's lock is let go as soon as `out` ends on a boundary."""
         reader = src.reader
         violation = reader.violation
         pieces: list[Buffer] = []
@@ -558,16 +572,13 @@ class Session:
         pieces.append(out[start:])
         payload = b"".join(pieces)
         if not payload and violation is None:  # only our own pong: nothing to write, no lock
-            await self._settle(src)
-            await self._settle(dst)
-            return holding
+            return
         if (
             violation is None
-            and not holding
+            and not src.holds
             and reader.at_boundary
             and not dst.busy()
-            and not dst.sent_close
-            and not dst.lost
+            and not dst.finished()
         ):
             # Whole frames and no other writer: as in `_pump`, what the kernel takes at once
             # needs no lock (most closes and pongs go this way).
@@ -575,36 +586,35 @@ class Session:
                 sent = dst.wire.send_now(payload)
             except _GONE:
                 await self._lose(dst)
-                sent = len(payload)
-            else:
-                if sent == len(payload):
-                    self.last_relay = trio.current_time()
-                    dst.sent_close = src.got_close
+                return
             if sent == len(payload):
-                await self._settle(src)
-                await self._settle(dst)
-                return False
+                self.last_relay = trio.current_time()
+                dst.sent_close = src.got_close
+                return
             payload = payload[sent:]
         src.held = True
         try:
-            if not holding:
+            if not src.holds:
                 lock = dst.lock
                 try:
                     lock.acquire_nowait()  # free unless another writer has it
                 except trio.WouldBlock:
                     await lock.acquire()
+                src.holds = True
         finally:
             self._resume(src)
         try:
-            if payload and not dst.sent_close and not dst.lost:
+            if payload and not dst.finished():
                 src.held = True
                 try:
+                    src.relayed_mid_frame = True
                     await dst.wire.send_all(payload)
                 except _GONE:
                     await self._lose(dst)
                 else:
                     self.last_relay = trio.current_time()
                     dst.sent_close = src.got_close
+                    src.relayed_mid_frame = not reader.at_boundary
                 finally:
                     self._resume(src)
             if violation is not None:
@@ -612,16 +622,9 @@ class Session:
                 self._begin_close(to_src, Side.PROXY)
                 await self._send_close(dst, to_dst, holding=True)
         finally:
-            holding = not reader.at_boundary
-            if not holding:
+            if reader.at_boundary and src.holds:
+                src.holds = False
                 dst.lock.release()
-        if violation is not None:
-            await self._send_close(src, Close(violation.code, violation.reason), holding=False)
-            await self._lose(src)
-        else:
-            await self._settle(src)
-            await self._settle(dst)
-        return holding
 
     def _resume(self, src: Leg) -> None:
         """`src`'s pump is done waiting on the other leg (`held` since `src.last_rx`, the
@@ -634,7 +637,7 @@ class Session:
             self.limit.credit(since, src.last_rx)
 
     async def _within_limit(
-        self, src: Leg, dst: Leg, limit: SessionLimit, data: Buffer, holding: bool
+        self, src: Leg, dst: Leg, limit: SessionLimit, data: Buffer
     ) -> tuple[Buffer, Buffer]:
         """The part of `data` that `limit` lets through, once it does (meanwhile nothing is
         read from `src`), and the rest; (b"", b"") when the session was closed for it."""
@@ -650,7 +653,7 @@ class Session:
                 async with trio.open_nursery() as nursery:  # neither peer waits on the other
                     nursery.start_soon(
                         functools.partial(
-                            self._send_close, dst, closes.RATE_LIMITED_PEER, holding=holding
+                            self._send_close, dst, closes.RATE_LIMITED_PEER, holding=src.holds
                         )
                     )
                     nursery.start_soon(
@@ -677,7 +680,7 @@ class Session:
             if self._nursery is not None:
                 self._nursery.cancel_scope.deadline = self._deadline
 
-    async def _send_close(self, leg: Leg, close: Close, *, holding: bool) -> None:
+    async def _send_close(self, leg: Leg, close: Close, *, holding: bool = False) -> None:
         """Write our own close frame to `leg` at a frame boundary, or drop the leg."""
         if leg.sent_close or leg.lost:
             return
@@ -817,7 +820,7 @@ class Session:
         state = "waiting"
         with trio.move_on_after(self._ping_timeout):
             async with leg.lock:
-                if leg.sent_close or leg.lost or not other.reader.at_boundary:
+                if leg.sent_close or leg.lost or other.relayed_mid_frame:
                     return  # closing, or its pump died mid-frame: nothing can be framed now
                 leg.ping_payload = payload
                 state = "sending"
@@ -833,12 +836,12 @@ class Session:
 
 async def _write_at_boundary(leg: Leg, other: Leg, frame: bytes) -> bool:
     """Write our own close `frame` to `leg` (its lock held), unless a close got there first, or
-    a frame from `other` is half-way there (its pump died mid-frame): then nothing can be
-    framed on that leg any more. `sent_close` is set only here, with the lock held: a pump
-    that holds it finishes its frame first."""
+    a frame from `other` is half-way there (`relayed_mid_frame`: its pump died mid-frame, or
+    was cut short in a write): then nothing can be framed on that leg any more. `sent_close`
+    is set only here, with the lock held: a pump that holds it finishes its frame first."""
     if leg.sent_close:
         return True
-    if leg.lost or not other.reader.at_boundary:
+    if leg.lost or other.relayed_mid_frame:
         return False
     leg.sent_close = True
     try:
