@@ -157,39 +157,36 @@ class FrameReader:
             return b""
         buf = self._pending + data if self._pending else data
         size = len(buf)
-        pos = 0
         left = self.payload_left
+        if left >= size:  # all of it is payload of the frame under way (nothing is pending)
+            self.payload_left = left - size
+            return buf
+        pos = left  # where the next frame's header starts
+        left = 0
         mask_bit = self._mask_bit
         max_size = self._max_message_size
         while pos < size:
-            if left:
-                step = size - pos
-                if step > left:
-                    step = left
-                pos += step
-                left -= step
-                continue
             if size - pos < 2:
                 break
             b0 = buf[pos]
             b1 = buf[pos + 1]
             length = b1 & 0x7F
-            header = 2
-            if length == 126:
-                header = 4
-            elif length == 127:
-                header = 10
-            if b1 & 0x80:
-                header += 4
-            if size - pos < header:
-                break
-            if length == 126:
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-            elif length == 127:
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                if length > _MAX_PAYLOAD_LENGTH:
-                    self.payload_left = left
-                    return self._stop(buf, pos, _TOP_BIT_LENGTH)
+            if length < 126:
+                header = 6 if b1 & 0x80 else 2
+                if size - pos < header:
+                    break
+            else:
+                header = (4 if length == 126 else 10) + (4 if b1 & 0x80 else 0)
+                if size - pos < header:
+                    break
+                if length == 126:
+                    length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
+                else:
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    if length > _MAX_PAYLOAD_LENGTH:
+                        self.payload_left = 0
+                        return self._stop(buf, pos, _TOP_BIT_LENGTH)
+            end = pos + header + length
             if (
                 (b0 == 0x82 or b0 == 0x81)  # a whole text or binary message, no extension bit
                 and b1 & 0x80 == mask_bit
@@ -197,36 +194,36 @@ class FrameReader:
                 and not self.in_message
             ):
                 self.messages += 1  # what `_check` says of it, the common case kept short
-                pos += header
-                left = length
-                continue
-            problem = self._check(b0, b1, length)
-            if problem is not None:
-                self.payload_left = left
-                return self._stop(buf, pos, problem)
-            opcode = b0 & 0x0F
-            if opcode & 0x8:
-                end = pos + header + length
-                if end > size:
-                    break
-                payload = bytes(buf[pos + header : end])
-                if b1 & 0x80:
-                    payload = unmask(payload, bytes(buf[pos + header - 4 : pos + header]))
-                if opcode == OP_CLOSE:
-                    problem = close_violation(payload)
-                    if problem is not None:
-                        self.payload_left = 0
-                        return self._stop(buf, pos, problem)
-                self.controls.append(ControlFrame(opcode, payload, pos, end))
-                pos = end
-                if opcode == OP_CLOSE:
+            else:
+                problem = self._check(b0, b1, length)
+                if problem is not None:
                     self.payload_left = 0
-                    self.stopped = True
-                    self._pending = b""
-                    return buf[:pos] if pos < size else buf
-                continue
-            pos += header
-            left = length
+                    return self._stop(buf, pos, problem)
+                opcode = b0 & 0x0F
+                if opcode & 0x8:
+                    if end > size:
+                        break  # a control frame is returned whole
+                    payload = bytes(buf[pos + header : end])
+                    if b1 & 0x80:
+                        payload = unmask(payload, bytes(buf[pos + header - 4 : pos + header]))
+                    if opcode == OP_CLOSE:
+                        problem = close_violation(payload)
+                        if problem is not None:
+                            self.payload_left = 0
+                            return self._stop(buf, pos, problem)
+                    self.controls.append(ControlFrame(opcode, payload, pos, end))
+                    if opcode == OP_CLOSE:
+                        self.payload_left = 0
+                        self.stopped = True
+                        self._pending = b""
+                        return buf[:end] if end < size else buf
+                    pos = end
+                    continue
+            if end > size:  # the rest of its payload comes with later reads
+                left = end - size
+                pos = size
+                break
+            pos = end
         self.payload_left = left
         if pos == size:
             self._pending = b""

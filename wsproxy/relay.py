@@ -382,7 +382,7 @@ class Session:
         ):
             src.handed = out
             return False
-        if out and not dst.finished():
+        if out and not (dst.sent_close or dst.lost):
             try:
                 sent = os.write(dst_fd, out)
             except BlockingIOError:
