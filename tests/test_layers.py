@@ -43,12 +43,12 @@ LAYERS: Final = {
     "history": 2,  # the ring of session samples behind the page's chart
     "rebalance": 2,
     "ratelimit": 2,  # token buckets for the rate limits
+    "keepalive": 2,  # a session's keepalive and idle clocks, decided
     "wire": 3,
     "relay": 3,
     "upstream": 3,
     "intake": 3,
     "http1": 3,
-    "keepalive": 3,  # STYLE.md names it; not written yet
     "timers": 3,  # every session's keepalive and idle clocks (STYLE.md's keepalive.py)
     "parking": 3,  # idle sessions, parked without their pump tasks
     "health": 3,

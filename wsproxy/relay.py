@@ -52,7 +52,7 @@ from typing import Final
 
 import trio
 
-from wsproxy import closes, parking, timers
+from wsproxy import closes, keepalive, parking, timers
 from wsproxy.closes import Close, Side
 from wsproxy.config import Config
 from wsproxy.frames import (
@@ -783,34 +783,15 @@ class Session:
             nursery.start_soon(self._ping, leg)
 
     def _scan(self, now: float) -> tuple[float | Leg | None, list[Leg]]:
-        """What is due: None when the session is idle, a leg silent past its timeout, or else
-        the next instant to look; and the silent legs to ping now."""
-        interval, timeout, idle = self._ping_interval, self._ping_timeout, self._idle
-        wake = math.inf
-        pings: list[Leg] = []
-        if idle:
-            idle_at = self.last_relay + idle
-            if now >= idle_at:
-                return None, pings
-            wake = idle_at
-        if interval:
-            for leg in (self.client, self.backend):
-                if leg.lost or leg.sent_close:
-                    continue
-                if leg.held and not self._other(leg).held:  # its silence is ours
-                    wake = min(wake, now + interval)
-                    continue
-                ping_at = leg.last_rx + interval
-                dead_at = ping_at + timeout
-                if now >= dead_at:
-                    return leg, pings
-                if now >= ping_at:
-                    if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
-                        pings.append(leg)
-                    wake = min(wake, dead_at)
-                else:
-                    wake = min(wake, ping_at)
-        return wake, pings
+        """What is due at `now` (see `keepalive.scan`)."""
+        return keepalive.scan(
+            now,
+            (self.client, self.backend),
+            self.last_relay,
+            interval=self._ping_interval,
+            timeout=self._ping_timeout,
+            idle=self._idle,
+        )
 
     async def _ping(self, leg: Leg) -> None:
         self._pings += 1
