@@ -92,9 +92,7 @@ async def read_head(
         if first is not None:
             if not first:
                 return None, bytes(buffer)
-            searched_from = max(len(buffer) - 3, 0)
-            buffer += first
-            found = _head_in(buffer, limit, searched_from)
+            found = _grown(buffer, first, limit)
             if found is not None:
                 return found
     else:
@@ -114,11 +112,17 @@ async def _read_rest(
         data = await receive()
         if not data:
             return None, bytes(buffer)
-        searched_from = max(len(buffer) - 3, 0)
-        buffer += data
-        found = _head_in(buffer, limit, searched_from)
+        found = _grown(buffer, data, limit)
         if found is not None:
             return found
+
+
+def _grown(buffer: bytearray, data: bytes | bytearray, limit: int) -> tuple[bytes, bytes] | None:
+    """Add `data` to `buffer`; the head and what follows it, if its blank line is there now
+    (searched for only where it can newly end)."""
+    searched_from = max(len(buffer) - 3, 0)
+    buffer += data
+    return _head_in(buffer, limit, searched_from)
 
 
 def _head_in(buffer: bytearray, limit: int, searched_from: int) -> tuple[bytes, bytes] | None:
