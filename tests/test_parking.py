@@ -318,6 +318,21 @@ async def test_parking_wait_lets_trio_io_through(sessions: list[FakeSession]) ->
                 assert await left.recv(100) == b"to a task"
 
 
+async def while_trio_waits(peer: socket.socket, data: bytes, done: trio.Event) -> None:
+    """`peer` sends `data` 0.2 s from now, while trio's next deadline is a minute away (the
+    parker waits in its epoll meanwhile); return once `done` is set."""
+
+    async def send_later() -> None:
+        await trio.sleep(0.2)
+        peer.send(data)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_later)
+        nursery.start_soon(trio.sleep, 60)
+        await done.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def test_parking_wait_relays_and_wakes_tasks_the_relay_made_runnable(
     sessions: list[FakeSession],
 ) -> None:
@@ -328,16 +343,7 @@ async def test_parking_wait_relays_and_wakes_tasks_the_relay_made_runnable(
         session = fake(sessions, "a")
         session.on_relay = trio.Event()
         parker.hold(session, session.fds())
-
-        async def send_later() -> None:
-            await trio.sleep(0.2)
-            session.far[1].send(b"while trio waits")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_later)
-            nursery.start_soon(trio.sleep, 60)  # trio's next deadline is a minute away
-            await session.on_relay.wait()
-            nursery.cancel_scope.cancel()
+        await while_trio_waits(session.far[1], b"while trio waits", session.on_relay)
         assert session.relayed == [(1, b"while trio waits")]
 
 
@@ -350,14 +356,5 @@ async def test_parking_wait_wakes_a_session_at_once(sessions: list[FakeSession])
         woken = trio.Event()
         session.wake = woken.set  # type: ignore[method-assign]
         parker.hold(session, session.fds())
-
-        async def send_later() -> None:
-            await trio.sleep(0.2)
-            session.far[0].send(b"a ping, say")
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_later)
-            nursery.start_soon(trio.sleep, 60)
-            await woken.wait()
-            nursery.cancel_scope.cancel()
+        await while_trio_waits(session.far[0], b"a ping, say", woken)
         assert parker.parked == {}
