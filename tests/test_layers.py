@@ -45,6 +45,7 @@ LAYERS: Final = {
     "ratelimit": 2,  # token buckets for the rate limits
     "keepalive": 2,  # a session's keepalive and idle clocks, decided
     "wire": 3,
+    "legs": 3,  # one connection of a session, as the relay keeps it
     "relay": 3,
     "upstream": 3,
     "intake": 3,

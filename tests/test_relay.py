@@ -40,8 +40,9 @@ from wsproxy.config import (
     Timeouts,
 )
 from wsproxy.frames import OP_CLOSE, Buffer, control_frame
+from wsproxy.legs import Leg
 from wsproxy.parking import PARK_AFTER
-from wsproxy.relay import CLOSE_TIMEOUT, Leg, Session
+from wsproxy.relay import CLOSE_TIMEOUT, Session
 from wsproxy.wire import ImmediateStream, ImmediateWire
 
 INTERVAL: Final = 20.0
