@@ -19,9 +19,11 @@ import trio
 from websockets.trio.client import ClientConnection, connect
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
+from wsproxy import parking
 from wsproxy.closes import Close
 from wsproxy.config import Security
 from wsproxy.handshake import UpgradeRequest, judge_request
+from wsproxy.parking import Parker
 from wsproxy.registry import Registry
 from wsproxy.servers import ServerState
 
@@ -260,3 +262,11 @@ def on(
         live = FakeLive(server, FakeBalancer(pool))
         registry.sessions[session] = live  # type: ignore[index, assignment]
     return sessions
+
+
+def the_parker() -> Parker:
+    """This run's parker, which this trio must allow (its epoll reached): else sessions would
+    never park, and a test of parking proves nothing."""
+    parker = parking.parker()
+    assert parker is not None, "trio's epoll could not be reached: sessions would never park"
+    return parker

@@ -13,8 +13,9 @@ import pytest
 import trio
 import trio.testing
 
+from tests.helpers import the_parker
 from wsproxy import parking
-from wsproxy.parking import PARK_AFTER, Parker
+from wsproxy.parking import PARK_AFTER
 
 CAP: Final = 60.0  # virtual seconds
 REAL_CAP: Final = 10.0  # real seconds, for the tests on the real clock
@@ -84,12 +85,6 @@ def fake(sessions: list[FakeSession], name: str, **kwargs: bool) -> FakeSession:
     session = FakeSession(name, **kwargs)
     sessions.append(session)
     return session
-
-
-def the_parker() -> Parker:
-    parker = parking.parker()
-    assert parker is not None, "trio's epoll could not be reached: sessions would never park"
-    return parker
 
 
 async def test_parking_is_available_on_this_trio() -> None:

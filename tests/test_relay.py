@@ -23,9 +23,9 @@ import trio
 import trio.testing
 from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
-from tests.helpers import Peer
+from tests.helpers import Peer, the_parker
 from tests.memsocket import SocketEnd, socket_pair
-from wsproxy import closes, parking
+from wsproxy import closes
 from wsproxy.closes import Close, Side
 from wsproxy.config import (
     Config,
@@ -1409,12 +1409,6 @@ def pump_tasks() -> int:
     return count
 
 
-def the_parker() -> parking.Parker:
-    parker = parking.parker()
-    assert parker is not None
-    return parker
-
-
 def is_parked(session: Session) -> bool:
     """No nursery, no pump: the session's task waits for the parker."""
     return session._nursery is None and not session._ended and pump_tasks() == 0
@@ -1597,7 +1591,7 @@ async def test_relay_parked_session_is_pinged_and_a_late_pong_wakes_it(
         running = await start_socket_session(nursery, peer_ends)
         backend_pings: list[float] = []
         nursery.start_soon(answer_pings, running.backend, backend_pings)
-        await trio.sleep(2 * PARK_AFTER)
+        await trio.testing.wait_all_tasks_blocked()  # parked from its start
         assert is_parked(running.session)
         ping = await next_frame(running.client)
         assert ping.opcode is Opcode.PING
@@ -1619,7 +1613,7 @@ async def test_relay_parked_session_ends_when_a_peer_leaves(
 ) -> None:
     with trio.fail_after(CAP):
         running = await start_socket_session(nursery, peer_ends)
-        await trio.sleep(2 * PARK_AFTER)
+        await trio.testing.wait_all_tasks_blocked()  # parked from its start
         assert is_parked(running.session)
         await running.backend.stream.aclose()
         assert (await running.client.expect_close())[0] == 1011
@@ -1636,7 +1630,7 @@ async def test_relay_shutdown_of_a_parked_session_closes_both_legs(
 ) -> None:
     with trio.fail_after(CAP):
         running = await start_socket_session(nursery, peer_ends)
-        await trio.sleep(2 * PARK_AFTER)
+        await trio.testing.wait_all_tasks_blocked()  # parked from its start
         assert is_parked(running.session)
         nursery.start_soon(running.session.shutdown)
         assert await running.client.expect_close() == (1001, "proxy shutting down")
@@ -1656,7 +1650,7 @@ async def test_relay_shutdown_of_a_parked_session_keeps_the_close_deadline(
     """A peer that never answers the shutdown's close is dropped `CLOSE_TIMEOUT` after it."""
     with trio.fail_after(CAP):
         running = await start_socket_session(nursery, peer_ends)
-        await trio.sleep(2 * PARK_AFTER)
+        await trio.testing.wait_all_tasks_blocked()  # parked from its start
         assert is_parked(running.session)
         asked = trio.current_time()
         nursery.start_soon(running.session.shutdown)
@@ -1678,7 +1672,7 @@ async def test_relay_parked_session_cancelled_lets_its_sockets_go(
         with trio.move_on_after(3 * PARK_AFTER):
             async with trio.open_nursery() as inner:
                 inner.start_soon(session.run)
-                await trio.sleep(2 * PARK_AFTER)
+                await trio.testing.wait_all_tasks_blocked()  # parked from its start
                 assert is_parked(session)
                 assert the_parker().parked
         assert the_parker().parked == {}
@@ -1752,7 +1746,7 @@ async def test_relay_parked_session_is_closed_when_idle(
             timeouts=Timeouts(connect=5.0, idle=30), keepalive=Keepalive(interval=0, timeout=1)
         )
         running = await start_socket_session(nursery, peer_ends, config)
-        await trio.sleep(2 * PARK_AFTER)
+        await trio.testing.wait_all_tasks_blocked()  # parked from its start
         assert is_parked(running.session)
         assert await running.client.expect_close() == (1001, "idle timeout")
         assert trio.current_time() - start == 30
