@@ -43,6 +43,25 @@ async def test_legs_lock_taken_by_one_task_is_let_go_by_another() -> None:
     assert not leg.busy()
 
 
+async def test_legs_awaited_while_a_frame_of_ours_waits_for_the_lock() -> None:
+    leg = make_leg(Side.CLIENT)
+    assert not leg.awaited()  # no lock yet
+    leg.lock.acquire_nowait()  # a pump is half-way through a frame
+    assert not leg.awaited()
+    async with trio.open_nursery() as nursery:
+
+        async def close() -> None:
+            async with leg.lock:
+                pass
+
+        nursery.start_soon(close)
+        await trio.testing.wait_all_tasks_blocked()
+        assert leg.awaited()
+        leg.lock.release()  # the pump's frame ends: the close goes in
+    assert not leg.awaited()
+    assert not leg.busy()
+
+
 async def test_legs_finished_once_a_close_was_written_or_it_is_lost() -> None:
     leg = make_leg(Side.CLIENT)
     assert not leg.finished()

@@ -13,6 +13,7 @@ to a real socket, so whole frames take the immediate write that skips the lock.
 from __future__ import annotations
 
 import functools
+import itertools
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -659,6 +660,42 @@ async def test_relay_shutdown_while_a_message_is_half_relayed_closes_after_its_e
         assert trio.current_time() == asked + 1  # the handshakes completed: no timeout
 
 
+@pytest.mark.parametrize("source_side", [Side.CLIENT, Side.BACKEND], ids=["client", "backend"])
+async def test_relay_close_waiting_on_a_stream_of_frames_goes_in_at_the_first_frame_end(
+    rig: Rig, autojump_clock: trio.testing.MockClock, source_side: Side
+) -> None:
+    """A peer that streams frames back to back, so that no read ends on a frame boundary, does
+    not keep the proxy's close out: the pump writes up to the end of the frame under way, lets
+    the close in there, and relays nothing after it (no drop at `CLOSE_TIMEOUT`)."""
+    with trio.fail_after(CAP):
+        source, target = (
+            (rig.client, rig.backend) if source_side is Side.CLIENT else (rig.backend, rig.client)
+        )
+        first = bytes(source.protocol.send_data(b"a" * 900, True))
+        second = bytes(source.protocol.send_data(b"b" * 900, True))
+        await source.send(first[:300])
+        await trio.testing.wait_all_tasks_blocked()
+        asked = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(rig.session.shutdown)
+            await trio.testing.wait_all_tasks_blocked()
+            await source.send(first[300:] + second[:300])  # no read ends on a boundary
+            received = b""
+            while len(received) < 900:
+                received += payload_of(await next_frame(target))
+            assert received == b"a" * 900
+            assert await target.expect_close() == (1001, "proxy shutting down")
+            assert trio.current_time() == asked  # at the first frame's end, not a timeout
+            assert await source.expect_close() == (1001, "proxy shutting down")
+            await source.send(second[300:])  # it finishes its frame, then answers the close
+            await source.close(1001)
+            await target.close(1001)
+            await rig.client.expect_eof()
+            await rig.backend.stream.aclose()
+        await rig.done.wait()
+        assert trio.current_time() == asked
+
+
 # ---------------------------------------------------------------- failures and violations
 
 
@@ -969,6 +1006,43 @@ async def test_relay_keepalive_ping_lands_after_the_frame_in_flight_to_that_leg(
         assert payload_of(ping).startswith(b"wsproxy keepalive")
         assert {at - start for at, _ in chunks} == {0, 15, 25}
         assert arrival_of(chunks, whole) - start == 25  # with the frame's last byte, not at 20
+
+
+async def test_relay_keepalive_ping_goes_in_between_frames_streamed_back_to_back(
+    rig: Rig, autojump_clock: trio.testing.MockClock
+) -> None:
+    """The backend streams frames so that every read ends inside one: the silent client's ping
+    goes in at the first frame end after it falls due, it answers, and it is not dropped."""
+    with trio.fail_after(CAP):
+        start = trio.current_time()
+        frames = [bytes(rig.backend.protocol.send_data(bytes([n]) * 900, True)) for n in range(30)]
+        pings: list[float] = []
+
+        async def backend_streams() -> None:
+            await rig.backend.send(frames[0][:300])
+            for before, after in itertools.pairwise(frames):
+                await trio.sleep(1.5)
+                await rig.backend.send(before[300:] + after[:300])
+
+        async def client_reads() -> None:
+            while (frame := await rig.client.receive()) is not None:
+                if frame.opcode is Opcode.PING:
+                    pings.append(trio.current_time() - start)
+                    await rig.client.pong(payload_of(frame))
+                else:
+                    received.append(payload_of(frame))
+
+        received: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(backend_streams)
+            nursery.start_soon(client_reads)
+            await trio.sleep(29 * 1.5 + 1)
+            nursery.cancel_scope.cancel()
+        assert pings == [21.0, 42.0]  # due at 20 and 41 (heard at 21): in at the next frame end
+        relayed = b"".join(received)  # 29 frames whole, and the start of the last one's payload
+        assert relayed[: 29 * 900] == b"".join(bytes([n]) * 900 for n in range(29))
+        assert relayed[29 * 900 :] == bytes([29]) * (len(relayed) - 29 * 900)
+        assert rig.session.close is None
 
 
 async def test_relay_keepalive_ping_queued_behind_a_frame_never_follows_a_close(
@@ -1577,6 +1651,34 @@ async def test_relay_shutdown_while_a_frame_is_half_relayed_in_line_closes_after
         assert received == b"x" * 100
         assert await running.backend.expect_close() == (1001, "proxy shutting down")
         assert await running.client.expect_close() == (1001, "proxy shutting down")
+
+
+async def test_relay_shutdown_of_a_parked_session_streaming_frames_closes_at_a_frame_end(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """On real sockets: the parker relayed half a frame, and the client's next chunk ends that
+    frame and starts another it never finishes: the backend still gets the shutdown's close,
+    right after the first frame, and nothing of the second."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        first = bytes(running.client.protocol.send_data(b"a" * 100, True))
+        second = bytes(running.client.protocol.send_data(b"b" * 100, True))
+        await running.client.send(first[:50])
+        await trio.testing.wait_all_tasks_blocked()
+        assert is_parked(running.session)
+        asked = trio.current_time()
+        nursery.start_soon(running.session.shutdown)
+        await trio.testing.wait_all_tasks_blocked()
+        await running.client.send(first[50:] + second[:50])
+        received = b""
+        while len(received) < 100:
+            received += payload_of(await next_frame(running.backend))
+        assert received == b"a" * 100
+        assert await running.backend.expect_close() == (1001, "proxy shutting down")
+        assert await running.client.expect_close() == (1001, "proxy shutting down")
+        assert trio.current_time() == asked
 
 
 async def test_relay_parked_session_is_pinged_and_a_late_pong_wakes_it(

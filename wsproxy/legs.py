@@ -93,5 +93,9 @@ class Leg:
         """Someone holds the lock (a write to this leg is under way)."""
         return self._lock is not None and self._lock.value == 0
 
+    def awaited(self) -> bool:
+        """A frame of our own (a close, a ping) waits for the lock, to go in at a frame end."""
+        return self._lock is not None and self._lock.statistics().tasks_waiting > 0
+
     def frame(self, opcode: int, payload: bytes) -> bytes:
         return control_frame(opcode, payload, os.urandom(4) if self.masks else None)

@@ -5,7 +5,9 @@ Invariants:
   A pump holds the destination's lock from the first byte of a frame to its last, so the
   proxy's own pings and closes, which take the lock, always land on a frame boundary. (A chunk
   of whole frames, data or control, that the kernel takes at once while nobody holds the lock
-  skips it.)
+  skips it.) When one of them waits for the lock, the pump lets it go at the end of the frame
+  under way, even inside a chunk: a peer that streams frames back to back, no read ending on a
+  boundary, cannot keep the proxy's close or ping out.
 - Frames are forwarded as they arrived (payload bytes untouched, so compression negotiated end to
   end keeps working); only our own keepalive pongs are dropped. A close frame the reader refuses
   (RFC 6455 keeps it off the wire) is a violation like any other: never forwarded, and never
@@ -397,6 +399,7 @@ class Session:
         handed, src.handed = src.handed, None  # what the parker fed and could not write
         try:
             while True:
+                frame_rest = 0  # where, in `out`, the frame under way ends (0: not known)
                 if handed is not None:
                     out, handed = handed, None
                     now = trio.current_time()
@@ -425,6 +428,7 @@ class Session:
                         if not data:
                             return  # closed for its rate, and dropped
                     src.bytes_in += len(data)
+                    frame_rest = reader.payload_left
                     out = reader.feed(data)
                     data = rest
                 if reader.controls or reader.violation is not None:
@@ -461,6 +465,17 @@ class Session:
                             await lock.acquire()
                         src.holds = True
                         if dst.finished():  # a close got the lock first
+                            continue
+                    elif 0 < frame_rest < len(out) and dst.awaited():
+                        # A close or ping of ours waits for a frame end, and the peer streams on:
+                        # it goes in at the end of the frame under way, before the next begins.
+                        await dst.wire.send_all(out[:frame_rest])
+                        out = out[frame_rest:]
+                        src.relayed_mid_frame = src.holds = False
+                        dst.lock.release()  # to the frame that waits
+                        await dst.lock.acquire()
+                        src.holds = True
+                        if dst.finished():  # it was a close: nothing more goes there
                             continue
                     src.relayed_mid_frame = True
                     await dst.wire.send_all(out)
