@@ -660,18 +660,21 @@ async def test_relay_shutdown_while_a_message_is_half_relayed_closes_after_its_e
         assert trio.current_time() == asked + 1  # the handshakes completed: no timeout
 
 
+@pytest.mark.parametrize("between", ["nothing", "ping"])
 @pytest.mark.parametrize("source_side", [Side.CLIENT, Side.BACKEND], ids=["client", "backend"])
 async def test_relay_close_waiting_on_a_stream_of_frames_goes_in_at_the_first_frame_end(
-    rig: Rig, autojump_clock: trio.testing.MockClock, source_side: Side
+    rig: Rig, autojump_clock: trio.testing.MockClock, source_side: Side, between: str
 ) -> None:
-    """A peer that streams frames back to back, so that no read ends on a frame boundary, does
-    not keep the proxy's close out: the pump writes up to the end of the frame under way, lets
-    the close in there, and relays nothing after it (no drop at `CLOSE_TIMEOUT`)."""
+    """A peer that streams frames back to back, so that no read ends on a frame boundary (with
+    or without a control frame between them), does not keep the proxy's close out: the pump
+    writes up to the end of the frame under way, lets the close in there, and relays nothing
+    after it (no drop at `CLOSE_TIMEOUT`)."""
     with trio.fail_after(CAP):
         source, target = (
             (rig.client, rig.backend) if source_side is Side.CLIENT else (rig.backend, rig.client)
         )
         first = bytes(source.protocol.send_data(b"a" * 900, True))
+        first += bytes(source.protocol.ping(b"hb")) if between == "ping" else b""
         second = bytes(source.protocol.send_data(b"b" * 900, True))
         await source.send(first[:300])
         await trio.testing.wait_all_tasks_blocked()
@@ -679,7 +682,7 @@ async def test_relay_close_waiting_on_a_stream_of_frames_goes_in_at_the_first_fr
         async with trio.open_nursery() as nursery:
             nursery.start_soon(rig.session.shutdown)
             await trio.testing.wait_all_tasks_blocked()
-            await source.send(first[300:] + second[:300])  # no read ends on a boundary
+            await source.send(first[300:] + second[:300])  # no read ends on a frame end
             received = b""
             while len(received) < 900:
                 received += payload_of(await next_frame(target))
@@ -1008,27 +1011,31 @@ async def test_relay_keepalive_ping_lands_after_the_frame_in_flight_to_that_leg(
         assert arrival_of(chunks, whole) - start == 25  # with the frame's last byte, not at 20
 
 
+@pytest.mark.parametrize("between", ["nothing", "ping"])
 async def test_relay_keepalive_ping_goes_in_between_frames_streamed_back_to_back(
-    rig: Rig, autojump_clock: trio.testing.MockClock
+    rig: Rig, autojump_clock: trio.testing.MockClock, between: str
 ) -> None:
-    """The backend streams frames so that every read ends inside one: the silent client's ping
-    goes in at the first frame end after it falls due, it answers, and it is not dropped."""
+    """The backend streams frames so that every read ends inside one (with or without a ping of
+    its own between them): the silent client's keepalive ping goes in at the first frame end
+    after it falls due, it answers, and it is not dropped."""
     with trio.fail_after(CAP):
         start = trio.current_time()
         frames = [bytes(rig.backend.protocol.send_data(bytes([n]) * 900, True)) for n in range(30)]
+        own_ping = bytes(rig.backend.protocol.ping(b"hb")) if between == "ping" else b""
         pings: list[float] = []
 
         async def backend_streams() -> None:
             await rig.backend.send(frames[0][:300])
             for before, after in itertools.pairwise(frames):
                 await trio.sleep(1.5)
-                await rig.backend.send(before[300:] + after[:300])
+                await rig.backend.send(before[300:] + own_ping + after[:300])
 
         async def client_reads() -> None:
             while (frame := await rig.client.receive()) is not None:
                 if frame.opcode is Opcode.PING:
-                    pings.append(trio.current_time() - start)
-                    await rig.client.pong(payload_of(frame))
+                    if payload_of(frame) != b"hb":  # the backend's go unanswered: it stays silent
+                        pings.append(trio.current_time() - start)
+                        await rig.client.pong(payload_of(frame))
                 else:
                     received.append(payload_of(frame))
 

@@ -432,7 +432,7 @@ class Session:
                     out = reader.feed(data)
                     data = rest
                 if reader.controls or reader.violation is not None:
-                    await self._forward_special(src, dst, out)
+                    await self._forward_special(src, dst, out, frame_rest)
                     violation = reader.violation
                     if violation is not None:
                         await self._send_close(src, Close(violation.code, violation.reason))
@@ -467,16 +467,10 @@ class Session:
                         if dst.finished():  # a close got the lock first
                             continue
                     elif 0 < frame_rest < len(out) and dst.awaited():
-                        # A close or ping of ours waits for a frame end, and the peer streams on:
-                        # it goes in at the end of the frame under way, before the next begins.
-                        await dst.wire.send_all(out[:frame_rest])
-                        out = out[frame_rest:]
-                        src.relayed_mid_frame = src.holds = False
-                        dst.lock.release()  # to the frame that waits
-                        await dst.lock.acquire()
-                        src.holds = True
-                        if dst.finished():  # it was a close: nothing more goes there
+                        after = await _let_in_at_frame_end(src, dst, out, frame_rest)
+                        if after is None:
                             continue
+                        out = after
                     src.relayed_mid_frame = True
                     await dst.wire.send_all(out)
                 except _GONE:
@@ -495,9 +489,10 @@ class Session:
                 dst.lock.release()
         await self._lose(src)
 
-    async def _forward_special(self, src: Leg, dst: Leg, out: Buffer) -> None:
+    async def _forward_special(self, src: Leg, dst: Leg, out: Buffer, frame_rest: int) -> None:
         """Forward `out`, which holds control frames or stops at a violation (and then close
-        `dst` for it); the other leg's lock is let go as soon as `out` ends on a boundary."""
+        `dst` for it); the other leg's lock is let go as soon as `out` ends on a boundary, or
+        at the end of the frame under way (`frame_rest` bytes in) if a frame of ours waits."""
         reader = src.reader
         violation = reader.violation
         pieces: list[Buffer] = []
@@ -514,7 +509,7 @@ class Session:
                 src.got_close = True
                 self._begin_close(Close(control.close_code(), control.close_reason()), src.side)
         pieces.append(out[start:])
-        payload = b"".join(pieces)
+        payload: Buffer = b"".join(pieces)
         if not payload and violation is None:  # only our own pong: nothing to write, no lock
             return
         if (
@@ -551,6 +546,16 @@ class Session:
             if payload and not dst.finished():
                 src.held = True
                 try:
+                    if (
+                        src.holds
+                        and not reader.stopped  # else `out` ends the stream, and the hold
+                        and 0 < frame_rest < len(payload)  # controls come after the frame
+                        and dst.awaited()
+                    ):
+                        after = await _let_in_at_frame_end(src, dst, payload, frame_rest)
+                        if after is None:
+                            return
+                        payload = after
                     src.relayed_mid_frame = True
                     await dst.wire.send_all(payload)
                 except _GONE:
@@ -757,6 +762,19 @@ class Session:
                     state = "sent"
         if state in ("sending", "failed"):  # gone, or cancelled part-way through a frame
             await self._lose(leg)
+
+
+async def _let_in_at_frame_end(src: Leg, dst: Leg, out: Buffer, frame_end: int) -> Buffer | None:
+    """A close or ping of ours waits for `dst`, whose lock `src`'s pump holds with `out` to
+    write, and the peer streams on (`out` goes past the frame under way, which ends at
+    `frame_end`): write up to there, let the waiting frame in, and take the lock back. The rest
+    of `out`, or None if the frame let in was a close (nothing more goes to `dst`)."""
+    await dst.wire.send_all(out[:frame_end])
+    src.relayed_mid_frame = src.holds = False
+    dst.lock.release()  # to the frame that waits
+    await dst.lock.acquire()
+    src.holds = True
+    return None if dst.finished() else out[frame_end:]
 
 
 async def _write_at_boundary(leg: Leg, other: Leg, frame: bytes) -> bool:
