@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import os
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
@@ -26,7 +27,7 @@ from wsproto.frame_protocol import Frame, FrameProtocol, Opcode
 
 from tests.helpers import Peer, the_parker
 from tests.memsocket import SocketEnd, socket_pair
-from wsproxy import closes
+from wsproxy import closes, timers
 from wsproxy.closes import Close, Side
 from wsproxy.config import (
     Config,
@@ -1686,6 +1687,48 @@ async def test_relay_shutdown_of_a_parked_session_streaming_frames_closes_at_a_f
         assert await running.backend.expect_close() == (1001, "proxy shutting down")
         assert await running.client.expect_close() == (1001, "proxy shutting down")
         assert trio.current_time() == asked
+
+
+async def test_relay_wake_while_the_pumps_it_parked_are_ending_keeps_the_mid_frame_hold(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+) -> None:
+    """In the instant of the sweep that parks an awake session, half a client frame and a
+    backend ping arrive: the parker relays the half frame in line, the ping wakes the session
+    (the backend's lock taken for the client's next pump), and the pump the sweep cancelled,
+    ending only now, must not let that lock go. Both legs stay healthy: the frame arrives
+    whole, and the backend is pinged and kept (not dropped for a ping that never got out)."""
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends)
+        session, client, backend = running.session, running.client, running.backend
+        await trio.testing.wait_all_tasks_blocked()
+        woken = trio.current_time()
+        frame = bytes(client.protocol.send_data(b"C" * 400, True))
+
+        def bytes_arrive() -> None:  # set before the sweep's timer: it runs just before it
+            client_end, backend_end = peer_ends[-2:]
+            os.write(client_end.socket.fileno(), frame[:200])
+            os.write(backend_end.socket.fileno(), bytes(backend.protocol.ping(b"b")))
+
+        timers.at(woken + PARK_AFTER, bytes_arrive)
+        await client.ping(b"wake")  # wakes the session; its sweep is set for woken + PARK_AFTER
+        assert (await next_frame(backend)).opcode is Opcode.PING
+        await trio.sleep(PARK_AFTER + 0.1)
+        assert (await next_frame(client)).opcode is Opcode.PING  # the backend's
+        assert session.client.holds  # for the client's pump, which finishes the frame
+        await client.send(frame[200:])
+        received = b""
+        while len(received) < 400:
+            received += payload_of(await next_frame(backend))
+        assert received == b"C" * 400
+        assert not session.client.relayed_mid_frame
+        backend_pings: list[float] = []
+        nursery.start_soon(answer_pings, backend, backend_pings)
+        nursery.start_soon(answer_pings, client, [])
+        await trio.sleep(3 * INTERVAL)
+        assert backend_pings
+        assert session.close is None
 
 
 async def test_relay_parked_session_is_pinged_and_a_late_pong_wakes_it(

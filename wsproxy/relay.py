@@ -453,6 +453,7 @@ class Session:
                         continue
                     if sent == len(out):
                         self.last_relay = now
+                        src.relayed_mid_frame = False
                         continue
                     out = out[sent:]
                 src.held = True
@@ -484,7 +485,9 @@ class Session:
                     src.holds = False
                     dst.lock.release()
         finally:
-            if src.holds:
+            # A pump cancelled to park held nothing (the session was parkable): a hold there now
+            # is one a wake took, since, for the pump that takes over from it.
+            if src.holds and not self._parking:
                 src.holds = False
                 dst.lock.release()
         await self._lose(src)
