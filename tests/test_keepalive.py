@@ -23,6 +23,8 @@ class FakeLeg:
     held: bool = False
     lost: bool = False
     sent_close: bool = False
+    ping_waits: bool = False
+    relayed_mid_frame: bool = False
 
 
 def legs(
@@ -71,6 +73,34 @@ def test_keepalive_a_leg_silent_past_its_timeout_is_dead() -> None:
     pair = legs(pinged_at=INTERVAL)
     pair[1].last_rx = 25.0
     assert at(INTERVAL + TIMEOUT, pair) == (pair[0], [])
+
+
+def test_keepalive_a_ping_written_late_gives_the_leg_its_timeout_from_then() -> None:
+    pair = legs(pinged_at=35.0)  # asked for at 20, written at 35 (it waited behind a frame)
+    pair[1].last_rx = 40.0
+    assert at(40, pair) == (45.0, [])
+    assert at(45, pair) == (pair[0], [])
+
+
+def test_keepalive_a_leg_heard_while_its_ping_waits_is_not_pinged_twice() -> None:
+    pair = legs(last_rx=25.0, pinged_at=20.0)
+    pair[0].ping_waits = True
+    pair[1].last_rx = 44.0
+    assert at(45, pair) == (55.0, [])
+
+
+def test_keepalive_a_ping_waiting_behind_the_other_peers_half_frame_is_not_its_fault() -> None:
+    """The client's ping, asked for at 20, waits behind the backend's frame, half-way to the
+    client while the backend's pump waits for the backend: the client is not dead at 30, and is
+    looked at again a timeout later. If that pump waits to write to the client instead, the
+    client may be the one that stalls: dead at 30."""
+    client, backend = pair = legs(pinged_at=INTERVAL)
+    client.ping_waits = True
+    backend.relayed_mid_frame = True
+    backend.last_rx = 29.0
+    assert at(INTERVAL + TIMEOUT, pair) == (INTERVAL + 2 * TIMEOUT, [])
+    backend.held = True
+    assert at(INTERVAL + TIMEOUT, pair) == (client, [])
 
 
 def test_keepalive_idle_wins_and_needs_no_ping() -> None:

@@ -1731,6 +1731,48 @@ async def test_relay_wake_while_the_pumps_it_parked_are_ending_keeps_the_mid_fra
         assert session.close is None
 
 
+@pytest.mark.parametrize("parks", [True, False], ids=["parked", "pumps"])
+async def test_relay_backend_is_kept_while_a_client_uploads_one_frame_slowly(
+    nursery: trio.Nursery,
+    autojump_clock: trio.testing.MockClock,
+    peer_ends: list[trio.SocketStream],
+    monkeypatch: pytest.MonkeyPatch,
+    parks: bool,
+) -> None:
+    """One 3,000-byte frame from the client, 100 bytes every 2 s (62 s): the backend's pings
+    wait behind it, and the backend, which answers every ping, is not dropped for them. Its
+    ping goes out at the frame's end."""
+    if not parks:
+        monkeypatch.setattr(Session, "_park_at_start", lambda self: False)
+        monkeypatch.setattr(Session, "parkable_fds", lambda self, since: None)
+    config = make_config(
+        keepalive=Keepalive(interval=5.0, timeout=5.0),
+        security=Security(allowed_origins=("*",), max_message_size=100_000),
+    )
+    with trio.fail_after(CAP):
+        running = await start_socket_session(nursery, peer_ends, config)
+        start = trio.current_time()
+        backend_pings: list[float] = []
+        received: list[bytes] = []
+
+        async def backend_reads() -> None:
+            while (frame := await running.backend.receive()) is not None:
+                if frame.opcode is Opcode.PING:
+                    backend_pings.append(trio.current_time() - start)
+                    await running.backend.pong(payload_of(frame))
+                else:
+                    received.append(payload_of(frame))
+
+        nursery.start_soon(backend_reads)
+        frame = bytes(running.client.protocol.send_data(b"z" * 3000, True))
+        for at in range(0, len(frame), 100):  # the last piece at 60
+            await running.client.send(frame[at : at + 100])
+            await trio.sleep(2)
+        assert running.session.close is None
+        assert backend_pings == [60.0]  # right behind the frame's last piece
+        assert b"".join(received) == b"z" * 3000
+
+
 async def test_relay_parked_session_is_pinged_and_a_late_pong_wakes_it(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,

@@ -3,7 +3,13 @@ the session is idle, and when to look next. Pure: the relay brings the legs and 
 
 Invariants:
 - A leg is pinged once `interval` has passed since it was last heard, and only once per
-  silence (not again until it has been heard since its ping); it is dead `timeout` after that.
+  silence (not again until it has been heard since its ping, nor while a ping of ours waits to
+  be written to it); it is dead `timeout` after that, or after the ping was written if that
+  came later (`pinged_at` is moved then).
+- A leg whose ping waits behind a frame of the other leg's that is half-way to it
+  (`relayed_mid_frame`), while the other leg's pump waits for its own peer and not for this
+  leg, is not dead: its ping cannot be framed, and the delay is the other peer's. (If that
+  pump waits to write to it, it may be the one that stalls: it is judged as usual.)
 - A leg whose close we wrote, or that is lost, has no clock.
 - A leg whose pump waits on the other leg (`held`) cannot be heard: it is neither pinged nor
   dead, and is looked at again an `interval` from now, unless the other leg is held too (then
@@ -31,6 +37,10 @@ class HeardLeg(Protocol):
     def last_rx(self) -> float: ...
     @property
     def pinged_at(self) -> float: ...
+    @property
+    def ping_waits(self) -> bool: ...
+    @property
+    def relayed_mid_frame(self) -> bool: ...
 
 
 LegT = TypeVar("LegT", bound=HeardLeg)
@@ -63,11 +73,14 @@ def scan(
                 wake = min(wake, now + interval)
                 continue
             ping_at = leg.last_rx + interval
-            dead_at = ping_at + timeout
+            dead_at = max(ping_at, leg.pinged_at) + timeout
             if now >= dead_at:
-                return leg, pings
+                if not (leg.ping_waits and other.relayed_mid_frame and not other.held):
+                    return leg, pings
+                wake = min(wake, now + timeout)  # behind the other peer's frame: not its fault
+                continue
             if now >= ping_at:
-                if leg.pinged_at <= leg.last_rx:  # not pinged since it was last heard
+                if leg.pinged_at <= leg.last_rx and not leg.ping_waits:  # not since last heard
                     pings.append(leg)
                 wake = min(wake, dead_at)
             else:

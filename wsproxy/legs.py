@@ -40,6 +40,7 @@ class Leg:
         "lost",
         "masks",
         "ping_payload",
+        "ping_waits",
         "pinged_at",
         "reader",
         "relayed_mid_frame",
@@ -65,7 +66,8 @@ class Leg:
         self.waiting = False  # its pump waits for it to turn readable
         self.bytes_in = 0
         self.ping_payload = b""  # our latest keepalive ping's payload; its pong is not relayed
-        self.pinged_at = -math.inf
+        self.pinged_at = -math.inf  # when our latest ping was asked for, or written if later
+        self.ping_waits = False  # our ping waits for the lock (a frame may be half-way here)
         self.sent_close = False
         self.got_close = False
         self.lost = False
