@@ -1478,6 +1478,15 @@ async def start_socket_session(
     )
 
 
+@pytest.fixture(params=[True, False], ids=["parked", "pumps"])
+def parks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """The test twice: with sessions that park, and with sessions whose pumps always run."""
+    if not request.param:
+        monkeypatch.setattr(Session, "_park_at_start", lambda self: False)
+        monkeypatch.setattr(Session, "parkable_fds", lambda self, since: None)
+    return bool(request.param)
+
+
 def pump_tasks() -> int:
     """Pump tasks running anywhere in this run (a session's backend pump is one)."""
     name = f"{Session._pump.__module__}.{Session._pump.__qualname__}"
@@ -1731,20 +1740,15 @@ async def test_relay_wake_while_the_pumps_it_parked_are_ending_keeps_the_mid_fra
         assert session.close is None
 
 
-@pytest.mark.parametrize("parks", [True, False], ids=["parked", "pumps"])
 async def test_relay_backend_is_kept_while_a_client_uploads_one_frame_slowly(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
     peer_ends: list[trio.SocketStream],
-    monkeypatch: pytest.MonkeyPatch,
     parks: bool,
 ) -> None:
     """One 3,000-byte frame from the client, 100 bytes every 2 s (62 s): the backend's pings
     wait behind it, and the backend, which answers every ping, is not dropped for them. Its
     ping goes out at the frame's end."""
-    if not parks:
-        monkeypatch.setattr(Session, "_park_at_start", lambda self: False)
-        monkeypatch.setattr(Session, "parkable_fds", lambda self, since: None)
     config = make_config(
         keepalive=Keepalive(interval=5.0, timeout=5.0),
         security=Security(allowed_origins=("*",), max_message_size=100_000),
@@ -1874,21 +1878,16 @@ async def test_relay_parked_session_cancelled_lets_its_sockets_go(
         assert await backend_end.receive_some(10) == b""
 
 
-@pytest.mark.parametrize("parks", [True, False], ids=["parked", "pumps"])
 async def test_relay_violation_whose_close_cannot_be_written_ends_the_session_cleanly(
     nursery: trio.Nursery,
     autojump_clock: trio.testing.MockClock,
     peer_ends: list[trio.SocketStream],
-    monkeypatch: pytest.MonkeyPatch,
     parks: bool,
 ) -> None:
     """A violation in the read that ends a frame the pump held the backend's lock for, while
     the client's own leg is stalled mid-frame (it reads nothing): the violator's close waits
     until the session's deadline, and the session then ends with its close recorded, each
     lock let go once (a second release used to escape `run` as an error)."""
-    if not parks:
-        monkeypatch.setattr(Session, "_park_at_start", lambda self: False)
-        monkeypatch.setattr(Session, "parkable_fds", lambda self, since: None)
     config = make_config(security=Security(allowed_origins=("*",), max_message_size=10_000))
     with trio.fail_after(CAP):
         running = await start_socket_session(nursery, peer_ends, config)
