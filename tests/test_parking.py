@@ -87,6 +87,13 @@ def fake(sessions: list[FakeSession], name: str, **kwargs: bool) -> FakeSession:
     return session
 
 
+def held(sessions: list[FakeSession]) -> FakeSession:
+    """A fake session that this run's parker holds (parked)."""
+    session = fake(sessions, "a")
+    the_parker().hold(session, session.fds())
+    return session
+
+
 async def test_parking_is_available_on_this_trio() -> None:
     """The parker needs trio's own epoll descriptor, which is not public: a trio release that
     moves it must fail here, not silently stop parking."""
@@ -99,8 +106,7 @@ async def test_parking_relays_in_line_and_the_session_stays_parked(
 ) -> None:
     with trio.fail_after(CAP):
         parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        session = held(sessions)
         session.far[0].send(b"one")
         await trio.testing.wait_all_tasks_blocked()
         session.far[1].send(b"two")
@@ -115,8 +121,7 @@ async def test_parking_session_that_needs_its_pumps_is_woken_and_let_go(
 ) -> None:
     with trio.fail_after(CAP):
         parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        session = held(sessions)
         session.needs_pumps = True
         start = trio.current_time()
         session.far[1].send(b"x")
@@ -132,9 +137,7 @@ async def test_parking_end_of_stream_goes_to_the_session(
     sessions: list[FakeSession], autojump_clock: trio.testing.MockClock
 ) -> None:
     with trio.fail_after(CAP):
-        parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        session = held(sessions)
         session.far[0].close()  # the peer leaves: the session reads its end of stream
         await trio.testing.wait_all_tasks_blocked()
         assert (0, b"") in session.relayed
@@ -146,8 +149,7 @@ async def test_parking_release_lets_one_descriptor_go(
     """A leg closed while parked leaves the parker first; the other leg is still watched."""
     with trio.fail_after(CAP):
         parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        session = held(sessions)
         client_fd, backend_fd = session.fds()
         parker.release(session, client_fd)
         assert list(parker.parked) == [backend_fd]
@@ -229,8 +231,7 @@ async def test_parking_forgotten_session_is_never_relayed_for(
     parker before anyone can close them, and their bytes reach nothing."""
     with trio.fail_after(CAP):
         parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        session = held(sessions)
         parker.forget(session)
         assert parker.parked == {}
         session.far[0].send(b"x")
@@ -264,9 +265,7 @@ async def test_parking_a_session_failing_to_relay_is_logged_and_woken(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with trio.fail_after(CAP):
-        parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        session = held(sessions)
 
         def fails(fd: int, now: float) -> bool:
             raise RuntimeError("injected")
@@ -286,9 +285,7 @@ async def test_parking_wait_never_lengthens_trio_deadlines(sessions: list[FakeSe
     """While the parker waits in its own epoll for trio's timeout, trio's own wait is cut
     short at the end of it: a sleep is not waited out twice."""
     with trio.fail_after(REAL_CAP):
-        parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        held(sessions)
         for _ in range(3):
             before = trio.current_time()
             await trio.sleep(0.5)
@@ -298,9 +295,7 @@ async def test_parking_wait_never_lengthens_trio_deadlines(sessions: list[FakeSe
 async def test_parking_wait_lets_trio_io_through(sessions: list[FakeSession]) -> None:
     """A task waiting on its own socket (in trio's epoll) is woken while the parker waits."""
     with trio.fail_after(REAL_CAP):
-        parker = the_parker()
-        session = fake(sessions, "a")
-        parker.hold(session, session.fds())
+        held(sessions)
         left, right = trio.socket.socketpair()
         with left, right:
 
