@@ -750,23 +750,25 @@ class Session:
         payload = b"wsproxy keepalive %d" % self._pings
         frame = leg.frame(OP_PING, payload)
         other = self._other(leg)
-        # The lock is waited for as long as it takes: the clocks judge a leg whose ping waits
-        # (see `keepalive`), and the session's end cancels the wait.
-        leg.ping_waits = True
         try:
-            await leg.lock.acquire()
-        finally:
-            leg.ping_waits = False
+            leg.lock.acquire_nowait()
+        except trio.WouldBlock:
+            # Waited for as long as it takes: the clocks judge a leg whose ping waits (see
+            # `keepalive`), and the session's end cancels the wait. Its timeout starts when
+            # it is written.
+            leg.ping_waits = True
+            try:
+                await leg.lock.acquire()
+            finally:
+                leg.ping_waits = False
+            leg.pinged_at = trio.current_time()
+            if self._timer is not None:  # (else `_watch` runs, and looks again itself)
+                self._set_timer(leg.pinged_at + self._ping_timeout)
         state = "sending"
         try:
             if leg.sent_close or leg.lost or other.relayed_mid_frame:
                 return  # closing, or its pump died mid-frame: nothing can be framed now
             leg.ping_payload = payload
-            written_at = trio.current_time()
-            if written_at > leg.pinged_at:  # it waited behind a frame: its timeout starts now
-                leg.pinged_at = written_at
-                if self._timer is not None:  # (else `_watch` runs, and looks again itself)
-                    self._set_timer(written_at + self._ping_timeout)
             with trio.move_on_after(self._ping_timeout):
                 try:
                     await leg.wire.send_all(frame)
