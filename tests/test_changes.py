@@ -81,6 +81,8 @@ def test_changes_security_limits(key: str, value: object, line: str) -> None:
         ("timeouts", "idle", "2h", "timeouts.idle: 10m -> 2h"),
         ("keepalive", "interval", "90s", "keepalive.interval: 20s -> 90s"),
         ("keepalive", "timeout", "1m", "keepalive.timeout: 10s -> 1m"),
+        ("relay", "batch_window", 0, "relay.batch_window: 0.1ms -> 0"),
+        ("relay", "batch_window", "2.5ms", "relay.batch_window: 0.1ms -> 2.5ms"),
         ("shutdown", "close_code", 1012, "shutdown.close_code: 1001 -> 1012"),
         ("shutdown", "drain_timeout", "45s", "shutdown.drain_timeout: 30s -> 45s"),
         ("log", "level", "debug", "log.level: info -> debug"),
@@ -418,7 +420,8 @@ def test_changes_size_text(size: int, text: str) -> None:
         (120.0, "2m"),
         (3600.0, "1h"),
         (5400.0, "90m"),
-        (0.0005, "0.0005s"),
+        (0.0005, "0.5ms"),
+        (0.0001, "0.1ms"),
     ],
 )
 def test_changes_duration_text(seconds: float, text: str) -> None:

@@ -26,6 +26,7 @@ from wsproxy.config import (
     PerSession,
     Pool,
     Rebalance,
+    Relay,
     Route,
     Security,
     Server,
@@ -1271,3 +1272,30 @@ def test_config_session_interval_problems() -> None:
     ]
     assert parse_config(config_yaml(log={"session_interval": "1s"}), {}).log.session_interval == 1
     assert parse_config(config_yaml(log={"session_interval": 0}), {}).log.session_interval == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("0.1ms", 0.0001), ("0", 0.0), (0, 0.0), ("2ms", 0.002), ("10ms", 0.01)]
+)
+def test_config_relay_batch_window(value: object, seconds: float) -> None:
+    config = parse_config(config_yaml(relay={"batch_window": value}), {})
+    assert config.relay == Relay(batch_window=seconds)
+
+
+def test_config_relay_batch_window_defaults_to_a_tenth_of_a_millisecond() -> None:
+    assert parse_config(MINIMAL, {}).relay == Relay(batch_window=0.0001)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("11ms", "expected 0 (off) up to 10ms, got '11ms'"),
+        ("1s", "expected 0 (off) up to 10ms, got '1s'"),
+        ("-1ms", "must not be negative, got '-1ms'"),
+        ("soon", "expected a duration like 250ms, 5s, 2m or 1h, got 'soon'"),
+    ],
+)
+def test_config_relay_batch_window_problems(value: object, problem: str) -> None:
+    assert problems_of(config_yaml(relay={"batch_window": value})) == [
+        f"relay.batch_window: {problem}"
+    ]

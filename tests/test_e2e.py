@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -11,10 +12,13 @@ import math
 import os
 import random
 import socket
+import threading
 
 import pytest
 import trio
 import websockets
+import websockets.sync.client
+import websockets.sync.server
 from websockets.frames import Close
 from websockets.trio.client import ClientConnection, connect
 from wsproto.frame_protocol import FrameProtocol, Opcode
@@ -699,3 +703,71 @@ async def test_e2e_drain_closes_parked_sessions_1001(
         await backend.ended.wait()
     assert close.code == 1001
     assert backend.closes[0][0] == 1001
+
+
+def echo_in_threads() -> tuple[websockets.sync.server.Server, threading.Thread]:
+    """A `websockets` echo server in threads of its own, outside trio (so that the proxy's
+    batching pauses really wait for it)."""
+
+    def echo(ws: websockets.sync.server.ServerConnection) -> None:
+        for message in ws:
+            ws.send(message)
+
+    server = websockets.sync.server.serve(echo, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    return server, thread
+
+
+def pipeline(url: str, client: int, count: int) -> list[str]:
+    """Send `count` numbered messages from one thread while this one reads the echoes."""
+    with websockets.sync.client.connect(url, origin=ORIGIN, proxy=None) as ws:
+
+        def send_all() -> None:
+            for n in range(count):
+                ws.send(f"{client}:{n}")
+
+        sender = threading.Thread(target=send_all)
+        sender.start()
+        echoes = [str(ws.recv()) for _ in range(count)]
+        sender.join()
+    return echoes
+
+
+async def test_e2e_batched_reads_relay_every_message_in_order(nursery: trio.Nursery) -> None:
+    """Clients and a backend in threads pipeline small messages through a proxy with a wide
+    batching window: batching turns on (the parker's rounds really wait), and every message
+    comes back, in order."""
+    server, thread = echo_in_threads()
+    try:
+        port = server.socket.getsockname()[1]
+        config = proxy_config(f"ws://127.0.0.1:{port}", extra="relay: {batch_window: 10ms}")
+        running = await start_proxy(nursery, config)
+        batching = parking.parker().batching  # type: ignore[union-attr]
+        assert batching.window == 0.01
+        seen_on = False
+
+        async def watch() -> None:
+            nonlocal seen_on
+            while True:
+                seen_on = seen_on or batching.on
+                await trio.sleep(0.002)
+
+        clients, count = 4, 3000
+
+        def load() -> list[list[str]]:
+            with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+                runs = [pool.submit(pipeline, running.url, c, count) for c in range(clients)]
+                return [run.result() for run in runs]
+
+        with trio.fail_after(CAP * 3):
+            async with trio.open_nursery() as watching:
+                watching.start_soon(watch)
+                echoes = await trio.to_thread.run_sync(load)
+                watching.cancel_scope.cancel()
+        for client, got in enumerate(echoes):
+            assert got == [f"{client}:{n}" for n in range(count)]
+        assert seen_on
+    finally:
+        server.shutdown()
+        thread.join()

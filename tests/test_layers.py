@@ -44,6 +44,7 @@ LAYERS: Final = {
     "rebalance": 2,
     "ratelimit": 2,  # token buckets for the rate limits
     "keepalive": 2,  # a session's keepalive and idle clocks, decided
+    "batching": 2,  # when the parker's next round of reads may start, decided
     "wire": 3,
     "legs": 3,  # one connection of a session, as the relay keeps it
     "relay": 3,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from typing import Final
 
@@ -348,3 +349,114 @@ async def test_parking_wait_wakes_a_session_at_once(sessions: list[FakeSession])
         parker.hold(session, session.fds())
         await while_trio_waits(session.far[0], b"a ping, say", woken)
         assert parker.parked == {}
+
+
+# ---------------------------------------------------------------- the real clock: batched reads
+
+
+class Pausing:
+    """A `ReadBatching` that is always on and asks for `pause` before every round; it notes the
+    rounds it is told of."""
+
+    def __init__(self, pause: float) -> None:
+        self.window = pause
+        self.rounds: list[int] = []  # ready descriptors of each round
+
+    def pause(self, now: float) -> float:
+        return self.window
+
+    def round(self, now: float, ready: int) -> None:
+        self.rounds.append(ready)
+
+
+def send_from_a_thread(after: float, sock: socket.socket, data: bytes) -> threading.Timer:
+    """Send `data` on `sock` `after` seconds from now, from outside trio (which may be waiting
+    inside the parker's pause)."""
+    timer = threading.Timer(after, sock.send, (data,))
+    timer.start()
+    return timer
+
+
+def batched(pause: float) -> Pausing:
+    pausing = Pausing(pause)
+    the_parker().batching = pausing  # type: ignore[assignment]
+    return pausing
+
+
+async def test_parking_batched_round_waits_and_gathers_what_came_meanwhile(
+    sessions: list[FakeSession],
+) -> None:
+    """A round of reads waits out the pause: bytes that come during it are read with the bytes
+    that opened it, in one read, and the round counts both sessions' descriptors."""
+    with trio.fail_after(REAL_CAP):
+        first, second = held(sessions), fake(sessions, "b")
+        the_parker().hold(second, second.fds())
+        pausing = batched(1.0)
+        first.on_relay = trio.Event()
+        first.far[0].send(b"one")
+        timers = [
+            send_from_a_thread(0.05, first.far[0], b"two"),
+            send_from_a_thread(0.05, second.far[1], b"three"),
+        ]
+        await first.on_relay.wait()
+        for timer in timers:
+            timer.join()
+        assert first.relayed == [(0, b"onetwo")]
+        assert second.relayed == [(1, b"three")]
+        assert 2 in pausing.rounds
+
+
+async def test_parking_batched_pause_ends_when_trio_has_io(sessions: list[FakeSession]) -> None:
+    """A task's socket turning readable ends the parker's pause: the task does not wait for
+    it (a minute here)."""
+    with trio.fail_after(REAL_CAP):
+        session = held(sessions)
+        batched(60.0)
+        left, right = socket.socketpair()
+        with left, right, trio.socket.from_stdlib_socket(left) as task_end:
+            session.far[0].send(b"opens a round")
+            timer = send_from_a_thread(0.2, right, b"to a task")
+            assert await task_end.recv(100) == b"to a task"
+            timer.join()
+
+
+async def test_parking_batched_pause_never_lengthens_trio_deadlines(
+    sessions: list[FakeSession],
+) -> None:
+    """The pause ends at trio's timeout: a sleep is not lengthened by a round that came in."""
+    with trio.fail_after(REAL_CAP):
+        session = held(sessions)
+        batched(60.0)
+        before = trio.current_time()
+        timer = send_from_a_thread(0.05, session.far[0], b"opens a round")
+        await trio.sleep(0.5)
+        timer.join()
+        assert trio.current_time() - before < 0.95  # a minute, with the pause uncapped
+
+
+async def test_parking_without_batching_reads_at_once(sessions: list[FakeSession]) -> None:
+    """The default (and `batch_window: 0`): no pause, so two sends apart are two reads."""
+    with trio.fail_after(REAL_CAP):
+        parker = the_parker()
+        assert parker.batching.window == 0.0
+        session = held(sessions)
+        relayed = session.on_relay = trio.Event()
+        session.far[0].send(b"one")
+        await relayed.wait()
+        relayed = session.on_relay = trio.Event()
+        session.far[0].send(b"two")
+        await relayed.wait()
+        assert session.relayed == [(0, b"one"), (0, b"two")]
+
+
+async def test_parking_batch_reads_sets_this_runs_window() -> None:
+    parking.batch_reads(0.002)
+    assert the_parker().batching.window == 0.002
+    parking.batch_reads(0.0)
+    assert not the_parker().batching.on
+
+
+def test_parking_trio_epoll_above_fd_setsize_is_never_paused_on() -> None:
+    """`select` takes descriptors below FD_SETSIZE (1024) only: above, the parker never pauses."""
+    assert parking._selectable(0)
+    assert not parking._selectable(4096)

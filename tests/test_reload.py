@@ -24,6 +24,7 @@ from tests.conftest import ORIGIN, Backend, start_backend
 from tests.test_cli import free_port, http_get, started
 from tests.test_pools import backends, start, until
 from tests.test_tls import Certs, make_certs
+from wsproxy import parking
 from wsproxy.config import Config, HealthCheck, parse_config
 from wsproxy.health import Probed
 from wsproxy.listening import open_listeners
@@ -476,3 +477,21 @@ async def test_reload_applies_log_level_and_format_in_a_real_process(
     assert {entry["level"] for entry in after} <= {"warning", "error"}
     assert any(entry["message"].startswith("reload refused: ") for entry in after)
     assert not any(entry.get("type") == "access" for entry in after)
+
+
+async def test_reload_batch_window_applies_to_the_whole_process_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """The parker is the process's: the window the proxy starts with, and then a reload's, is
+    the one every parked session's reads are batched with (sessions in flight included)."""
+    (a,) = await backends(nursery, 1)
+    running = await start(nursery, config_for(a.url, extra="relay: {batch_window: 2ms}"))
+    parker = parking.parker()
+    assert parker is not None
+    assert parker.batching.window == 0.002
+    async with connect(running.url, origin=ORIGIN, proxy=None) as ws:
+        assert await reload_to(running.proxy, config_for(a.url, extra="relay: {batch_window: 0}"))
+        assert parker.batching.window == 0.0
+        await echo(ws, "still relayed")
+    assert await reload_to(running.proxy, config_for(a.url))
+    assert parker.batching.window == 0.0001  # the default

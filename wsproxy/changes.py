@@ -177,16 +177,15 @@ def size_text(size: int) -> str:
 
 def duration_text(seconds: float) -> str:
     """Seconds in the largest unit that divides them (600.0 → "10m"), under a second in
-    milliseconds (0.25 → "250ms"), else in seconds (1.5 → "1.5s")."""
+    milliseconds (0.25 → "250ms", 0.0001 → "0.1ms"), else in seconds (1.5 → "1.5s")."""
     if seconds == 0:
         return "0"
     for unit, suffix in _TIME_UNITS:
         count = seconds / unit
         if count >= 1 and count == int(count):
             return f"{int(count)}{suffix}"
-    milliseconds = seconds * 1000
-    if seconds < 1 and milliseconds == round(milliseconds):
-        return f"{round(milliseconds)}ms"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
     return f"{seconds:g}s"
 
 

@@ -120,6 +120,13 @@ class Keepalive:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Relay:
+    # Under load, a worker waits up to this long between rounds of reads, so each round relays
+    # more frames for fewer wake-ups (see `batching`); 0 = every read at once.
+    batch_window: float = 0.0001
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Route:
     host: str | None = None  # exact, or "*.suffix"; None matches any host
     path: str = "/"  # prefix
@@ -250,6 +257,7 @@ class Config:
     security: Security
     timeouts: Timeouts = field(default_factory=Timeouts)
     keepalive: Keepalive = field(default_factory=Keepalive)
+    relay: Relay = field(default_factory=Relay)
     routes: tuple[Route, ...]
     pools: Mapping[str, Pool] = field(default_factory=lambda: MappingProxyType({}))
     shutdown: Shutdown = field(default_factory=Shutdown)
@@ -299,6 +307,7 @@ BALANCE_MODES: Final = ("round_robin", "least_connections", "random", "hash", "c
 HEALTH_CHECK_TYPES: Final = ("tcp", "http", "websocket")
 LIMIT_ACTIONS: Final = ("throttle", "close")
 MIN_SESSION_INTERVAL: Final = 1.0  # seconds; each walk writes a line per older session
+MAX_BATCH_WINDOW: Final = 0.01  # seconds; longer would add more latency than it saves CPU
 MIN_COOKIE_SECRET: Final = 16  # characters; shorter secrets are guessable
 MIN_ADMIN_TOKEN: Final = 16  # characters, for the same reason
 TOKEN_CHARACTERS: Final = re.compile(r"[\x21-\x7e]+")  # what an Authorization header carries
@@ -430,6 +439,7 @@ class _Checker(Problems):
             "keepalive": lambda v, p: self.build(
                 Keepalive, v, p, {"interval": scalar(duration), "timeout": scalar(_positive)}
             ),
+            "relay": lambda v, p: self.build(Relay, v, p, {"batch_window": scalar(_batch_window)}),
             "routes": lambda v, p: self.items(v, p, self.route),
             "pools": self.pools,
             "shutdown": lambda v, p: self.build(
@@ -755,6 +765,13 @@ def _session_interval(value: object) -> float:
     seconds = duration(value)
     if 0 < seconds < MIN_SESSION_INTERVAL:
         raise ValueError(f"expected 0 (no progress lines) or at least 1s, got {describe(value)}")
+    return seconds
+
+
+def _batch_window(value: object) -> float:
+    seconds = duration(value)
+    if seconds > MAX_BATCH_WINDOW:
+        raise ValueError(f"expected 0 (off) up to 10ms, got {describe(value)}")
     return seconds
 
 

@@ -21,6 +21,9 @@ Invariants:
   (`relay_ready`); the session decides what it relays in line (see `relay.Session`) and
   otherwise says so, and is woken (`wake()`): its pumps go on from where the parker stopped.
   Anything else that needs its pumps (a clock that is due, a shutdown) wakes it first.
+- Under load (see `batching`) a round of reads may wait, up to the batching window, for more
+  frames to come in. It waits on trio's epoll alone, so trio's I/O ends the wait, and never
+  past trio's timeout: with runnable tasks (timeout 0) it never waits.
 - Every `PARK_AFTER` seconds while sessions are awake (and only then), a timer asks each awake
   session for `parkable_fds(now - PARK_AFTER)`; a session that answers with its two
   descriptors parks again (`park()`). Awake sessions pay two flag stores per wait of a pump for
@@ -45,6 +48,7 @@ from typing import Final, Protocol
 import trio
 
 from wsproxy import timers
+from wsproxy.batching import ReadBatching
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +86,10 @@ class Parker(trio.abc.Instrument):
         self._token = token
         self._sweep_timer: timers.Timer | None = None
         self._stirred = False  # a session changed what trio waits for (see `stir`)
+        self.batching = ReadBatching(0.0)  # off until `batch_reads`
+        # A pause waits on trio's epoll with `select`, whose timeout is finer than `epoll`'s
+        # milliseconds but which takes only descriptors below FD_SETSIZE.
+        self._pausable = _selectable(trio_epoll_fd)
 
     def watch(self, session: Parkable) -> None:
         """`session`'s pumps run: look at it from the next sweep on."""
@@ -135,8 +143,11 @@ class Parker(trio.abc.Instrument):
         current_time = trio.lowlevel.current_clock().current_time
         waits = timeout > 0
         end = time.monotonic() + timeout
+        batching = self.batching
         while True:
             events = poll(timeout)
+            if events and batching.window:
+                events = self._batch(events, end if waits else 0.0)
             now = current_time()
             trio_ready = woken = False
             for fd, _ in events:
@@ -169,6 +180,18 @@ class Parker(trio.abc.Instrument):
                 self._token.run_sync_soon(_nothing)
                 return
 
+    def _batch(self, events: list[tuple[int, int]], end: float) -> list[tuple[int, int]]:
+        """Wait until `batching` lets the round of reads begin (never past `end`; trio's own I/O
+        ends the wait), then the round's events."""
+        started = time.monotonic()
+        pause = min(self.batching.pause(started), end - started)
+        if pause > 0 and self._pausable:
+            select.select([self._trio_fd], [], [], pause)
+            events = self._epoll.poll(0)
+            started = time.monotonic()
+        self.batching.round(started, len(events))
+        return events
+
     def after_run(self) -> None:
         self._epoll.close()
 
@@ -191,6 +214,14 @@ class Parker(trio.abc.Instrument):
 
 def _nothing() -> None:
     pass
+
+
+def _selectable(fd: int) -> bool:
+    try:
+        select.select([fd], [], [], 0)
+    except (ValueError, OSError):
+        return False
+    return True
 
 
 def _trio_epoll_fd() -> int | None:
@@ -218,3 +249,9 @@ def parker() -> Parker | None:
         if new is not None:
             trio.lowlevel.add_instrument(new)
         return new
+
+
+def batch_reads(window: float) -> None:
+    """Batch this run's reads for parked sessions with `window` (see `batching`; 0: off)."""
+    if (current := parker()) is not None:
+        current.batching.window = window

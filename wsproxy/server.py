@@ -38,6 +38,7 @@ from wsproxy.health import Probe
 from wsproxy.history import History
 from wsproxy.listening import Listening, accept_forever, address_of, open_listeners
 from wsproxy.logs import change_logging
+from wsproxy.parking import batch_reads
 from wsproxy.rebalancing import keep_balanced
 from wsproxy.registry import Registry
 from wsproxy.relay import CLOSE_TIMEOUT
@@ -110,10 +111,8 @@ class Proxy:
         task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Accept and relay until `stop()`, then drain; `started` gets the bound addresses.
-
         A bare `SocketListener` is a `Listening` with the defaults (no PROXY protocol).
-        By default every configured address is bound, the admin one included.
-        """
+        By default every configured address is bound, the admin one included."""
         if listeners is None:
             listeners, admin = await open_listeners(self.config)
         listening = [x if isinstance(x, Listening) else Listening(x) for x in listeners]
@@ -123,6 +122,7 @@ class Proxy:
                 self._upkeep = self.admission.reports = upkeep
                 self.drains.nursery = self.actions.nursery = upkeep
                 self._upkeep_scope = await upkeep.start(self._keep_up, self.snapshot)
+                batch_reads(self.config.relay.batch_window)
             upkeep.start_soon(keep_history, self.history, lambda: self.snapshot)
             snapshot, stopping = (lambda: self.snapshot), (lambda: self.stopping)
             await upkeep.start(keep_balanced, self.registry, snapshot, stopping)
@@ -189,9 +189,9 @@ class Proxy:
             with trio.CancelScope() as self._reloading:
                 self._upkeep_scope.cancel()  # the old pools' checks and lookups end here
                 await resolve_names(snapshot, self._resolve)
-                old = self.snapshot
-                retire(old, snapshot, self.servers)
+                retire(old := self.snapshot, snapshot, self.servers)
                 self.snapshot = snapshot
+                batch_reads(config.relay.batch_window)
                 if self._upkeep is not None:
                     self._upkeep_scope = await self._upkeep.start(self._keep_up, snapshot)
                 self.registry.metrics.config_reloads.inc("success")
