@@ -121,10 +121,44 @@ def test_batching_wider_window_pauses_longer_and_turns_on_at_a_lower_rate() -> N
     assert batching.pause(2 * PERIOD) == pytest.approx(2 * WINDOW)
 
 
+AT_HALF: Final = AT_THRESHOLD // 2  # one ready per window
+
+
+def test_batching_once_on_stays_on_down_to_one_per_window() -> None:
+    """Batching itself lowers the count (a busy descriptor counts once per round): once on, it
+    takes a rate below one per window to turn it off."""
+    batching = ReadBatching(WINDOW)
+    batching.round(0.0, AT_THRESHOLD)
+    batching.round(PERIOD, AT_HALF)
+    assert batching.on
+    batching.round(2 * PERIOD, AT_HALF - 1)
+    assert batching.on  # one per window held in the second period
+    batching.round(3.5 * PERIOD, 0)
+    assert not is_on(batching)  # below it in the third
+
+
+@pytest.mark.parametrize(("ready", "on"), [(AT_HALF - 1, False), (AT_HALF, True)])
+def test_batching_held_on_at_one_per_window(ready: int, on: bool) -> None:
+    batching = ReadBatching(WINDOW)
+    batching.round(0.0, AT_THRESHOLD)
+    batching.round(PERIOD, ready)
+    batching.round(2 * PERIOD, 0)
+    assert batching.on is on
+
+
+def test_batching_off_needs_two_per_window_again() -> None:
+    batching = ReadBatching(WINDOW)
+    batching.round(0.0, AT_HALF)
+    batching.round(PERIOD, AT_HALF)
+    assert not batching.on
+    batching.round(2 * PERIOD, 0)
+    assert not batching.on
+
+
 def test_batching_turns_off_when_the_rate_falls() -> None:
     batching = ReadBatching(WINDOW)
     batching.round(0.0, 5 * AT_THRESHOLD)
-    batching.round(PERIOD, AT_THRESHOLD - 1)
+    batching.round(PERIOD, AT_HALF - 1)
     assert batching.on
     batching.round(2 * PERIOD, 0)
-    assert not batching.on
+    assert not is_on(batching)

@@ -414,10 +414,12 @@ async def test_parking_batched_pause_ends_when_trio_has_io(sessions: list[FakeSe
         batched(60.0)
         left, right = socket.socketpair()
         with left, right, trio.socket.from_stdlib_socket(left) as task_end:
+            before = trio.current_time()
             session.far[0].send(b"opens a round")
             timer = send_from_a_thread(0.2, right, b"to a task")
             assert await task_end.recv(100) == b"to a task"
             timer.join()
+            assert trio.current_time() - before < 5  # a minute, if the pause ignored trio
 
 
 async def test_parking_batched_pause_never_lengthens_trio_deadlines(
@@ -434,19 +436,43 @@ async def test_parking_batched_pause_never_lengthens_trio_deadlines(
         assert trio.current_time() - before < 0.95  # a minute, with the pause uncapped
 
 
-async def test_parking_without_batching_reads_at_once(sessions: list[FakeSession]) -> None:
-    """The default (and `batch_window: 0`): no pause, so two sends apart are two reads."""
+async def read_twice(session: FakeSession) -> list[tuple[int, bytes]]:
+    """What the parker reads of two sends 50 ms apart (the second from a thread): two reads
+    unless a pause gathered them."""
+    relayed = session.on_relay = trio.Event()
+    session.far[0].send(b"one")
+    await relayed.wait()
+    relayed = session.on_relay = trio.Event()
+    timer = send_from_a_thread(0.05, session.far[0], b"two")
+    await relayed.wait()
+    timer.join()
+    return session.relayed
+
+
+async def test_parking_window_zero_never_pauses(sessions: list[FakeSession]) -> None:
+    """`batch_window: 0` (and a parker the process has not configured yet): no pause, even
+    from a batching that would ask for one."""
+    with trio.fail_after(REAL_CAP):
+        assert the_parker().batching.window == 0.0
+        session = held(sessions)
+        batched(1.0).window = 0.0
+        assert await read_twice(session) == [(0, b"one"), (0, b"two")]
+
+
+async def test_parking_trio_epoll_select_cannot_take_never_pauses(
+    sessions: list[FakeSession],
+) -> None:
+    """`select` takes descriptors below FD_SETSIZE (1024) only: a parker whose trio epoll
+    descriptor is above it relays without pausing."""
     with trio.fail_after(REAL_CAP):
         parker = the_parker()
-        assert parker.batching.window == 0.0
         session = held(sessions)
-        relayed = session.on_relay = trio.Event()
-        session.far[0].send(b"one")
-        await relayed.wait()
-        relayed = session.on_relay = trio.Event()
-        session.far[0].send(b"two")
-        await relayed.wait()
-        assert session.relayed == [(0, b"one"), (0, b"two")]
+        batched(1.0)
+        parker._pausable = False
+        assert await read_twice(session) == [(0, b"one"), (0, b"two")]
+    with socket.socket() as sock:
+        assert parking._selectable(sock.fileno())
+    assert not parking._selectable(4096)
 
 
 async def test_parking_batch_reads_sets_this_runs_window() -> None:
@@ -454,9 +480,3 @@ async def test_parking_batch_reads_sets_this_runs_window() -> None:
     assert the_parker().batching.window == 0.002
     parking.batch_reads(0.0)
     assert not the_parker().batching.on
-
-
-def test_parking_trio_epoll_above_fd_setsize_is_never_paused_on() -> None:
-    """`select` takes descriptors below FD_SETSIZE (1024) only: above, the parker never pauses."""
-    assert parking._selectable(0)
-    assert not parking._selectable(4096)

@@ -11,9 +11,11 @@ Invariants:
 - The rate is measured over periods of `PERIOD`: the descriptors found ready by the rounds
   that began in a period, divided by the time it lasted. A period ends at the first round
   `PERIOD` or more after it began, and its rate holds for the next period.
-- Batching is on while that rate is at least two per `window`: only then does a wait save
-  more wake-ups than it costs (the wait is a wake-up too). Below it, every round starts at
-  once and no latency is added.
+- Batching turns on at a rate of two per `window`: from there a wait saves more wake-ups
+  than it costs (the wait is a wake-up too). It stays on while the rate is at least one per
+  `window`, since batching itself lowers the count (a busy descriptor is counted once per
+  round however many frames it brings); below that every round starts at once, and no
+  latency is added.
 - While batching is on, a round starts no sooner than `window` after the last one began:
   `pause()` is never more than `window`, and 0 when the window is 0 (off).
 """
@@ -54,6 +56,7 @@ class ReadBatching:
         elapsed = now - self._period_start
         if elapsed >= PERIOD:
             # The first period (elapsed inf) leaves batching off.
-            self._on = self.window > 0 and self._ready * self.window >= 2 * elapsed
+            needed = 1 if self._on else 2  # per window
+            self._on = self.window > 0 and self._ready * self.window >= needed * elapsed
             self._period_start, self._ready = now, 0
         self._ready += ready

@@ -189,7 +189,7 @@ class Parker(trio.abc.Instrument):
             select.select([self._trio_fd], [], [], pause)
             events = self._epoll.poll(0)
             started = time.monotonic()
-        self.batching.round(started, len(events))
+        self.batching.round(started, sum(fd != self._trio_fd for fd, _ in events))
         return events
 
     def after_run(self) -> None:
