@@ -1,5 +1,5 @@
-"""wsproxy/batching.py: when the parker's next round of reads may start, from the rate of ready
-descriptors measured over periods of `PERIOD`."""
+"""wsproxy/batching.py: whether the parker's rounds of reads are batched, from the rate of ready
+descriptors measured over periods of `PERIOD`, and how long the next round waits."""
 
 from __future__ import annotations
 
@@ -9,20 +9,35 @@ import pytest
 
 from wsproxy.batching import PERIOD, ReadBatching
 
-WINDOW: Final = 0.0001  # the default: batching is on from 2 ready per 0.1 ms, 20,000/s
+WINDOW: Final = 0.0001  # the default: batching turns on from 2 ready per 0.1 ms, 20,000/s
 AT_THRESHOLD: Final = round(2 * PERIOD / WINDOW)  # ready descriptors in one period: 200
+AT_HALF: Final = AT_THRESHOLD // 2  # one ready per window: the rate that keeps it on
 
 
-def is_on(batching: ReadBatching) -> bool:
+def started(window: float = WINDOW, at: float = 0.0) -> ReadBatching:
+    """A batching whose first period began at `at`."""
+    batching = ReadBatching(window)
+    batching.decide(at)
+    return batching
+
+
+def period(batching: ReadBatching, ready: int, end: float) -> bool:
+    """The rounds of a period found `ready` in all; it ends at `end`. Whether batching is on
+    for the next one."""
+    batching.ready += ready
+    batching.decide(end)
     return batching.on
 
 
 def test_batching_is_off_until_a_period_is_measured() -> None:
     batching = ReadBatching(WINDOW)
     assert not batching.on
-    batching.round(0.0, 10_000)
+    batching.ready += 10_000
+    batching.decide(0.0)  # begins the first period: nothing was measured
     assert not batching.on
     assert batching.pause(0.0) == 0.0
+    assert batching.ready == 0
+    assert batching.period_end == PERIOD
 
 
 @pytest.mark.parametrize(
@@ -30,43 +45,46 @@ def test_batching_is_off_until_a_period_is_measured() -> None:
     [(0, False), (AT_THRESHOLD - 1, False), (AT_THRESHOLD, True), (10 * AT_THRESHOLD, True)],
 )
 def test_batching_turns_on_from_two_ready_per_window(ready: int, on: bool) -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, 0)
-    batching.round(PERIOD / 2, ready)
-    assert not batching.on  # decided only when the period ends
-    batching.round(PERIOD, 0)
-    assert batching.on is on
+    assert period(started(), ready, PERIOD) is on
 
 
 def test_batching_rate_is_over_the_time_the_period_really_lasted() -> None:
-    """A period that ran long (the proxy was quiet) counts its ready over all of its time."""
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, 0)
-    batching.round(0.5, AT_THRESHOLD * 10)  # ten periods' worth of ready, over 100 periods
-    batching.round(1.0, 0)
-    assert not batching.on
-    batching.round(1.0 + PERIOD / 2, AT_THRESHOLD * 10)  # the same, over one period
-    batching.round(1.0 + PERIOD, 0)
-    assert batching.on
+    """A period that ran long (the parker was quiet) counts its ready over all of its time."""
+    batching = started()
+    assert not period(batching, AT_THRESHOLD * 10, 1.0)  # ten periods' worth, over 100
+    assert period(batching, AT_THRESHOLD * 10, 1.0 + 5 * PERIOD)  # the same over five
 
 
-def test_batching_decided_for_a_period_holds_until_its_end() -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD)
-    batching.round(PERIOD, 0)
+def test_batching_decided_for_a_period_holds_until_the_next_decision() -> None:
+    batching = started()
+    assert period(batching, AT_THRESHOLD, PERIOD)
+    assert batching.period_end == 2 * PERIOD
     assert batching.on
-    for step in range(1, 10):  # nothing ready for the rest of the period
-        batching.round(PERIOD + step * PERIOD / 10, 0)
-        assert batching.on
-    batching.round(2 * PERIOD, 0)
-    assert not batching.on
+    assert not period(batching, 0, 2 * PERIOD)
+
+
+def test_batching_once_on_stays_on_down_to_one_per_window() -> None:
+    """Batching itself lowers the count (a busy descriptor counts once per round): once on, it
+    takes a rate below one per window to turn it off, and two per window to turn it on again."""
+    batching = started()
+    assert period(batching, AT_THRESHOLD, PERIOD)
+    assert period(batching, AT_HALF, 2 * PERIOD)
+    assert not period(batching, AT_HALF - 1, 3.5 * PERIOD)
+    assert not period(batching, AT_HALF * 2 - 1, 4.5 * PERIOD)
+
+
+@pytest.mark.parametrize(("ready", "on"), [(AT_HALF - 1, False), (AT_HALF, True)])
+def test_batching_held_on_at_one_per_window(ready: int, on: bool) -> None:
+    batching = started()
+    assert period(batching, AT_THRESHOLD, PERIOD)
+    assert period(batching, ready, 2 * PERIOD) is on
 
 
 def test_batching_pause_is_what_is_left_of_the_window_since_the_last_round() -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD)
-    batching.round(PERIOD, 0)  # on: a round began at PERIOD
-    assert batching.on
+    batching = started()
+    assert period(batching, AT_THRESHOLD, PERIOD)
+    assert batching.pause(PERIOD) == 0.0  # no round began yet
+    batching.began(PERIOD)
     assert batching.pause(PERIOD) == pytest.approx(WINDOW)
     assert batching.pause(PERIOD + WINDOW / 4) == pytest.approx(WINDOW * 3 / 4)
     assert batching.pause(PERIOD + WINDOW) == 0.0
@@ -74,35 +92,31 @@ def test_batching_pause_is_what_is_left_of_the_window_since_the_last_round() -> 
 
 
 def test_batching_pause_never_exceeds_the_window() -> None:
-    """Even for an instant before the last round (a clock that another caller read earlier)."""
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD)
-    batching.round(PERIOD, 0)
+    """Even for an instant before the last round (a clock read earlier)."""
+    batching = started()
+    assert period(batching, AT_THRESHOLD, PERIOD)
+    batching.began(PERIOD)
     assert batching.pause(PERIOD / 2) == WINDOW
 
 
 def test_batching_off_never_pauses() -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD - 1)
-    batching.round(PERIOD, 0)
-    assert not batching.on
+    batching = started()
+    assert not period(batching, AT_THRESHOLD - 1, PERIOD)
+    batching.began(PERIOD)
     assert batching.pause(PERIOD) == 0.0
 
 
 def test_batching_window_zero_is_never_on() -> None:
-    batching = ReadBatching(0.0)
-    batching.round(0.0, 10**9)
-    batching.round(PERIOD, 10**9)
-    batching.round(2 * PERIOD, 0)
-    assert not batching.on
-    assert batching.pause(2 * PERIOD) == 0.0
+    batching = started(0.0)
+    assert not period(batching, 10**9, PERIOD)
+    assert batching.pause(PERIOD) == 0.0
 
 
 def test_batching_window_set_to_zero_stops_pausing_at_once() -> None:
     """A reload to `batch_window: 0` does not wait for the end of the period."""
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD)
-    batching.round(PERIOD, 0)
+    batching = started()
+    assert period(batching, AT_THRESHOLD, PERIOD)
+    batching.began(PERIOD)
     assert batching.pause(PERIOD) > 0
     batching.window = 0.0
     assert not batching.on
@@ -110,55 +124,15 @@ def test_batching_window_set_to_zero_stops_pausing_at_once() -> None:
 
 
 def test_batching_wider_window_pauses_longer_and_turns_on_at_a_lower_rate() -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD // 2)  # 10,000 ready per second: off at 0.1 ms
-    batching.round(PERIOD, 0)
-    assert not batching.on
+    batching = started()
+    assert not period(batching, AT_HALF, PERIOD)  # 10,000 per second: off at 0.1 ms
     batching.window = 2 * WINDOW  # on from 10,000 per second
-    batching.round(PERIOD + PERIOD / 2, AT_THRESHOLD // 2)
-    batching.round(2 * PERIOD, 0)
-    assert is_on(batching)  # (a call: mypy keeps `batching.on` narrowed to False)
+    assert period(batching, AT_HALF, 2 * PERIOD)
+    batching.began(2 * PERIOD)
     assert batching.pause(2 * PERIOD) == pytest.approx(2 * WINDOW)
 
 
-AT_HALF: Final = AT_THRESHOLD // 2  # one ready per window
-
-
-def test_batching_once_on_stays_on_down_to_one_per_window() -> None:
-    """Batching itself lowers the count (a busy descriptor counts once per round): once on, it
-    takes a rate below one per window to turn it off."""
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD)
-    batching.round(PERIOD, AT_HALF)
-    assert batching.on
-    batching.round(2 * PERIOD, AT_HALF - 1)
-    assert batching.on  # one per window held in the second period
-    batching.round(3.5 * PERIOD, 0)
-    assert not is_on(batching)  # below it in the third
-
-
-@pytest.mark.parametrize(("ready", "on"), [(AT_HALF - 1, False), (AT_HALF, True)])
-def test_batching_held_on_at_one_per_window(ready: int, on: bool) -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_THRESHOLD)
-    batching.round(PERIOD, ready)
-    batching.round(2 * PERIOD, 0)
-    assert batching.on is on
-
-
-def test_batching_off_needs_two_per_window_again() -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, AT_HALF)
-    batching.round(PERIOD, AT_HALF)
-    assert not batching.on
-    batching.round(2 * PERIOD, 0)
-    assert not batching.on
-
-
 def test_batching_turns_off_when_the_rate_falls() -> None:
-    batching = ReadBatching(WINDOW)
-    batching.round(0.0, 5 * AT_THRESHOLD)
-    batching.round(PERIOD, AT_HALF - 1)
-    assert batching.on
-    batching.round(2 * PERIOD, 0)
-    assert not is_on(batching)
+    batching = started()
+    assert period(batching, 5 * AT_THRESHOLD, PERIOD)
+    assert not period(batching, 0, 2 * PERIOD)

@@ -5,6 +5,7 @@ its own epoll never keeps trio from its tasks, its I/O or its deadlines."""
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 from collections.abc import Iterator
@@ -355,18 +356,24 @@ async def test_parking_wait_wakes_a_session_at_once(sessions: list[FakeSession])
 
 
 class Pausing:
-    """A `ReadBatching` that is always on and asks for `pause` before every round; it notes the
-    rounds it is told of."""
+    """A `ReadBatching` that is on (unless told otherwise) and asks for `pause` before every
+    round; it notes when rounds began."""
 
     def __init__(self, pause: float) -> None:
         self.window = pause
-        self.rounds: list[int] = []  # ready descriptors of each round
+        self.on = True
+        self.ready = 0
+        self.period_end = math.inf
+        self.began_at: list[float] = []
+
+    def decide(self, now: float) -> None:
+        raise AssertionError("a period never ends here")
 
     def pause(self, now: float) -> float:
         return self.window
 
-    def round(self, now: float, ready: int) -> None:
-        self.rounds.append(ready)
+    def began(self, now: float) -> None:
+        self.began_at.append(now)
 
 
 def send_from_a_thread(after: float, sock: socket.socket, data: bytes) -> threading.Timer:
@@ -403,7 +410,8 @@ async def test_parking_batched_round_waits_and_gathers_what_came_meanwhile(
             timer.join()
         assert first.relayed == [(0, b"onetwo")]
         assert second.relayed == [(1, b"three")]
-        assert 2 in pausing.rounds
+        assert len(pausing.began_at) == 1
+        assert pausing.ready == 2  # one round found both
 
 
 async def test_parking_batched_pause_ends_when_trio_has_io(sessions: list[FakeSession]) -> None:
@@ -449,13 +457,13 @@ async def read_twice(session: FakeSession) -> list[tuple[int, bytes]]:
     return session.relayed
 
 
-async def test_parking_window_zero_never_pauses(sessions: list[FakeSession]) -> None:
-    """`batch_window: 0` (and a parker the process has not configured yet): no pause, even
-    from a batching that would ask for one."""
+async def test_parking_batching_off_never_pauses(sessions: list[FakeSession]) -> None:
+    """Batching off (below its rate, or `batch_window: 0`, or a parker the process has not
+    configured yet): every round begins at once."""
     with trio.fail_after(REAL_CAP):
-        assert the_parker().batching.window == 0.0
+        assert not the_parker().batching.on
         session = held(sessions)
-        batched(1.0).window = 0.0
+        batched(1.0).on = False
         assert await read_twice(session) == [(0, b"one"), (0, b"two")]
 
 

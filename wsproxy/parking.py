@@ -146,8 +146,8 @@ class Parker(trio.abc.Instrument):
         batching = self.batching
         while True:
             events = poll(timeout)
-            if events and batching.window:
-                events = self._batch(events, end if waits else 0.0)
+            if batching.on and events:
+                events = self._pause(events, end if waits else 0.0)
             now = current_time()
             trio_ready = woken = False
             for fd, _ in events:
@@ -170,9 +170,13 @@ class Parker(trio.abc.Instrument):
                     log.exception("waking a parked session failed")
             if self._stirred:
                 woken, self._stirred = True, False
+            clock = time.monotonic()
+            batching.ready += len(events) - trio_ready
+            if clock >= batching.period_end:
+                batching.decide(clock)
             if trio_ready or not waits:
                 return  # trio's own wait returns at once
-            timeout = end - time.monotonic()
+            timeout = end - clock
             if woken or timeout <= 0 or not events:
                 # Trio's own wait is for its first `timeout` still, and must not wait at all
                 # now: a session's task is runnable, a deadline may have moved, or the time
@@ -180,16 +184,16 @@ class Parker(trio.abc.Instrument):
                 self._token.run_sync_soon(_nothing)
                 return
 
-    def _batch(self, events: list[tuple[int, int]], end: float) -> list[tuple[int, int]]:
-        """Wait until `batching` lets the round of reads begin (never past `end`; trio's own I/O
-        ends the wait), then the round's events."""
-        started = time.monotonic()
-        pause = min(self.batching.pause(started), end - started)
+    def _pause(self, events: list[tuple[int, int]], end: float) -> list[tuple[int, int]]:
+        """Wait until `batching` lets this round of reads begin (never past `end`; trio's own
+        I/O ends the wait); the round's events."""
+        now = time.monotonic()
+        pause = min(self.batching.pause(now), end - now)
         if pause > 0 and self._pausable:
             select.select([self._trio_fd], [], [], pause)
             events = self._epoll.poll(0)
-            started = time.monotonic()
-        self.batching.round(started, sum(fd != self._trio_fd for fd, _ in events))
+            now = time.monotonic()
+        self.batching.began(now)
         return events
 
     def after_run(self) -> None:
