@@ -487,4 +487,4 @@ async def test_parking_batch_reads_sets_this_runs_window() -> None:
     parking.batch_reads(0.002)
     assert the_parker().batching.window == 0.002
     parking.batch_reads(0.0)
-    assert not the_parker().batching.on
+    assert the_parker().batching.window == 0.0

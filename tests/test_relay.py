@@ -183,6 +183,15 @@ async def next_frame(peer: Peer) -> Frame:
     return frame
 
 
+async def payload_bytes(peer: Peer, size: int) -> bytes:
+    """The payloads of the frames `peer` receives until `size` bytes have come (a message
+    relayed in pieces arrives as several frames)."""
+    received = b""
+    while len(received) < size:
+        received += payload_of(await next_frame(peer))
+    return received
+
+
 async def answer_pings(peer: Peer, seen: list[float], *, delay: float = 0.0) -> None:
     """Until EOF, note when each ping arrives and answer it `delay` seconds later."""
     while (frame := await peer.receive()) is not None:
@@ -647,10 +656,7 @@ async def test_relay_shutdown_while_a_message_is_half_relayed_closes_after_its_e
             await trio.testing.wait_all_tasks_blocked()
             await trio.sleep(1)
             await source.send(frame[300:])
-            received = b""
-            while len(received) < 900:
-                received += payload_of(await next_frame(target))
-            assert received == b"x" * 900
+            assert await payload_bytes(target, 900) == b"x" * 900
             assert await target.expect_close() == (1001, "proxy shutting down")
             assert await source.expect_close() == (1001, "proxy shutting down")
             await target.close(1001)
@@ -684,10 +690,7 @@ async def test_relay_close_waiting_on_a_stream_of_frames_goes_in_at_the_first_fr
             nursery.start_soon(rig.session.shutdown)
             await trio.testing.wait_all_tasks_blocked()
             await source.send(first[300:] + second[:300])  # no read ends on a frame end
-            received = b""
-            while len(received) < 900:
-                received += payload_of(await next_frame(target))
-            assert received == b"a" * 900
+            assert await payload_bytes(target, 900) == b"a" * 900
             assert await target.expect_close() == (1001, "proxy shutting down")
             assert trio.current_time() == asked  # at the first frame's end, not a timeout
             assert await source.expect_close() == (1001, "proxy shutting down")
@@ -1637,10 +1640,7 @@ async def test_relay_parked_session_hands_a_write_the_kernel_took_in_part_to_its
         payloads = [bytes([n]) * 900 for n in range(40)]  # 36 KB: more than the buffers hold
         for payload in payloads:
             await running.client.send_binary(payload)
-        received = b""
-        while len(received) < 40 * 900:  # in pieces, as it was relayed
-            received += payload_of(await next_frame(running.backend))
-        assert received == b"".join(payloads)
+        assert await payload_bytes(running.backend, 40 * 900) == b"".join(payloads)
         await trio.sleep(2 * PARK_AFTER)
         assert is_parked(running.session)
 
@@ -1662,10 +1662,7 @@ async def test_relay_shutdown_while_a_frame_is_half_relayed_in_line_closes_after
         nursery.start_soon(running.session.shutdown)
         await trio.testing.wait_all_tasks_blocked()
         await running.client.send(frame[50:])
-        received = b""
-        while len(received) < 100:
-            received += payload_of(await next_frame(running.backend))
-        assert received == b"x" * 100
+        assert await payload_bytes(running.backend, 100) == b"x" * 100
         assert await running.backend.expect_close() == (1001, "proxy shutting down")
         assert await running.client.expect_close() == (1001, "proxy shutting down")
 
@@ -1689,10 +1686,7 @@ async def test_relay_shutdown_of_a_parked_session_streaming_frames_closes_at_a_f
         nursery.start_soon(running.session.shutdown)
         await trio.testing.wait_all_tasks_blocked()
         await running.client.send(first[50:] + second[:50])
-        received = b""
-        while len(received) < 100:
-            received += payload_of(await next_frame(running.backend))
-        assert received == b"a" * 100
+        assert await payload_bytes(running.backend, 100) == b"a" * 100
         assert await running.backend.expect_close() == (1001, "proxy shutting down")
         assert await running.client.expect_close() == (1001, "proxy shutting down")
         assert trio.current_time() == asked
@@ -1727,10 +1721,7 @@ async def test_relay_wake_while_the_pumps_it_parked_are_ending_keeps_the_mid_fra
         assert (await next_frame(client)).opcode is Opcode.PING  # the backend's
         assert session.client.holds  # for the client's pump, which finishes the frame
         await client.send(frame[200:])
-        received = b""
-        while len(received) < 400:
-            received += payload_of(await next_frame(backend))
-        assert received == b"C" * 400
+        assert await payload_bytes(backend, 400) == b"C" * 400
         assert not session.client.relayed_mid_frame
         backend_pings: list[float] = []
         nursery.start_soon(answer_pings, backend, backend_pings)
@@ -1920,10 +1911,7 @@ async def test_relay_session_whose_pump_is_mid_frame_does_not_park_again(
         await trio.sleep(5 * PARK_AFTER)
         assert not is_parked(running.session)
         await running.client.send(frame[50:])
-        received = b""
-        while len(received) < 100:  # in pieces, as it was relayed
-            received += payload_of(await next_frame(running.backend))
-        assert received == b"x" * 100
+        assert await payload_bytes(running.backend, 100) == b"x" * 100
         await trio.sleep(2 * PARK_AFTER)
         assert is_parked(running.session)
 

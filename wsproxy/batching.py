@@ -19,7 +19,7 @@ Invariants:
   latency is added.
 - While batching is on, a round begins no sooner than `window` after the last one began:
   `pause()` is never more than `window`. A window of 0 turns batching off at once.
-- Off, a round costs the parker an addition and a comparison, nothing more.
+- Off, a round costs the parker an addition, a clock read and a comparison, nothing more.
 """
 
 from __future__ import annotations
